@@ -1,0 +1,122 @@
+//! Audit events (DESIGN.md §7) and the query that searches them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::time::SystemTime;
+
+use crate::identity::IdentityKind;
+
+/// Event types and their stable codes. A code never changes meaning once released.
+pub mod codes {
+    pub const USER_LOGIN: (&str, &str) = ("user.login", "MG1000I");
+    pub const USER_LOGIN_FAILURE: (&str, &str) = ("user.login", "MG1000W");
+    pub const USER_SIGNUP: (&str, &str) = ("user.create", "MG1001I");
+    pub const CERT_CREATE: (&str, &str) = ("cert.create", "MG2000I");
+    pub const RESOURCE_CREATE: (&str, &str) = ("resource.create", "MG3000I");
+    pub const RESOURCE_UPDATE: (&str, &str) = ("resource.update", "MG3001I");
+    pub const RESOURCE_DELETE: (&str, &str) = ("resource.delete", "MG3002I");
+}
+
+/// One audit event. Common fields are typed; the rest of the type's fields live in `fields`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unique id; storing the same id twice keeps one copy (idempotent shipping).
+    pub id: String,
+    /// RFC 3339 with microseconds, UTC.
+    #[serde(with = "rfc3339_micros")]
+    pub time: SystemTime,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: String,
+    pub cluster: String,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_kind: Option<IdentityKind>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub success: bool,
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+impl AuditEvent {
+    /// A string field of the event's extra fields, if present.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+}
+
+/// A search over the audit log; every set filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// Only events at or after this time (µs since the epoch).
+    pub since_micros: Option<i64>,
+    pub user: Option<String>,
+    pub app: Option<String>,
+    pub tool: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub decision: Option<String>,
+    /// Newest events first, at most this many (default 1000).
+    pub limit: Option<u32>,
+}
+
+/// RFC 3339 timestamps with microsecond precision: `2026-11-21T10:00:00.123456Z`.
+pub mod rfc3339_micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+    use time::OffsetDateTime;
+
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+
+    pub fn format(t: SystemTime) -> String {
+        let dt = OffsetDateTime::from(t);
+        dt.format(FORMAT)
+            .unwrap_or_else(|_| String::from("invalid-time"))
+    }
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        let dt = OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+            .map_err(serde::de::Error::custom)?;
+        Ok(dt.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::from_unix_secs;
+    use std::time::Duration;
+
+    #[test]
+    fn event_json_has_the_contract_fields() {
+        let mut fields = Map::new();
+        fields.insert("method".into(), Value::from("password"));
+        let ev = AuditEvent {
+            id: "e1".into(),
+            time: from_unix_secs(1_700_000_000) + Duration::from_micros(42),
+            kind: "user.login".into(),
+            code: "MG1000I".into(),
+            cluster: "example.local".into(),
+            user: "alice".into(),
+            user_kind: Some(IdentityKind::User),
+            roles: vec!["dev".into()],
+            success: true,
+            fields,
+        };
+        let v: Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000042Z");
+        assert_eq!(v["type"], "user.login");
+        assert_eq!(v["user_kind"], "user");
+        assert_eq!(v["method"], "password");
+        let back: AuditEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+}

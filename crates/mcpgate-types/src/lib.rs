@@ -1,0 +1,21 @@
+//! Shared vocabulary of mcpgate: names, durations, the clock, resources and their YAML
+//! parsing, certificate claims and audit events. Serde only: no I/O, no async.
+//!
+//! - [`clock`]: the injected [`Clock`] (system or fake), so expiry is testable without sleeping.
+//! - [`duration`]: Go-style durations (`8h`, `1h30m`, `20m`).
+//! - [`name`]: validated names of users, bots, roles and apps.
+//! - [`resource`]: roles, apps, users, bots, tokens, locks; `admin create -f` parsing.
+//! - [`identity`]: what a client certificate says about its holder.
+//! - [`audit`]: audit events and their stable codes.
+
+pub mod audit;
+pub mod clock;
+pub mod duration;
+pub mod identity;
+pub mod name;
+pub mod resource;
+
+pub use audit::{AuditEvent, AuditQuery};
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use identity::{Claims, IdentityKind};
+pub use name::{Name, NameError};

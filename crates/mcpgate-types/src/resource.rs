@@ -1,0 +1,616 @@
+//! Resources an admin manages — roles, apps, users, bots, tokens, locks — and the parser of
+//! `admin create -f` files (multi-document YAML in Teleport's shapes).
+//!
+//! A misspelled field under `deny` is an error (ignoring a deny would grant access); one under
+//! `allow` is a warning. Errors name the file, the document, the line and the field.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::name::Name;
+
+/// The kinds an admin can name on the command line (`admin get KIND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Role,
+    App,
+    User,
+    Bot,
+    Token,
+    Lock,
+    Agent,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Role,
+        Kind::App,
+        Kind::User,
+        Kind::Bot,
+        Kind::Token,
+        Kind::Lock,
+        Kind::Agent,
+    ];
+
+    /// Parses `role`, `roles`, `app`, `apps`, ...
+    pub fn parse(s: &str) -> Option<Kind> {
+        let s = s.strip_suffix('s').unwrap_or(s);
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Role => "role",
+            Kind::App => "app",
+            Kind::User => "user",
+            Kind::Bot => "bot",
+            Kind::Token => "token",
+            Kind::Lock => "lock",
+            Kind::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A label value: one string or a list of them (any may match).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn values(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Label selector: every key must match one of its values.
+pub type LabelSelector = BTreeMap<String, OneOrMany>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Metadata {
+    pub name: Name,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Name {
+    fn default() -> Self {
+        // Sound: "unnamed" is a valid name literal.
+        Name::new("unnamed").unwrap_or_else(|_| unreachable!())
+    }
+}
+
+/// `kind: role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    pub kind: String,
+    pub version: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: RoleSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    #[serde(default)]
+    pub options: RoleOptions,
+    #[serde(default)]
+    pub allow: Allow,
+    #[serde(default)]
+    pub deny: Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RoleOptions {
+    #[serde(
+        default,
+        with = "crate::duration::serde_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_session_ttl: Option<Duration>,
+    /// Teleport options mcpgate does not use yet; kept so files round-trip.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// MCP conditions of a role: tool name patterns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct McpCondition {
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+/// Admin API rule: which verbs on which resource kinds (`*` for all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+/// What a role allows. Unknown fields are kept aside and reported as warnings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Allow {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_labels: LabelSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpCondition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    #[serde(flatten, default, skip_serializing)]
+    pub unknown: BTreeMap<String, IgnoredAnyEq>,
+}
+
+/// What a role denies. Any unknown field is an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Deny {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_labels: LabelSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpCondition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// A placeholder for a field whose value is ignored (comparable, so `Allow` stays `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IgnoredAnyEq;
+
+impl<'de> Deserialize<'de> for IgnoredAnyEq {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| IgnoredAnyEq)
+    }
+}
+
+/// `kind: app` — an MCP server registered in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub kind: String,
+    pub version: String,
+    pub metadata: Metadata,
+    pub spec: AppSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// `mcp+stdio://`, `mcp+http://host/mcp`, `mcp+https://...`, `mcp+sse+http://...`.
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpCommand>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// How the agent starts a stdio MCP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpCommand {
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Values may reference agent-side secrets: `${env:NAME}`, `${file:PATH}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_host_user: Option<String>,
+}
+
+/// Headers the agent adds to requests to an HTTP upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// A resource read from a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Resource {
+    Role(Role),
+    App(App),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Role(_) => Kind::Role,
+            Resource::App(_) => Kind::App,
+        }
+    }
+
+    pub fn name(&self) -> &Name {
+        match self {
+            Resource::Role(r) => &r.metadata.name,
+            Resource::App(a) => &a.metadata.name,
+        }
+    }
+}
+
+/// Where in a file something was found: 1-based document and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub file: String,
+    pub document: usize,
+    pub line: Option<u64>,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file, self.document)?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A resource file that cannot be applied; nothing of the file is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {message}")]
+pub struct ParseError {
+    pub place: Place,
+    pub message: String,
+}
+
+/// Something in a resource file that was accepted but is probably a mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub place: Place,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    kind: Option<String>,
+    version: Option<String>,
+}
+
+const MAX_FILE_BYTES: usize = 4 << 20;
+
+/// Parses a multi-document resource file. Either every document is valid, or nothing is
+/// returned but the first error.
+pub fn parse_resources(
+    file: &str,
+    text: &str,
+) -> Result<(Vec<Resource>, Vec<Warning>), ParseError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(ParseError {
+            place: Place {
+                file: file.into(),
+                document: 1,
+                line: None,
+            },
+            message: format!("file is larger than {} MiB", MAX_FILE_BYTES >> 20),
+        });
+    }
+    let mut resources = Vec::new();
+    let mut warnings = Vec::new();
+    for (index, (first_line, doc)) in split_documents(text).into_iter().enumerate() {
+        // `line` is 1-based within the document.
+        let place = |line: Option<u64>| Place {
+            file: file.to_string(),
+            document: index + 1,
+            line: line.map(|l| l + first_line as u64),
+        };
+        let fail = |e: serde_saphyr::Error| ParseError {
+            place: place(e.location().map(|l| l.line()).filter(|l| *l > 0)),
+            message: yaml_message(&e),
+        };
+        let header: Option<Header> = serde_saphyr::from_str(doc).map_err(fail)?;
+        let Some(header) = header else { continue }; // an empty document
+        let kind = header.kind.ok_or_else(|| ParseError {
+            place: place(None),
+            message: "missing field `kind`".into(),
+        })?;
+        let version = header.version.unwrap_or_default();
+        let bad_version = |accepted: &str| ParseError {
+            place: place(None),
+            message: format!("{kind} version {version:?} is not supported (use {accepted})"),
+        };
+        let resource = match kind.as_str() {
+            "role" => {
+                if !matches!(version.as_str(), "v6" | "v7" | "v8") {
+                    return Err(bad_version("v6, v7 or v8"));
+                }
+                let role: Role = serde_saphyr::from_str(doc).map_err(fail)?;
+                for field in role.spec.allow.unknown.keys() {
+                    warnings.push(Warning {
+                        place: place(line_of(doc, field)),
+                        message: format!(
+                            "role {}: unknown field `spec.allow.{field}` is ignored",
+                            role.metadata.name
+                        ),
+                    });
+                }
+                Resource::Role(role)
+            }
+            "app" => {
+                if version != "v3" {
+                    return Err(bad_version("v3"));
+                }
+                Resource::App(serde_saphyr::from_str(doc).map_err(fail)?)
+            }
+            other => {
+                return Err(ParseError {
+                    place: place(None),
+                    message: match Kind::parse(other) {
+                        Some(k) => format!(
+                            "kind {k:?} cannot be created from a file; use `mcpgate admin {k}s add`"
+                        ),
+                        None => format!("unknown kind {other:?} (expected role or app)"),
+                    },
+                });
+            }
+        };
+        resources.push(resource);
+    }
+    Ok((resources, warnings))
+}
+
+/// The one-line message of a YAML error, without its snippet or position.
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    match e {
+        serde_saphyr::Error::WithSnippet { error, .. } => yaml_message(error),
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            format!(
+                "unknown field `{field}` (expected one of: {})",
+                expected.join(", ")
+            )
+        }
+        serde_saphyr::Error::SerdeMissingField { field, .. } => format!("missing field `{field}`"),
+        other => {
+            let text = other.to_string();
+            let first = text.lines().next().unwrap_or("invalid YAML").trim();
+            // Drop a trailing "at line X column Y": the place is reported separately.
+            match first.find(" at line ") {
+                Some(i) => first[..i].to_string(),
+                None => first.to_string(),
+            }
+        }
+    }
+}
+
+/// The 1-based line (within `doc`) where `key:` first appears, for warnings.
+fn line_of(doc: &str, key: &str) -> Option<u64> {
+    doc.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|i| i as u64 + 1)
+}
+
+/// Splits a YAML stream on `---` document markers, keeping each document's first line
+/// number (0-based) so errors point into the file. A column-0 `---` cannot occur inside a
+/// block scalar, whose content is indented.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut start_line = 0;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
+            if offset > start || i > 0 {
+                docs.push((start_line, &text[start..offset]));
+            }
+            start = offset + line.len();
+            start_line = i + 1;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start..]));
+    docs.retain(|(_, d)| !d.trim().is_empty());
+    docs
+}
+
+/// A user as stored by the auth service. Secrets never leave the auth service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: Name,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub traits: BTreeMap<String, Vec<String>>,
+    /// argon2id PHC string; `None` until signup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// TOTP secret (raw bytes, base32) once enrolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp_secret: Option<String>,
+    /// The last TOTP time step accepted, so a code cannot be replayed.
+    #[serde(default)]
+    pub last_otp_step: u64,
+    pub created: i64,
+}
+
+/// What `admin get users` shows: never a hash or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub name: Name,
+    pub roles: Vec<String>,
+    pub traits: BTreeMap<String, Vec<String>>,
+    pub password_set: bool,
+    pub otp_enrolled: bool,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView {
+            name: u.name.clone(),
+            roles: u.roles.clone(),
+            traits: u.traits.clone(),
+            password_set: u.password_hash.is_some(),
+            otp_enrolled: u.totp_secret.is_some(),
+        }
+    }
+}
+
+/// A single-use token: a signup invite, or a bot or agent join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    #[serde(rename = "type")]
+    pub kind: TokenKind,
+    /// The user or bot the token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Name>,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    Invite,
+    Bot,
+    Agent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "kind: role
+version: v8
+metadata: {name: dev-readonly}
+spec:
+  options: {max_session_ttl: 8h}
+  allow:
+    app_labels: {env: dev}
+    mcp:
+      tools: [\"read_*\", \"^(get|list)_.*$\", echo]
+  deny:
+    mcp:
+      tools: [\"*delete*\"]
+---
+kind: app
+version: v3
+metadata: {name: github, labels: {env: dev}, description: GitHub}
+spec:
+  uri: mcp+stdio://
+  mcp: {command: github-mcp-server, args: [stdio], env: {GITHUB_TOKEN: \"${env:GITHUB_TOKEN}\"}}
+";
+
+    #[test]
+    fn parses_the_design_example() {
+        let (res, warnings) = parse_resources("r.yaml", GOOD).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(res.len(), 2);
+        let Resource::Role(role) = &res[0] else {
+            panic!("not a role")
+        };
+        assert_eq!(role.metadata.name.as_str(), "dev-readonly");
+        assert_eq!(
+            role.spec.options.max_session_ttl,
+            Some(Duration::from_secs(8 * 3600))
+        );
+        assert_eq!(role.spec.allow.mcp.as_ref().unwrap().tools.len(), 3);
+        assert_eq!(role.spec.deny.mcp.as_ref().unwrap().tools, vec!["*delete*"]);
+        let Resource::App(app) = &res[1] else {
+            panic!("not an app")
+        };
+        assert_eq!(
+            app.spec.mcp.as_ref().unwrap().env["GITHUB_TOKEN"],
+            "${env:GITHUB_TOKEN}"
+        );
+    }
+
+    #[test]
+    fn unknown_deny_field_is_an_error_with_place() {
+        let text = GOOD.replace("  deny:\n    mcp:", "  deny:\n    mpc:");
+        let err = parse_resources("r.yaml", &text).unwrap_err();
+        assert_eq!(err.place.document, 1);
+        assert_eq!(err.place.line, Some(11), "{err}");
+        assert!(err.message.contains("unknown field `mpc`"), "{err}");
+        assert!(
+            err.to_string().starts_with("r.yaml: document 1, line 11: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_allow_field_is_a_warning() {
+        let text = GOOD.replace(
+            "    app_labels: {env: dev}",
+            "    app_labels: {env: dev}\n    logins: [root]",
+        );
+        let (res, warnings) = parse_resources("r.yaml", &text).unwrap();
+        assert_eq!(res.len(), 2);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].message.contains("spec.allow.logins"));
+        assert_eq!(warnings[0].place.line, Some(8));
+    }
+
+    #[test]
+    fn errors_in_the_second_document_name_it() {
+        let text = GOOD.replace("version: v3", "version: v9");
+        let err = parse_resources("r.yaml", &text).unwrap_err();
+        assert_eq!(err.place.document, 2);
+        assert!(err.message.contains("version \"v9\""), "{err}");
+        let text = GOOD.replace("uri: mcp+stdio://", "uri: mcp+stdio://\n  bogus: 1");
+        let err = parse_resources("r.yaml", &text).unwrap_err();
+        assert_eq!((err.place.document, err.place.line), (2, Some(19)), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_and_wrong_kinds_are_one_line_errors() {
+        for (text, want) in [
+            ("kind: role\nversion: v8\nmetadata: {name: [\n", ""),
+            ("kind: widget\nversion: v1\n", "unknown kind"),
+            ("kind: user\nversion: v2\n", "cannot be created from a file"),
+            ("version: v8\n", "missing field `kind`"),
+            (
+                "kind: role\nversion: v8\nmetadata: {name: \"a b\"}\n",
+                "invalid name",
+            ),
+            (
+                "kind: role\nversion: v8\nmetadata: {name: x}\nmetadata: {name: y}\n",
+                "",
+            ),
+        ] {
+            let err = parse_resources("f.yaml", text).unwrap_err();
+            let s = err.to_string();
+            assert!(!s.contains('\n'), "multi-line error: {s}");
+            assert!(s.contains(want), "{s} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn kinds_parse_singular_and_plural() {
+        assert_eq!(Kind::parse("roles"), Some(Kind::Role));
+        assert_eq!(Kind::parse("app"), Some(Kind::App));
+        assert_eq!(Kind::parse("locks"), Some(Kind::Lock));
+        assert_eq!(Kind::parse("widgets"), None);
+    }
+}
