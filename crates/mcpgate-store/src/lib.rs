@@ -1,1 +1,158 @@
-//! mcpgate-store
+//! Storage behind one trait, two backends, one compliance suite.
+//!
+//! - [`Store`]: a small key-value interface with atomic create, compare-and-swap and take
+//!   (single-use tokens), plus an append-only, searchable audit log.
+//! - [`sqlite`]: the embedded default (one file in the data dir, WAL, owner-only).
+//! - [`postgres`]: shared state for several auth/proxy instances.
+//! - [`AnyStore`]: the backend chosen by the daemon config.
+//! - [`compliance`]: the suite every backend must pass.
+
+pub mod compliance;
+pub mod postgres;
+pub mod sqlite;
+
+use std::future::Future;
+
+use mcpgate_types::{AuditEvent, AuditQuery};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The SQLite database failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL server failed or is unreachable.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A stored value or event that does not decode.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The database file or directory could not be prepared.
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A blocking task failed.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The storage interface. Keys are ASCII paths like `roles/dev`; values are opaque bytes.
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// Sets `key` to `value`, whether or not it existed.
+    fn put(&self, key: &str, value: &[u8]) -> impl Future<Output = Result<()>> + Send;
+    /// Sets `key` only if absent; false if it existed.
+    fn create(&self, key: &str, value: &[u8]) -> impl Future<Output = Result<bool>> + Send;
+    /// Replaces `expected` by `new` atomically; false if the value was not `expected`.
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes `key`; false if it did not exist.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes `key` and returns its value, atomically: of two concurrent takes, one wins.
+    fn take(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
+    /// Appends audit events durably. An event whose id is already stored is skipped, so
+    /// shipping the same batch twice keeps one copy.
+    fn append_events(&self, events: &[AuditEvent]) -> impl Future<Output = Result<()>> + Send;
+    /// Events matching `query`, oldest first (the newest `limit` of them).
+    fn search_events(
+        &self,
+        query: &AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>>> + Send;
+}
+
+/// The exclusive upper bound of keys starting with `prefix` (keys are ASCII).
+pub(crate) fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).unwrap_or_else(|_| "\u{7f}".into());
+        }
+    }
+    "\u{7f}".into()
+}
+
+/// The indexed columns of an event.
+pub(crate) struct EventRow<'a> {
+    pub id: &'a str,
+    pub time_us: i64,
+    pub kind: &'a str,
+    pub user: &'a str,
+    pub app: Option<&'a str>,
+    pub tool: Option<&'a str>,
+    pub decision: Option<&'a str>,
+    pub data: String,
+}
+
+impl<'a> EventRow<'a> {
+    pub fn new(e: &'a AuditEvent) -> Result<Self> {
+        Ok(EventRow {
+            id: &e.id,
+            time_us: mcpgate_types::clock::unix_micros(e.time),
+            kind: &e.kind,
+            user: &e.user,
+            app: e.field("app"),
+            tool: e.field("tool"),
+            decision: e.field("decision"),
+            data: serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        })
+    }
+}
+
+pub(crate) const DEFAULT_LIMIT: u32 = 1000;
+
+/// The backend chosen at start-up.
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e.await,
+            AnyStore::Postgres($s) => $e.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        delegate!(self, s => s.get(key))
+    }
+    async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        delegate!(self, s => s.put(key, value))
+    }
+    async fn create(&self, key: &str, value: &[u8]) -> Result<bool> {
+        delegate!(self, s => s.create(key, value))
+    }
+    async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool> {
+        delegate!(self, s => s.compare_and_swap(key, expected, new))
+    }
+    async fn delete(&self, key: &str) -> Result<bool> {
+        delegate!(self, s => s.delete(key))
+    }
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        delegate!(self, s => s.take(key))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        delegate!(self, s => s.list(prefix))
+    }
+    async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
+        delegate!(self, s => s.append_events(events))
+    }
+    async fn search_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        delegate!(self, s => s.search_events(query))
+    }
+}

@@ -1,0 +1,271 @@
+//! The compliance suite: what every [`Store`] backend must do. Each backend's tests call
+//! [`run`] on a fresh, empty store. A failure panics with the property that broke.
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mcpgate_types::{AuditEvent, AuditQuery, IdentityKind};
+
+use crate::Store;
+
+/// Runs every check against an empty store.
+pub async fn run<S: Store>(store: Arc<S>) {
+    kv(&*store).await;
+    single_use(store.clone()).await;
+    audit(&*store).await;
+}
+
+async fn kv<S: Store>(s: &S) {
+    assert_eq!(
+        s.get("roles/dev").await.unwrap(),
+        None,
+        "empty store has nothing"
+    );
+    s.put("roles/dev", b"one").await.unwrap();
+    assert_eq!(
+        s.get("roles/dev").await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    s.put("roles/dev", b"two").await.unwrap();
+    assert_eq!(
+        s.get("roles/dev").await.unwrap().as_deref(),
+        Some(&b"two"[..]),
+        "put overwrites"
+    );
+
+    assert!(
+        !s.create("roles/dev", b"three").await.unwrap(),
+        "create refuses an existing key"
+    );
+    assert!(
+        s.create("roles/ops", b"x").await.unwrap(),
+        "create makes a new key"
+    );
+    assert_eq!(
+        s.get("roles/dev").await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+
+    assert!(
+        !s.compare_and_swap("roles/dev", b"wrong", b"z")
+            .await
+            .unwrap(),
+        "cas with a stale value fails"
+    );
+    assert!(
+        s.compare_and_swap("roles/dev", b"two", b"z").await.unwrap(),
+        "cas with the current value succeeds"
+    );
+    assert!(
+        !s.compare_and_swap("roles/none", b"", b"z").await.unwrap(),
+        "cas on a missing key fails"
+    );
+    assert_eq!(
+        s.get("roles/dev").await.unwrap().as_deref(),
+        Some(&b"z"[..])
+    );
+
+    // Prefix listing is exact: roles/ but not roles2/ or role/.
+    s.put("role/x", b"-").await.unwrap();
+    s.put("roles2/x", b"-").await.unwrap();
+    s.put("roles/a.b", b"1").await.unwrap();
+    let keys: Vec<String> = s
+        .list("roles/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["roles/a.b", "roles/dev", "roles/ops"],
+        "list is by prefix, in key order"
+    );
+    assert!(s.list("nothing/").await.unwrap().is_empty());
+
+    // Binary values survive.
+    let bin: Vec<u8> = (0..=255u8).collect();
+    s.put("bin/all", &bin).await.unwrap();
+    assert_eq!(s.get("bin/all").await.unwrap(), Some(bin));
+
+    assert!(s.delete("roles/ops").await.unwrap());
+    assert!(
+        !s.delete("roles/ops").await.unwrap(),
+        "second delete finds nothing"
+    );
+    assert_eq!(s.get("roles/ops").await.unwrap(), None);
+}
+
+async fn single_use<S: Store>(s: Arc<S>) {
+    s.put("tokens/t1", b"secret").await.unwrap();
+    assert_eq!(
+        s.take("tokens/t1").await.unwrap().as_deref(),
+        Some(&b"secret"[..])
+    );
+    assert_eq!(
+        s.take("tokens/t1").await.unwrap(),
+        None,
+        "a token is taken once"
+    );
+
+    // Of many concurrent takes of one token, exactly one wins.
+    for round in 0..5 {
+        let key = format!("tokens/race{round}");
+        s.put(&key, b"v").await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (s, key) = (s.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                s.take(&key).await.unwrap().is_some()
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            wins += t.await.unwrap() as usize;
+        }
+        assert_eq!(wins, 1, "exactly one concurrent take wins");
+    }
+}
+
+fn event(id: &str, secs: u64, kind: &str, user: &str, extra: &[(&str, &str)]) -> AuditEvent {
+    let mut fields = Map::new();
+    for (k, v) in extra {
+        fields.insert((*k).into(), Value::from(*v));
+    }
+    AuditEvent {
+        id: id.into(),
+        time: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(1_800_000_000 + secs)
+            + Duration::from_micros(7),
+        kind: kind.into(),
+        code: "MG0000I".into(),
+        cluster: "c".into(),
+        user: user.into(),
+        user_kind: Some(IdentityKind::User),
+        roles: vec!["dev".into()],
+        success: true,
+        fields,
+    }
+}
+
+async fn audit<S: Store>(s: &S) {
+    let events = vec![
+        event("e1", 1, "user.login", "alice", &[("method", "password")]),
+        event(
+            "e2",
+            2,
+            "mcp.session.request",
+            "alice",
+            &[
+                ("app", "github"),
+                ("tool", "read_file"),
+                ("decision", "allow"),
+            ],
+        ),
+        event(
+            "e3",
+            3,
+            "mcp.session.request",
+            "bob",
+            &[
+                ("app", "github"),
+                ("tool", "delete_repo"),
+                ("decision", "deny"),
+            ],
+        ),
+        event(
+            "e4",
+            4,
+            "mcp.session.request",
+            "bob",
+            &[("app", "fs"), ("tool", "read_file"), ("decision", "allow")],
+        ),
+        event("e5", 5, "cert.create", "bob", &[]),
+    ];
+    s.append_events(&events[..3]).await.unwrap();
+    // Shipping a batch again (after a crash, say) keeps one copy of each event.
+    s.append_events(&events[1..]).await.unwrap();
+    s.append_events(&[]).await.unwrap();
+
+    let ids = |v: Vec<AuditEvent>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let all = s.search_events(&AuditQuery::default()).await.unwrap();
+    assert_eq!(all, events, "events come back whole, once, oldest first");
+
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        ids(s
+            .search_events(&q(|q| q.user = Some("bob".into())))
+            .await
+            .unwrap()),
+        ["e3", "e4", "e5"]
+    );
+    assert_eq!(
+        ids(s
+            .search_events(&q(|q| q.app = Some("github".into())))
+            .await
+            .unwrap()),
+        ["e2", "e3"]
+    );
+    assert_eq!(
+        ids(s
+            .search_events(&q(|q| q.tool = Some("read_file".into())))
+            .await
+            .unwrap()),
+        ["e2", "e4"]
+    );
+    assert_eq!(
+        ids(s
+            .search_events(&q(|q| q.decision = Some("deny".into())))
+            .await
+            .unwrap()),
+        ["e3"]
+    );
+    assert_eq!(
+        ids(s
+            .search_events(&q(|q| q.kind = Some("cert.create".into())))
+            .await
+            .unwrap()),
+        ["e5"]
+    );
+    let since = mcpgate_types::clock::unix_micros(events[3].time);
+    assert_eq!(
+        ids(s
+            .search_events(&q(|q| q.since_micros =
+                Some(mcpgate_types::clock::unix_micros(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_004)
+                ))))
+            .await
+            .unwrap()),
+        ["e4", "e5"]
+    );
+    let mut both = AuditQuery {
+        since_micros: Some(since),
+        user: Some("bob".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(s.search_events(&both).await.unwrap()), ["e4", "e5"]);
+    both.limit = Some(1);
+    assert_eq!(
+        ids(s.search_events(&both).await.unwrap()),
+        ["e5"],
+        "limit keeps the newest"
+    );
+    assert!(
+        s.search_events(&q(|q| q.user = Some("nobody".into())))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Filters are values, not SQL.
+    assert!(
+        s.search_events(&q(|q| q.user = Some("x' OR '1'='1".into())))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

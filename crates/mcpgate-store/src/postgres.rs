@@ -1,0 +1,203 @@
+//! The PostgreSQL backend, for several auth/proxy instances sharing one state.
+
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, types::ToSql};
+
+use mcpgate_types::{AuditEvent, AuditQuery};
+
+use crate::sqlite::decode_events;
+use crate::{DEFAULT_LIMIT, EventRow, Result, Store};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mcpgate_kv (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS mcpgate_audit (
+  id TEXT PRIMARY KEY, time_us BIGINT NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
+  app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS mcpgate_audit_time ON mcpgate_audit (time_us);
+CREATE INDEX IF NOT EXISTS mcpgate_audit_user ON mcpgate_audit (user_name, time_us);
+CREATE INDEX IF NOT EXISTS mcpgate_audit_type ON mcpgate_audit (type, time_us);
+CREATE INDEX IF NOT EXISTS mcpgate_audit_app ON mcpgate_audit (app, time_us);
+";
+
+/// PostgreSQL storage over one pipelined connection, reopened when it drops.
+#[derive(Clone)]
+pub struct PostgresStore {
+    url: String,
+    client: Arc<Mutex<Arc<Client>>>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and creates the tables if needed.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let client = Self::open(url).await?;
+        client.batch_execute(SCHEMA).await?;
+        Ok(Self {
+            url: url.to_string(),
+            client: Arc::new(Mutex::new(client)),
+        })
+    }
+
+    async fn open(url: &str) -> Result<Arc<Client>> {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "postgres connection closed");
+            }
+        });
+        Ok(Arc::new(client))
+    }
+
+    async fn client(&self) -> Result<Arc<Client>> {
+        let mut guard = self.client.lock().await;
+        if guard.is_closed() {
+            *guard = Self::open(&self.url).await?;
+        }
+        Ok(guard.clone())
+    }
+}
+
+impl Store for PostgresStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let c = self.client().await?;
+        Ok(
+            c.query_opt("SELECT value FROM mcpgate_kv WHERE key = $1", &[&key])
+                .await?
+                .map(|r| r.get(0)),
+        )
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO mcpgate_kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str, value: &[u8]) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO mcpgate_kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &value],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE mcpgate_kv SET value = $3 WHERE key = $1 AND value = $2",
+                &[&key, &expected, &new],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(c.execute("DELETE FROM mcpgate_kv WHERE key = $1", &[&key])
+            .await?
+            == 1)
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "DELETE FROM mcpgate_kv WHERE key = $1 RETURNING value",
+            &[&key],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let c = self.client().await?;
+        let end = crate::prefix_end(prefix);
+        let rows = c
+            .query(
+                "SELECT key, value FROM mcpgate_kv WHERE key >= $1 AND key < $2 ORDER BY key COLLATE \"C\"",
+                &[&prefix, &end],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let rows = events
+            .iter()
+            .map(EventRow::new)
+            .collect::<Result<Vec<_>>>()?;
+        let mut sql = String::from(
+            "INSERT INTO mcpgate_audit (id, time_us, type, user_name, app, tool, decision, data) VALUES ",
+        );
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.len() * 8);
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            let b = i * 8;
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${},${},${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            ));
+            args.extend_from_slice(&[
+                &r.id,
+                &r.time_us,
+                &r.kind,
+                &r.user,
+                &r.app,
+                &r.tool,
+                &r.decision,
+                &r.data,
+            ]);
+        }
+        sql.push_str(" ON CONFLICT (id) DO NOTHING");
+        let c = self.client().await?;
+        c.execute(sql.as_str(), &args).await?;
+        Ok(())
+    }
+
+    async fn search_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        let mut sql = String::from("SELECT data FROM mcpgate_audit WHERE TRUE");
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(t) = &q.since_micros {
+            args.push(t);
+            sql.push_str(&format!(" AND time_us >= ${}", args.len()));
+        }
+        for (col, v) in [
+            ("user_name", &q.user),
+            ("app", &q.app),
+            ("tool", &q.tool),
+            ("type", &q.kind),
+            ("decision", &q.decision),
+        ] {
+            if let Some(v) = v {
+                args.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", args.len()));
+            }
+        }
+        sql.push_str(&format!(
+            " ORDER BY time_us DESC, id DESC LIMIT {}",
+            q.limit.unwrap_or(DEFAULT_LIMIT)
+        ));
+        let c = self.client().await?;
+        let rows = c.query(sql.as_str(), &args).await?;
+        decode_events(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}

@@ -1,0 +1,102 @@
+//! The storage compliance suite against SQLite and PostgreSQL.
+//!
+//! PostgreSQL runs when `MCPGATE_TEST_POSTGRES_URL` is set (the test script sets it); each
+//! run gets a database of its own, dropped afterwards.
+
+use std::sync::Arc;
+
+use mcpgate_store::{PostgresStore, SqliteStore, Store, compliance};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+    compliance::run(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_state_across_reopen_and_is_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.put("ca/user", b"pem").await.unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        s.get("ca/user").await.unwrap().as_deref(),
+        Some(&b"pem"[..])
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_suite() {
+    let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: PostgreSQL compliance suite (set MCPGATE_TEST_POSTGRES_URL to run it)");
+        return;
+    };
+    let (db_url, drop_db) = fresh_database(&url).await;
+    {
+        let store = Arc::new(PostgresStore::connect(&db_url).await.unwrap());
+        compliance::run(store.clone()).await;
+        // A second instance on the same database sees the same state (HA).
+        let other = PostgresStore::connect(&db_url).await.unwrap();
+        assert_eq!(
+            other.get("roles/dev").await.unwrap().as_deref(),
+            Some(&b"z"[..])
+        );
+    }
+    drop_db.await;
+}
+
+/// Creates a uniquely named database; returns its URL and a future that drops it.
+async fn fresh_database(url: &str) -> (String, impl std::future::Future<Output = ()>) {
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("MCPGATE_TEST_POSTGRES_URL={url} is set but unreachable: {e}"));
+    tokio::spawn(conn);
+    let name = format!(
+        "mcpgate_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let db_url = with_database(url, &name);
+    let drop = async move {
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    };
+    (db_url, drop)
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    // postgres://user@host:port/db?params -> same with db replaced
+    let (base, query) = url
+        .split_once('?')
+        .map(|(b, q)| (b, Some(q)))
+        .unwrap_or((url, None));
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
