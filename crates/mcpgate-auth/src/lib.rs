@@ -1,1 +1,55 @@
-//! mcpgate-auth
+//! The auth service: the cluster's certificate authorities and state.
+//!
+//! - [`service`]: [`AuthService`] — bootstrap (CAs, preset roles), certificate issuance,
+//!   the caller's policy on every request, audit emission.
+//! - [`login`]: invites, signup, password and TOTP login, rate limits.
+//! - [`admin`]: `admin create/get/rm`, users, audit search, status.
+//! - [`api`]: the HTTPS API (axum) the proxy serves; one function maps errors to statuses.
+//! - [`wire`]: request and response bodies shared with the CLI.
+
+pub mod admin;
+pub mod api;
+pub mod login;
+pub mod service;
+pub mod wire;
+
+pub use service::{AuthConfig, AuthService, Caller, SecondFactor};
+
+use mcpgate_pki::PkiError;
+use mcpgate_store::StoreError;
+
+/// Why an auth request failed. Each variant maps to one HTTP status in [`api`].
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong user, password or code: deliberately the same for each, so nobody can learn
+    /// which users exist.
+    #[error("invalid user name, password or second factor code")]
+    InvalidCredentials,
+    /// Too many failed logins for this user or address.
+    #[error("too many failed login attempts; try again in a few minutes")]
+    RateLimited,
+    /// The caller has no certificate, or one that is not valid now.
+    #[error("authentication required: {0}")]
+    Unauthenticated(String),
+    /// The caller's roles do not allow this.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Invalid input, with a sentence that says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// An invite or join token that is unknown, used or expired.
+    #[error("the token is invalid, expired or already used")]
+    InvalidToken,
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+    #[error("certificate failure: {0}")]
+    Pki(#[from] PkiError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, AuthError>;

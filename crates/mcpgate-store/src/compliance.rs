@@ -261,6 +261,19 @@ async fn audit<S: Store>(s: &S) {
             .unwrap()
             .is_empty()
     );
+    // Events of the same instant come back in the order they were appended.
+    let mut same: Vec<AuditEvent> = ["z1", "a2", "m3"]
+        .iter()
+        .map(|id| event(id, 9, "same.time", "carol", &[]))
+        .collect();
+    s.append_events(&same[..1]).await.unwrap();
+    s.append_events(&same[1..]).await.unwrap();
+    let got = s
+        .search_events(&q(|q| q.kind = Some("same.time".into())))
+        .await
+        .unwrap();
+    same.truncate(3);
+    assert_eq!(got, same, "ties keep append order");
     // Filters are values, not SQL.
     assert!(
         s.search_events(&q(|q| q.user = Some("x' OR '1'='1".into())))

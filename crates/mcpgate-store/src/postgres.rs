@@ -12,6 +12,7 @@ use crate::{DEFAULT_LIMIT, EventRow, Result, Store};
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcpgate_kv (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS mcpgate_audit (
+  seq BIGSERIAL,
   id TEXT PRIMARY KEY, time_us BIGINT NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
   app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_time ON mcpgate_audit (time_us);
@@ -193,7 +194,7 @@ impl Store for PostgresStore {
             }
         }
         sql.push_str(&format!(
-            " ORDER BY time_us DESC, id DESC LIMIT {}",
+            " ORDER BY time_us DESC, seq DESC LIMIT {}",
             q.limit.unwrap_or(DEFAULT_LIMIT)
         ));
         let c = self.client().await?;

@@ -215,7 +215,7 @@ impl Store for SqliteStore {
                     }
                 }
                 sql.push_str(&format!(
-                    " ORDER BY time_us DESC, id DESC LIMIT {}",
+                    " ORDER BY time_us DESC, rowid DESC LIMIT {}",
                     q.limit.unwrap_or(DEFAULT_LIMIT)
                 ));
                 let mut stmt = c.prepare(&sql)?;

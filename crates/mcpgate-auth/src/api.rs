@@ -1,0 +1,223 @@
+//! The HTTPS API behind the proxy. Handlers are thin: authenticate the caller from its TLS
+//! certificate on every request, call the service, map the error in one place.
+
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mcpgate_types::clock::unix_secs;
+use mcpgate_types::resource::Kind;
+use mcpgate_types::{AuditEvent, AuditQuery};
+
+use crate::wire::*;
+use crate::{AuthError, AuthService, Caller};
+
+/// What the proxy knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's certificate chain, verified by the TLS handshake against the cluster CAs.
+    pub peer: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct AppState {
+    auth: Arc<AuthService>,
+    services: Arc<Vec<String>>,
+}
+
+/// The API router. `services` are listed by `admin status`.
+pub fn router(auth: Arc<AuthService>, services: Vec<String>) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/signup", post(signup))
+        .route("/v1/login", post(login))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/admin/status", get(status))
+        .route("/v1/admin/resources", post(create))
+        .route("/v1/admin/resources/{kind}", get(list))
+        .route(
+            "/v1/admin/resources/{kind}/{name}",
+            get(read).delete(remove),
+        )
+        .route("/v1/admin/users", post(add_user))
+        .route("/v1/admin/audit/search", post(search))
+        .route(
+            "/v1/{*rest}",
+            delete(not_found).get(not_found).post(not_found),
+        )
+        .layer(DefaultBodyLimit::max(5 << 20))
+        .with_state(AppState {
+            auth,
+            services: Arc::new(services),
+        })
+}
+
+/// The one place an [`AuthError`] becomes an HTTP status and a JSON body.
+pub struct ApiError(AuthError);
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            AuthError::InvalidCredentials
+            | AuthError::Unauthenticated(_)
+            | AuthError::InvalidToken => StatusCode::UNAUTHORIZED,
+            AuthError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::AlreadyExists(_) => StatusCode::CONFLICT,
+            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::Store(_) | AuthError::Pki(_) | AuthError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let error = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self.0, "request failed");
+            "internal error; see the auth service's log".to_string()
+        } else {
+            self.0.to_string()
+        };
+        (status, Json(ErrorBody { error })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn caller(s: &AppState, conn: &ConnInfo) -> Result<Caller, ApiError> {
+    Ok(s.auth
+        .caller(conn.peer.as_deref().map(|v| v.as_slice()))
+        .await?)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(AuthError::NotFound("API endpoint".into()))
+}
+
+async fn ping(State(s): State<AppState>) -> Json<Ping> {
+    Json(Ping {
+        cluster: s.auth.cluster().into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn signup(
+    State(s): State<AppState>,
+    Json(req): Json<SignupRequest>,
+) -> ApiResult<SignupResponse> {
+    Ok(Json(s.auth.signup(&req.invite, &req.password).await?))
+}
+
+async fn login(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<CertResponse> {
+    Ok(Json(s.auth.login(&req, Some(conn.addr.ip())).await?))
+}
+
+async fn whoami(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<WhoAmI> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(WhoAmI {
+        name: c.info.claims.name.clone(),
+        kind: c.info.claims.kind.as_str().into(),
+        roles: c.info.claims.roles.clone(),
+        expires: unix_secs(c.info.not_after),
+    }))
+}
+
+async fn status(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<Status> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.status(&c, s.services.to_vec())?))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<CreateRequest>,
+) -> ApiResult<CreateResponse> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(
+        s.auth
+            .create_resources(&c, &req.file, &req.text, req.force)
+            .await?,
+    ))
+}
+
+fn kind(s: &str) -> Result<Kind, ApiError> {
+    Kind::parse(s).ok_or_else(|| {
+        ApiError(AuthError::BadRequest(format!(
+            "unknown kind {s:?} (expected one of: role, app, user, bot, token, lock, agent)"
+        )))
+    })
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(k): Path<String>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.get_resources(&c, kind(&k)?, None).await?))
+}
+
+async fn read(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((k, name)): Path<(String, String)>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(
+        s.auth.get_resources(&c, kind(&k)?, Some(&name)).await?,
+    ))
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((k, name)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let c = caller(&s, &conn).await?;
+    s.auth.remove_resource(&c, kind(&k)?, &name).await?;
+    Ok(Json(serde_json::json!({"removed": format!("{k}/{name}")})))
+}
+
+async fn add_user(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<AddUserRequest>,
+) -> ApiResult<TokenResponse> {
+    let c = caller(&s, &conn).await?;
+    let (token, expires) = s.auth.invite(&c, &req.name, &req.roles, req.traits).await?;
+    Ok(Json(TokenResponse { token, expires }))
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+async fn search(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Query(_): Query<Empty>,
+    Json(q): Json<AuditQuery>,
+) -> ApiResult<Vec<AuditEvent>> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.search_audit(&c, &q).await?))
+}

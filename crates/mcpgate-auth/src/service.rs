@@ -1,0 +1,398 @@
+//! The auth service's core: bootstrap, issuance, callers, audit.
+
+use rcgen_free::random_hex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use mcpgate_pki::{CaKind, CertAuthority, CertInfo, Identity};
+use mcpgate_policy::Policy;
+use mcpgate_store::{AnyStore, Store};
+use mcpgate_types::resource::{Role, User};
+use mcpgate_types::{AuditEvent, Claims, Clock, IdentityKind, Name};
+
+use crate::login::RateLimiter;
+use crate::{AuthError, Result};
+
+/// Whether users enrol and present TOTP codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SecondFactor {
+    #[default]
+    Otp,
+    Off,
+}
+
+/// Settings of the auth service.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub cluster: Name,
+    pub second_factor: SecondFactor,
+    /// A description of the storage, for `admin status`.
+    pub storage: String,
+}
+
+/// Default lifetime of a user certificate.
+pub const USER_TTL: Duration = Duration::from_secs(8 * 3600);
+/// Lifetime of a signup invite.
+pub const INVITE_TTL: Duration = Duration::from_secs(3600);
+/// The name of the built-in admin identity written to the data dir.
+pub const ADMIN_NAME: &str = "admin";
+/// The preset role with every admin right.
+pub const EDITOR_ROLE: &str = "editor";
+
+const EDITOR_YAML: &str = "kind: role
+version: v8
+metadata: {name: editor, description: Edit all cluster resources (preset)}
+spec:
+  allow:
+    rules: [{resources: ['*'], verbs: ['*']}]
+";
+
+/// The authenticated identity behind a request, with its roles compiled now.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub info: CertInfo,
+    pub policy: Policy,
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        &self.info.claims.name
+    }
+
+    /// Fails unless the caller's roles allow `verb` on `kind`.
+    pub fn require(&self, kind: &str, verb: &str) -> Result<()> {
+        if self.policy.admin(kind, verb) {
+            Ok(())
+        } else {
+            Err(AuthError::AccessDenied(format!(
+                "{} may not {verb} {kind}",
+                self.name()
+            )))
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCa {
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// The auth service. Cheap to share behind an `Arc`.
+pub struct AuthService {
+    pub(crate) store: Arc<AnyStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: AuthConfig,
+    pub(crate) user_ca: CertAuthority,
+    pub(crate) host_ca: CertAuthority,
+    pub(crate) limiter: Mutex<RateLimiter>,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService")
+            .field("cluster", &self.config.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthService {
+    /// Opens the cluster's state, creating the CAs and preset roles on first start. The
+    /// cluster name of existing state must match the configured one.
+    pub async fn open(
+        store: Arc<AnyStore>,
+        clock: Arc<dyn Clock>,
+        config: AuthConfig,
+    ) -> Result<Self> {
+        let cluster = config.cluster.as_str().to_string();
+        if !store.create("cluster/name", cluster.as_bytes()).await? {
+            let stored = store.get("cluster/name").await?.unwrap_or_default();
+            if stored != cluster.as_bytes() {
+                return Err(AuthError::BadRequest(format!(
+                    "the storage belongs to cluster {:?}, not {cluster:?}",
+                    String::from_utf8_lossy(&stored)
+                )));
+            }
+        }
+        let user_ca = load_or_create_ca(&store, &cluster, CaKind::User, clock.now()).await?;
+        let host_ca = load_or_create_ca(&store, &cluster, CaKind::Host, clock.now()).await?;
+        let svc = AuthService {
+            store,
+            clock,
+            config,
+            user_ca,
+            host_ca,
+            limiter: Mutex::new(RateLimiter::default()),
+        };
+        if svc.store.get(&role_key(EDITOR_ROLE)).await?.is_none() {
+            let (res, _) = mcpgate_types::resource::parse_resources("preset", EDITOR_YAML)
+                .map_err(|e| AuthError::Internal(e.to_string()))?;
+            if let Some(mcpgate_types::resource::Resource::Role(role)) = res.into_iter().next() {
+                svc.store
+                    .create(&role_key(EDITOR_ROLE), &to_json(&role)?)
+                    .await?;
+            }
+        }
+        Ok(svc)
+    }
+
+    pub fn cluster(&self) -> &str {
+        self.config.cluster.as_str()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &Arc<AnyStore> {
+        &self.store
+    }
+
+    pub fn user_ca(&self) -> &CertAuthority {
+        &self.user_ca
+    }
+
+    pub fn host_ca(&self) -> &CertAuthority {
+        &self.host_ca
+    }
+
+    /// The pin clients use on first contact: the host CA's, which signs the proxy.
+    pub fn ca_pin(&self) -> String {
+        self.host_ca.pin()
+    }
+
+    /// The CA certificates a client stores: host CA first, then user CA.
+    pub fn ca_pems(&self) -> Vec<String> {
+        vec![
+            self.host_ca.cert_pem().to_string(),
+            self.user_ca.cert_pem().to_string(),
+        ]
+    }
+
+    /// Issues an identity (key generated here) for a host such as the proxy.
+    pub fn host_identity(&self, name: &str, sans: &[String], ttl: Duration) -> Result<Identity> {
+        let claims = Claims {
+            name: name.into(),
+            kind: IdentityKind::Host,
+            roles: vec![],
+            traits: Default::default(),
+            generation: 0,
+            cluster: self.cluster().into(),
+        };
+        self.local_identity(&self.host_ca, &claims, sans, ttl)
+    }
+
+    /// Issues the built-in admin identity (role `editor`) kept in the data dir.
+    pub async fn admin_identity(&self, ttl: Duration) -> Result<Identity> {
+        let claims = Claims {
+            name: ADMIN_NAME.into(),
+            kind: IdentityKind::User,
+            roles: vec![EDITOR_ROLE.into()],
+            traits: Default::default(),
+            generation: 0,
+            cluster: self.cluster().into(),
+        };
+        let id = self.local_identity(&self.user_ca, &claims, &[], ttl)?;
+        self.emit(self.event(
+            "cert.create",
+            "MG2000I",
+            &claims,
+            true,
+            [("ttl", Value::from(ttl.as_secs()))],
+        ))
+        .await?;
+        Ok(id)
+    }
+
+    fn local_identity(
+        &self,
+        ca: &CertAuthority,
+        claims: &Claims,
+        sans: &[String],
+        ttl: Duration,
+    ) -> Result<Identity> {
+        let key = rcgen::KeyPair::generate().map_err(mcpgate_pki::PkiError::from)?;
+        let cert = ca.issue(&key.public_key_pem(), claims, sans, self.clock.now(), ttl)?;
+        Ok(Identity::new(
+            &key.serialize_pem(),
+            &pem_cert(&cert),
+            &self.ca_pems(),
+        )?)
+    }
+
+    /// Authenticates a request from its verified TLS peer certificates, on every request:
+    /// validity now, the right CA for the kind, this cluster; then compiles its roles as
+    /// they are stored now (a role change applies to the next request).
+    pub async fn caller(
+        &self,
+        peer: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    ) -> Result<Caller> {
+        let info = mcpgate_pki::tls::peer_identity(peer, self.cluster(), self.clock.now())
+            .map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
+        if info.claims.kind == IdentityKind::Host {
+            return Err(AuthError::AccessDenied(
+                "host certificates cannot call the API".into(),
+            ));
+        }
+        let roles = self.roles(&info.claims.roles).await?;
+        let policy = Policy::compile(&roles, &info.claims.traits)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        Ok(Caller { info, policy })
+    }
+
+    /// Loads roles by name; roles that no longer exist grant nothing.
+    pub async fn roles(&self, names: &[String]) -> Result<Vec<Role>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(bytes) = self.store.get(&role_key(name)).await? {
+                out.push(from_json(&bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn user(&self, name: &str) -> Result<Option<User>> {
+        match self.store.get(&user_key(name)).await? {
+            Some(bytes) => Ok(Some(from_json(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An audit event stamped now with a fresh id.
+    pub fn event<const N: usize>(
+        &self,
+        kind: &str,
+        code: &str,
+        who: &Claims,
+        success: bool,
+        fields: [(&str, Value); N],
+    ) -> AuditEvent {
+        let mut map = Map::new();
+        for (k, v) in fields {
+            map.insert(k.to_string(), v);
+        }
+        AuditEvent {
+            id: random_hex(16),
+            time: self.clock.now(),
+            kind: kind.into(),
+            code: code.into(),
+            cluster: self.cluster().into(),
+            user: who.name.clone(),
+            user_kind: Some(who.kind),
+            roles: who.roles.clone(),
+            success,
+            fields: map,
+        }
+    }
+
+    /// Records an event durably before the caller goes on (audit fails closed).
+    pub async fn emit(&self, event: AuditEvent) -> Result<()> {
+        self.store
+            .append_events(std::slice::from_ref(&event))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+}
+
+async fn load_or_create_ca(
+    store: &AnyStore,
+    cluster: &str,
+    kind: CaKind,
+    now: SystemTime,
+) -> Result<CertAuthority> {
+    let key = format!("ca/{}", kind.as_str());
+    if let Some(bytes) = store.get(&key).await? {
+        let s: StoredCa = from_json(&bytes)?;
+        return Ok(CertAuthority::from_pem(kind, &s.cert_pem, &s.key_pem)?);
+    }
+    let ca = CertAuthority::generate(cluster, kind, now)?;
+    let stored = StoredCa {
+        cert_pem: ca.cert_pem().to_string(),
+        key_pem: ca.key_pem(),
+    };
+    if store.create(&key, &to_json(&stored)?).await? {
+        Ok(ca)
+    } else {
+        // Another instance created it first: use theirs.
+        let bytes = store
+            .get(&key)
+            .await?
+            .ok_or_else(|| AuthError::Internal("CA vanished".into()))?;
+        let s: StoredCa = from_json(&bytes)?;
+        Ok(CertAuthority::from_pem(kind, &s.cert_pem, &s.key_pem)?)
+    }
+}
+
+pub(crate) fn role_key(name: &str) -> String {
+    format!("roles/{name}")
+}
+pub(crate) fn app_key(name: &str) -> String {
+    format!("apps/{name}")
+}
+pub(crate) fn user_key(name: &str) -> String {
+    format!("users/{name}")
+}
+pub(crate) fn token_key(token: &str) -> String {
+    format!("tokens/{}", token_id(token))
+}
+
+/// Tokens are stored under a hash of themselves, so reading the storage does not reveal a
+/// usable token.
+pub fn token_id(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| AuthError::Internal(format!("corrupt stored value: {e}")))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PEM text of a DER certificate.
+pub fn pem_cert(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+mod rcgen_free {
+    use ring::rand::SecureRandom;
+
+    /// `n` random bytes from the system CSPRNG, as hex.
+    pub fn random_hex(n: usize) -> String {
+        let mut bytes = vec![0u8; n];
+        // The system RNG failing is unrecoverable; an all-zero id would still be unique
+        // enough not to corrupt state, but tokens use `random_token`, which propagates.
+        let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+        super::hex(&bytes)
+    }
+}
+
+/// A random single-use secret (32 bytes, hex).
+pub fn random_token() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| AuthError::Internal("no randomness".into()))?;
+    Ok(hex(&bytes))
+}

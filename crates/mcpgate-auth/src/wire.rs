@@ -1,0 +1,100 @@
+//! Bodies of the HTTPS API, shared by the auth service and the CLI.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ping {
+    pub cluster: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignupRequest {
+    pub invite: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignupResponse {
+    pub user: String,
+    /// `otpauth://` URI to add to an authenticator app, when TOTP is required.
+    pub otp_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    #[serde(default)]
+    pub otp: Option<String>,
+    /// The client's public key (PEM); the private key never leaves the client.
+    pub public_key: String,
+    /// Requested lifetime in seconds; capped by the roles.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A certificate and the CAs to trust with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertResponse {
+    pub cert: String,
+    pub cas: Vec<String>,
+    /// Unix seconds.
+    pub expires: i64,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The file name, for error messages.
+    pub file: String,
+    pub text: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateResponse {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddUserRequest {
+    pub name: String,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub traits: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub cluster: String,
+    pub version: String,
+    pub ca_pins: BTreeMap<String, String>,
+    pub services: Vec<String>,
+    pub storage: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub kind: String,
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,326 @@
+//! The auth service with a real SQLite store and a fake clock: bootstrap, invites, signup,
+//! TOTP login, replay, rate limits, TTL caps, expiry, admin rights, restart.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mcpgate_auth::login::otp_code;
+use mcpgate_auth::wire::LoginRequest;
+use mcpgate_auth::{AuthConfig, AuthError, AuthService, Caller, SecondFactor};
+use mcpgate_store::{AnyStore, SqliteStore};
+use mcpgate_types::resource::Kind;
+use mcpgate_types::{AuditQuery, Clock, FakeClock, Name};
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: dev}
+spec:
+  options: {max_session_ttl: 2h}
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: [echo]}
+";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: FakeClock,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Env {
+            _dir: dir,
+            path,
+            clock: FakeClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+        }
+    }
+
+    async fn open(&self, second_factor: SecondFactor) -> AuthService {
+        let store = Arc::new(AnyStore::Sqlite(SqliteStore::open(&self.path).unwrap()));
+        let config = AuthConfig {
+            cluster: Name::new("test.local").unwrap(),
+            second_factor,
+            storage: "sqlite".into(),
+        };
+        AuthService::open(store, Arc::new(self.clock.clone()), config)
+            .await
+            .unwrap()
+    }
+}
+
+async fn admin(auth: &AuthService) -> Caller {
+    let id = auth
+        .admin_identity(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    auth.caller(Some(&[id.cert.clone()])).await.unwrap()
+}
+
+fn key() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate().unwrap()
+}
+
+fn login_req(
+    user: &str,
+    password: &str,
+    otp: Option<String>,
+    key: &rcgen::KeyPair,
+) -> LoginRequest {
+    LoginRequest {
+        user: user.into(),
+        password: password.into(),
+        otp,
+        public_key: key.public_key_pem(),
+        ttl_secs: None,
+    }
+}
+
+fn secret_of(uri: &str) -> String {
+    uri.split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn invite_signup_login_with_totp() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Otp).await;
+    let adm = admin(&auth).await;
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    let (invite, expires) = auth
+        .invite(&adm, "alice", &["dev".into()], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(expires, 1_800_000_000 + 3600);
+
+    assert!(
+        matches!(
+            auth.signup(&invite, "short").await,
+            Err(AuthError::BadRequest(_))
+        ),
+        "weak password refused"
+    );
+    let signup = auth.signup(&invite, "correct horse battery").await.unwrap();
+    let uri = signup.otp_uri.expect("TOTP enrolled");
+    assert!(uri.starts_with("otpauth://totp/test.local:alice?secret="));
+    assert!(
+        matches!(
+            auth.signup(&invite, "correct horse battery").await,
+            Err(AuthError::InvalidToken)
+        ),
+        "invite is single-use"
+    );
+
+    let k = key();
+    let secret = secret_of(&uri);
+    // Password alone is not enough.
+    let e = auth
+        .login(&login_req("alice", "correct horse battery", None, &k), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuthError::InvalidCredentials));
+    let code = otp_code(&secret, env.clock.now()).unwrap();
+    let cert = auth
+        .login(
+            &login_req("alice", "correct horse battery", Some(code.clone()), &k),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cert.roles, vec!["dev"]);
+    assert_eq!(
+        cert.expires,
+        1_800_000_000 + 7200,
+        "capped by max_session_ttl 2h"
+    );
+    assert_eq!(cert.cas.len(), 2);
+    // The same code cannot be replayed.
+    let e = auth
+        .login(
+            &login_req("alice", "correct horse battery", Some(code), &k),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuthError::InvalidCredentials));
+
+    // The certificate authenticates until it expires, by the injected clock.
+    let der = mcpgate_pki::identity::certs_from_pem(&cert.cert).unwrap();
+    let caller = auth.caller(Some(&der)).await.unwrap();
+    assert_eq!(caller.name(), "alice");
+    assert!(
+        matches!(
+            auth.get_resources(&caller, Kind::Role, None).await,
+            Err(AuthError::AccessDenied(_))
+        ),
+        "dev has no admin rules"
+    );
+    env.clock.advance(Duration::from_secs(7201));
+    assert!(matches!(
+        auth.caller(Some(&der)).await,
+        Err(AuthError::Unauthenticated(_))
+    ));
+
+    let events = auth
+        .search_audit(
+            &adm,
+            &AuditQuery {
+                kind: Some("user.login".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<bool> = events.iter().map(|e| e.success).collect();
+    assert_eq!(
+        outcomes,
+        vec![false, true, false],
+        "every login attempt is audited"
+    );
+    assert_eq!(events[1].field("method"), Some("password+otp"));
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_indistinguishable_and_rate_limited() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    let (invite, _) = auth
+        .invite(&adm, "bob", &["dev".into()], Default::default())
+        .await
+        .unwrap();
+    assert!(
+        auth.signup(&invite, "bob's long password")
+            .await
+            .unwrap()
+            .otp_uri
+            .is_none()
+    );
+    let k = key();
+    let unknown = auth
+        .login(&login_req("nobody", "whatever password", None, &k), None)
+        .await
+        .unwrap_err();
+    let wrong = auth
+        .login(&login_req("bob", "wrong password!!", None, &k), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        wrong.to_string(),
+        "no user enumeration"
+    );
+    for _ in 0..4 {
+        let _ = auth
+            .login(&login_req("bob", "wrong password!!", None, &k), None)
+            .await;
+    }
+    let limited = auth
+        .login(&login_req("bob", "bob's long password", None, &k), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(limited, AuthError::RateLimited), "{limited}");
+    env.clock.advance(Duration::from_secs(301));
+    let mut req = login_req("bob", "bob's long password", None, &k);
+    req.ttl_secs = Some(60);
+    let ok = auth.login(&req, None).await.unwrap();
+    assert_eq!(ok.expires, 1_800_000_000 + 301 + 60, "--ttl asks for less");
+}
+
+#[tokio::test]
+async fn create_is_all_or_nothing_and_needs_force_to_replace() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Otp).await;
+    let adm = admin(&auth).await;
+    let bad = format!(
+        "{ROLES}---\nkind: role\nversion: v8\nmetadata: {{name: broken}}\nspec:\n  allow:\n    mcp: {{tools: ['^(x$']}}\n"
+    );
+    let e = auth
+        .create_resources(&adm, "r.yaml", &bad, false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("role broken: allow.mcp.tools[0]"),
+        "{e}"
+    );
+    assert!(
+        matches!(
+            auth.get_resources(&adm, Kind::Role, Some("dev")).await,
+            Err(AuthError::NotFound(_))
+        ),
+        "nothing half-written"
+    );
+    let r = auth
+        .create_resources(&adm, "r.yaml", ROLES, false)
+        .await
+        .unwrap();
+    assert_eq!(r.created, vec!["role dev"]);
+    assert!(matches!(
+        auth.create_resources(&adm, "r.yaml", ROLES, false).await,
+        Err(AuthError::AlreadyExists(_))
+    ));
+    let r = auth
+        .create_resources(&adm, "r.yaml", ROLES, true)
+        .await
+        .unwrap();
+    assert_eq!(r.updated, vec!["role dev"]);
+    auth.remove_resource(&adm, Kind::Role, "dev").await.unwrap();
+    assert!(matches!(
+        auth.remove_resource(&adm, Kind::Role, "dev").await,
+        Err(AuthError::NotFound(_))
+    ));
+    let kinds: Vec<String> = auth
+        .search_audit(
+            &adm,
+            &AuditQuery {
+                kind: None,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.starts_with("resource."))
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["resource.create", "resource.update", "resource.delete"]
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_the_cluster() {
+    let env = Env::new();
+    let (pin, user_pin) = {
+        let auth = env.open(SecondFactor::Otp).await;
+        let adm = admin(&auth).await;
+        auth.create_resources(&adm, "r.yaml", ROLES, false)
+            .await
+            .unwrap();
+        (auth.ca_pin(), auth.user_ca().pin())
+    };
+    let auth = env.open(SecondFactor::Otp).await;
+    assert_eq!(auth.ca_pin(), pin);
+    assert_eq!(auth.user_ca().pin(), user_pin);
+    let adm = admin(&auth).await;
+    assert_eq!(
+        auth.get_resources(&adm, Kind::Role, Some("dev"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
