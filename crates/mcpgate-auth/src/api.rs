@@ -109,6 +109,10 @@ async fn ping(State(s): State<AppState>) -> Json<Ping> {
     Json(Ping {
         cluster: s.auth.cluster().into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        second_factor: match s.auth.second_factor() {
+            crate::SecondFactor::Otp => "otp".into(),
+            crate::SecondFactor::Off => "off".into(),
+        },
     })
 }
 

@@ -42,12 +42,25 @@ pub const ADMIN_NAME: &str = "admin";
 /// The preset role with every admin right.
 pub const EDITOR_ROLE: &str = "editor";
 
-const EDITOR_YAML: &str = "kind: role
+/// The preset role for people: every app, but only the tools named in the user's
+/// `mcp_tools` trait (deny by default).
+pub const ACCESS_ROLE: &str = "access";
+
+const PRESETS: &str = "kind: role
 version: v8
 metadata: {name: editor, description: Edit all cluster resources (preset)}
 spec:
   allow:
     rules: [{resources: ['*'], verbs: ['*']}]
+---
+kind: role
+version: v8
+metadata: {name: access, description: Use the MCP tools named in the user's mcp_tools trait (preset)}
+spec:
+  allow:
+    app_labels: {'*': '*'}
+    mcp: {tools: ['{{internal.mcp_tools}}']}
+    rules: [{resources: [cluster], verbs: [read]}]
 ";
 
 /// The authenticated identity behind a request, with its roles compiled now.
@@ -127,13 +140,13 @@ impl AuthService {
             host_ca,
             limiter: Mutex::new(RateLimiter::default()),
         };
-        if svc.store.get(&role_key(EDITOR_ROLE)).await?.is_none() {
-            let (res, _) = mcpgate_types::resource::parse_resources("preset", EDITOR_YAML)
-                .map_err(|e| AuthError::Internal(e.to_string()))?;
-            if let Some(mcpgate_types::resource::Resource::Role(role)) = res.into_iter().next() {
-                svc.store
-                    .create(&role_key(EDITOR_ROLE), &to_json(&role)?)
-                    .await?;
+        // Presets are created once; an admin may change `access` afterwards.
+        let (presets, _) = mcpgate_types::resource::parse_resources("presets", PRESETS)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        for preset in presets {
+            if let mcpgate_types::resource::Resource::Role(role) = preset {
+                let key = role_key(role.metadata.name.as_str());
+                svc.store.create(&key, &to_json(&role)?).await?;
             }
         }
         Ok(svc)
@@ -141,6 +154,10 @@ impl AuthService {
 
     pub fn cluster(&self) -> &str {
         self.config.cluster.as_str()
+    }
+
+    pub fn second_factor(&self) -> SecondFactor {
+        self.config.second_factor
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 pub struct Ping {
     pub cluster: String,
     pub version: String,
+    /// `otp` or `off`: whether login asks for a TOTP code.
+    pub second_factor: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

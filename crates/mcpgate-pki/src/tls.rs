@@ -5,8 +5,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use mcpgate_types::{Clock, IdentityKind};
 
@@ -52,10 +54,45 @@ fn roots(certs: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, PkiErr
     Ok(Arc::new(store))
 }
 
-/// The proxy's TLS config: presents `host` (and its CA), accepts client certificates signed
-/// by `client_cas` but does not require one (login needs none; every other endpoint checks).
+/// The server certificate a TLS listener presents, replaceable while it runs (renewal).
+#[derive(Debug)]
+pub struct CertSlot(RwLock<Arc<CertifiedKey>>);
+
+impl CertSlot {
+    /// A slot presenting `host` and the CA certificates after it.
+    pub fn new(host: &Identity) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(CertSlot(RwLock::new(certified(host)?))))
+    }
+
+    /// Presents `host` to new connections from now on.
+    pub fn replace(&self, host: &Identity) -> Result<(), PkiError> {
+        let key = certified(host)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+fn certified(host: &Identity) -> Result<Arc<CertifiedKey>, PkiError> {
+    let mut chain = vec![host.cert.clone()];
+    chain.extend(host.ca_certs.iter().cloned());
+    let key = provider()
+        .key_provider
+        .load_private_key(host.key.clone_key())
+        .map_err(tls_err)?;
+    Ok(Arc::new(CertifiedKey::new(chain, key)))
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// The proxy's TLS config: presents the slot's certificate (and its CA), accepts client
+/// certificates signed by `client_cas` but does not require one (login needs none; every
+/// other endpoint checks).
 pub fn server_config(
-    host: &Identity,
+    cert: Arc<CertSlot>,
     client_cas: &[CertificateDer<'static>],
     clock: Arc<dyn Clock>,
     alpn: &[&[u8]],
@@ -64,14 +101,11 @@ pub fn server_config(
         .allow_unauthenticated()
         .build()
         .map_err(tls_err)?;
-    let mut chain = vec![host.cert.clone()];
-    chain.extend(host.ca_certs.iter().cloned());
     let mut config = ServerConfig::builder_with_details(provider(), Arc::new(ClockTime(clock)))
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, host.key.clone_key())
-        .map_err(tls_err)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // No session resumption: a resumed session would keep a client certificate that has
     // since expired without checking it again. Every connection verifies in full.

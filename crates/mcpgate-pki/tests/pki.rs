@@ -132,7 +132,7 @@ fn client_certificate_carries_claims_and_is_checked_per_request() {
         &[&cl.host_ca, &cl.user_ca],
     );
     let server = tls::server_config(
-        &cl.proxy,
+        tls::CertSlot::new(&cl.proxy).unwrap(),
         &[cl.user_ca.cert_der().clone(), cl.host_ca.cert_der().clone()],
         Arc::new(clock.clone()),
         &[ALPN_HTTP1],
@@ -183,7 +183,7 @@ fn pinned_first_contact() {
     let clock = FakeClock::new(start());
     let cl = cluster(clock.now());
     let server = tls::server_config(
-        &cl.proxy,
+        tls::CertSlot::new(&cl.proxy).unwrap(),
         &[cl.user_ca.cert_der().clone()],
         Arc::new(clock.clone()),
         &[ALPN_HTTP1],
