@@ -377,7 +377,7 @@ pub fn parse_resources(
 }
 
 /// The one-line message of a YAML error, without its snippet or position.
-fn yaml_message(e: &serde_saphyr::Error) -> String {
+pub fn yaml_message(e: &serde_saphyr::Error) -> String {
     match e {
         serde_saphyr::Error::WithSnippet { error, .. } => yaml_message(error),
         serde_saphyr::Error::SerdeUnknownField {

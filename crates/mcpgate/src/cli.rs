@@ -1,0 +1,93 @@
+//! Command-line definitions; each command's work is in its own module.
+
+mod admin;
+mod start;
+mod user;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// mcpgate: zero-trust access to MCP servers.
+#[derive(Debug, Parser)]
+#[command(name = "mcpgate", version, about, long_about = None, disable_help_subcommand = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Daemons log at info; one-shot commands only warn.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Start(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the services: auth, proxy and agent (all by default).
+    Start(start::StartArgs),
+    /// Administer the cluster.
+    Admin(admin::AdminArgs),
+    /// Set your password (and enrol a second factor) with an invite.
+    Signup(user::SignupArgs),
+    /// Log in and get a short-lived certificate into ~/.mcpgate.
+    Login(user::LoginArgs),
+    /// Remove your credentials from ~/.mcpgate.
+    Logout,
+    /// Show who you are logged in as and until when.
+    Status(user::StatusArgs),
+}
+
+/// Output format of commands that print data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+    Yaml,
+}
+
+/// How a command reaches the proxy as an admin or a user.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The daemon's data dir, whose admin identity to use (on the auth host).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// An identity file to use instead (with --proxy).
+    #[arg(short = 'i', long, global = true)]
+    pub identity: Option<PathBuf>,
+    /// The proxy address, HOST:PORT.
+    #[arg(long, global = true)]
+    pub proxy: Option<String>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Start(a) => start::run(a).await,
+        Command::Admin(a) => admin::run(a).await,
+        Command::Signup(a) => user::signup(a).await,
+        Command::Login(a) => user::login(a).await,
+        Command::Logout => user::logout(),
+        Command::Status(a) => user::status(a),
+    }
+}
+
+/// Formats Unix seconds as RFC 3339 (UTC, seconds).
+pub fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! `mcpgate admin ...`: cluster administration over the proxy API, authenticated by an
+//! admin certificate (the data dir's on the auth host, or `-i IDENTITY --proxy ADDR`).
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mcpgate_auth::wire::{AddUserRequest, CreateRequest, CreateResponse, Status, TokenResponse};
+use mcpgate_types::resource::Kind;
+use mcpgate_types::{AuditEvent, AuditQuery};
+
+use super::user::parse_duration;
+use super::{Format, Target, print_json, rfc3339};
+use crate::client::Api;
+use crate::profile;
+
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Cluster name, CA pins and services.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Create roles and apps from a YAML file (multi-document; `-` for standard input).
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Replace resources that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show resources: role, app, user, token (plural accepted).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a resource: KIND/NAME, e.g. role/dev.
+    Rm { target: String },
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create a user and print a single-use invite token (valid 1h).
+    Add {
+        name: String,
+        /// Comma-separated role names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Traits as key=value, comma-separated; repeat a key for several values.
+        #[arg(long, value_delimiter = ',')]
+        traits: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Search events, oldest first.
+    Search {
+        /// Only events newer than this (e.g. 1h, 30m, 2d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        /// Event type, e.g. user.login.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        #[arg(long, value_parser = ["allow", "deny"])]
+        decision: Option<String>,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// Connects as an admin: `-i` with `--proxy`, else the data dir's admin identity, else the
+/// logged-in user's profile.
+fn connect(target: &Target) -> anyhow::Result<Api> {
+    if let Some(path) = &target.identity {
+        let proxy = target
+            .proxy
+            .as_deref()
+            .ok_or_else(|| anyhow!("-i needs --proxy HOST:PORT"))?;
+        return Api::with_identity(proxy, &profile::read_identity(path)?);
+    }
+    let data_dir = target
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./mcpgate-data"));
+    let admin_dir = data_dir.join("admin");
+    let stored = match profile::load(&admin_dir)? {
+        Some(s) => s,
+        None if target.data_dir.is_some() => {
+            bail!("no admin identity in {}: is `mcpgate start --data-dir {}` running here?", admin_dir.display(), data_dir.display())
+        }
+        None => profile::load(&profile::home()?)?.ok_or_else(|| {
+            anyhow!("no admin identity: run on the auth host (--data-dir DIR), pass -i IDENTITY --proxy HOST:PORT, or log in")
+        })?,
+    };
+    let proxy = target.proxy.clone().unwrap_or(stored.profile.proxy);
+    Api::with_identity(&proxy, &stored.identity)
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let api = connect(&args.target)?;
+    match args.command {
+        AdminCommand::Status { format } => status(&api, format).await,
+        AdminCommand::Create { file, force } => create(&api, &file, force).await,
+        AdminCommand::Get { kind, name, format } => get(&api, &kind, name.as_deref(), format).await,
+        AdminCommand::Rm { target } => rm(&api, &target).await,
+        AdminCommand::Users {
+            command:
+                UsersCommand::Add {
+                    name,
+                    roles,
+                    traits,
+                    format,
+                },
+        } => add_user(&api, name, roles, &traits, format).await,
+        AdminCommand::Audit {
+            command:
+                AuditCommand::Search {
+                    since,
+                    user,
+                    app,
+                    tool,
+                    kind,
+                    decision,
+                    limit,
+                    format,
+                },
+        } => {
+            let since_micros = since.map(|d| {
+                let t = std::time::SystemTime::now()
+                    .checked_sub(d)
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                mcpgate_types::clock::unix_micros(t)
+            });
+            let q = AuditQuery {
+                since_micros,
+                user,
+                app,
+                tool,
+                kind,
+                decision,
+                limit: Some(limit),
+            };
+            audit(&api, &q, format).await
+        }
+    }
+}
+
+async fn status(api: &Api, format: Format) -> anyhow::Result<()> {
+    let s: Status = api.get("/v1/admin/status").await?;
+    if format != Format::Text {
+        return print_json(&s);
+    }
+    println!("Cluster:  {}", s.cluster);
+    println!("Version:  {}", s.version);
+    for (kind, pin) in &s.ca_pins {
+        println!("CA pin ({kind}): {pin}");
+    }
+    println!("Services: {}", s.services.join(", "));
+    println!("Storage:  {}", s.storage);
+    Ok(())
+}
+
+async fn create(api: &Api, file: &Path, force: bool) -> anyhow::Result<()> {
+    let (name, text) = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read standard input")?;
+        ("<stdin>".to_string(), s)
+    } else {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        (file.display().to_string(), text)
+    };
+    let resp: CreateResponse = api
+        .post(
+            "/v1/admin/resources",
+            &CreateRequest {
+                file: name,
+                text,
+                force,
+            },
+        )
+        .await?;
+    for w in &resp.warnings {
+        eprintln!("warning: {w}");
+    }
+    for c in &resp.created {
+        println!("{c} created");
+    }
+    for u in &resp.updated {
+        println!("{u} updated");
+    }
+    Ok(())
+}
+
+fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
+    Kind::parse(kind).ok_or_else(|| {
+        anyhow!("unknown kind {kind:?} (expected one of: role, app, user, bot, token, lock, agent)")
+    })
+}
+
+async fn get(api: &Api, kind: &str, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let k = parse_kind(kind)?;
+    let path = match name {
+        Some(n) => format!("/v1/admin/resources/{}/{}", k.as_str(), urlencode(n)),
+        None => format!("/v1/admin/resources/{}", k.as_str()),
+    };
+    let items: Vec<Value> = api.get(&path).await?;
+    match format {
+        Format::Json => print_json(&if name.is_some() {
+            items.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(items)
+        }),
+        Format::Yaml => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    println!("---");
+                }
+                print!(
+                    "{}",
+                    serde_saphyr::to_string(item)
+                        .map_err(|e| anyhow!("cannot format YAML: {e}"))?
+                );
+            }
+            Ok(())
+        }
+        Format::Text => {
+            print_table(k, &items);
+            Ok(())
+        }
+    }
+}
+
+fn print_table(kind: Kind, items: &[Value]) {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
+        Kind::Role => (
+            vec!["NAME", "APPS", "ALLOWED TOOLS", "DENIED TOOLS"],
+            items
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(&r["metadata"]["name"]),
+                        s(&r["spec"]["allow"]["app_labels"]),
+                        s(&r["spec"]["allow"]["mcp"]["tools"]),
+                        s(&r["spec"]["deny"]["mcp"]["tools"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::App => (
+            vec!["NAME", "LABELS", "URI", "DESCRIPTION"],
+            items
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(&a["metadata"]["name"]),
+                        s(&a["metadata"]["labels"]),
+                        s(&a["spec"]["uri"]),
+                        s(&a["metadata"]["description"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::User => (
+            vec!["NAME", "ROLES", "PASSWORD", "OTP"],
+            items
+                .iter()
+                .map(|u| {
+                    let yes = |v: &Value| {
+                        if v.as_bool() == Some(true) {
+                            "yes".to_string()
+                        } else {
+                            "no".to_string()
+                        }
+                    };
+                    vec![
+                        s(&u["name"]),
+                        s(&u["roles"]),
+                        yes(&u["password_set"]),
+                        yes(&u["otp_enrolled"]),
+                    ]
+                })
+                .collect(),
+        ),
+        _ => (
+            vec!["ID", "TYPE", "SUBJECT", "EXPIRES"],
+            items
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(&t["id"]).chars().take(16).collect(),
+                        s(&t["type"]),
+                        s(&t["subject"]),
+                        t["expires"].as_i64().map(rfc3339).unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        ),
+    };
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let out: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+async fn rm(api: &Api, target: &str) -> anyhow::Result<()> {
+    let (kind, name) = target
+        .split_once('/')
+        .ok_or_else(|| anyhow!("expected KIND/NAME, e.g. role/dev"))?;
+    let k = parse_kind(kind)?;
+    if name.is_empty() {
+        bail!("expected KIND/NAME, e.g. role/dev");
+    }
+    let _: Value = api
+        .delete(&format!(
+            "/v1/admin/resources/{}/{}",
+            k.as_str(),
+            urlencode(name)
+        ))
+        .await?;
+    println!("{} {name} removed", k.as_str());
+    Ok(())
+}
+
+async fn add_user(
+    api: &Api,
+    name: String,
+    roles: Vec<String>,
+    traits: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in traits {
+        let (k, v) = t
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid trait {t:?}: expected key=value"))?;
+        map.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    let resp: TokenResponse = api
+        .post(
+            "/v1/admin/users",
+            &AddUserRequest {
+                name: name.clone(),
+                roles,
+                traits: map,
+            },
+        )
+        .await?;
+    if format != Format::Text {
+        return print_json(
+            &serde_json::json!({"token": resp.token, "expires": rfc3339(resp.expires)}),
+        );
+    }
+    println!(
+        "User {name} created. Invite token (single use, valid until {}):",
+        rfc3339(resp.expires)
+    );
+    println!("  {}", resp.token);
+    println!(
+        "They set a password with: mcpgate signup --proxy HOST:PORT --ca-pin PIN --invite {}",
+        resp.token
+    );
+    Ok(())
+}
+
+async fn audit(api: &Api, q: &AuditQuery, format: Format) -> anyhow::Result<()> {
+    let events: Vec<AuditEvent> = api.post("/v1/admin/audit/search", q).await?;
+    if format != Format::Text {
+        // One JSON object per line.
+        for e in &events {
+            println!("{}", serde_json::to_string(e)?);
+        }
+        return Ok(());
+    }
+    for e in &events {
+        let mut extra: Vec<String> = e
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                )
+            })
+            .collect();
+        extra.sort();
+        println!(
+            "{}  {:<22} {:<8} {:<4} {}",
+            mcpgate_types::audit::rfc3339_micros::format(e.time),
+            e.kind,
+            e.code,
+            if e.success { "ok" } else { "FAIL" },
+            std::iter::once(format!("user={}", e.user))
+                .chain(extra)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment (names are validated, but input here is raw).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,273 @@
+//! `mcpgate start`: the auth service and the proxy (and, with the MCP path, the agent).
+
+use anyhow::{Context, anyhow};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use mcpgate_auth::{AuthConfig, AuthService};
+use mcpgate_pki::tls::{self, CertSlot};
+use mcpgate_store::{AnyStore, PostgresStore, SqliteStore};
+use mcpgate_types::{Name, SystemClock};
+
+use crate::config::{Config, StorageKind};
+use crate::profile::{self, Profile};
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The daemon config file (YAML); without it, all services with SQLite in ./mcpgate-data.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Where state and the admin identity live (overrides the config's data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Lifetime of the proxy's own certificate; renewed at half-life.
+const PROXY_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime of the admin identity in the data dir; renewed at half-life.
+const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+pub async fn run(args: StartArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if !config.agent.apps.is_empty() || !config.agent.resources.is_empty() {
+        tracing::warn!(
+            "agent apps are configured, but this build does not serve the MCP access path yet"
+        );
+    }
+    profile::private_dir(&config.data_dir)?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .unwrap_or(config.data_dir.clone());
+
+    let (store, storage) = match config.storage.kind {
+        StorageKind::Sqlite => {
+            let path = data_dir.join("state.db");
+            let store = SqliteStore::open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            (
+                AnyStore::Sqlite(store),
+                format!("sqlite ({})", path.display()),
+            )
+        }
+        StorageKind::Postgres => {
+            let url = config.storage.url.clone().unwrap_or_default();
+            let store = PostgresStore::connect(&url)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            (
+                AnyStore::Postgres(store),
+                format!("postgres ({})", redact_url(&url)),
+            )
+        }
+    };
+    let cluster = Name::new(&config.cluster_name)?;
+    let auth = AuthService::open(
+        Arc::new(store),
+        Arc::new(SystemClock),
+        AuthConfig {
+            cluster,
+            second_factor: config.auth.second_factor,
+            storage: storage.clone(),
+        },
+    )
+    .await?;
+    let auth = Arc::new(auth);
+
+    let listener = TcpListener::bind(&config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
+    let bound = listener.local_addr()?;
+    let public = config
+        .proxy
+        .public_addr
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let sans = sans(&public, &bound);
+    let slot = CertSlot::new(&auth.host_identity("proxy", &sans, PROXY_CERT_TTL)?)?;
+    let cas = [
+        auth.user_ca().cert_der().clone(),
+        auth.host_ca().cert_der().clone(),
+    ];
+    let tls = tls::server_config(
+        slot.clone(),
+        &cas,
+        auth.clock().clone(),
+        mcpgate_proxy::ALPN,
+    )?;
+
+    let admin_dir = data_dir.join("admin");
+    let admin_profile = Profile {
+        proxy: public.clone(),
+        cluster: auth.cluster().into(),
+        ca_pin: auth.ca_pin(),
+        user: "admin".into(),
+    };
+    write_admin(&auth, &admin_dir, &admin_profile).await?;
+
+    let services = vec!["auth".to_string(), "proxy".to_string()];
+    let api = mcpgate_auth::api::router(auth.clone(), services.clone());
+    tokio::spawn(mcpgate_proxy::serve(listener, tls, api));
+    tokio::spawn(renew(
+        auth.clone(),
+        slot,
+        sans,
+        admin_dir.clone(),
+        admin_profile,
+    ));
+
+    println!(
+        "mcpgate {}: cluster {} is running",
+        env!("CARGO_PKG_VERSION"),
+        auth.cluster()
+    );
+    println!("  proxy:    {public}");
+    println!("  services: {}", services.join(", "));
+    println!("  storage:  {storage}");
+    println!("  CA pin:   {}", auth.ca_pin());
+    println!();
+    println!(
+        "Next: invite a user (on this host the admin identity in {} is used):",
+        admin_dir.display()
+    );
+    println!(
+        "  mcpgate admin users add alice --roles access{}",
+        data_dir_flag(&config.data_dir)
+    );
+    println!(
+        "  mcpgate signup --proxy {public} --ca-pin {} --invite <token>",
+        auth.ca_pin()
+    );
+
+    shutdown().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+fn data_dir_flag(dir: &Path) -> String {
+    if dir == Path::new("./mcpgate-data") {
+        String::new()
+    } else {
+        format!(" --data-dir {}", dir.display())
+    }
+}
+
+/// Names the proxy certificate must carry: the public host, the bound address, loopback.
+fn sans(public: &str, bound: &std::net::SocketAddr) -> Vec<String> {
+    let mut out = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Some(h) = crate::client::host_of(public) {
+        out.push(h);
+    }
+    if !bound.ip().is_unspecified() {
+        out.push(bound.ip().to_string());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn write_admin(auth: &AuthService, dir: &Path, profile: &Profile) -> anyhow::Result<()> {
+    let identity = auth.admin_identity(ADMIN_TTL).await?;
+    profile::save(dir, profile, &identity)
+}
+
+/// Renews the proxy certificate and the admin identity at half their lifetime.
+async fn renew(
+    auth: Arc<AuthService>,
+    slot: Arc<CertSlot>,
+    sans: Vec<String>,
+    admin_dir: PathBuf,
+    profile: Profile,
+) {
+    let mut proxy_due = tokio::time::Instant::now() + PROXY_CERT_TTL / 2;
+    let mut admin_due = tokio::time::Instant::now() + ADMIN_TTL / 2;
+    loop {
+        let next = proxy_due.min(admin_due);
+        tokio::time::sleep_until(next).await;
+        let now = tokio::time::Instant::now();
+        if now >= proxy_due {
+            match auth
+                .host_identity("proxy", &sans, PROXY_CERT_TTL)
+                .map_err(|e| anyhow!(e))
+                .and_then(|id| Ok(slot.replace(&id)?))
+            {
+                Ok(()) => proxy_due = now + PROXY_CERT_TTL / 2,
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the proxy certificate failed; retrying in a minute");
+                    proxy_due = now + Duration::from_secs(60);
+                }
+            }
+        }
+        if now >= admin_due {
+            match write_admin(&auth, &admin_dir, &profile).await {
+                Ok(()) => admin_due = now + ADMIN_TTL / 2,
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the admin identity failed; retrying in a minute");
+                    admin_due = now + Duration::from_secs(60);
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A URL without its password, for display.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+    }
+}

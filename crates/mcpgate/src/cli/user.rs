@@ -1,0 +1,261 @@
+//! `signup`, `login`, `logout`, `status`: a person's credentials.
+
+use anyhow::{Context, anyhow, bail};
+use std::io::{BufRead, IsTerminal};
+use std::time::SystemTime;
+
+use mcpgate_auth::wire::{CertResponse, LoginRequest, Ping, SignupRequest, SignupResponse};
+use mcpgate_pki::Identity;
+use mcpgate_types::clock::unix_secs;
+
+use super::{Format, print_json, rfc3339};
+use crate::client::Api;
+use crate::profile::{self, Profile};
+
+#[derive(Debug, clap::Args)]
+pub struct SignupArgs {
+    /// The proxy address, HOST:PORT.
+    #[arg(long)]
+    proxy: String,
+    /// The invite token from `mcpgate admin users add`.
+    #[arg(long)]
+    invite: String,
+    /// The cluster's CA pin (printed by `mcpgate start`), checked before anything is sent.
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// The proxy address, HOST:PORT (default: the last one logged in to).
+    #[arg(long)]
+    proxy: Option<String>,
+    /// The user name (default: the last one logged in as).
+    #[arg(long)]
+    user: Option<String>,
+    /// The cluster's CA pin, checked before the password is sent.
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// Ask for a shorter certificate than the roles allow (e.g. 1h).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<std::time::Duration>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The current code of your authenticator app.
+    #[arg(long)]
+    otp: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    mcpgate_types::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!("no terminal to ask for a password: pass --password-stdin and pipe it in");
+        }
+        rpassword::prompt_password(prompt).context("cannot read the password")?
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
+}
+
+/// The API client for first contact: the pin if given, else a stored profile for this proxy.
+fn first_contact(proxy: &str, pin: Option<&str>) -> anyhow::Result<(Api, String)> {
+    if let Some(pin) = pin {
+        return Ok((Api::pinned(proxy, pin)?, pin.to_string()));
+    }
+    if let Some(p) = profile::load_profile(&profile::home()?)?.filter(|p| p.proxy == proxy) {
+        return Ok((Api::pinned(proxy, &p.ca_pin)?, p.ca_pin));
+    }
+    bail!(
+        "pass --ca-pin (printed by `mcpgate start`) so mcpgate can tell the cluster from an impostor"
+    )
+}
+
+pub async fn signup(args: SignupArgs) -> anyhow::Result<()> {
+    let (api, pin) = first_contact(&args.proxy, args.ca_pin.as_deref())?;
+    // Check the pin before asking for or sending a password.
+    let ping: Ping = api.get("/v1/ping").await?;
+    let password = read_password(args.password_stdin, "New password: ")?;
+    if !args.password_stdin {
+        let again = read_password(false, "Repeat the password: ")?;
+        if again != password {
+            bail!("the passwords do not match");
+        }
+    }
+    let resp: SignupResponse = api
+        .post(
+            "/v1/signup",
+            &SignupRequest {
+                invite: args.invite.clone(),
+                password,
+            },
+        )
+        .await?;
+    println!(
+        "Password set for {} on cluster {}.",
+        resp.user, ping.cluster
+    );
+    if let Some(uri) = &resp.otp_uri {
+        println!("Add this account to your authenticator app (TOTP), then log in with its code:");
+        println!("  {uri}");
+    }
+    println!(
+        "Next: mcpgate login --proxy {} --user {} --ca-pin {pin}",
+        args.proxy, resp.user
+    );
+    Ok(())
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let home = profile::home()?;
+    let previous = profile::load_profile(&home)?;
+    let proxy = args
+        .proxy
+        .or_else(|| previous.as_ref().map(|p| p.proxy.clone()))
+        .ok_or_else(|| anyhow!("pass --proxy HOST:PORT"))?;
+    let user = args
+        .user
+        .or_else(|| {
+            previous
+                .as_ref()
+                .filter(|p| p.proxy == proxy)
+                .map(|p| p.user.clone())
+        })
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| anyhow!("pass --user NAME"))?;
+    let (api, pin) = first_contact(&proxy, args.ca_pin.as_deref())?;
+    let ping: Ping = api.get("/v1/ping").await?;
+    let password = read_password(args.password_stdin, &format!("Password for {user}: "))?;
+    let otp = match args.otp {
+        Some(code) => Some(code),
+        None if ping.second_factor == "otp" => {
+            if args.password_stdin || !std::io::stdin().is_terminal() {
+                bail!(
+                    "cluster {} requires a second factor: pass --otp CODE",
+                    ping.cluster
+                );
+            }
+            eprint!("Code from your authenticator app: ");
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            Some(line.trim().to_string())
+        }
+        None => None,
+    };
+    let key = rcgen::KeyPair::generate()?;
+    let resp: CertResponse = api
+        .post(
+            "/v1/login",
+            &LoginRequest {
+                user: user.clone(),
+                password,
+                otp,
+                public_key: key.public_key_pem(),
+                ttl_secs: args.ttl.map(|d| d.as_secs()),
+            },
+        )
+        .await?;
+    let identity = Identity::new(&key.serialize_pem(), &resp.cert, &resp.cas)
+        .context("the proxy issued an unusable certificate")?;
+    if !resp.cas.iter().any(|ca| {
+        mcpgate_pki::identity::certs_from_pem(ca)
+            .ok()
+            .and_then(|c| c.first().and_then(|c| mcpgate_pki::pin_of_cert(c).ok()))
+            .is_some_and(|p| p == pin)
+    }) {
+        bail!("the proxy's CA certificates do not match the pin; refusing to store them");
+    }
+    let profile = Profile {
+        proxy: proxy.clone(),
+        cluster: ping.cluster.clone(),
+        ca_pin: pin,
+        user: user.clone(),
+    };
+    profile::save(&home, &profile, &identity)?;
+    println!(
+        "Logged in to {} as {user} (roles: {}) until {}.",
+        ping.cluster,
+        resp.roles.join(", "),
+        rfc3339(resp.expires)
+    );
+    println!("Credentials: {}", home.join("identity").display());
+    Ok(())
+}
+
+pub fn logout() -> anyhow::Result<()> {
+    let home = profile::home()?;
+    let profile = profile::load_profile(&home).ok().flatten();
+    if profile::remove(&home)? {
+        match profile {
+            Some(p) => println!("Logged out of {} ({}).", p.cluster, p.proxy),
+            None => println!("Logged out."),
+        }
+    } else {
+        println!("Not logged in.");
+    }
+    Ok(())
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let home = profile::home()?;
+    let Some(stored) = profile::load(&home)? else {
+        bail!("not logged in: run `mcpgate login --proxy HOST:PORT --user NAME --ca-pin PIN`");
+    };
+    let claims = &stored.identity.info.claims;
+    let expires = unix_secs(stored.identity.info.not_after);
+    let valid = stored.identity.info.valid_at(SystemTime::now());
+    if args.format == Format::Json {
+        return print_json(&serde_json::json!({
+            "proxy": stored.profile.proxy,
+            "cluster": stored.profile.cluster,
+            "user": claims.name,
+            "kind": claims.kind.as_str(),
+            "roles": claims.roles,
+            "traits": claims.traits,
+            "expires": rfc3339(expires),
+            "valid": valid,
+        }));
+    }
+    println!("Proxy:    {}", stored.profile.proxy);
+    println!("Cluster:  {}", stored.profile.cluster);
+    println!("User:     {}", claims.name);
+    println!("Roles:    {}", claims.roles.join(", "));
+    if valid {
+        let left = stored
+            .identity
+            .info
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        println!(
+            "Valid until {} (in {})",
+            rfc3339(expires),
+            mcpgate_types::duration::format(left)
+        );
+    } else {
+        println!("EXPIRED at {}: run `mcpgate login` again", rfc3339(expires));
+    }
+    Ok(())
+}

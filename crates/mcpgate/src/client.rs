@@ -1,0 +1,238 @@
+//! The CLI's HTTPS client of the proxy API: one TLS connection per command, certificate
+//! errors explained in plain words.
+
+use anyhow::{Context, anyhow, bail};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use mcpgate_auth::wire::ErrorBody;
+use mcpgate_pki::Identity;
+use mcpgate_pki::tls::{self, ALPN_HTTP1, PIN_MISMATCH};
+use mcpgate_types::SystemClock;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// A client of the proxy's HTTPS API.
+pub struct Api {
+    addr: String,
+    host: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Api {
+    /// First contact: trust the proxy only if its CA has `pin`.
+    pub fn pinned(addr: &str, pin: &str) -> anyhow::Result<Api> {
+        if !mcpgate_pki::cert::is_valid_pin(pin) {
+            bail!(
+                "invalid CA pin {pin:?}: expected sha256: and 64 hex digits, as printed by `mcpgate start`"
+            );
+        }
+        let tls = tls::pinned_client_config(pin, None, Arc::new(SystemClock), &[ALPN_HTTP1])?;
+        Api::new(addr, tls)
+    }
+
+    /// Trust the CAs of `identity` and present its certificate.
+    pub fn with_identity(addr: &str, identity: &Identity) -> anyhow::Result<Api> {
+        let tls = tls::client_config(
+            &identity.ca_certs,
+            Some(identity),
+            Arc::new(SystemClock),
+            &[ALPN_HTTP1],
+        )?;
+        Api::new(addr, tls)
+    }
+
+    fn new(addr: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Api> {
+        let host = host_of(addr)
+            .ok_or_else(|| anyhow!("invalid proxy address {addr:?}: expected HOST:PORT"))?;
+        Ok(Api {
+            addr: addr.to_string(),
+            host,
+            tls,
+        })
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<R> {
+        let (status, bytes) = self
+            .exchange(method, path, body)
+            .await
+            .map_err(|e| self.explain(e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).context("the proxy sent an unexpected answer");
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => Err(anyhow!(e.error)),
+            Err(_) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let first = text.lines().next().unwrap_or_default();
+                Err(anyhow!("the proxy answered {status}: {first}"))
+            }
+        }
+    }
+
+    async fn exchange<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| anyhow!("timed out connecting to the proxy at {}", self.addr))?
+            .with_context(|| format!("cannot reach the proxy at {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|_| anyhow!("invalid proxy host {:?}", self.host))?;
+        let stream = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let body = match body {
+            Some(b) => Full::new(Bytes::from(serde_json::to_vec(b)?)),
+            None => Full::new(Bytes::new()),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.addr)
+            .header("content-type", "application/json")
+            .body(body)?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, bytes))
+    }
+
+    /// Turns TLS failures into sentences a user can act on.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        let text = format!("{e:#}");
+        let chain = || {
+            e.chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ")
+        };
+        if let Some(tls) = find_rustls(&e) {
+            use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+            return match tls {
+                R::General(m) if m.contains(PIN_MISMATCH) => anyhow!(
+                    "refusing to talk to {}: {PIN_MISMATCH} (check --ca-pin against the pin `mcpgate start` printed)",
+                    self.addr
+                ),
+                R::AlertReceived(A::CertificateExpired) => {
+                    anyhow!(
+                        "the proxy refused your certificate: it has expired; run `mcpgate login` again"
+                    )
+                }
+                R::AlertReceived(
+                    A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateUnknown
+                    | A::CertificateRevoked,
+                ) => {
+                    anyhow!(
+                        "the proxy refused your certificate ({tls}); it may belong to another cluster"
+                    )
+                }
+                R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    anyhow!("the certificate of the proxy at {} has expired", self.addr)
+                }
+                R::InvalidCertificate(_) => anyhow!(
+                    "the proxy at {} presented a certificate this client does not trust: {tls}",
+                    self.addr
+                ),
+                other => anyhow!("TLS with the proxy at {} failed: {other}", self.addr),
+            };
+        }
+        if text.contains("connection closed before message completed")
+            || text.contains("unexpected end of file")
+        {
+            return anyhow!(
+                "the proxy at {} closed the connection ({})",
+                self.addr,
+                chain()
+            );
+        }
+        e
+    }
+}
+
+fn find_rustls(e: &anyhow::Error) -> Option<&rustls::Error> {
+    for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// The host part of `HOST:PORT` or `[v6]:PORT`.
+pub fn host_of(addr: &str) -> Option<String> {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split_once("]:").map(|(h, _)| h.to_string());
+    }
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("127.0.0.1:3080").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            host_of("gate.example.com:443").as_deref(),
+            Some("gate.example.com")
+        );
+        assert_eq!(host_of("[::1]:3080").as_deref(), Some("::1"));
+        assert_eq!(host_of("nohost"), None);
+        assert_eq!(host_of(":3080"), None);
+        assert_eq!(host_of("h:port"), None);
+    }
+}

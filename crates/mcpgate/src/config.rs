@@ -1,0 +1,236 @@
+//! The daemon config file (`mcpgate start --config mcpgate.yaml`), DESIGN.md §4.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mcpgate_auth::SecondFactor;
+use mcpgate_types::resource::{McpCommand, Rewrite};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: String,
+    #[serde(default = "default_cluster")]
+    pub cluster_name: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub proxy: Proxy,
+    #[serde(default)]
+    pub agent: Agent,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    #[serde(rename = "type", default)]
+    pub kind: StorageKind,
+    /// PostgreSQL URL, for `type: postgres`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub second_factor: SecondFactor,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The address clients use; defaults to the address the proxy listens on.
+    pub public_addr: Option<String>,
+}
+
+/// The agent section. Static apps and resource selectors are read and checked now; they are
+/// served by the MCP access path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub proxy_addr: Option<String>,
+    pub join_token: Option<String>,
+    pub ca_pin: Option<String>,
+    #[serde(default)]
+    pub apps: Vec<StaticApp>,
+    #[serde(default)]
+    pub resources: Vec<ResourceSelector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticApp {
+    pub name: mcpgate_types::Name,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub uri: String,
+    pub mcp: Option<McpCommand>,
+    pub rewrite: Option<Rewrite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSelector {
+    pub labels: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cluster() -> String {
+    "mcpgate.local".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./mcpgate-data")
+}
+fn default_listen() -> String {
+    "127.0.0.1:3080".into()
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            enabled: true,
+            second_factor: SecondFactor::Otp,
+        }
+    }
+}
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            enabled: true,
+            listen: default_listen(),
+            public_addr: None,
+        }
+    }
+}
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            enabled: true,
+            proxy_addr: None,
+            join_token: None,
+            ca_pin: None,
+            apps: vec![],
+            resources: vec![],
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: "v1".into(),
+            cluster_name: default_cluster(),
+            data_dir: default_data_dir(),
+            storage: Storage::default(),
+            auth: Auth::default(),
+            proxy: Proxy::default(),
+            agent: Agent::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file; errors name the file and line.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Config = serde_saphyr::from_str(&text).map_err(|e| {
+            let line = e
+                .location()
+                .map(|l| format!(" line {}", l.line()))
+                .unwrap_or_default();
+            let msg = mcpgate_types::resource::yaml_message(&e);
+            anyhow::anyhow!("{}:{line}: {msg}", path.display())
+        })?;
+        config.check().with_context(|| path.display().to_string())?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.version != "v1" {
+            bail!(
+                "config version {:?} is not supported (use v1)",
+                self.version
+            );
+        }
+        mcpgate_types::Name::new(&self.cluster_name).context("cluster_name")?;
+        if self.storage.kind == StorageKind::Postgres && self.storage.url.is_none() {
+            bail!("storage type postgres needs storage.url (postgres://user@host:5432/db)");
+        }
+        if self.auth.enabled != self.proxy.enabled {
+            bail!(
+                "the auth and proxy services run together in this version: enable both or neither"
+            );
+        }
+        if !self.auth.enabled && self.agent.enabled {
+            bail!(
+                "an agent without the auth and proxy services (a remote agent) is not available in this version"
+            );
+        }
+        if !self.auth.enabled {
+            bail!("no service is enabled");
+        }
+        if self.agent.proxy_addr.is_some()
+            || self.agent.join_token.is_some()
+            || self.agent.ca_pin.is_some()
+        {
+            bail!(
+                "agent.proxy_addr, join_token and ca_pin are for remote agents, which this version does not run yet"
+            );
+        }
+        for app in &self.agent.apps {
+            let known = [
+                "mcp+stdio://",
+                "mcp+http://",
+                "mcp+https://",
+                "mcp+sse+http://",
+                "mcp+sse+https://",
+            ];
+            if !known.iter().any(|p| app.uri.starts_with(p)) {
+                bail!(
+                    "agent.apps {}: uri {:?} must start with one of {}",
+                    app.name,
+                    app.uri,
+                    known.join(", ")
+                );
+            }
+            if app.uri.starts_with("mcp+stdio://")
+                && app.mcp.as_ref().is_none_or(|m| m.command.trim().is_empty())
+            {
+                bail!("agent.apps {}: a stdio app needs mcp.command", app.name);
+            }
+            let _ = (&app.description, &app.labels, &app.rewrite);
+        }
+        for sel in &self.agent.resources {
+            if sel.labels.is_empty() {
+                bail!("agent.resources: a selector needs labels ({{\"*\": \"*\"}} for all)");
+            }
+        }
+        Ok(())
+    }
+}
