@@ -1,0 +1,691 @@
+//! The cluster foundation end to end, as a user does it: the real binary started on port 0,
+//! driven by the CLI. Start, admin status, resources from YAML (and their errors), invites,
+//! signup with TOTP, login (wrong pin, wrong password, replayed code), status, logout, audit,
+//! restart, expiry, PostgreSQL storage.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: dev}
+spec:
+  options: {max_session_ttl: 2h}
+  allow:
+    app_labels: {env: dev}
+    mcp:
+      tools: [\"read_*\", \"^(get|list)_.*$\", echo]
+    rules: [{resources: [cluster], verbs: [read]}]
+  deny:
+    mcp:
+      tools: [\"*delete*\"]
+---
+kind: app
+version: v3
+metadata: {name: everything, labels: {env: dev}, description: Reference MCP server}
+spec:
+  uri: mcp+stdio://
+  mcp: {command: npx, args: [-y, \"@modelcontextprotocol/server-everything\"], env: {API_KEY: \"${env:EVERYTHING_API_KEY}\"}}
+";
+
+fn role_names(d: &Daemon) -> Vec<String> {
+    let out = d.admin(&["get", "roles", "--format", "json"]).ok();
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json array");
+    v.iter()
+        .map(|r| {
+            r["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn start_prints_the_pin_and_admin_status_agrees() {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "a", "");
+    assert!(
+        d.pin.starts_with("sha256:") && d.pin.len() == 71,
+        "{}",
+        d.pin
+    );
+    assert!(
+        d.banner.contains("mcpgate admin users add"),
+        "the next step is printed:\n{}",
+        d.banner
+    );
+    let status = d.admin(&["status"]).ok();
+    assert!(status.contains("Cluster:  e2e.local"), "{status}");
+    assert!(
+        status.contains(&format!("CA pin (host): {}", d.pin)),
+        "{status}"
+    );
+    assert!(status.contains("Services: auth, proxy"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&d.admin(&["status", "--format", "json"]).ok()).unwrap();
+    assert_eq!(json["cluster"], "e2e.local");
+    assert_eq!(json["ca_pins"]["host"], d.pin.as_str());
+    // The admin identity is the owner's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d.data_dir.join("admin/identity")), 0o600);
+        assert_eq!(mode(&d.data_dir.join("admin")), 0o700);
+        assert_eq!(mode(&d.data_dir), 0o700);
+    }
+}
+
+#[test]
+fn resources_from_yaml_with_clear_errors_and_nothing_half_written() {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "a", "");
+    let presets = role_names(&d);
+    assert_eq!(presets, ["access", "editor"]);
+
+    // A misspelled deny field: error naming file, document, line, field; nothing written.
+    let bad = s.write(
+        "bad.yaml",
+        &ROLES.replace("  deny:\n    mcp:", "  deny:\n    mpc:"),
+    );
+    let err = d.admin(&["create", "-f", bad.to_str().unwrap()]).fails();
+    assert!(
+        err.contains("bad.yaml: document 1, line 12: unknown field `mpc`"),
+        "{err}"
+    );
+    assert_eq!(role_names(&d), presets, "nothing half-written");
+
+    // An error in the second document also writes nothing of the first.
+    for (text, want) in [
+        (ROLES.replace("version: v3", "version: v2"), "document 2"),
+        (
+            ROLES.replace("kind: app", "kind: widget"),
+            "unknown kind \"widget\"",
+        ),
+        (
+            ROLES.replace("\"read_*\",", "\"^(read$\","),
+            "role dev: allow.mcp.tools[0]: invalid regular expression",
+        ),
+        (
+            ROLES.replace("metadata: {name: dev}", "metadata: {name: dev"),
+            "bad.yaml: document 1",
+        ),
+        ("just a string\n".to_string(), "bad.yaml"),
+        (String::new(), "no resources found"),
+        (
+            ROLES.replace("uri: mcp+stdio://", "uri: ftp://x"),
+            "must start with one of",
+        ),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let err = d.admin(&["create", "-f", bad.to_str().unwrap()]).fails();
+        assert!(err.contains(want), "{err} should contain {want}");
+        assert_eq!(role_names(&d), presets, "nothing half-written after: {err}");
+        assert!(d.admin(&["get", "apps", "--format", "json"]).ok().trim() == "[]");
+    }
+    let missing = d
+        .admin(&["create", "-f", s.path("nope.yaml").to_str().unwrap()])
+        .fails();
+    assert!(
+        missing.contains("cannot read") && missing.contains("nope.yaml"),
+        "{missing}"
+    );
+
+    // A misspelled allow field is a warning; the rest applies.
+    let good = s.write(
+        "roles.yaml",
+        &ROLES.replace("    rules:", "    logins: [root]\n    rules:"),
+    );
+    let out = d.admin(&["create", "-f", good.to_str().unwrap()]);
+    assert!(
+        out.stderr.contains("warning: ") && out.stderr.contains("spec.allow.logins"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.ok(), "role dev created\napp everything created\n");
+    let again = d.admin(&["create", "-f", good.to_str().unwrap()]).fails();
+    assert!(
+        again.contains("role dev already exists (use --force"),
+        "{again}"
+    );
+    assert!(
+        d.admin(&["create", "-f", good.to_str().unwrap(), "--force"])
+            .ok()
+            .contains("role dev updated")
+    );
+
+    // get: text, json, yaml; one by name.
+    let text = d.admin(&["get", "roles"]).ok();
+    assert!(
+        text.lines().any(|l| l.starts_with("dev")
+            && l.contains("env=dev")
+            && l.contains("read_*")
+            && l.contains("*delete*")),
+        "{text}"
+    );
+    let app: serde_json::Value = serde_json::from_str(
+        &d.admin(&["get", "app", "everything", "--format", "json"])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(
+        app["spec"]["mcp"]["env"]["API_KEY"], "${env:EVERYTHING_API_KEY}",
+        "references, never values"
+    );
+    let yaml = d.admin(&["get", "role", "dev", "--format", "yaml"]).ok();
+    assert!(yaml.starts_with("kind: role\n"), "{yaml}");
+    // The YAML output round-trips through create.
+    let round = s.write("round.yaml", &yaml);
+    assert!(
+        d.admin(&["create", "-f", round.to_str().unwrap(), "--force"])
+            .ok()
+            .contains("role dev updated")
+    );
+    let unknown = d.admin(&["get", "widgets"]).fails();
+    assert!(unknown.contains("unknown kind \"widgets\""), "{unknown}");
+    let nf = d.admin(&["get", "role", "nope"]).fails();
+    assert!(nf.contains("role nope not found"), "{nf}");
+
+    // rm.
+    assert_eq!(
+        d.admin(&["rm", "app/everything"]).ok(),
+        "app everything removed\n"
+    );
+    assert!(
+        d.admin(&["rm", "app/everything"])
+            .fails()
+            .contains("app everything not found")
+    );
+    assert!(
+        d.admin(&["rm", "everything"])
+            .fails()
+            .contains("expected KIND/NAME")
+    );
+    assert!(d.admin(&["rm", "role/editor"]).fails().contains("preset"));
+
+    // Every change is audited.
+    let events = audit(&d, &["--type", "resource.create"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "role" && e["name"] == "dev" && e["user"] == "admin"),
+        "{events:?}"
+    );
+    let deleted = audit(&d, &["--type", "resource.delete"]);
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["name"], "everything");
+    assert_eq!(deleted[0]["code"], "MG3002I");
+}
+
+#[test]
+fn invite_signup_totp_login_status_logout() {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "a", "");
+    d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+        .ok();
+    let alice = Person::new(&s, "alice");
+
+    // Bad invites.
+    let none = d
+        .admin(&["users", "add", "bob", "--roles", "nosuchrole"])
+        .fails();
+    assert!(
+        none.contains("role \"nosuchrole\" does not exist"),
+        "{none}"
+    );
+    let text = d.admin(&["users", "add", "carol", "--roles", "dev"]).ok();
+    assert!(text.contains("Invite token (single use"), "{text}");
+    let token = invite(&d, "alice", "dev");
+    assert_eq!(token.len(), 64);
+    assert!(
+        d.admin(&["users", "add", "alice", "--roles", "dev"])
+            .fails()
+            .contains("user alice already exists")
+    );
+
+    // Signup: a wrong pin is refused before anything is sent; the invite stays usable.
+    let zero_pin = format!("sha256:{}", "0".repeat(64));
+    let out = alice.run(
+        &[
+            "signup",
+            "--proxy",
+            &d.addr,
+            "--ca-pin",
+            &zero_pin,
+            "--invite",
+            &token,
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(out.fails().contains("does not match the CA pin"));
+    let weak = alice.run(
+        &[
+            "signup",
+            "--proxy",
+            &d.addr,
+            "--ca-pin",
+            &d.pin,
+            "--invite",
+            &token,
+            "--password-stdin",
+        ],
+        Some("short\n"),
+    );
+    assert!(weak.fails().contains("at least 12 characters"));
+    let secret = alice.signup(&d, &token).expect("TOTP enrolled by default");
+    let reuse = alice.run(
+        &[
+            "signup",
+            "--proxy",
+            &d.addr,
+            "--ca-pin",
+            &d.pin,
+            "--invite",
+            &token,
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(reuse.fails().contains("invalid, expired or already used"));
+
+    // Login: wrong pin (never reaches the server), wrong password, missing code.
+    let logins_before = audit(&d, &["--type", "user.login"]).len();
+    let out = alice.run(
+        &[
+            "login",
+            "--proxy",
+            &d.addr,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &zero_pin,
+            "--password-stdin",
+            "--otp",
+            "123456",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(out.fails().contains("does not match the CA pin"));
+    assert_eq!(
+        audit(&d, &["--type", "user.login"]).len(),
+        logins_before,
+        "the password was never sent"
+    );
+    let bad_pin = alice.run(
+        &[
+            "login",
+            "--proxy",
+            &d.addr,
+            "--user",
+            "alice",
+            "--ca-pin",
+            "sha256:xyz",
+            "--password-stdin",
+        ],
+        Some("x\n"),
+    );
+    assert!(bad_pin.fails().contains("invalid CA pin"));
+    let wrong = alice.run(
+        &[
+            "login",
+            "--proxy",
+            &d.addr,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &d.pin,
+            "--password-stdin",
+            "--otp",
+            &current_code(&secret),
+        ],
+        Some("wrong password here\n"),
+    );
+    assert!(
+        wrong
+            .fails()
+            .contains("invalid user name, password or second factor code")
+    );
+    let nocode = alice.run(
+        &[
+            "login",
+            "--proxy",
+            &d.addr,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &d.pin,
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(
+        nocode
+            .fails()
+            .contains("requires a second factor: pass --otp")
+    );
+    assert!(!alice.identity().exists(), "no credentials after failures");
+
+    // Login with the code.
+    let code = current_code(&secret);
+    let ok = alice
+        .run(
+            &[
+                "login",
+                "--proxy",
+                &d.addr,
+                "--user",
+                "alice",
+                "--ca-pin",
+                &d.pin,
+                "--password-stdin",
+                "--otp",
+                &code,
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .ok();
+    assert!(ok.contains("as alice (roles: dev)"), "{ok}");
+    // The same code cannot be replayed.
+    let replay = alice.run(
+        &[
+            "login",
+            "--proxy",
+            &d.addr,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &d.pin,
+            "--password-stdin",
+            "--otp",
+            &code,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(
+        replay
+            .fails()
+            .contains("invalid user name, password or second factor code")
+    );
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(alice.identity())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "key file is owner-only");
+    }
+    let pem = std::fs::read_to_string(alice.identity()).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "identity file order: key first"
+    );
+    assert_eq!(
+        pem.matches("BEGIN CERTIFICATE").count(),
+        3,
+        "certificate then two CA certificates"
+    );
+
+    let status = alice.run(&["status"], None).ok();
+    assert!(status.contains("User:     alice"), "{status}");
+    assert!(status.contains("Roles:    dev"), "{status}");
+    assert!(
+        status.contains(&format!("Proxy:    {}", d.addr)),
+        "{status}"
+    );
+    assert!(
+        status.contains("Valid until")
+            && (status.contains("(in 1h59m") || status.contains("(in 2h")),
+        "capped by max_session_ttl 2h: {status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&alice.run(&["status", "--format", "json"], None).ok()).unwrap();
+    assert_eq!(json["roles"][0], "dev");
+    assert_eq!(json["valid"], true);
+
+    // The user's certificate works against the API, within its roles only.
+    let id = alice.identity();
+    let as_alice = |args: &[&str]| {
+        let mut all = vec!["admin", "-i", id.to_str().unwrap(), "--proxy", &d.addr];
+        all.extend_from_slice(args);
+        run(&all, None, &[])
+    };
+    assert!(as_alice(&["status"]).ok().contains("e2e.local"));
+    assert!(
+        as_alice(&["get", "users"])
+            .fails()
+            .contains("access denied: alice may not list user")
+    );
+
+    // Audit: success and failures, searchable by user and type.
+    let logins = audit(&d, &["--type", "user.login", "--user", "alice"]);
+    let outcomes: Vec<bool> = logins
+        .iter()
+        .map(|e| e["success"].as_bool().unwrap())
+        .collect();
+    // The missing code was caught by the client before anything was sent.
+    assert_eq!(outcomes, [false, true, false], "wrong password, ok, replay");
+    assert_eq!(logins[1]["method"], "password+otp");
+    assert_eq!(logins[1]["code"], "MG1000I");
+    assert_eq!(logins[0]["code"], "MG1000W");
+    assert!(logins[0]["error"].as_str().unwrap().contains("invalid"));
+    for e in &logins {
+        assert!(e["id"].as_str().is_some() && e["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(e["cluster"], "e2e.local");
+        assert_eq!(e["user_kind"], "user");
+    }
+    let certs = audit(&d, &["--type", "cert.create", "--user", "alice"]);
+    assert_eq!(certs.len(), 1);
+    assert_eq!(certs[0]["ttl"], 7200);
+    let all = d.admin(&["audit", "search", "--since", "1h"]).ok();
+    assert!(
+        all.contains("user.login") && all.contains("user=alice"),
+        "{all}"
+    );
+    assert!(
+        !all.contains(PASSWORD),
+        "passwords never reach the audit log"
+    );
+
+    assert!(
+        alice
+            .run(&["logout"], None)
+            .ok()
+            .contains("Logged out of e2e.local")
+    );
+    assert!(!alice.identity().exists());
+    assert!(
+        alice
+            .run(&["status"], None)
+            .fails()
+            .contains("not logged in")
+    );
+}
+
+#[test]
+fn restart_keeps_state_and_expired_certificates_are_refused() {
+    let s = Scratch::new();
+    let extra = "auth:\n  second_factor: off\n";
+    let mut d = Daemon::start(&s, "a", extra);
+    d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+        .ok();
+    let bob = Person::new(&s, "bob");
+    assert_eq!(
+        bob.signup(&d, &invite(&d, "bob", "dev")),
+        None,
+        "no TOTP when second_factor is off"
+    );
+    let pin = d.pin.clone();
+
+    d.kill();
+    let d = Daemon::start(&s, "a", extra);
+    assert_eq!(d.pin, pin, "the CA pin survives a restart");
+    assert!(role_names(&d).contains(&"dev".to_string()));
+    assert!(d.admin(&["get", "user", "bob"]).ok().contains("bob"));
+
+    // --ttl asks for less; once expired the proxy refuses the certificate.
+    let out = bob.login(&d, None, &["--ttl", "2s"]).ok();
+    assert!(out.contains("as bob"), "{out}");
+    let id = bob.identity();
+    let status = |id: &std::path::Path| {
+        run(
+            &[
+                "admin",
+                "-i",
+                id.to_str().unwrap(),
+                "--proxy",
+                &d.addr,
+                "status",
+            ],
+            None,
+            &[],
+        )
+    };
+    assert!(status(&id).ok().contains("e2e.local"));
+    std::thread::sleep(Duration::from_millis(2600));
+    let err = status(&id).fails();
+    assert!(err.contains("expired"), "{err}");
+    assert!(bob.run(&["status"], None).ok().contains("EXPIRED"));
+
+    let garbage = s.write("garbage", "not an identity");
+    assert!(
+        status(&garbage)
+            .fails()
+            .contains("not a valid identity file")
+    );
+}
+
+#[test]
+fn bad_configs_and_commands_fail_in_one_line() {
+    let s = Scratch::new();
+    for (config, want) in [
+        ("version: v2\n", "config version \"v2\" is not supported"),
+        (
+            "version: v1\nstorage: {type: postgres}\n",
+            "needs storage.url",
+        ),
+        (
+            "version: v1\nproxy: {listen: 127.0.0.1:0, bogus: 1}\n",
+            "unknown field `bogus`",
+        ),
+        ("version: v1\ncluster_name: \"a b\"\n", "invalid name"),
+        (
+            "version: v1\nproxy: {listen: \"not-an-address\"}\n",
+            "cannot listen on not-an-address",
+        ),
+        ("version: [\n", "bad.yaml"),
+    ] {
+        let path = s.write(
+            "bad.yaml",
+            &format!("data_dir: {}\n{config}", s.path("d").display()),
+        );
+        let err = run(&["start", "--config", path.to_str().unwrap()], None, &[]).fails();
+        assert!(err.contains(want), "{err} should contain {want}");
+    }
+    let err = run(
+        &[
+            "start",
+            "--config",
+            s.path("missing.yaml").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    )
+    .fails();
+    assert!(err.contains("cannot read"), "{err}");
+    let err = run(
+        &[
+            "admin",
+            "--data-dir",
+            s.path("nodaemon").to_str().unwrap(),
+            "status",
+        ],
+        None,
+        &[],
+    )
+    .fails();
+    assert!(err.contains("no admin identity"), "{err}");
+    let err = run(
+        &[
+            "login",
+            "--proxy",
+            "127.0.0.1:1",
+            "--user",
+            "x",
+            "--ca-pin",
+            &format!("sha256:{}", "a".repeat(64)),
+            "--password-stdin",
+        ],
+        Some("p\n"),
+        &[],
+    )
+    .fails();
+    assert!(
+        err.contains("cannot reach the proxy at 127.0.0.1:1"),
+        "{err}"
+    );
+    let usage = run(&["admin", "frobnicate"], None, &[]);
+    assert_eq!(usage.code, 2, "usage errors exit 2");
+}
+
+#[test]
+fn postgres_storage_survives_restart() {
+    let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: PostgreSQL end-to-end test (set MCPGATE_TEST_POSTGRES_URL to run it)");
+        return;
+    };
+    let db = format!("mcpgate_e2e_{}", std::process::id());
+    let psql = |sql: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("postgres reachable");
+            tokio::spawn(conn);
+            for stmt in sql.split(';') {
+                c.batch_execute(stmt).await.expect("sql");
+            }
+        });
+    };
+    psql(&format!(
+        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
+    ));
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(url.clone());
+    let extra = format!(
+        "storage: {{type: postgres, url: \"{base}/{db}\"}}\nauth: {{second_factor: off}}\n"
+    );
+    let s = Scratch::new();
+    let (pin, bob) = {
+        let d = Daemon::start(&s, "pg", &extra);
+        assert!(d.banner.contains("storage:  postgres"), "{}", d.banner);
+        d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+            .ok();
+        let bob = Person::new(&s, "bob");
+        bob.signup(&d, &invite(&d, "bob", "dev"));
+        (d.pin.clone(), bob)
+    };
+    {
+        // A second daemon with a fresh data dir on the same database is the same cluster.
+        let d = Daemon::start(&s, "pg2", &extra);
+        assert_eq!(d.pin, pin, "CA lives in PostgreSQL");
+        assert!(role_names(&d).contains(&"dev".to_string()));
+        assert!(bob.login(&d, None, &[]).ok().contains("as bob"));
+        assert_eq!(
+            audit(&d, &["--type", "user.login", "--user", "bob"]).len(),
+            1
+        );
+    }
+    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}
