@@ -219,10 +219,10 @@ fn check_app(app: &App) -> std::result::Result<(), String> {
     if uri.starts_with("mcp+stdio://") && app.spec.mcp.is_none() {
         return Err("a stdio app needs spec.mcp.command".into());
     }
-    if let Some(mcp) = &app.spec.mcp {
-        if mcp.command.trim().is_empty() {
-            return Err("spec.mcp.command is empty".into());
-        }
+    if let Some(mcp) = &app.spec.mcp
+        && mcp.command.trim().is_empty()
+    {
+        return Err("spec.mcp.command is empty".into());
     }
     Ok(())
 }

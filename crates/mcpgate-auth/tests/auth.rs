@@ -1,6 +1,8 @@
 //! The auth service with a real SQLite store and a fake clock: bootstrap, invites, signup,
 //! TOTP login, replay, rate limits, TTL caps, expiry, admin rights, restart.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -56,7 +58,9 @@ async fn admin(auth: &AuthService) -> Caller {
         .admin_identity(Duration::from_secs(3600))
         .await
         .unwrap();
-    auth.caller(Some(&[id.cert.clone()])).await.unwrap()
+    auth.caller(Some(std::slice::from_ref(&id.cert)))
+        .await
+        .unwrap()
 }
 
 fn key() -> rcgen::KeyPair {

@@ -1,6 +1,8 @@
 //! Certificates end to end through real rustls handshakes over in-memory pipes, with a fake
 //! clock: issuance, claims, pins, expiry, the wrong CA.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -168,13 +170,22 @@ fn a_user_claim_signed_by_the_host_ca_is_refused() {
         Duration::from_secs(3600),
         &[&cl.host_ca],
     );
-    let err = tls::peer_identity(Some(&[forged.cert.clone()]), CLUSTER, clock.now()).unwrap_err();
+    let err = tls::peer_identity(
+        Some(std::slice::from_ref(&forged.cert)),
+        CLUSTER,
+        clock.now(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("must be signed by the user CA"),
         "{err}"
     );
-    let err =
-        tls::peer_identity(Some(&[forged.cert.clone()]), "other.cluster", clock.now()).unwrap_err();
+    let err = tls::peer_identity(
+        Some(std::slice::from_ref(&forged.cert)),
+        "other.cluster",
+        clock.now(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("user CA"), "{err}");
 }
 
@@ -221,7 +232,8 @@ fn ca_and_identity_round_trip_through_pem() {
         &[&cl.host_ca, &cl.user_ca],
     );
     // Issued by the reloaded CA, verified against the original's certificate.
-    let info = tls::peer_identity(Some(&[bob.cert.clone()]), CLUSTER, clock.now()).unwrap();
+    let info =
+        tls::peer_identity(Some(std::slice::from_ref(&bob.cert)), CLUSTER, clock.now()).unwrap();
     assert_eq!(info.claims.kind, IdentityKind::Bot);
     let text = bob.to_pem();
     let parsed = Identity::parse(&text).unwrap();

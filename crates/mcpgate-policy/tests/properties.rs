@@ -1,5 +1,7 @@
 //! Property tests of the decision: default deny, deny wins, allows are monotone.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 use std::collections::BTreeMap;
 
 use mcpgate_policy::{Decision, Policy};

@@ -1,6 +1,8 @@
 //! The compliance suite: what every [`Store`] backend must do. Each backend's tests call
 //! [`run`] on a fresh, empty store. A failure panics with the property that broke.
 
+#![allow(clippy::unwrap_used)] // a compliance suite panics on the first broken property, by design
+
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

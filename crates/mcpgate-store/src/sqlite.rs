@@ -149,16 +149,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
-        let rows: Vec<(
-            String,
-            i64,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-        )> = events
+        let rows: Vec<OwnedRow> = events
             .iter()
             .map(|e| {
                 let r = EventRow::new(e)?;
@@ -226,6 +217,18 @@ impl Store for SqliteStore {
         decode_events(rows)
     }
 }
+
+/// An event's columns, owned, to move into the blocking task.
+type OwnedRow = (
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 /// Decodes stored event JSON, newest-first rows into oldest-first events.
 pub(crate) fn decode_events(mut rows: Vec<String>) -> Result<Vec<AuditEvent>> {

@@ -3,6 +3,8 @@
 //! PostgreSQL runs when `MCPGATE_TEST_POSTGRES_URL` is set (the test script sets it); each
 //! run gets a database of its own, dropped afterwards.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 use std::sync::Arc;
 
 use mcpgate_store::{PostgresStore, SqliteStore, Store, compliance};

@@ -3,6 +3,8 @@
 //! signup with TOTP, login (wrong pin, wrong password, replayed code), status, logout, audit,
 //! restart, expiry, PostgreSQL storage.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 mod common;
 
 use common::*;

@@ -240,7 +240,7 @@ impl Person {
     }
 
     pub fn login(&self, d: &Daemon, secret: Option<&str>, extra: &[&str]) -> Out {
-        let code = secret.map(|s| current_code(s));
+        let code = secret.map(current_code);
         let mut args = vec![
             "login",
             "--proxy",
