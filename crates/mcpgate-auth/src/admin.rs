@@ -72,6 +72,7 @@ impl AuthService {
         };
         for (kind, name, key, bytes, exists) in plan {
             self.store.put(&key, &bytes).await?;
+            self.bump_epoch();
             let (t, code) = if exists {
                 codes::RESOURCE_UPDATE
             } else {
@@ -155,6 +156,7 @@ impl AuthService {
         if !self.store.delete(&key).await? {
             return Err(AuthError::NotFound(format!("{kind} {name}")));
         }
+        self.bump_epoch();
         self.emit(self.event(
             codes::RESOURCE_DELETE.0,
             codes::RESOURCE_DELETE.1,

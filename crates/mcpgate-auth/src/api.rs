@@ -4,7 +4,7 @@
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
@@ -48,10 +48,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>) -> Router {
         )
         .route("/v1/admin/users", post(add_user))
         .route("/v1/admin/audit/search", post(search))
-        .route(
-            "/v1/{*rest}",
-            delete(not_found).get(not_found).post(not_found),
-        )
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(5 << 20))
         .with_state(AppState {
             auth,

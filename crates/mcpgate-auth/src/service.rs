@@ -102,6 +102,8 @@ pub struct AuthService {
     pub(crate) user_ca: CertAuthority,
     pub(crate) host_ca: CertAuthority,
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// Bumped on every change to roles, users or apps, so caches of policies know to reload.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -139,6 +141,7 @@ impl AuthService {
             user_ca,
             host_ca,
             limiter: Mutex::new(RateLimiter::default()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         // Presets are created once; an admin may change `access` afterwards.
         let (presets, _) = mcpgate_types::resource::parse_resources("presets", PRESETS)
@@ -154,6 +157,15 @@ impl AuthService {
 
     pub fn cluster(&self) -> &str {
         self.config.cluster.as_str()
+    }
+
+    /// Changes when roles, users or apps change in this process (see [`Self::bump_epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn second_factor(&self) -> SecondFactor {

@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use mcpgate_agent::{Agent, ClientConn};
 use mcpgate_auth::api::ConnInfo;
 use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP};
 
@@ -25,8 +29,35 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The ALPN protocols the proxy offers, in preference order.
 pub const ALPN: &[&[u8]] = &[ALPN_MCP, ALPN_HTTP1];
 
+/// The first line a bridge sends on an MCP stream: which app it wants.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub app: String,
+}
+
+/// The proxy's answer to [`Hello`]: `{"ok":true}` or `{"error":"..."}`, one line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HelloReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where the proxy sends what it accepts.
+#[derive(Clone)]
+pub struct Routes {
+    /// The HTTPS API.
+    pub api: axum::Router,
+    /// The agent serving MCP sessions (in this process).
+    pub agent: Option<Arc<Agent>>,
+    /// The cluster name, to check client certificates.
+    pub cluster: String,
+    pub clock: Arc<dyn mcpgate_types::Clock>,
+}
+
 /// Accepts connections until the listener fails; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: axum::Router) {
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, routes: Routes) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -39,9 +70,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: a
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, api) = (acceptor.clone(), api.clone());
+        let (acceptor, routes) = (acceptor.clone(), routes.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(acceptor, tcp, addr, api).await {
+            if let Err(e) = connection(acceptor, tcp, addr, routes).await {
                 tracing::debug!(%addr, error = %e, "connection ended");
             }
         });
@@ -52,7 +83,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
-    api: axum::Router,
+    routes: Routes,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
     let (_, session) = tls.get_ref();
@@ -62,12 +93,9 @@ async fn connection(
         .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>()));
     let conn = ConnInfo { peer, addr };
     match alpn.as_deref() {
-        Some(ALPN_MCP) => {
-            // The MCP access path is not served by this build yet: close cleanly.
-            tracing::info!(%addr, "MCP stream refused: the MCP access path is not available yet");
-            Ok(())
-        }
+        Some(ALPN_MCP) => mcp(tls, conn, routes).await,
         _ => {
+            let api = routes.api;
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(conn.clone());
@@ -83,4 +111,84 @@ async fn connection(
             Ok(())
         }
     }
+}
+
+/// An MCP stream: read the hello, check the client certificate now, hand the stream to the
+/// agent serving the app. The agent checks the certificate again, and every message.
+async fn mcp(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    conn: ConnInfo,
+    routes: Routes,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (read, mut write) = tokio::io::split(tls);
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let n = (&mut reader)
+            .take(4096)
+            .read_until(b'\n', &mut line)
+            .await?;
+        Ok::<_, std::io::Error>(serde_json::from_slice::<Hello>(&line[..n]).ok())
+    })
+    .await;
+    let reply = |error: Option<String>| {
+        let r = HelloReply {
+            ok: error.is_none().then_some(true),
+            error,
+        };
+        let mut v = serde_json::to_vec(&r).unwrap_or_default();
+        v.push(b'\n');
+        v
+    };
+    let hello = match hello {
+        Ok(Ok(Some(h))) => h,
+        _ => {
+            write
+                .write_all(&reply(Some(
+                    "expected {\"app\": NAME} as the first line".into(),
+                )))
+                .await?;
+            return Ok(());
+        }
+    };
+    let certs = conn.peer.as_deref().cloned().unwrap_or_default();
+    if let Err(e) =
+        mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now())
+    {
+        write
+            .write_all(&reply(Some(format!("access denied: {e}"))))
+            .await?;
+        return Ok(());
+    }
+    let Some(agent) = routes.agent else {
+        write
+            .write_all(&reply(Some(format!("no agent serves app {:?}", hello.app))))
+            .await?;
+        return Ok(());
+    };
+    match agent.app(&hello.app).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            write
+                .write_all(&reply(Some(format!("app {:?} not found", hello.app))))
+                .await?;
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "app lookup failed");
+            write
+                .write_all(&reply(Some("the gateway cannot read its apps".into())))
+                .await?;
+            return Ok(());
+        }
+    }
+    write.write_all(&reply(None)).await?;
+    write.flush().await?;
+    let client = ClientConn {
+        certs,
+        addr: conn.addr,
+        app: hello.app,
+    };
+    agent.serve(client, reader, write).await;
+    Ok(())
 }

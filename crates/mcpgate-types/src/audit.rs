@@ -15,6 +15,15 @@ pub mod codes {
     pub const RESOURCE_CREATE: (&str, &str) = ("resource.create", "MG3000I");
     pub const RESOURCE_UPDATE: (&str, &str) = ("resource.update", "MG3001I");
     pub const RESOURCE_DELETE: (&str, &str) = ("resource.delete", "MG3002I");
+    pub const MCP_SESSION_START: (&str, &str) = ("mcp.session.start", "MG5000I");
+    pub const MCP_SESSION_END: (&str, &str) = ("mcp.session.end", "MG5001I");
+    /// An allowed request that succeeded.
+    pub const MCP_REQUEST: (&str, &str) = ("mcp.session.request", "MG5002I");
+    /// An allowed request that the upstream answered with an error (or never answered).
+    pub const MCP_REQUEST_FAILED: (&str, &str) = ("mcp.session.request", "MG5002E");
+    /// A request the gateway denied or refused.
+    pub const MCP_REQUEST_DENIED: (&str, &str) = ("mcp.session.request", "MG5003W");
+    pub const MCP_NOTIFICATION: (&str, &str) = ("mcp.session.notification", "MG5004I");
 }
 
 /// One audit event. Common fields are typed; the rest of the type's fields live in `fields`.

@@ -1,6 +1,7 @@
 //! Command-line definitions; each command's work is in its own module.
 
 mod admin;
+mod mcp;
 mod start;
 mod user;
 
@@ -20,6 +21,8 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Start(_) => "info",
+            // The bridge's stdout is the MCP stream: only errors, and only on stderr.
+            Command::Mcp(_) => "error",
             _ => "warn",
         }
     }
@@ -39,6 +42,8 @@ pub enum Command {
     Logout,
     /// Show who you are logged in as and until when.
     Status(user::StatusArgs),
+    /// Use MCP servers: list them, bridge a client to one.
+    Mcp(mcp::McpArgs),
 }
 
 /// Output format of commands that print data.
@@ -72,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(a) => user::login(a).await,
         Command::Logout => user::logout(),
         Command::Status(a) => user::status(a),
+        Command::Mcp(a) => mcp::run(a).await,
     }
 }
 

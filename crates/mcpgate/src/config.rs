@@ -224,7 +224,6 @@ impl Config {
             {
                 bail!("agent.apps {}: a stdio app needs mcp.command", app.name);
             }
-            let _ = (&app.description, &app.labels, &app.rewrite);
         }
         for sel in &self.agent.resources {
             if sel.labels.is_empty() {
@@ -232,5 +231,39 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The agent's static apps as cluster resources.
+    pub fn static_apps(&self) -> Vec<mcpgate_types::resource::App> {
+        use mcpgate_types::resource::{App, AppSpec, Metadata};
+        self.agent
+            .apps
+            .iter()
+            .map(|a| App {
+                kind: "app".into(),
+                version: "v3".into(),
+                metadata: Metadata {
+                    name: a.name.clone(),
+                    description: a.description.clone(),
+                    labels: a.labels.clone(),
+                },
+                spec: AppSpec {
+                    uri: a.uri.clone(),
+                    mcp: a.mcp.clone(),
+                    rewrite: a.rewrite.clone(),
+                },
+            })
+            .collect()
+    }
+
+    /// Label selectors of the cluster apps this agent serves.
+    pub fn selectors(&self) -> Vec<BTreeMap<String, String>> {
+        self.agent
+            .resources
+            .iter()
+            .map(|r| r.labels.clone())
+            .collect()
     }
 }

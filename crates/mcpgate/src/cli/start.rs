@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+use mcpgate_agent::Agent;
 use mcpgate_auth::{AuthConfig, AuthService};
 use mcpgate_pki::tls::{self, CertSlot};
 use mcpgate_store::{AnyStore, PostgresStore, SqliteStore};
@@ -113,9 +114,37 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     };
     write_admin(&auth, &admin_dir, &admin_profile).await?;
 
-    let services = vec!["auth".to_string(), "proxy".to_string()];
-    let api = mcpgate_auth::api::router(auth.clone(), services.clone());
-    tokio::spawn(mcpgate_proxy::serve(listener, tls, api));
+    let mut services = vec!["auth".to_string(), "proxy".to_string()];
+    let agent = if config.agent.enabled {
+        let agent = Agent::new(
+            auth.clone(),
+            config.static_apps(),
+            config.selectors(),
+            mcpgate_mcp::Limits::default(),
+        )?;
+        let recovered = agent.recover().await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "completed audit events of calls forwarded before the last stop"
+            );
+        }
+        services.push("agent".to_string());
+        Some(agent)
+    } else {
+        None
+    };
+    let mut api = mcpgate_auth::api::router(auth.clone(), services.clone());
+    if let Some(agent) = &agent {
+        api = api.merge(mcpgate_agent::api::router(agent.clone()));
+    }
+    let routes = mcpgate_proxy::Routes {
+        api,
+        agent,
+        cluster: auth.cluster().into(),
+        clock: auth.clock().clone(),
+    };
+    tokio::spawn(mcpgate_proxy::serve(listener, tls, routes));
     tokio::spawn(renew(
         auth.clone(),
         slot,

@@ -1,0 +1,140 @@
+//! The agent: runs next to MCP servers, and is the one place policy is applied.
+//!
+//! - [`Agent`]: which apps it serves (static ones from its config, dynamic ones from the
+//!   cluster whose labels match its selectors) and the recovery of audit events that a killed
+//!   process left pending.
+//! - [`session`]: one client session — re-verify the client certificate, start the upstream,
+//!   check every message, filter `tools/list`, gate `tools/call`, audit everything.
+//! - [`upstream`]: stdio child processes; [`secrets`]: `${env:..}`/`${file:..}` on this host;
+//!   [`redact`]: audit parameters without secrets; [`lines`]: bounded line framing.
+
+pub mod api;
+pub mod lines;
+pub mod redact;
+pub mod secrets;
+pub mod session;
+pub mod upstream;
+
+use rustls::server::danger::ClientCertVerifier;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mcpgate_auth::AuthService;
+use mcpgate_mcp::Limits;
+use mcpgate_store::Store;
+use mcpgate_types::AuditEvent;
+use mcpgate_types::resource::App;
+
+pub use session::ClientConn;
+
+/// Agent failures outside a session.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] mcpgate_store::StoreError),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+/// The agent, shared by its sessions.
+pub struct Agent {
+    pub(crate) auth: Arc<AuthService>,
+    static_apps: Vec<App>,
+    selectors: Vec<BTreeMap<String, String>>,
+    pub(crate) limits: Limits,
+    pub(crate) verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// Key prefix of audit events written before a call is forwarded and completed after.
+pub const PENDING: &str = "audit-pending/";
+
+impl Agent {
+    /// An agent serving `static_apps`, and cluster apps whose labels match a selector.
+    pub fn new(
+        auth: Arc<AuthService>,
+        static_apps: Vec<App>,
+        selectors: Vec<BTreeMap<String, String>>,
+        limits: Limits,
+    ) -> Result<Arc<Agent>, AgentError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(auth.user_ca().cert_der().clone())
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+        Ok(Arc::new(Agent {
+            auth,
+            static_apps,
+            selectors,
+            limits,
+            verifier,
+        }))
+    }
+
+    fn serves(&self, app: &App) -> bool {
+        self.selectors.iter().any(|sel| {
+            sel.iter().all(|(k, v)| {
+                (k == "*" && v == "*")
+                    || app
+                        .metadata
+                        .labels
+                        .get(k)
+                        .is_some_and(|have| v == "*" || have == v)
+            })
+        })
+    }
+
+    /// The app called `name`, if this agent serves it.
+    pub async fn app(&self, name: &str) -> Result<Option<App>, AgentError> {
+        if let Some(app) = self
+            .static_apps
+            .iter()
+            .find(|a| a.metadata.name.as_str() == name)
+        {
+            return Ok(Some(app.clone()));
+        }
+        let Some(bytes) = self.auth.store().get(&format!("apps/{name}")).await? else {
+            return Ok(None);
+        };
+        let app: App =
+            serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        Ok(self.serves(&app).then_some(app))
+    }
+
+    /// Every app this agent serves, static ones first.
+    pub async fn apps(&self) -> Result<Vec<App>, AgentError> {
+        let mut out = self.static_apps.clone();
+        for (_, bytes) in self.auth.store().list("apps/").await? {
+            let app: App =
+                serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt(e.to_string()))?;
+            if self.serves(&app) && !out.iter().any(|a| a.metadata.name == app.metadata.name) {
+                out.push(app);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Completes audit events of calls that were forwarded when a process was killed: each
+    /// is stored (once: storing is idempotent by id) with the error that its answer is unknown.
+    pub async fn recover(&self) -> Result<usize, AgentError> {
+        let store = self.auth.store();
+        let pending = store.list(PENDING).await?;
+        for (key, bytes) in &pending {
+            if let Ok(mut event) = serde_json::from_slice::<AuditEvent>(bytes) {
+                event.fields.insert(
+                    "error".into(),
+                    "the gateway stopped before the answer was recorded".into(),
+                );
+                store.append_events(std::slice::from_ref(&event)).await?;
+            }
+            store.delete(key).await?;
+        }
+        Ok(pending.len())
+    }
+}

@@ -1,0 +1,109 @@
+//! Redaction of audit parameters: values under secret-like names, and values shaped like
+//! well-known secrets, are replaced before an event is stored.
+
+use regex::RegexSet;
+use serde_json::Value;
+use std::sync::OnceLock;
+
+/// What replaces a redacted value.
+pub const REDACTED: &str = "[REDACTED]";
+/// Parameters larger than this are stored truncated.
+const MAX_PARAMS: usize = 64 << 10;
+
+const SECRET_NAMES: &[&str] = &[
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "authorization",
+    "api_key",
+    "apikey",
+    "api-key",
+    "access_key",
+    "private_key",
+    "credential",
+    "cookie",
+    "session_key",
+    "client_secret",
+];
+
+fn shapes() -> &'static RegexSet {
+    static SET: OnceLock<RegexSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        RegexSet::new([
+            r"gh[pousr]_[A-Za-z0-9]{20,}",
+            r"github_pat_[A-Za-z0-9_]{20,}",
+            r"\bsk-[A-Za-z0-9_-]{16,}",
+            r"xox[abposr]-[A-Za-z0-9-]{10,}",
+            r"\bAKIA[0-9A-Z]{16}\b",
+            r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+            r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+            r"glpat-[A-Za-z0-9_-]{20,}",
+        ])
+        .unwrap_or_else(|_| RegexSet::empty())
+    })
+}
+
+fn secret_name(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SECRET_NAMES.iter().any(|n| k.contains(n))
+}
+
+/// Redacts a JSON value in place.
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if secret_name(k) && !val.is_null() {
+                    *val = Value::String(REDACTED.into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) if shapes().is_match(s) => *s = REDACTED.into(),
+        _ => {}
+    }
+}
+
+/// The audit form of raw parameters: parsed, redacted, size-capped.
+pub fn audit_params(raw: Option<&str>) -> Value {
+    let Some(raw) = raw else { return Value::Null };
+    if raw.len() > MAX_PARAMS {
+        return Value::String(format!("[{} bytes, not stored]", raw.len()));
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(mut v) => {
+            redact(&mut v);
+            v
+        }
+        Err(_) => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_names_and_shapes() {
+        let raw = r#"{"name":"create_issue","arguments":{"title":"hi","token":"abc","nested":{"Authorization":"Basic x","list":["ghp_0123456789abcdefghij0123","fine"]},"note":"use Bearer abcdefghijkl please","count":3}}"#;
+        let v = audit_params(Some(raw));
+        assert_eq!(v["arguments"]["token"], REDACTED);
+        assert_eq!(v["arguments"]["nested"]["Authorization"], REDACTED);
+        assert_eq!(v["arguments"]["nested"]["list"][0], REDACTED);
+        assert_eq!(v["arguments"]["nested"]["list"][1], "fine");
+        assert_eq!(v["arguments"]["note"], REDACTED);
+        assert_eq!(v["arguments"]["title"], "hi");
+        assert_eq!(v["arguments"]["count"], 3);
+        assert_eq!(v["name"], "create_issue");
+        assert!(
+            audit_params(Some(&"x".repeat(70_000)))
+                .as_str()
+                .unwrap()
+                .contains("not stored")
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! `mcpgate mcp ...`: what a user's MCP client runs. `connect` is the stdio bridge: JSON-RPC
+//! on stdin/stdout, logs on stderr only, no secrets in any client config.
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use rustls::pki_types::ServerName;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use mcpgate_agent::api::AppView;
+use mcpgate_mcp::answer::error_line;
+use mcpgate_mcp::code;
+use mcpgate_pki::Identity;
+use mcpgate_pki::tls::{self, ALPN_MCP};
+use mcpgate_proxy::{Hello, HelloReply};
+use mcpgate_types::SystemClock;
+
+use super::{Format, print_json};
+use crate::client::{Api, host_of};
+use crate::profile;
+
+#[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    #[command(subcommand)]
+    command: McpCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum McpCommand {
+    /// List the MCP servers (apps) you may use, with the tools your roles allow.
+    Ls {
+        #[command(flatten)]
+        who: Who,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Bridge an MCP client on stdin/stdout to app NAME through the gateway.
+    Connect {
+        name: String,
+        #[command(flatten)]
+        who: Who,
+    },
+}
+
+/// An identity file and proxy, or the logged-in profile.
+#[derive(Debug, Clone, clap::Args)]
+struct Who {
+    /// Identity file (from `mcpgate bot` or a copy of ~/.mcpgate/identity).
+    #[arg(short = 'i', long)]
+    identity: Option<PathBuf>,
+    /// Proxy address, HOST:PORT.
+    #[arg(long)]
+    proxy: Option<String>,
+}
+
+impl Who {
+    fn resolve(&self) -> anyhow::Result<(Identity, String)> {
+        let stored = match &self.identity {
+            Some(path) => Some((profile::read_identity(path)?, None)),
+            None => profile::load(&profile::home()?)?.map(|s| (s.identity, Some(s.profile.proxy))),
+        };
+        let (identity, proxy) = stored.ok_or_else(|| {
+            anyhow!("not logged in: run `mcpgate login`, or pass -i IDENTITY --proxy HOST:PORT")
+        })?;
+        let proxy = self
+            .proxy
+            .clone()
+            .or(proxy)
+            .ok_or_else(|| anyhow!("pass --proxy HOST:PORT"))?;
+        Ok((identity, proxy))
+    }
+}
+
+pub async fn run(args: McpArgs) -> anyhow::Result<()> {
+    match args.command {
+        McpCommand::Ls { who, format } => ls(&who, format).await,
+        McpCommand::Connect { name, who } => connect(&name, &who).await,
+    }
+}
+
+async fn ls(who: &Who, format: Format) -> anyhow::Result<()> {
+    let (identity, proxy) = who.resolve()?;
+    let apps: Vec<AppView> = Api::with_identity(&proxy, &identity)?
+        .get("/v1/mcp/apps")
+        .await?;
+    if format != Format::Text {
+        return print_json(&apps);
+    }
+    if apps.is_empty() {
+        println!(
+            "No MCP servers are available to {}.",
+            identity.info.claims.name
+        );
+        return Ok(());
+    }
+    let width = apps.iter().map(|a| a.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:<30}  DENIED TOOLS", "NAME", "ALLOWED TOOLS");
+    for a in &apps {
+        let allowed = if a.allowed_tools.is_empty() {
+            "(none)".to_string()
+        } else {
+            a.allowed_tools.join(",")
+        };
+        println!(
+            "{:<width$}  {:<30}  {}",
+            a.name,
+            allowed,
+            a.denied_tools.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn connect(name: &str, who: &Who) -> anyhow::Result<()> {
+    let (stdin, stdout) = stdio();
+    let mut stdout = stdout;
+    let stream = match open(name, who).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Tell the MCP client in its own protocol, and the person on stderr.
+            let message = format!("mcpgate: {e:#}");
+            eprintln!("error: {}", message.replace('\n', " "));
+            answer_errors(stdin, &mut stdout, &message).await;
+            return Ok(());
+        }
+    };
+    let (mut from_proxy, mut to_proxy) = tokio::io::split(stream);
+    let mut stdin = stdin;
+    let up = async {
+        let r = tokio::io::copy(&mut stdin, &mut to_proxy).await;
+        let _ = to_proxy.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = tokio::io::copy(&mut from_proxy, &mut stdout).await;
+        let _ = stdout.flush().await;
+        r
+    };
+    // The session ends when the proxy closes; the client closing stdin starts that.
+    let (_, down) = tokio::join!(up, down);
+    down.map(|_| ())
+        .context("the connection to the proxy failed")
+}
+
+type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn open(name: &str, who: &Who) -> anyhow::Result<BufReader<Stream>> {
+    let (identity, proxy) = who.resolve()?;
+    if !identity.info.valid_at(std::time::SystemTime::now()) {
+        bail!("your certificate has expired; run `mcpgate login` again");
+    }
+    let config = tls::client_config(
+        &identity.ca_certs,
+        Some(&identity),
+        Arc::new(SystemClock),
+        &[ALPN_MCP],
+    )?;
+    let host = host_of(&proxy).ok_or_else(|| anyhow!("invalid proxy address {proxy:?}"))?;
+    let tcp = TcpStream::connect(&proxy)
+        .await
+        .with_context(|| format!("cannot reach the proxy at {proxy}"))?;
+    tcp.set_nodelay(true)?;
+    let server = ServerName::try_from(host).map_err(|_| anyhow!("invalid proxy host"))?;
+    let tls = TlsConnector::from(config)
+        .connect(server, tcp)
+        .await
+        .with_context(|| format!("TLS with the proxy at {proxy} failed"))?;
+    let mut stream = BufReader::new(tls);
+    let mut hello = serde_json::to_vec(&Hello {
+        app: name.to_string(),
+    })?;
+    hello.push(b'\n');
+    stream.get_mut().write_all(&hello).await?;
+    stream.get_mut().flush().await?;
+    let mut line = String::new();
+    stream.read_line(&mut line).await.map_err(|e| {
+        anyhow!("the proxy refused the connection ({e}); is your certificate still valid?")
+    })?;
+    let reply: HelloReply = serde_json::from_str(&line).map_err(|_| {
+        anyhow!("the proxy closed the connection; is your certificate still valid?")
+    })?;
+    if let Some(e) = reply.error {
+        bail!(e);
+    }
+    Ok(stream)
+}
+
+/// Answers every request from the client with `message` until it closes stdin.
+async fn answer_errors<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stdin: R,
+    stdout: &mut W,
+    message: &str,
+) {
+    let mut lines = BufReader::new(stdin).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(env) = mcpgate_mcp::parse(line.as_bytes(), &Default::default()) else {
+            continue;
+        };
+        if let (mcpgate_mcp::Kind::Request, Some(id)) = (env.kind, env.id) {
+            let out = error_line(Some(id.get()), code::INVALID_REQUEST, message);
+            if stdout.write_all(&out).await.is_err() || stdout.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+type Input = Box<dyn AsyncRead + Unpin + Send>;
+type Output = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Standard input and output registered with the reactor when they are pipes (no blocking
+/// thread pool on the hot path), or tokio's blocking wrappers otherwise.
+fn stdio() -> (Input, Output) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let input: Input = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| pipe::Receiver::from_file(std::fs::File::from(fd)).ok())
+        .map(|r| Box::new(r) as Input)
+        .unwrap_or_else(|| Box::new(tokio::io::stdin()));
+    let output: Output = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| pipe::Sender::from_file(std::fs::File::from(fd)).ok())
+        .map(|w| Box::new(w) as Output)
+        .unwrap_or_else(|| Box::new(tokio::io::stdout()));
+    (input, output)
+}
