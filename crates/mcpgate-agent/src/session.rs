@@ -81,12 +81,26 @@ impl Agent {
     {
         let writer = tokio::sync::Mutex::new(writer);
         let mut reader = BufReader::with_capacity(64 << 10, reader);
+        self.serve_inner(conn, &mut reader, &writer).await;
+        // Close the client's stream cleanly (TLS close_notify) whatever happened.
+        let _ = writer.lock().await.shutdown().await;
+    }
+
+    async fn serve_inner<R, W>(
+        &self,
+        conn: ClientConn,
+        reader: &mut BufReader<R>,
+        writer: &tokio::sync::Mutex<W>,
+    ) where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
         let info = match self.verify(&conn.certs) {
             Ok(info) => info,
             Err(e) => {
                 refuse_all(
-                    &mut reader,
-                    &writer,
+                    reader,
+                    writer,
                     &format!("access denied: {e}"),
                     self.limits.max_bytes,
                 )
@@ -98,8 +112,8 @@ impl Agent {
             Ok(Some(app)) => app,
             Ok(None) => {
                 refuse_all(
-                    &mut reader,
-                    &writer,
+                    reader,
+                    writer,
                     &format!("app {:?} not found", conn.app),
                     self.limits.max_bytes,
                 )
@@ -109,8 +123,8 @@ impl Agent {
             Err(e) => {
                 tracing::error!(error = %e, "app lookup failed");
                 refuse_all(
-                    &mut reader,
-                    &writer,
+                    reader,
+                    writer,
                     "the gateway cannot read its apps",
                     self.limits.max_bytes,
                 )
@@ -128,7 +142,7 @@ impl Agent {
             state: Mutex::new(State::default()),
             policy: Mutex::new(None),
         };
-        session.run(&mut reader, &writer).await;
+        session.run(reader, writer).await;
     }
 
     /// Verifies a client certificate chain against the user CA now, and reads its claims.

@@ -38,11 +38,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    if !config.agent.apps.is_empty() || !config.agent.resources.is_empty() {
-        tracing::warn!(
-            "agent apps are configured, but this build does not serve the MCP access path yet"
-        );
-    }
     profile::private_dir(&config.data_dir)?;
     let data_dir = config
         .data_dir

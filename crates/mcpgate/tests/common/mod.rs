@@ -287,3 +287,210 @@ pub fn audit(d: &Daemon, filters: &[&str]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect()
 }
+
+/// A test dependency installed by `scripts/test` and named by an environment variable.
+/// Without it the test is skipped — except under CI, where that is a failure.
+pub fn needs(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{var} is not set: run the tests with scripts/test")
+        }
+        _ => {
+            eprintln!("SKIPPED: {var} is not set (scripts/test installs and sets it)");
+            None
+        }
+    }
+}
+
+/// The recorder fixture: a stdio MCP server that logs every line it receives.
+pub fn recorder_app(name: &str, labels: &str, record: &Path, marker: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/recorder.py");
+    format!(
+        "    - name: {name}\n      labels: {labels}\n      uri: mcp+stdio://\n      mcp:\n        command: python3\n        args: [\"{script}\", \"{marker}\"]\n        env: {{RECORD_FILE: \"{}\"}}\n",
+        record.display()
+    )
+}
+
+/// `mcpgate mcp connect APP` driven line by line, as a raw JSON-RPC client.
+pub struct Bridge {
+    pub child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    rx: std::sync::mpsc::Receiver<String>,
+    next_id: i64,
+}
+
+impl Bridge {
+    pub fn open(person: &Person, app: &str, extra: &[&str]) -> Bridge {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["mcp", "connect", app])
+            .args(extra)
+            .env("MCPGATE_HOME", &person.home);
+        Bridge::spawn(cmd)
+    }
+
+    pub fn spawn(mut cmd: Command) -> Bridge {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bridge");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Bridge {
+            child,
+            stdin,
+            rx,
+            next_id: 100,
+        }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("open");
+        stdin.write_all(bytes).expect("write to bridge");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_bytes(format!("{line}\n").as_bytes());
+    }
+
+    /// The next message from the gateway.
+    pub fn recv(&self) -> serde_json::Value {
+        let line = self
+            .rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no answer within 30s");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not JSON from the bridge: {line}: {e}"))
+    }
+
+    /// Waits for the answer with `id`, skipping notifications and other messages.
+    pub fn answer(&self, id: &serde_json::Value) -> serde_json::Value {
+        loop {
+            let m = self.recv();
+            if m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some()) {
+                return m;
+            }
+        }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = serde_json::Value::from(self.next_id);
+        let msg =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send(&msg.to_string());
+        self.answer(&id)
+    }
+
+    /// The answer with `id`, or `None` if the bridge closed or nothing came within 10 s.
+    pub fn rx_answer(&self, id: &serde_json::Value) -> Option<serde_json::Value> {
+        loop {
+            let line = self.rx.recv_timeout(Duration::from_secs(10)).ok()?;
+            let m: serde_json::Value = serde_json::from_str(&line).ok()?;
+            if m.get("id") == Some(id) {
+                return Some(m);
+            }
+        }
+    }
+
+    pub fn initialize(&mut self) -> serde_json::Value {
+        let r = self.request("initialize", serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e-raw", "version": "1"}}));
+        self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        r
+    }
+
+    pub fn tools(&mut self) -> Vec<String> {
+        let r = self.request("tools/list", serde_json::json!({}));
+        let mut names: Vec<String> = r["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools: {r}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn call(&mut self, tool: &str, args: serde_json::Value) -> serde_json::Value {
+        self.request(
+            "tools/call",
+            serde_json::json!({"name": tool, "arguments": args}),
+        )
+    }
+
+    /// Closes stdin and waits for the bridge to exit; returns its exit code.
+    pub fn close(mut self) -> i32 {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the bridge did not exit after stdin closed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if text.contains(marker) && !text.contains("cargo") {
+                    out.push(text);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until no process carries `marker` (up to 10 s); returns the stragglers.
+pub fn wait_no_processes(marker: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A unique marker for this test's upstream processes.
+pub fn marker(tag: &str) -> String {
+    format!(
+        "mcpgate-e2e-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}

@@ -1,0 +1,427 @@
+//! The MCP access path end to end: a real client (raw JSON-RPC, and the official Python SDK)
+//! runs `mcpgate mcp connect`, through the proxy and the agent, to real stdio MCP servers
+//! (`@modelcontextprotocol/server-everything` from npm, and a recording fixture).
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: dev}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: [echo, read_file, slow, '^get-(sum|env)$']}
+  deny:
+    mcp: {tools: ['*delete*']}
+---
+kind: role
+version: v8
+metadata: {name: prod-only}
+spec:
+  allow:
+    app_labels: {env: prod}
+    mcp: {tools: ['*']}
+";
+
+struct Env {
+    s: Scratch,
+    d: Daemon,
+    alice: Person,
+    record: std::path::PathBuf,
+    marker: String,
+}
+
+/// A cluster with the recorder app (`rec`, env=dev) and, when installed, server-everything
+/// (`everything`, env=dev, with a secret in its environment); alice has role `roles`.
+fn cluster(tag: &str, roles: &str) -> Env {
+    let s = Scratch::new();
+    let record = s.path("record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let marker = marker(tag);
+    let mut apps = recorder_app("rec", "{env: dev}", &record, &marker);
+    if let Some(everything) = std::env::var("MCPGATE_TEST_EVERYTHING")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        apps.push_str(&format!(
+            "    - name: everything\n      labels: {{env: dev}}\n      uri: mcp+stdio://\n      mcp:\n        command: node\n        args: [\"{everything}\", \"stdio\", \"{marker}\"]\n        env: {{API_KEY: \"${{file:{}}}\"}}\n",
+            s.path("api-key").display()
+        ));
+    }
+    std::fs::write(s.path("api-key"), "sk-e2e-secret-7f3a9c1d5e\n").unwrap();
+    let d = Daemon::start(
+        &s,
+        "gate",
+        &format!(
+            "auth: {{second_factor: off}}\nagent:\n  apps:\n{apps}  resources:\n    - labels: {{\"*\": \"*\"}}\n"
+        ),
+    );
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::new(&s, "alice");
+    alice.signup(&d, &invite(&d, "alice", roles));
+    alice.login(&d, None, &[]).ok();
+    Env {
+        s,
+        d,
+        alice,
+        record,
+        marker,
+    }
+}
+
+fn recorded(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn error_of(answer: &Value) -> (i64, String) {
+    let e = &answer["error"];
+    (
+        e["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("not an error: {answer}")),
+        e["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn filtered_list_allowed_call_and_denied_call_never_forwarded() {
+    let e = cluster("basic", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    let init = b.initialize();
+    assert_eq!(init["result"]["serverInfo"]["name"], "recorder");
+    assert_eq!(
+        b.tools(),
+        ["echo", "read_file", "slow"],
+        "delete_all is filtered out"
+    );
+    let ok = b.call("echo", json!({"message": "hi"}));
+    assert_eq!(ok["result"]["content"][0]["text"], "{\"message\": \"hi\"}");
+    let denied = b.call("delete_all", json!({"really": true}));
+    let (code, msg) = error_of(&denied);
+    assert_eq!(code, -32602);
+    assert!(
+        msg.starts_with("access denied") && msg.contains("delete_all"),
+        "{msg}"
+    );
+    let unknown = b.call("write_file", json!({}));
+    assert!(error_of(&unknown).1.contains("no role allows this tool"));
+    assert_eq!(b.close(), 0);
+    let rec = recorded(&e.record);
+    assert!(rec.contains("\"echo\""));
+    assert!(
+        !rec.contains("delete_all") && !rec.contains("write_file"),
+        "denied calls never reach the upstream:\n{rec}"
+    );
+
+    // Audit: the denied call with its reason, the allowed one with params and duration.
+    let events = audit(&e.d, &["--app", "rec", "--type", "mcp.session.request"]);
+    let denied = events
+        .iter()
+        .find(|ev| ev["tool"] == "delete_all")
+        .expect("denied call audited");
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["success"], false);
+    assert!(
+        denied["reason"].as_str().unwrap().contains("role dev"),
+        "{denied}"
+    );
+    assert_eq!(denied["params"]["arguments"]["really"], true);
+    let allowed = events
+        .iter()
+        .find(|ev| ev["tool"] == "echo")
+        .expect("allowed call audited");
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["user"], "alice");
+    assert!(allowed["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(allowed["jsonrpc_id"], "103");
+    for ev in &events {
+        assert!(
+            ev["session_id"].as_str().unwrap().len() == 32
+                && ev["client_addr"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("127.0.0.1:")
+        );
+    }
+    assert!(
+        !events.iter().any(|ev| ev["method"] == "tools/list"),
+        "successful list calls are not audited"
+    );
+    let start = audit(&e.d, &["--type", "mcp.session.start"]);
+    assert_eq!(start.len(), 1);
+    assert_eq!(start[0]["client_info"]["name"], "e2e-raw");
+    assert_eq!(start[0]["server_info"]["name"], "recorder");
+    assert_eq!(start[0]["protocol_version"], "2025-06-18");
+    assert_eq!(audit(&e.d, &["--type", "mcp.session.end"]).len(), 1);
+    assert_eq!(
+        audit(&e.d, &["--tool", "delete_all", "--decision", "deny"]).len(),
+        1
+    );
+    assert!(
+        wait_no_processes(&e.marker).is_empty(),
+        "no orphaned upstream processes"
+    );
+}
+
+#[test]
+fn bypass_attempts_are_refused_and_the_session_goes_on() {
+    let e = cluster("bypass", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    let cases: Vec<(&str, Vec<u8>, i64)> = vec![
+        ("case variant Name", br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"Name":"delete_all","name":"echo"}}"#.to_vec(), -32600),
+        ("case variant Method", br#"{"jsonrpc":"2.0","id":2,"Method":"tools/call","params":{"name":"delete_all"}}"#.to_vec(), -32600),
+        ("case variant Params", br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","Params":{"name":"delete_all"}}"#.to_vec(), -32600),
+        ("case variant ID", br#"{"jsonrpc":"2.0","ID":4,"method":"tools/call","params":{"name":"delete_all"}}"#.to_vec(), -32600),
+        ("duplicate name", br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","name":"delete_all"}}"#.to_vec(), -32600),
+        ("duplicate method", br#"{"jsonrpc":"2.0","id":6,"method":"ping","method":"tools/call","params":{"name":"delete_all"}}"#.to_vec(), -32600),
+        ("batch", br#"[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_all"}}]"#.to_vec(), -32600),
+        ("escaped name", br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete\u005fall"}}"#.to_vec(), -32600),
+        ("escaped key", br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"n\u0061me":"delete_all"}}"#.to_vec(), -32600),
+        ("escaped method", br#"{"jsonrpc":"2.0","id":10,"method":"tools/c\u0061ll","params":{"name":"delete_all"}}"#.to_vec(), -32600),
+        ("numeric name", br#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":1}}"#.to_vec(), -32602),
+        ("array name", br#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":["delete_all"]}}"#.to_vec(), -32602),
+        ("invalid json", b"{\"jsonrpc\":\"2.0\",\"id\":13,".to_vec(), -32700),
+        ("invalid utf-8", b"{\"jsonrpc\":\"2.0\",\"id\":14,\"method\":\"tools/call\",\"params\":{\"name\":\"delete_all\xff\"}}".to_vec(), -32700),
+        ("too deep", format!(r#"{{"jsonrpc":"2.0","id":15,"method":"tools/call","params":{{"name":"echo","arguments":{{"a":{}1{}}}}}}}"#, "[".repeat(100), "]".repeat(100)).into_bytes(), -32600),
+    ];
+    for (what, bytes, want) in &cases {
+        let mut line = bytes.clone();
+        line.push(b'\n');
+        b.send_bytes(&line);
+        let m = b.recv();
+        let (code, msg) = error_of(&m);
+        assert_eq!(code, *want, "{what}: {msg}");
+        // The session goes on.
+        assert!(
+            b.call("echo", json!({"after": what}))
+                .get("result")
+                .is_some(),
+            "session survives {what}"
+        );
+    }
+    // A line over 4 MiB is answered and skipped.
+    let mut huge = format!(r#"{{"jsonrpc":"2.0","id":99,"method":"tools/call","params":{{"name":"delete_all","arguments":{{"x":"{}"}}}}}}"#, "a".repeat(5 << 20)).into_bytes();
+    huge.push(b'\n');
+    b.send_bytes(&huge);
+    let (code, msg) = error_of(&b.recv());
+    assert_eq!(code, -32600);
+    assert!(msg.contains("larger than"), "{msg}");
+    assert!(
+        b.call("echo", json!({"after": "huge"}))
+            .get("result")
+            .is_some()
+    );
+    // Unknown methods and fields pass through untouched.
+    let unknown = b.request("custom/method", json!({"x": 1}));
+    assert_eq!(error_of(&unknown).0, -32601, "answered by the upstream");
+    b.close();
+    let rec = recorded(&e.record);
+    assert!(
+        !rec.contains("delete"),
+        "nothing that could mean delete_all reached the upstream:\n{rec}"
+    );
+    assert!(rec.contains("custom/method"));
+}
+
+#[test]
+fn an_app_the_roles_cannot_reach_is_refused_and_audited() {
+    let e = cluster("noapp", "prod-only");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    let r = b.request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}));
+    let (_, msg) = error_of(&r);
+    assert!(
+        msg.starts_with("access denied") && msg.contains("rec"),
+        "{msg}"
+    );
+    b.close();
+    assert_eq!(recorded(&e.record), "", "the upstream was never started");
+    let ev = audit(&e.d, &["--decision", "deny", "--app", "rec"]);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["method"], "initialize");
+    // mcp ls shows nothing for this user; an unknown app is a clear error.
+    assert!(
+        e.alice
+            .run(&["mcp", "ls"], None)
+            .ok()
+            .contains("No MCP servers")
+    );
+    let mut b = Bridge::open(&e.alice, "nosuchapp", &[]);
+    let r = b.request("initialize", json!({}));
+    assert!(error_of(&r).1.contains("app \"nosuchapp\" not found"));
+}
+
+#[test]
+fn a_role_change_applies_to_the_next_request_of_a_live_session() {
+    let e = cluster("rolechange", "dev");
+    let ls = e.alice.run(&["mcp", "ls", "--format", "json"], None).ok();
+    let apps: Vec<Value> = serde_json::from_str(&ls).unwrap();
+    let rec = apps.iter().find(|a| a["name"] == "rec").unwrap();
+    assert_eq!(
+        rec["allowed_tools"],
+        json!(["echo", "read_file", "slow", "^get-(sum|env)$"])
+    );
+    assert_eq!(rec["denied_tools"], json!(["*delete*"]));
+
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({})).get("result").is_some());
+    let narrower = ROLES.replace("[echo, read_file, slow, '^get-(sum|env)$']", "[read_file]");
+    e.d.admin(&[
+        "create",
+        "-f",
+        e.s.write("narrow.yaml", &narrower).to_str().unwrap(),
+        "--force",
+    ])
+    .ok();
+    let (code, msg) = error_of(&b.call("echo", json!({})));
+    assert_eq!(code, -32602, "{msg}");
+    assert_eq!(b.tools(), ["read_file"]);
+}
+
+#[test]
+fn secrets_reach_the_upstream_and_nothing_else() {
+    let Some(_) = needs("MCPGATE_TEST_EVERYTHING") else {
+        return;
+    };
+    let e = cluster("secret", "dev");
+    let mut b = Bridge::open(&e.alice, "everything", &[]);
+    let init = b.initialize();
+    assert_eq!(
+        init["result"]["serverInfo"]["name"],
+        "mcp-servers/everything"
+    );
+    assert_eq!(
+        b.tools(),
+        ["echo", "get-env", "get-sum"],
+        "exactly the allowed tools of server-everything"
+    );
+    let env = b.call("get-env", json!({}));
+    let text = env["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        text.contains("sk-e2e-secret-7f3a9c1d5e"),
+        "the upstream sees its secret: {text}"
+    );
+    assert!(
+        !text.contains("MCPGATE_TEST_EVERYTHING"),
+        "the upstream sees only its own environment"
+    );
+    assert_eq!(
+        b.call("get-sum", json!({"a": 2, "b": 3}))["result"]["content"][0]["text"],
+        "The sum of 2 and 3 is 5."
+    );
+    b.close();
+    let secret = "sk-e2e-secret-7f3a9c1d5e";
+    let log =
+        e.d.admin(&["audit", "search", "--since", "1h", "--format", "json"])
+            .ok();
+    assert!(log.contains("get-env"));
+    assert!(!log.contains(secret), "the secret is not in the audit log");
+    for entry in std::fs::read_dir(&e.alice.home).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        assert!(!text.contains(secret), "the secret is not in client files");
+    }
+    let app = e.d.admin(&["get", "apps", "--format", "json"]).ok();
+    assert!(!app.contains(secret));
+    assert!(
+        wait_no_processes(&e.marker).is_empty(),
+        "no orphaned node processes"
+    );
+}
+
+#[test]
+fn the_python_sdk_lists_and_calls_through_the_gateway() {
+    let (Some(python), Some(_)) = (
+        needs("MCPGATE_TEST_PYTHON"),
+        needs("MCPGATE_TEST_EVERYTHING"),
+    ) else {
+        return;
+    };
+    let e = cluster("sdk", "dev");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk_client.py");
+    let out = std::process::Command::new(python)
+        .args([
+            script,
+            BIN,
+            "everything",
+            "echo",
+            r#"{"message": "through the gate"}"#,
+        ])
+        .env("MCPGATE_HOME", &e.alice.home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["server"], "mcp-servers/everything");
+    assert_eq!(v["tools"], json!(["echo", "get-env", "get-sum"]));
+    assert_eq!(v["text"], json!(["Echo: through the gate"]));
+    let calls = audit(&e.d, &["--tool", "echo", "--app", "everything"]);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0]["params"]["arguments"]["message"],
+        "through the gate"
+    );
+}
+
+#[test]
+fn sigkill_during_calls_loses_no_audit_event() {
+    let mut e = cluster("kill", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    let mut answered = Vec::new();
+    let mut killed = false;
+    for i in 0..200 {
+        let id = json!(format!("k{i}"));
+        b.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo", "arguments": {"i": i}}}).to_string());
+        if i == 40 {
+            // Kill the daemon (auth, proxy and agent) while calls are in flight.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &e.d.child.id().to_string()])
+                .status();
+            killed = true;
+        }
+        match b.rx_answer(&id) {
+            Some(m) if m.get("result").is_some() => answered.push(format!("\"k{i}\"")),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        killed && answered.len() >= 20,
+        "answered {}",
+        answered.len()
+    );
+    drop(b);
+    e.d.kill();
+    let cfg = e.s.path("gate.yaml");
+    let d = Daemon::start_with(&cfg, e.d.data_dir.clone());
+    let ids: Vec<String> = audit(&d, &["--tool", "echo", "--limit", "1000"])
+        .iter()
+        .map(|ev| ev["jsonrpc_id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &answered {
+        assert!(ids.contains(id), "answered call {id} is in the audit log");
+    }
+    assert!(
+        wait_no_processes(&e.marker).is_empty(),
+        "the upstream did not outlive the killed daemon's session"
+    );
+}
