@@ -1,6 +1,8 @@
 //! Command-line definitions; each command's work is in its own module.
 
 mod admin;
+mod config;
+mod demo;
 mod mcp;
 mod start;
 mod user;

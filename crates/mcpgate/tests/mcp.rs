@@ -425,3 +425,141 @@ fn sigkill_during_calls_loses_no_audit_event() {
         "the upstream did not outlive the killed daemon's session"
     );
 }
+
+#[test]
+fn the_demo_shows_an_allow_and_a_deny() {
+    let s = Scratch::new();
+    let cfg = s.write("demo.yaml", &format!("version: v1\ncluster_name: demo.local\ndata_dir: {}\nauth: {{second_factor: off}}\nproxy: {{listen: 127.0.0.1:0}}\n", s.path("data").display()));
+    let d = Daemon::start_args(&cfg, s.path("data"), &["--demo"]);
+    assert!(d.banner.contains("Demo: app \"demo\""), "{}", d.banner);
+    let me = Person::new(&s, "me");
+    me.signup(&d, &invite(&d, "me", "demo"));
+    me.login(&d, None, &[]).ok();
+    let ls = me.run(&["mcp", "ls"], None).ok();
+    assert!(
+        ls.contains("demo") && ls.contains("get_*") && ls.contains("delete_*"),
+        "{ls}"
+    );
+    let mut b = Bridge::open(&me, "demo", &[]);
+    assert_eq!(
+        b.initialize()["result"]["serverInfo"]["name"],
+        "mcpgate-demo"
+    );
+    assert_eq!(b.tools(), ["get_time", "list_notes", "read_note"]);
+    assert!(
+        b.call("list_notes", json!({}))["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("welcome")
+    );
+    let (code, msg) = error_of(&b.call("delete_note", json!({"title": "welcome"})));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("access denied") && msg.contains("delete_note"));
+    assert_eq!(
+        b.call("read_note", json!({"title": "welcome"}))["result"]["content"][0]["text"]
+            .as_str()
+            .map(|t| t.contains("mcpgate")),
+        Some(true),
+        "the note survived"
+    );
+}
+
+#[test]
+fn mcp_config_prints_and_merges_client_entries() {
+    let e = cluster("config", "dev");
+    let out = e
+        .alice
+        .run(&["mcp", "config", "rec", "--client", "claude"], None)
+        .ok();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"mcpServers": {"rec": {"command": "mcpgate", "args": ["mcp", "connect", "rec"]}}})
+    );
+
+    // Merging keeps the rest of the file.
+    let file = e.s.write("claude.json", r#"{"theme": "dark", "mcpServers": {"github": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "x"}}}}"#);
+    e.alice
+        .run(
+            &[
+                "mcp",
+                "config",
+                "--all",
+                "--client",
+                "claude",
+                "--write",
+                "--file",
+                file.to_str().unwrap(),
+            ],
+            None,
+        )
+        .ok();
+    let merged: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(merged["theme"], "dark");
+    assert_eq!(merged["mcpServers"]["github"]["command"], "gh-mcp");
+    assert_eq!(
+        merged["mcpServers"]["rec"]["args"],
+        json!(["mcp", "connect", "rec"])
+    );
+
+    let vscode = e
+        .alice
+        .run(&["mcp", "config", "rec", "--client", "vscode"], None)
+        .ok();
+    let v: Value = serde_json::from_str(&vscode).unwrap();
+    assert_eq!(v["servers"]["rec"]["type"], "stdio");
+
+    // The bot form names the identity file and the proxy.
+    let id = e.alice.identity();
+    let bot = e
+        .alice
+        .run(
+            &[
+                "mcp",
+                "config",
+                "rec",
+                "-i",
+                id.to_str().unwrap(),
+                "--proxy",
+                &e.d.addr,
+            ],
+            None,
+        )
+        .ok();
+    let v: Value = serde_json::from_str(&bot).unwrap();
+    assert_eq!(
+        v["mcpServers"]["rec"]["args"],
+        json!([
+            "mcp",
+            "connect",
+            "-i",
+            id.to_str().unwrap(),
+            "--proxy",
+            e.d.addr,
+            "rec"
+        ])
+    );
+
+    let broken = e.s.write("broken.json", "{not json");
+    let err = e
+        .alice
+        .run(
+            &[
+                "mcp",
+                "config",
+                "rec",
+                "--client",
+                "cursor",
+                "--write",
+                "--file",
+                broken.to_str().unwrap(),
+            ],
+            None,
+        )
+        .fails();
+    assert!(
+        err.contains("not valid JSON; it was left unchanged"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&broken).unwrap(), "{not json");
+}

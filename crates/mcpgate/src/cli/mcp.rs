@@ -43,6 +43,26 @@ enum McpCommand {
         #[command(flatten)]
         who: Who,
     },
+    /// Print, or merge into the client's config file, the entry that reaches NAME (or --all).
+    Config {
+        name: Option<String>,
+        /// Every app you may use.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        #[arg(long, value_enum, default_value = "json")]
+        client: super::config::Client,
+        /// Merge into the client's config file (keeping the rest of it).
+        #[arg(long)]
+        write: bool,
+        /// The file to merge into instead of the client's usual one.
+        #[arg(long, requires = "write")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Serve the built-in demo MCP server on stdin/stdout (used by `start --demo`).
+    #[command(hide = true)]
+    DemoServer,
 }
 
 /// An identity file and proxy, or the logged-in profile.
@@ -78,6 +98,15 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     match args.command {
         McpCommand::Ls { who, format } => ls(&who, format).await,
         McpCommand::Connect { name, who } => connect(&name, &who).await,
+        McpCommand::Config {
+            name,
+            all,
+            client,
+            write,
+            file,
+            who,
+        } => config(name, all, client, write, file, &who).await,
+        McpCommand::DemoServer => super::demo::serve(),
     }
 }
 
@@ -111,6 +140,64 @@ async fn ls(who: &Who, format: Format) -> anyhow::Result<()> {
             a.denied_tools.join(",")
         );
     }
+    Ok(())
+}
+
+async fn config(
+    name: Option<String>,
+    all: bool,
+    client: super::config::Client,
+    write: bool,
+    file: Option<PathBuf>,
+    who: &Who,
+) -> anyhow::Result<()> {
+    use super::config as cfg;
+    let names = match (name, all) {
+        (Some(n), _) => vec![n],
+        (None, true) => {
+            let (identity, proxy) = who.resolve()?;
+            let apps: Vec<AppView> = Api::with_identity(&proxy, &identity)?
+                .get("/v1/mcp/apps")
+                .await?;
+            apps.into_iter().map(|a| a.name).collect()
+        }
+        (None, false) => bail!("name an app, or pass --all"),
+    };
+    // A bot's entry names its identity file and proxy; a person's uses the login profile.
+    let identity = match &who.identity {
+        Some(path) => {
+            let abs = std::path::absolute(path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?;
+            let proxy = who
+                .proxy
+                .clone()
+                .ok_or_else(|| anyhow!("-i needs --proxy HOST:PORT"))?;
+            Some((abs, proxy))
+        }
+        None => None,
+    };
+    let entries: Vec<(String, serde_json::Value)> = names
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                cfg::entry(
+                    client,
+                    n,
+                    identity.as_ref().map(|(p, x)| (p.as_path(), x.as_str())),
+                ),
+            )
+        })
+        .collect();
+    if !write {
+        return print_json(&cfg::document(client, &entries));
+    }
+    let path = match file {
+        Some(f) => f,
+        None => client.default_file()?,
+    };
+    cfg::merge(client, &path, &entries)?;
+    println!("Added {} to {}", names.join(", "), path.display());
     Ok(())
 }
 

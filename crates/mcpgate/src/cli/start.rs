@@ -23,6 +23,9 @@ pub struct StartArgs {
     /// Where state and the admin identity live (overrides the config's data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also serve a built-in demo MCP server (app `demo`, role `demo`) and print how to try it.
+    #[arg(long)]
+    demo: bool,
 }
 
 /// Lifetime of the proxy's own certificate; renewed at half-life.
@@ -109,11 +112,24 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     };
     write_admin(&auth, &admin_dir, &admin_profile).await?;
 
+    let mut static_apps = config.static_apps();
+    if args.demo {
+        if !config.agent.enabled {
+            anyhow::bail!("--demo needs the agent service enabled");
+        }
+        static_apps.push(super::demo::app()?);
+        let admin = auth.admin_identity(Duration::from_secs(60)).await?;
+        let caller = auth.caller(Some(std::slice::from_ref(&admin.cert))).await?;
+        if auth.roles(&["demo".to_string()]).await?.is_empty() {
+            auth.create_resources(&caller, "demo role", super::demo::ROLE, false)
+                .await?;
+        }
+    }
     let mut services = vec!["auth".to_string(), "proxy".to_string()];
     let agent = if config.agent.enabled {
         let agent = Agent::new(
             auth.clone(),
-            config.static_apps(),
+            static_apps,
             config.selectors(),
             mcpgate_mcp::Limits::default(),
         )?;
@@ -158,6 +174,31 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     println!("  storage:  {storage}");
     println!("  CA pin:   {}", auth.ca_pin());
     println!();
+    if args.demo {
+        let dd = data_dir_flag(&config.data_dir);
+        println!(
+            "Demo: app \"demo\" (tools get_time, list_notes, read_note, delete_note) and role \"demo\""
+        );
+        println!("(read tools allowed, delete_note denied) are ready. Try them as user \"me\":");
+        println!("  mcpgate admin users add me --roles demo{dd}");
+        println!(
+            "  mcpgate signup --proxy {public} --ca-pin {} --invite <token>",
+            auth.ca_pin()
+        );
+        println!(
+            "  mcpgate login --proxy {public} --ca-pin {} --user me",
+            auth.ca_pin()
+        );
+        println!("  mcpgate mcp ls");
+        println!(
+            "  npx @modelcontextprotocol/inspector --cli mcpgate mcp connect demo --method tools/list"
+        );
+        println!(
+            "  mcpgate mcp config demo --client claude --write     # then ask Claude for the time"
+        );
+        println!("  mcpgate admin audit search --since 1h{dd}");
+        println!();
+    }
     println!(
         "Next: invite a user (on this host the admin identity in {} is used):",
         admin_dir.display()

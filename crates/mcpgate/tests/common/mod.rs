@@ -54,9 +54,14 @@ impl Daemon {
     }
 
     pub fn start_with(config: &Path, data_dir: PathBuf) -> Daemon {
+        Daemon::start_args(config, data_dir, &[])
+    }
+
+    pub fn start_args(config: &Path, data_dir: PathBuf, args: &[&str]) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["start", "--config"])
             .arg(config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
