@@ -1,0 +1,10 @@
+//! Role and app YAML (`admin create -f`) on arbitrary text: errors, never panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = mcpgate_types::resource::parse_resources("fuzz.yaml", text);
+    }
+});
