@@ -22,6 +22,14 @@ spec:
 ---
 kind: role
 version: v8
+metadata: {name: full}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: ['*']}
+---
+kind: role
+version: v8
 metadata: {name: prod-only}
 spec:
   allow:
@@ -562,4 +570,58 @@ fn mcp_config_prints_and_merges_client_entries() {
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&broken).unwrap(), "{not json");
+}
+
+#[test]
+fn progress_and_server_to_client_requests_reach_the_client() {
+    let Some(_) = needs("MCPGATE_TEST_EVERYTHING") else {
+        return;
+    };
+    let e = cluster("progress", "full");
+    let mut b = Bridge::open(&e.alice, "everything", &[]);
+    let init = b.request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {"sampling": {}}, "clientInfo": {"name": "e2e", "version": "1"}}));
+    assert!(init.get("result").is_some(), "{init}");
+    b.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let mut tools = Vec::new();
+    for _ in 0..50 {
+        tools = b.tools();
+        if tools.iter().any(|t| t == "trigger-sampling-request") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        tools.iter().any(|t| t == "trigger-sampling-request"),
+        "{tools:?}"
+    );
+
+    // Progress notifications of a long call come back with its token.
+    b.send(&json!({"jsonrpc": "2.0", "id": "lr", "method": "tools/call", "params": {"name": "trigger-long-running-operation", "arguments": {"duration": 1, "steps": 2}, "_meta": {"progressToken": "p1"}}}).to_string());
+    let mut progress = 0;
+    loop {
+        let m = b.recv();
+        if m["method"] == "notifications/progress" {
+            assert_eq!(m["params"]["progressToken"], "p1");
+            progress += 1;
+        } else if m["id"] == "lr" {
+            assert!(m.get("result").is_some(), "{m}");
+            break;
+        }
+    }
+    assert!(progress >= 1, "progress notifications reach the client");
+
+    // A server-to-client request (sampling) reaches the client, and its answer the server.
+    b.send(&json!({"jsonrpc": "2.0", "id": "s1", "method": "tools/call", "params": {"name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}}}).to_string());
+    let request = loop {
+        let m = b.recv();
+        if m["method"] == "sampling/createMessage" {
+            break m;
+        }
+    };
+    b.send(&json!({"jsonrpc": "2.0", "id": request["id"], "result": {"role": "assistant", "content": {"type": "text", "text": "sampled by the client"}, "model": "e2e", "stopReason": "endTurn"}}).to_string());
+    let answer = b.answer(&json!("s1"));
+    assert!(
+        answer.to_string().contains("sampled by the client"),
+        "{answer}"
+    );
 }
