@@ -130,12 +130,24 @@ impl Api {
             .header("host", &self.addr)
             .header("content-type", "application/json")
             .body(body)?;
-        let resp = sender.send_request(req).await?;
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The connection task knows why it closed (a TLS alert, for one): prefer that.
+                if let Ok(Err(cause)) = tokio::time::timeout(Duration::from_secs(2), conn)
+                    .await
+                    .unwrap_or(Ok(Ok(())))
+                {
+                    return Err(anyhow::Error::new(cause));
+                }
+                return Err(e.into());
+            }
+        };
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await
-            .map_err(|e| anyhow!("reading the answer: {e}"))?
+            .map_err(|e| anyhow::Error::from_boxed(e).context("reading the proxy's answer"))?
             .to_bytes();
         conn.abort();
         Ok((status, bytes))
