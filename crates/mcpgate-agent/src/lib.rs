@@ -13,6 +13,7 @@ pub mod lines;
 pub mod redact;
 pub mod secrets;
 pub mod session;
+pub mod tunnel;
 pub mod upstream;
 
 use rustls::server::danger::ClientCertVerifier;

@@ -19,15 +19,19 @@ use tower::Service;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use mcpgate_agent::{Agent, ClientConn};
+use mcpgate_agent::tunnel::OpenMeta;
+use mcpgate_types::IdentityKind;
+
+pub mod tunnels;
 use mcpgate_auth::api::ConnInfo;
-use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP};
+use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP, ALPN_TUNNEL};
+pub use tunnels::Tunnels;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ALPN protocols the proxy offers, in preference order.
-pub const ALPN: &[&[u8]] = &[ALPN_MCP, ALPN_HTTP1];
+pub const ALPN: &[&[u8]] = &[ALPN_MCP, ALPN_TUNNEL, ALPN_HTTP1];
 
 /// The first line a bridge sends on an MCP stream: which app it wants.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,8 +53,8 @@ pub struct HelloReply {
 pub struct Routes {
     /// The HTTPS API.
     pub api: axum::Router,
-    /// The agent serving MCP sessions (in this process).
-    pub agent: Option<Arc<Agent>>,
+    /// The agents connected through their tunnels.
+    pub tunnels: Arc<Tunnels>,
     /// The cluster name, to check client certificates.
     pub cluster: String,
     pub clock: Arc<dyn mcpgate_types::Clock>,
@@ -94,6 +98,18 @@ async fn connection(
     let conn = ConnInfo { peer, addr };
     match alpn.as_deref() {
         Some(ALPN_MCP) => mcp(tls, conn, routes).await,
+        Some(ALPN_TUNNEL) => {
+            // Only hosts signed by the host CA may offer apps.
+            let certs = conn.peer.as_deref().cloned().unwrap_or_default();
+            match mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now())
+            {
+                Ok(info) if info.claims.kind == IdentityKind::Host => {
+                    routes.tunnels.accept(tls).await;
+                }
+                _ => tracing::warn!(%addr, "tunnel refused: not an agent of this cluster"),
+            }
+            Ok(())
+        }
         _ => {
             let api = routes.api;
             let service = hyper::service::service_fn(
@@ -160,35 +176,26 @@ async fn mcp(
             .await?;
         return Ok(());
     }
-    let Some(agent) = routes.agent else {
+    let Some(tunnel) = routes.tunnels.pick(&hello.app) else {
         write
-            .write_all(&reply(Some(format!("no agent serves app {:?}", hello.app))))
+            .write_all(&reply(Some(format!(
+                "app {:?} not found: no agent serves it",
+                hello.app
+            ))))
             .await?;
         return Ok(());
     };
-    match agent.app(&hello.app).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            write
-                .write_all(&reply(Some(format!("app {:?} not found", hello.app))))
-                .await?;
-            return Ok(());
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "app lookup failed");
-            write
-                .write_all(&reply(Some("the gateway cannot read its apps".into())))
-                .await?;
-            return Ok(());
-        }
-    }
     write.write_all(&reply(None)).await?;
     write.flush().await?;
-    let client = ClientConn {
-        certs,
-        addr: conn.addr,
+    let meta = OpenMeta {
         app: hello.app,
+        addr: conn.addr,
+        certs: mcpgate_agent::tunnel::encode_certs(&certs),
     };
-    agent.serve(client, reader, write).await;
+    let to_client: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = Box::new(write);
+    let id = tunnel
+        .open(&meta, Arc::new(tokio::sync::Mutex::new(to_client)))
+        .await?;
+    tunnel.pump(id, reader).await;
     Ok(())
 }

@@ -30,6 +30,8 @@ pub struct StartArgs {
 
 /// Lifetime of the proxy's own certificate; renewed at half-life.
 const PROXY_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime of the in-process agent's host certificate (a new one at every reconnection).
+const AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lifetime of the admin identity in the data dir; renewed at half-life.
 const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
 
@@ -149,13 +151,43 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(agent) = &agent {
         api = api.merge(mcpgate_agent::api::router(agent.clone()));
     }
+    let tunnels = Arc::new(mcpgate_proxy::Tunnels::default());
     let routes = mcpgate_proxy::Routes {
         api,
-        agent,
+        tunnels: tunnels.clone(),
         cluster: auth.cluster().into(),
         clock: auth.clock().clone(),
     };
     tokio::spawn(mcpgate_proxy::serve(listener, tls, routes));
+    if let Some(agent) = agent {
+        // The agent reaches the proxy through the same tunnel protocol, authentication and
+        // checks as an agent on another host: over the proxy's own TLS port.
+        let ip = if bound.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            bound.ip()
+        };
+        let proxy = std::net::SocketAddr::new(ip, bound.port());
+        let issuer = auth.clone();
+        let dial = mcpgate_agent::tunnel::Dial {
+            proxy: proxy.to_string(),
+            server_name: ip.to_string(),
+            tls: Box::new(move || {
+                let id = issuer
+                    .host_identity("agent", &[], AGENT_CERT_TTL)
+                    .map_err(|e| e.to_string())?;
+                tls::client_config(
+                    &[issuer.host_ca().cert_der().clone()],
+                    Some(&id),
+                    issuer.clock().clone(),
+                    &[tls::ALPN_TUNNEL],
+                )
+                .map_err(|e| e.to_string())
+            }),
+        };
+        tokio::spawn(agent.run_tunnel("local".to_string(), dial));
+        wait_for_agent(&tunnels).await;
+    }
     tokio::spawn(renew(
         auth.clone(),
         slot,
@@ -215,6 +247,18 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     shutdown().await;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Waits (up to 5 s) for the in-process agent's tunnel, so `start` reports ready only when
+/// MCP sessions can be served.
+async fn wait_for_agent(tunnels: &mcpgate_proxy::Tunnels) {
+    for _ in 0..100 {
+        if !tunnels.agents().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!("the agent has not connected to the proxy yet");
 }
 
 fn data_dir_flag(dir: &Path) -> String {

@@ -1,0 +1,192 @@
+//! The proxy's side of agent tunnels: which agents are connected, which apps each serves,
+//! and the streams of client sessions multiplexed over each.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use mcpgate_agent::tunnel::{
+    self, ANNOUNCE, Announce, CLOSE, DATA, DEAD_AFTER, OPEN, OpenMeta, PING, PONG,
+};
+
+type ClientWriter = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
+type TunnelWriter = tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>;
+
+/// One connected agent.
+pub struct Tunnel {
+    pub agent: String,
+    apps: Mutex<HashSet<String>>,
+    writer: TunnelWriter,
+    streams: Mutex<HashMap<u32, ClientWriter>>,
+    next: AtomicU32,
+}
+
+/// Every connected agent.
+#[derive(Default)]
+pub struct Tunnels {
+    list: Mutex<Vec<Arc<Tunnel>>>,
+    turn: AtomicUsize,
+}
+
+impl Tunnels {
+    /// An agent serving `app`, taking turns between several.
+    pub fn pick(&self, app: &str) -> Option<Arc<Tunnel>> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let serving: Vec<&Arc<Tunnel>> = list.iter().filter(|t| t.serves(app)).collect();
+        if serving.is_empty() {
+            return None;
+        }
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % serving.len();
+        Some(serving[i].clone())
+    }
+
+    /// Names of the connected agents and their apps.
+    pub fn agents(&self) -> Vec<(String, Vec<String>)> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter()
+            .map(|t| {
+                let mut apps: Vec<String> = t
+                    .apps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                apps.sort();
+                (t.agent.clone(), apps)
+            })
+            .collect()
+    }
+
+    /// Serves one agent connection (already authenticated as a host) until it drops.
+    pub async fn accept<S>(self: Arc<Self>, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut reader, writer): (ReadHalf<S>, WriteHalf<S>) = tokio::io::split(stream);
+        let first = match tokio::time::timeout(DEAD_AFTER, tunnel::read_frame(&mut reader)).await {
+            Ok(Ok(Some(f))) if f.kind == ANNOUNCE => f,
+            _ => return,
+        };
+        let Ok(announce) = serde_json::from_slice::<Announce>(&first.payload) else {
+            return;
+        };
+        let tunnel = Arc::new(Tunnel {
+            agent: announce.agent.clone(),
+            apps: Mutex::new(announce.apps.into_iter().collect()),
+            writer: tokio::sync::Mutex::new(Box::new(writer)),
+            streams: Mutex::new(HashMap::new()),
+            next: AtomicU32::new(1),
+        });
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tunnel.clone());
+        tracing::info!(agent = %tunnel.agent, "agent connected");
+        loop {
+            let frame =
+                match tokio::time::timeout(DEAD_AFTER, tunnel::read_frame(&mut reader)).await {
+                    Ok(Ok(Some(f))) => f,
+                    _ => break,
+                };
+            match frame.kind {
+                DATA => {
+                    let w = tunnel.stream(frame.stream);
+                    if let Some(w) = w
+                        && w.lock().await.write_all(&frame.payload).await.is_err()
+                    {
+                        tunnel.forget(frame.stream);
+                    }
+                }
+                CLOSE => {
+                    if let Some(w) = tunnel.forget(frame.stream) {
+                        let _ = w.lock().await.shutdown().await;
+                    }
+                }
+                ANNOUNCE => {
+                    if let Ok(a) = serde_json::from_slice::<Announce>(&frame.payload) {
+                        *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) =
+                            a.apps.into_iter().collect();
+                    }
+                }
+                PING => {
+                    if tunnel::send(&tunnel.writer, 0, PONG, &[]).await.is_err() {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The agent is gone: stop routing to it and end its sessions.
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|t| !Arc::ptr_eq(t, &tunnel));
+        let streams: Vec<ClientWriter> = tunnel
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for w in streams {
+            let _ = w.lock().await.shutdown().await;
+        }
+        tracing::warn!(agent = %tunnel.agent, "agent disconnected");
+    }
+}
+
+impl Tunnel {
+    fn serves(&self, app: &str) -> bool {
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(app)
+    }
+
+    fn stream(&self, id: u32) -> Option<ClientWriter> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn forget(&self, id: u32) -> Option<ClientWriter> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
+    /// Opens a stream for a client session; what the agent sends goes to `to_client`.
+    pub async fn open(&self, meta: &OpenMeta, to_client: ClientWriter) -> std::io::Result<u32> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, to_client);
+        let payload = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
+        if let Err(e) = tunnel::send(&self.writer, id, OPEN, &payload).await {
+            self.forget(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Copies the client's bytes to the agent until the client closes, then CLOSE.
+    pub async fn pump<R: AsyncRead + Unpin>(&self, id: u32, from_client: R) {
+        tunnel::pump(from_client, WriterRef(&self.writer), id).await;
+    }
+}
+
+/// Lets `tunnel::pump` share the tunnel's writer without another `Arc`.
+struct WriterRef<'a>(&'a TunnelWriter);
+
+impl<'a> std::ops::Deref for WriterRef<'a> {
+    type Target = TunnelWriter;
+    fn deref(&self) -> &TunnelWriter {
+        self.0
+    }
+}
