@@ -110,11 +110,7 @@ impl Tunnels {
                             a.apps.into_iter().collect();
                     }
                 }
-                PING => {
-                    if tunnel::send(&tunnel.writer, 0, PONG, &[]).await.is_err() {
-                        break;
-                    }
-                }
+                PING if tunnel::send(&tunnel.writer, 0, PONG, &[]).await.is_err() => break,
                 _ => {}
             }
         }
