@@ -38,6 +38,8 @@ const UPSTREAM_MAX: usize = 64 << 20;
 /// How long a cached policy may be used before the roles are read again, for changes made
 /// by another auth instance (changes in this process reload at once).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(1);
+/// How often a live session checks for locks (a lock ends sessions well within 5 s).
+const LOCK_CHECK: Duration = Duration::from_secs(1);
 
 struct Pending {
     method: String,
@@ -268,6 +270,12 @@ impl Session<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        // A locked identity starts nothing.
+        if let Some(reason) = self.lock_reason().await {
+            self.refuse_session(reader, writer, &format!("access denied: {reason}"))
+                .await;
+            return;
+        }
         // An app the roles cannot reach: every request is refused and audited; nothing starts.
         let app_denied = match self.policy().await {
             Ok(p) => match p.app(&self.labels) {
@@ -321,15 +329,63 @@ impl Session<'_> {
         };
         let mut upstream = upstream;
         let mut up_out = BufReader::with_capacity(64 << 10, upstream.take_stdout());
+        let mut cut = None;
         {
             let mut up_in = upstream.take_stdin();
             tokio::select! {
                 _ = self.client_loop(reader, writer, &mut up_in) => {}
                 _ = self.upstream_loop(&mut up_out, writer) => {}
+                reason = self.watch_locks() => {
+                    self.cut(writer, &reason).await;
+                    cut = Some(reason);
+                }
             }
         }
         upstream.stop().await;
-        self.end().await;
+        self.end(cut).await;
+    }
+
+    /// Why this identity is locked now, if it is (a lock that cannot be read counts as one:
+    /// fail closed).
+    async fn lock_reason(&self) -> Option<String> {
+        match self.agent.auth.lock_for(self.claims()).await {
+            Ok(Some(lock)) => Some(format!("{} is locked: {}", lock.target, lock.message)),
+            Ok(None) => None,
+            Err(e) => Some(format!("locks cannot be checked: {e}")),
+        }
+    }
+
+    /// Returns once the identity is locked (checked every [`LOCK_CHECK`]).
+    async fn watch_locks(&self) -> String {
+        loop {
+            tokio::time::sleep(LOCK_CHECK).await;
+            if let Some(reason) = self.lock_reason().await {
+                return reason;
+            }
+        }
+    }
+
+    /// Ends a live session for `reason`: open requests get an error, the client a log
+    /// message, the audit log the reason.
+    async fn cut<W: AsyncWrite + Unpin>(&self, writer: &tokio::sync::Mutex<W>, reason: &str) {
+        let message = format!("access denied: {reason}; the session was ended");
+        let ids: Vec<String> = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = write(
+                writer,
+                &error_line(Some(&id), code::INVALID_REQUEST, &message),
+            )
+            .await;
+        }
+        let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": message}});
+        let _ = write(writer, format!("{note}\n").as_bytes()).await;
     }
 
     /// Refuses every request of a session that may not proceed, auditing each.
@@ -719,7 +775,7 @@ impl Session<'_> {
             .await;
     }
 
-    async fn end(&self) {
+    async fn end(&self, cut: Option<String>) {
         let pending: Vec<(String, Pending)> = self
             .state
             .lock()
@@ -742,7 +798,15 @@ impl Session<'_> {
                 let _ = store.delete(&format!("{PENDING}{}", ev.id)).await;
             }
         }
-        self.emit(self.event(codes::MCP_SESSION_END, true, Map::new()))
+        let mut f = Map::new();
+        let code = match cut {
+            Some(reason) => {
+                f.insert("reason".into(), Value::from(reason));
+                codes::MCP_SESSION_TERMINATED
+            }
+            None => codes::MCP_SESSION_END,
+        };
+        self.emit(self.event(code, code == codes::MCP_SESSION_END, f))
             .await;
     }
 }

@@ -20,6 +20,8 @@ fn key_of(kind: Kind, name: &str) -> Result<String> {
         Kind::App => Ok(app_key(name)),
         Kind::User => Ok(user_key(name)),
         Kind::Token => Ok(format!("tokens/{name}")),
+        Kind::Bot => Ok(crate::bots::bot_key(name)),
+        Kind::Lock => Ok(crate::bots::lock_key(name)),
         other => Err(AuthError::BadRequest(format!(
             "{other}s are not managed by this version of mcpgate yet"
         ))),
@@ -127,6 +129,14 @@ impl AuthService {
                 Kind::Role => serde_json::to_value(from_json::<Role>(&bytes)?),
                 Kind::App => serde_json::to_value(from_json::<App>(&bytes)?),
                 Kind::User => serde_json::to_value(UserView::from(&from_json::<User>(&bytes)?)),
+                Kind::Bot => serde_json::to_value(from_json::<mcpgate_types::resource::Bot>(&bytes)?),
+                Kind::Lock => {
+                    let l: mcpgate_types::resource::Lock = from_json(&bytes)?;
+                    if l.expires.is_some_and(|e| e <= now) {
+                        continue;
+                    }
+                    serde_json::to_value(l)
+                }
                 Kind::Token => {
                     let t: Token = from_json(&bytes)?;
                     if t.expires <= now {
@@ -157,9 +167,14 @@ impl AuthService {
             return Err(AuthError::NotFound(format!("{kind} {name}")));
         }
         self.bump_epoch();
+        let (t, code) = if kind == Kind::Lock {
+            codes::LOCK_DELETE
+        } else {
+            codes::RESOURCE_DELETE
+        };
         self.emit(self.event(
-            codes::RESOURCE_DELETE.0,
-            codes::RESOURCE_DELETE.1,
+            t,
+            code,
             &caller.info.claims,
             true,
             [

@@ -47,6 +47,12 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>) -> Router {
             get(read).delete(remove),
         )
         .route("/v1/admin/users", post(add_user))
+        .route("/v1/admin/bots", post(add_bot))
+        .route("/v1/admin/bots/{name}", post(update_bot))
+        .route("/v1/admin/tokens", post(add_token))
+        .route("/v1/admin/locks", post(lock))
+        .route("/v1/bot/join", post(bot_join))
+        .route("/v1/bot/renew", post(bot_renew))
         .route("/v1/admin/audit/search", post(search))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(5 << 20))
@@ -221,4 +227,77 @@ async fn search(
 ) -> ApiResult<Vec<AuditEvent>> {
     let c = caller(&s, &conn).await?;
     Ok(Json(s.auth.search_audit(&c, &q).await?))
+}
+
+async fn add_bot(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<AddBotRequest>,
+) -> ApiResult<TokenResponse> {
+    let c = caller(&s, &conn).await?;
+    let ttl = req.ttl_secs.map(std::time::Duration::from_secs);
+    let (token, expires) = s.auth.add_bot(&c, &req.name, &req.roles, ttl).await?;
+    Ok(Json(TokenResponse { token, expires }))
+}
+
+async fn update_bot(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateBotRequest>,
+) -> ApiResult<mcpgate_types::resource::Bot> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(
+        s.auth
+            .update_bot(&c, &name, &req.add_roles, req.set_roles.as_deref())
+            .await?,
+    ))
+}
+
+async fn add_token(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<AddTokenRequest>,
+) -> ApiResult<TokenResponse> {
+    let c = caller(&s, &conn).await?;
+    let (token, expires) = s.auth.add_token(&c, req.kind, req.bot.as_deref()).await?;
+    Ok(Json(TokenResponse { token, expires }))
+}
+
+async fn lock(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<LockRequest>,
+) -> ApiResult<mcpgate_types::resource::Lock> {
+    let c = caller(&s, &conn).await?;
+    let ttl = req.ttl_secs.map(std::time::Duration::from_secs);
+    Ok(Json(s.auth.lock(&c, req.target, ttl, &req.message).await?))
+}
+
+async fn bot_join(
+    State(s): State<AppState>,
+    Json(req): Json<JoinRequest>,
+) -> ApiResult<CertResponse> {
+    Ok(Json(
+        s.auth
+            .bot_join(&req.token, &req.public_key, req.ttl_secs)
+            .await?,
+    ))
+}
+
+async fn bot_renew(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<RenewRequest>,
+) -> ApiResult<CertResponse> {
+    // Authenticated like any request, but a bot with an old generation must reach the
+    // generation check (and be locked), so only validity is checked here.
+    let peer = conn.peer.as_deref().map(|v| v.as_slice());
+    let info = mcpgate_pki::tls::peer_identity(peer, s.auth.cluster(), s.auth.clock().now())
+        .map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
+    Ok(Json(
+        s.auth
+            .bot_renew(&info, &req.public_key, req.ttl_secs)
+            .await?,
+    ))
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod bots;
 pub mod login;
 pub mod service;
 pub mod wire;

@@ -323,6 +323,20 @@ impl AuthService {
             (None, SecondFactor::Otp) => return Err(AuthError::InvalidCredentials),
             (None, SecondFactor::Off) => "password",
         };
+        let locked_claims = Claims {
+            name: user.name.to_string(),
+            kind: IdentityKind::User,
+            roles: user.roles.clone(),
+            traits: Default::default(),
+            generation: 0,
+            cluster: self.cluster().into(),
+        };
+        if let Some(lock) = self.lock_for(&locked_claims).await? {
+            return Err(AuthError::AccessDenied(format!(
+                "{} is locked: {}",
+                lock.target, lock.message
+            )));
+        }
         let roles = self.roles(&user.roles).await?;
         let policy = Policy::compile(&roles, &user.traits)
             .map_err(|e| AuthError::Internal(e.to_string()))?;

@@ -266,6 +266,12 @@ impl AuthService {
                 "host certificates cannot call the API".into(),
             ));
         }
+        if let Some(lock) = self.lock_for(&info.claims).await? {
+            return Err(AuthError::AccessDenied(format!(
+                "{} is locked: {}",
+                lock.target, lock.message
+            )));
+        }
         let roles = self.roles(&info.claims.roles).await?;
         let policy = Policy::compile(&roles, &info.claims.traits)
             .map_err(|e| AuthError::Internal(e.to_string()))?;

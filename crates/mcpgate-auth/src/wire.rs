@@ -100,3 +100,56 @@ pub struct WhoAmI {
 pub struct ErrorBody {
     pub error: String,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddBotRequest {
+    pub name: String,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateBotRequest {
+    #[serde(default)]
+    pub add_roles: Vec<String>,
+    #[serde(default)]
+    pub set_roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddTokenRequest {
+    #[serde(rename = "type")]
+    pub kind: mcpgate_types::resource::TokenKind,
+    #[serde(default)]
+    pub bot: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub target: mcpgate_types::resource::LockTarget,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A bot's (or agent's) first contact: its join token and public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub public_key: String,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// An agent's name (agents only).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A renewal, authenticated by the current certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub public_key: String,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}

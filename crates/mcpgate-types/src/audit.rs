@@ -15,8 +15,17 @@ pub mod codes {
     pub const RESOURCE_CREATE: (&str, &str) = ("resource.create", "MG3000I");
     pub const RESOURCE_UPDATE: (&str, &str) = ("resource.update", "MG3001I");
     pub const RESOURCE_DELETE: (&str, &str) = ("resource.delete", "MG3002I");
+    pub const BOT_JOIN: (&str, &str) = ("bot.join", "MG2001I");
+    pub const BOT_RENEW: (&str, &str) = ("cert.create", "MG2002I");
+    pub const BOT_JOIN_FAILURE: (&str, &str) = ("bot.join", "MG2001W");
+    pub const AGENT_JOIN: (&str, &str) = ("agent.join", "MG2003I");
+    pub const LOCK_CREATE: (&str, &str) = ("lock.create", "MG4000I");
+    pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "MG4001I");
+    pub const BOT_GENERATION_MISMATCH: (&str, &str) = ("bot.lock.generation_mismatch", "MG4002W");
     pub const MCP_SESSION_START: (&str, &str) = ("mcp.session.start", "MG5000I");
     pub const MCP_SESSION_END: (&str, &str) = ("mcp.session.end", "MG5001I");
+    /// A live session ended by the gateway (a lock).
+    pub const MCP_SESSION_TERMINATED: (&str, &str) = ("mcp.session.end", "MG5001W");
     /// An allowed request that succeeded.
     pub const MCP_REQUEST: (&str, &str) = ("mcp.session.request", "MG5002I");
     /// An allowed request that the upstream answered with an error (or never answered).

@@ -497,9 +497,100 @@ pub enum TokenKind {
     Agent,
 }
 
+/// A machine identity: renews its own certificate, each renewal one generation later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bot {
+    pub name: Name,
+    pub roles: Vec<String>,
+    /// The longest certificate it may get, in seconds.
+    pub max_ttl: u64,
+    /// The generation of the newest certificate issued; a renewal must present it.
+    pub generation: u64,
+    pub created: i64,
+}
+
+/// What a lock bans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockTarget {
+    User(String),
+    Bot(String),
+    Role(String),
+}
+
+impl fmt::Display for LockTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockTarget::User(n) => write!(f, "user {n}"),
+            LockTarget::Bot(n) => write!(f, "bot {n}"),
+            LockTarget::Role(n) => write!(f, "role {n}"),
+        }
+    }
+}
+
+/// A ban on a user, bot or role: no new certificates, no new sessions, live sessions end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub id: String,
+    pub target: LockTarget,
+    #[serde(default)]
+    pub message: String,
+    /// Unix seconds; `None` until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    pub created: i64,
+    pub created_by: String,
+}
+
+impl Lock {
+    /// Whether this lock applies, at `now`, to an identity with this kind, name and roles.
+    pub fn applies(
+        &self,
+        kind: crate::IdentityKind,
+        name: &str,
+        roles: &[String],
+        now: i64,
+    ) -> bool {
+        if self.expires.is_some_and(|e| e <= now) {
+            return false;
+        }
+        match &self.target {
+            LockTarget::User(u) => kind == crate::IdentityKind::User && u == name,
+            LockTarget::Bot(b) => kind == crate::IdentityKind::Bot && b == name,
+            LockTarget::Role(r) => roles.iter().any(|x| x == r),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locks_apply_to_their_target_until_they_expire() {
+        use crate::IdentityKind::{Bot as B, User as U};
+        let lock = |target, expires| Lock {
+            id: "l".into(),
+            target,
+            message: String::new(),
+            expires,
+            created: 0,
+            created_by: "a".into(),
+        };
+        let roles = vec!["dev".to_string()];
+        assert!(lock(LockTarget::User("alice".into()), None).applies(U, "alice", &roles, 10));
+        assert!(
+            !lock(LockTarget::User("alice".into()), None).applies(B, "alice", &roles, 10),
+            "a bot named like a user is another identity"
+        );
+        assert!(lock(LockTarget::Bot("ci".into()), Some(20)).applies(B, "ci", &[], 10));
+        assert!(
+            !lock(LockTarget::Bot("ci".into()), Some(20)).applies(B, "ci", &[], 20),
+            "expired"
+        );
+        assert!(lock(LockTarget::Role("dev".into()), None).applies(B, "ci", &roles, 10));
+        assert!(!lock(LockTarget::Role("ops".into()), None).applies(U, "alice", &roles, 10));
+    }
 
     const GOOD: &str = "kind: role
 version: v8

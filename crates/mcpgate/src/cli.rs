@@ -1,6 +1,7 @@
 //! Command-line definitions; each command's work is in its own module.
 
 mod admin;
+mod bot;
 mod config;
 mod demo;
 mod mcp;
@@ -22,7 +23,7 @@ impl Cli {
     /// Daemons log at info; one-shot commands only warn.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Start(_) => "info",
+            Command::Start(_) | Command::Bot(_) => "info",
             // The bridge's stdout is the MCP stream: only errors, and only on stderr.
             Command::Mcp(_) => "error",
             _ => "warn",
@@ -46,6 +47,8 @@ pub enum Command {
     Status(user::StatusArgs),
     /// Use MCP servers: list them, bridge a client to one.
     Mcp(mcp::McpArgs),
+    /// The machine identity agent for CI jobs and AI agents.
+    Bot(bot::BotArgs),
 }
 
 /// Output format of commands that print data.
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => user::logout(),
         Command::Status(a) => user::status(a),
         Command::Mcp(a) => mcp::run(a).await,
+        Command::Bot(a) => bot::run(a).await,
     }
 }
 

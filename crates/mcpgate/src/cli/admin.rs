@@ -26,6 +26,33 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
+    /// Bots: machine identities that renew their own short-lived certificates.
+    Bots {
+        #[command(subcommand)]
+        command: BotsCommand,
+    },
+    /// Join tokens for bots and agents.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Lock a user, bot or role: no new certificates or sessions; live sessions end.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "bot", "role"])))]
+    Lock {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        /// Lift the lock after this long (e.g. 1h); without it, until `admin rm lock/ID`.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        message: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Cluster name, CA pins and services.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -58,6 +85,58 @@ enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BotsCommand {
+    /// Create a bot and print its single-use join token (valid 30 min).
+    Add {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// The longest certificate the bot may get (default 24h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Change a bot's roles.
+    #[command(group(clap::ArgGroup::new("change").required(true).args(["add_roles", "set_roles"])))]
+    Update {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        add_roles: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        set_roles: Option<Vec<String>>,
+    },
+    /// List bots.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a bot.
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a single-use join token (valid 30 min).
+    Add {
+        #[arg(long = "type", value_parser = ["bot", "agent"])]
+        kind: String,
+        /// The bot the token is for (type bot).
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List unexpired tokens (by id: a hash, never the token).
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a token by id.
+    Rm { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +216,43 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Create { file, force } => create(&api, &file, force).await,
         AdminCommand::Get { kind, name, format } => get(&api, &kind, name.as_deref(), format).await,
         AdminCommand::Rm { target } => rm(&api, &target).await,
+        AdminCommand::Bots { command } => bots(&api, command).await,
+        AdminCommand::Tokens { command } => tokens(&api, command).await,
+        AdminCommand::Lock {
+            user,
+            bot,
+            role,
+            ttl,
+            message,
+            format,
+        } => {
+            use mcpgate_types::resource::LockTarget;
+            let target = match (user, bot, role) {
+                (Some(u), _, _) => LockTarget::User(u),
+                (_, Some(b), _) => LockTarget::Bot(b),
+                (_, _, Some(r)) => LockTarget::Role(r),
+                _ => bail!("name what to lock: --user, --bot or --role"),
+            };
+            let req = mcpgate_auth::wire::LockRequest {
+                target,
+                ttl_secs: ttl.map(|d| d.as_secs()),
+                message,
+            };
+            let lock: mcpgate_types::resource::Lock = api.post("/v1/admin/locks", &req).await?;
+            if format != Format::Text {
+                return print_json(&lock);
+            }
+            println!(
+                "Locked {} (lock {}{}).",
+                lock.target,
+                lock.id,
+                lock.expires
+                    .map(|e| format!(", until {}", rfc3339(e)))
+                    .unwrap_or_default()
+            );
+            println!("Remove it with: mcpgate admin rm lock/{}", lock.id);
+            Ok(())
+        }
         AdminCommand::Users {
             command:
                 UsersCommand::Add {
@@ -343,6 +459,48 @@ fn print_table(kind: Kind, items: &[Value]) {
                 })
                 .collect(),
         ),
+        Kind::Bot => (
+            vec!["NAME", "ROLES", "MAX TTL", "GENERATION"],
+            items
+                .iter()
+                .map(|b| {
+                    let ttl = b["max_ttl"]
+                        .as_u64()
+                        .map(|t| mcpgate_types::duration::format(std::time::Duration::from_secs(t)))
+                        .unwrap_or_default();
+                    vec![
+                        s(&b["name"]),
+                        s(&b["roles"]),
+                        ttl,
+                        b["generation"].to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Lock => (
+            vec!["ID", "TARGET", "MESSAGE", "EXPIRES", "BY"],
+            items
+                .iter()
+                .map(|l| {
+                    let target = l["target"]
+                        .as_object()
+                        .and_then(|o| o.iter().next())
+                        .map(|(k, v)| format!("{k} {}", s(v)))
+                        .unwrap_or_default();
+                    let expires = l["expires"]
+                        .as_i64()
+                        .map(rfc3339)
+                        .unwrap_or_else(|| "never".into());
+                    vec![
+                        s(&l["id"]),
+                        target,
+                        s(&l["message"]),
+                        expires,
+                        s(&l["created_by"]),
+                    ]
+                })
+                .collect(),
+        ),
         _ => (
             vec!["ID", "TYPE", "SUBJECT", "EXPIRES"],
             items
@@ -487,4 +645,89 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+fn print_token(resp: &TokenResponse, format: Format, what: &str, next: &str) -> anyhow::Result<()> {
+    if format != Format::Text {
+        return print_json(
+            &serde_json::json!({"token": resp.token, "expires": rfc3339(resp.expires)}),
+        );
+    }
+    println!(
+        "{what} Join token (single use, valid until {}):",
+        rfc3339(resp.expires)
+    );
+    println!("  {}", resp.token);
+    println!("{next}");
+    Ok(())
+}
+
+async fn bots(api: &Api, command: BotsCommand) -> anyhow::Result<()> {
+    use mcpgate_auth::wire::{AddBotRequest, UpdateBotRequest};
+    match command {
+        BotsCommand::Add {
+            name,
+            roles,
+            ttl,
+            format,
+        } => {
+            let req = AddBotRequest {
+                name: name.clone(),
+                roles,
+                ttl_secs: ttl.map(|d| d.as_secs()),
+            };
+            let resp: TokenResponse = api.post("/v1/admin/bots", &req).await?;
+            print_token(
+                &resp,
+                format,
+                &format!("Bot {name} created."),
+                "Put it in bot.yaml (onboarding.token) and run: mcpgate bot start -c bot.yaml",
+            )
+        }
+        BotsCommand::Update {
+            name,
+            add_roles,
+            set_roles,
+        } => {
+            let bot: mcpgate_types::resource::Bot = api
+                .post(
+                    &format!("/v1/admin/bots/{}", urlencode(&name)),
+                    &UpdateBotRequest {
+                        add_roles,
+                        set_roles,
+                    },
+                )
+                .await?;
+            println!("Bot {} now has roles: {}", bot.name, bot.roles.join(", "));
+            Ok(())
+        }
+        BotsCommand::Ls { format } => get(api, "bots", None, format).await,
+        BotsCommand::Rm { name } => rm(api, &format!("bot/{name}")).await,
+    }
+}
+
+async fn tokens(api: &Api, command: TokensCommand) -> anyhow::Result<()> {
+    use mcpgate_auth::wire::AddTokenRequest;
+    use mcpgate_types::resource::TokenKind;
+    match command {
+        TokensCommand::Add { kind, bot, format } => {
+            let kind = if kind == "bot" {
+                TokenKind::Bot
+            } else {
+                TokenKind::Agent
+            };
+            let resp: TokenResponse = api
+                .post("/v1/admin/tokens", &AddTokenRequest { kind, bot })
+                .await?;
+            let next = match kind {
+                TokenKind::Agent => {
+                    "Give it to an agent: agent.join_token in its mcpgate.yaml, with agent.proxy_addr and agent.ca_pin."
+                }
+                _ => "Put it in bot.yaml (onboarding.token) and run: mcpgate bot start -c bot.yaml",
+            };
+            print_token(&resp, format, "Token created.", next)
+        }
+        TokensCommand::Ls { format } => get(api, "tokens", None, format).await,
+        TokensCommand::Rm { id } => rm(api, &format!("token/{id}")).await,
+    }
 }
