@@ -8,7 +8,7 @@
 //! - [`upstream`]: stdio child processes; [`secrets`]: `${env:..}`/`${file:..}` on this host;
 //!   [`redact`]: audit parameters without secrets; [`lines`]: bounded line framing.
 
-pub mod api;
+pub mod cluster;
 pub mod lines;
 pub mod redact;
 pub mod secrets;
@@ -20,12 +20,12 @@ use rustls::server::danger::ClientCertVerifier;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mcpgate_auth::AuthService;
 use mcpgate_mcp::Limits;
 use mcpgate_store::Store;
 use mcpgate_types::AuditEvent;
 use mcpgate_types::resource::App;
 
+pub use cluster::{Cluster, Local};
 pub use session::ClientConn;
 
 /// Agent failures outside a session.
@@ -37,11 +37,13 @@ pub enum AgentError {
     Tls(String),
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The agent, shared by its sessions.
 pub struct Agent {
-    pub(crate) auth: Arc<AuthService>,
+    pub(crate) cluster: Arc<dyn Cluster>,
     static_apps: Vec<App>,
     selectors: Vec<BTreeMap<String, String>>,
     pub(crate) limits: Limits,
@@ -54,14 +56,14 @@ pub const PENDING: &str = "audit-pending/";
 impl Agent {
     /// An agent serving `static_apps`, and cluster apps whose labels match a selector.
     pub fn new(
-        auth: Arc<AuthService>,
+        cluster: Arc<dyn Cluster>,
         static_apps: Vec<App>,
         selectors: Vec<BTreeMap<String, String>>,
         limits: Limits,
     ) -> Result<Arc<Agent>, AgentError> {
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(auth.user_ca().cert_der().clone())
+            .add(cluster.user_ca().clone())
             .map_err(|e| AgentError::Tls(e.to_string()))?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
@@ -70,7 +72,7 @@ impl Agent {
         .build()
         .map_err(|e| AgentError::Tls(e.to_string()))?;
         Ok(Arc::new(Agent {
-            auth,
+            cluster,
             static_apps,
             selectors,
             limits,
@@ -93,27 +95,17 @@ impl Agent {
 
     /// The app called `name`, if this agent serves it.
     pub async fn app(&self, name: &str) -> Result<Option<App>, AgentError> {
-        if let Some(app) = self
-            .static_apps
-            .iter()
-            .find(|a| a.metadata.name.as_str() == name)
-        {
-            return Ok(Some(app.clone()));
-        }
-        let Some(bytes) = self.auth.store().get(&format!("apps/{name}")).await? else {
-            return Ok(None);
-        };
-        let app: App =
-            serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt(e.to_string()))?;
-        Ok(self.serves(&app).then_some(app))
+        Ok(self
+            .apps()
+            .await?
+            .into_iter()
+            .find(|a| a.metadata.name.as_str() == name))
     }
 
     /// Every app this agent serves, static ones first.
     pub async fn apps(&self) -> Result<Vec<App>, AgentError> {
         let mut out = self.static_apps.clone();
-        for (_, bytes) in self.auth.store().list("apps/").await? {
-            let app: App =
-                serde_json::from_slice(&bytes).map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        for app in self.cluster.apps().await.map_err(AgentError::Cluster)? {
             if self.serves(&app) && !out.iter().any(|a| a.metadata.name == app.metadata.name) {
                 out.push(app);
             }
@@ -124,7 +116,7 @@ impl Agent {
     /// Completes audit events of calls that were forwarded when a process was killed: each
     /// is stored (once: storing is idempotent by id) with the error that its answer is unknown.
     pub async fn recover(&self) -> Result<usize, AgentError> {
-        let store = self.auth.store();
+        let store = self.cluster.spool();
         let pending = store.list(PENDING).await?;
         for (key, bytes) in &pending {
             if let Ok(mut event) = serde_json::from_slice::<AuditEvent>(bytes) {
@@ -132,7 +124,10 @@ impl Agent {
                     "error".into(),
                     "the gateway stopped before the answer was recorded".into(),
                 );
-                store.append_events(std::slice::from_ref(&event)).await?;
+                self.cluster
+                    .record(std::slice::from_ref(&event))
+                    .await
+                    .map_err(AgentError::Cluster)?;
             }
             store.delete(key).await?;
         }

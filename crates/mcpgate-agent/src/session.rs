@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
+use mcpgate_auth::service::new_event;
 use mcpgate_mcp::answer::{error_line, filter_tools};
 use mcpgate_mcp::{Envelope, Kind, code};
 use mcpgate_pki::CertInfo;
@@ -151,7 +152,7 @@ impl Agent {
     fn verify(&self, certs: &[CertificateDer<'static>]) -> Result<CertInfo, String> {
         let (leaf, rest) = certs.split_first().ok_or("no client certificate")?;
         let now = UnixTime::since_unix_epoch(
-            self.auth
+            self.cluster
                 .clock()
                 .now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -160,8 +161,12 @@ impl Agent {
         self.verifier
             .verify_client_cert(leaf, rest, now)
             .map_err(|e| format!("client certificate refused: {e}"))?;
-        mcpgate_pki::tls::peer_identity(Some(certs), self.auth.cluster(), self.auth.clock().now())
-            .map_err(|e| e.to_string())
+        mcpgate_pki::tls::peer_identity(
+            Some(certs),
+            self.cluster.name(),
+            self.cluster.clock().now(),
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -211,7 +216,7 @@ impl Session<'_> {
     /// The caller's policy now: reloaded when roles changed in this process, or at least
     /// every [`POLICY_MAX_AGE`].
     async fn policy(&self) -> Result<Arc<Policy>, String> {
-        let epoch = self.agent.auth.epoch();
+        let epoch = self.agent.cluster.epoch();
         if let Some(c) = self
             .policy
             .lock()
@@ -222,12 +227,7 @@ impl Session<'_> {
         {
             return Ok(c.policy.clone());
         }
-        let roles = self
-            .agent
-            .auth
-            .roles(&self.claims().roles)
-            .await
-            .map_err(|e| e.to_string())?;
+        let roles = self.agent.cluster.roles(&self.claims().roles).await?;
         let policy =
             Arc::new(Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())?);
         *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = Some(CachedPolicy {
@@ -244,23 +244,24 @@ impl Session<'_> {
         success: bool,
         extra: Map<String, Value>,
     ) -> AuditEvent {
-        let mut ev = self.agent.auth.event(
-            kind,
-            code,
+        let mut fields = Map::new();
+        fields.insert("session_id".into(), Value::from(self.id.as_str()));
+        fields.insert("app".into(), Value::from(self.app_name()));
+        fields.insert("client_addr".into(), Value::from(self.addr.as_str()));
+        fields.extend(extra);
+        let cluster = &self.agent.cluster;
+        new_event(
+            cluster.name(),
+            cluster.clock().now(),
+            (kind, code),
             self.claims(),
             success,
-            [
-                ("session_id", Value::from(self.id.as_str())),
-                ("app", Value::from(self.app_name())),
-                ("client_addr", Value::from(self.addr.as_str())),
-            ],
-        );
-        ev.fields.extend(extra);
-        ev
+            fields,
+        )
     }
 
     async fn emit(&self, ev: AuditEvent) {
-        if let Err(e) = self.agent.auth.emit(ev).await {
+        if let Err(e) = self.agent.cluster.record(std::slice::from_ref(&ev)).await {
             tracing::error!(error = %e, "audit write failed");
         }
     }
@@ -348,9 +349,13 @@ impl Session<'_> {
     /// Why this identity is locked now, if it is (a lock that cannot be read counts as one:
     /// fail closed).
     async fn lock_reason(&self) -> Option<String> {
-        match self.agent.auth.lock_for(self.claims()).await {
-            Ok(Some(lock)) => Some(format!("{} is locked: {}", lock.target, lock.message)),
-            Ok(None) => None,
+        let now = mcpgate_types::clock::unix_secs(self.agent.cluster.clock().now());
+        let c = self.claims();
+        match self.agent.cluster.locks().await {
+            Ok(locks) => locks
+                .into_iter()
+                .find(|l| l.applies(c.kind, &c.name, &c.roles, now))
+                .map(|lock| format!("{} is locked: {}", lock.target, lock.message)),
             Err(e) => Some(format!("locks cannot be checked: {e}")),
         }
     }
@@ -474,7 +479,7 @@ impl Session<'_> {
                     continue;
                 }
             };
-            if !self.info.valid_at(self.agent.auth.clock().now()) {
+            if !self.info.valid_at(self.agent.cluster.clock().now()) {
                 let id = env.id.map(|i| i.get());
                 let _ = write(
                     writer,
@@ -566,8 +571,8 @@ impl Session<'_> {
             let stored = match serde_json::to_vec(&ev) {
                 Ok(bytes) => self
                     .agent
-                    .auth
-                    .store()
+                    .cluster
+                    .spool()
                     .put(&format!("{PENDING}{}", ev.id), &bytes)
                     .await
                     .is_ok(),
@@ -731,8 +736,8 @@ impl Session<'_> {
             let err = error.or(is_tool_error.then(|| "the tool reported an error".to_string()));
             let ev = self.request_event(&p, id, !failed, err);
             let key = p.durable.then(|| format!("{PENDING}{}", ev.id));
-            let store = self.agent.auth.store();
-            match store.append_events(std::slice::from_ref(&ev)).await {
+            let store = self.agent.cluster.spool();
+            match self.agent.cluster.record(std::slice::from_ref(&ev)).await {
                 Ok(()) => {
                     if let Some(k) = key {
                         let _ = store.delete(&k).await;
@@ -783,7 +788,7 @@ impl Session<'_> {
             .pending
             .drain()
             .collect();
-        let store = self.agent.auth.store();
+        let store = self.agent.cluster.spool();
         for (id, p) in pending {
             if p.tool.is_none() {
                 continue;
@@ -794,7 +799,14 @@ impl Session<'_> {
                 false,
                 Some("the session ended before the answer".into()),
             );
-            if store.append_events(std::slice::from_ref(&ev)).await.is_ok() && p.durable {
+            if self
+                .agent
+                .cluster
+                .record(std::slice::from_ref(&ev))
+                .await
+                .is_ok()
+                && p.durable
+            {
                 let _ = store.delete(&format!("{PENDING}{}", ev.id)).await;
             }
         }

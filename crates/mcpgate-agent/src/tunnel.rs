@@ -53,7 +53,7 @@ pub struct OpenMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
     pub agent: String,
-    pub apps: Vec<String>,
+    pub apps: Vec<mcpgate_types::resource::App>,
 }
 
 /// Encodes a frame.
@@ -163,7 +163,7 @@ impl Agent {
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let mut announced = Announce {
             agent: name.to_string(),
-            apps: self.app_names().await,
+            apps: self.app_list().await,
         };
         send(
             &writer,
@@ -173,7 +173,7 @@ impl Agent {
         )
         .await
         .map_err(|e| e.to_string())?;
-        tracing::info!(proxy = %dial.proxy, apps = ?announced.apps, "tunnel to the proxy is up");
+        tracing::info!(proxy = %dial.proxy, apps = announced.apps.len(), "tunnel to the proxy is up");
 
         // Keepalive and app changes.
         let control = {
@@ -183,7 +183,7 @@ impl Agent {
                     tokio::time::sleep(PING_EVERY.min(Duration::from_secs(2))).await;
                     let now = Announce {
                         agent: name.clone(),
-                        apps: agent.app_names().await,
+                        apps: agent.app_list().await,
                     };
                     let frame = if now != announced {
                         announced = now;
@@ -255,12 +255,9 @@ impl Agent {
         result
     }
 
-    async fn app_names(&self) -> Vec<String> {
+    async fn app_list(&self) -> Vec<mcpgate_types::resource::App> {
         match self.apps().await {
-            Ok(apps) => apps
-                .into_iter()
-                .map(|a| a.metadata.name.to_string())
-                .collect(),
+            Ok(apps) => apps,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list apps");
                 Vec::new()

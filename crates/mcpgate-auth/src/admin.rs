@@ -208,6 +208,7 @@ impl AuthService {
             .into(),
             services,
             storage: self.config.storage.clone(),
+            agents: Vec::new(),
         })
     }
 }

@@ -26,14 +26,18 @@ pub struct ConnInfo {
     pub addr: SocketAddr,
 }
 
+/// Lists the connected agents and their apps, for `admin status`.
+pub type AgentList = Arc<dyn Fn() -> Vec<AgentStatus> + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
     auth: Arc<AuthService>,
     services: Arc<Vec<String>>,
+    agents: AgentList,
 }
 
 /// The API router. `services` are listed by `admin status`.
-pub fn router(auth: Arc<AuthService>, services: Vec<String>) -> Router {
+pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/signup", post(signup))
@@ -52,6 +56,12 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>) -> Router {
         .route("/v1/admin/tokens", post(add_token))
         .route("/v1/admin/locks", post(lock))
         .route("/v1/bot/join", post(bot_join))
+        .route("/v1/agent/join", post(agent_join))
+        .route("/v1/agent/renew", post(agent_renew))
+        .route("/v1/agent/roles", post(agent_roles))
+        .route("/v1/agent/apps", get(agent_apps))
+        .route("/v1/agent/locks", get(agent_locks))
+        .route("/v1/agent/events", post(agent_events))
         .route("/v1/bot/renew", post(bot_renew))
         .route("/v1/admin/audit/search", post(search))
         .fallback(not_found)
@@ -59,6 +69,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>) -> Router {
         .with_state(AppState {
             auth,
             services: Arc::new(services),
+            agents,
         })
 }
 
@@ -152,7 +163,9 @@ async fn status(
     Extension(conn): Extension<ConnInfo>,
 ) -> ApiResult<Status> {
     let c = caller(&s, &conn).await?;
-    Ok(Json(s.auth.status(&c, s.services.to_vec())?))
+    let mut status = s.auth.status(&c, s.services.to_vec())?;
+    status.agents = (s.agents)();
+    Ok(Json(status))
 }
 
 async fn create(
@@ -300,4 +313,68 @@ async fn bot_renew(
             .bot_renew(&info, &req.public_key, req.ttl_secs)
             .await?,
     ))
+}
+
+fn host(s: &AppState, conn: &ConnInfo) -> Result<mcpgate_pki::CertInfo, ApiError> {
+    let peer = conn.peer.as_deref().map(|v| v.as_slice());
+    let info = mcpgate_pki::tls::peer_identity(peer, s.auth.cluster(), s.auth.clock().now())
+        .map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
+    AuthService::require_host(&info)?;
+    Ok(info)
+}
+
+async fn agent_join(
+    State(s): State<AppState>,
+    Json(req): Json<JoinRequest>,
+) -> ApiResult<CertResponse> {
+    let name = req.name.clone().unwrap_or_default();
+    Ok(Json(
+        s.auth
+            .agent_join(&req.token, &name, &req.public_key)
+            .await?,
+    ))
+}
+
+async fn agent_renew(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<RenewRequest>,
+) -> ApiResult<CertResponse> {
+    let info = host(&s, &conn)?;
+    Ok(Json(s.auth.agent_renew(&info, &req.public_key).await?))
+}
+
+async fn agent_roles(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(names): Json<Vec<String>>,
+) -> ApiResult<Vec<mcpgate_types::resource::Role>> {
+    host(&s, &conn)?;
+    Ok(Json(s.auth.roles(&names).await?))
+}
+
+async fn agent_apps(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<Vec<mcpgate_types::resource::App>> {
+    host(&s, &conn)?;
+    Ok(Json(s.auth.all_apps().await?))
+}
+
+async fn agent_locks(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<Vec<mcpgate_types::resource::Lock>> {
+    host(&s, &conn)?;
+    Ok(Json(s.auth.locks().await?))
+}
+
+async fn agent_events(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(events): Json<Vec<AuditEvent>>,
+) -> ApiResult<serde_json::Value> {
+    host(&s, &conn)?;
+    s.auth.ingest(&events).await?;
+    Ok(Json(serde_json::json!({"stored": events.len()})))
 }

@@ -8,6 +8,7 @@
 //! - [`wire`]: request and response bodies shared with the CLI.
 
 pub mod admin;
+pub mod agents;
 pub mod api;
 pub mod bots;
 pub mod login;

@@ -305,22 +305,18 @@ impl AuthService {
         success: bool,
         fields: [(&str, Value); N],
     ) -> AuditEvent {
-        let mut map = Map::new();
-        for (k, v) in fields {
-            map.insert(k.to_string(), v);
-        }
-        AuditEvent {
-            id: random_hex(16),
-            time: self.clock.now(),
-            kind: kind.into(),
-            code: code.into(),
-            cluster: self.cluster().into(),
-            user: who.name.clone(),
-            user_kind: Some(who.kind),
-            roles: who.roles.clone(),
+        let map = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        new_event(
+            self.cluster(),
+            self.clock.now(),
+            (kind, code),
+            who,
             success,
-            fields: map,
-        }
+            map,
+        )
     }
 
     /// Records an event durably before the caller goes on (audit fails closed).
@@ -333,6 +329,29 @@ impl AuthService {
 
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
+    }
+}
+
+/// An audit event of `cluster` at `time` with a fresh id.
+pub fn new_event(
+    cluster: &str,
+    time: SystemTime,
+    (kind, code): (&str, &str),
+    who: &Claims,
+    success: bool,
+    fields: Map<String, Value>,
+) -> AuditEvent {
+    AuditEvent {
+        id: random_hex(16),
+        time,
+        kind: kind.into(),
+        code: code.into(),
+        cluster: cluster.into(),
+        user: who.name.clone(),
+        user_kind: Some(who.kind),
+        roles: who.roles.clone(),
+        success,
+        fields,
     }
 }
 

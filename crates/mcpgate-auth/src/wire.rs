@@ -85,6 +85,15 @@ pub struct Status {
     pub ca_pins: BTreeMap<String, String>,
     pub services: Vec<String>,
     pub storage: String,
+    /// Agents connected to this proxy, with the apps each serves.
+    #[serde(default)]
+    pub agents: Vec<AgentStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub apps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -334,44 +334,107 @@ async fn bot_certificates_expire_renew_by_generation_and_catch_copies() {
     let env = Env::new();
     let auth = env.open(SecondFactor::Otp).await;
     let adm = admin(&auth).await;
-    auth.create_resources(&adm, "roles.yaml", ROLES, false).await.unwrap();
-    let (token, expires) = auth.add_bot(&adm, "ci", &["dev".into()], Some(Duration::from_secs(600))).await.unwrap();
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    let (token, expires) = auth
+        .add_bot(&adm, "ci", &["dev".into()], Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
     assert_eq!(expires, 1_800_000_000 + 1800, "join tokens live 30 minutes");
 
     let k = key();
-    let first = auth.bot_join(&token, &k.public_key_pem(), Some(3600)).await.unwrap();
-    assert_eq!(first.expires, 1_800_000_000 + 600, "capped by the bot's --ttl");
-    assert!(matches!(auth.bot_join(&token, &k.public_key_pem(), None).await, Err(AuthError::InvalidToken)), "single use");
+    let first = auth
+        .bot_join(&token, &k.public_key_pem(), Some(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.expires,
+        1_800_000_000 + 600,
+        "capped by the bot's --ttl"
+    );
+    assert!(
+        matches!(
+            auth.bot_join(&token, &k.public_key_pem(), None).await,
+            Err(AuthError::InvalidToken)
+        ),
+        "single use"
+    );
     let der = mcpgate_pki::identity::certs_from_pem(&first.cert).unwrap();
     let gen1 = auth.caller(Some(&der)).await.unwrap().info;
     assert_eq!(gen1.claims.generation, 1);
 
     // Renewal: the next generation, valid from the (fake) time of renewal.
     env.clock.advance(Duration::from_secs(300));
-    let second = auth.bot_renew(&gen1, &k.public_key_pem(), Some(600)).await.unwrap();
+    let second = auth
+        .bot_renew(&gen1, &k.public_key_pem(), Some(600))
+        .await
+        .unwrap();
     assert_eq!(second.expires, 1_800_000_000 + 300 + 600);
-    let gen2 = auth.caller(Some(&mcpgate_pki::identity::certs_from_pem(&second.cert).unwrap())).await.unwrap().info;
+    let gen2 = auth
+        .caller(Some(
+            &mcpgate_pki::identity::certs_from_pem(&second.cert).unwrap(),
+        ))
+        .await
+        .unwrap()
+        .info;
     assert_eq!(gen2.claims.generation, 2);
 
     // The first certificate expires on schedule, without sleeping.
     env.clock.advance(Duration::from_secs(301));
-    assert!(matches!(auth.caller(Some(&der)).await, Err(AuthError::Unauthenticated(_))));
+    assert!(matches!(
+        auth.caller(Some(&der)).await,
+        Err(AuthError::Unauthenticated(_))
+    ));
 
     // Presenting generation 1 again means a copy: the bot is locked, and says why.
-    let e = auth.bot_renew(&gen1, &k.public_key_pem(), None).await.unwrap_err();
+    let e = auth
+        .bot_renew(&gen1, &k.public_key_pem(), None)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("bot ci is locked"), "{e}");
     assert!(auth.lock_for(&gen2.claims).await.unwrap().is_some());
-    assert!(auth.bot_renew(&gen2, &k.public_key_pem(), None).await.is_err(), "the real bot is locked too");
-    let events = auth.search_audit(&adm, &AuditQuery { kind: Some("bot.lock.generation_mismatch".into()), ..Default::default() }).await.unwrap();
+    assert!(
+        auth.bot_renew(&gen2, &k.public_key_pem(), None)
+            .await
+            .is_err(),
+        "the real bot is locked too"
+    );
+    let events = auth
+        .search_audit(
+            &adm,
+            &AuditQuery {
+                kind: Some("bot.lock.generation_mismatch".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].fields["presented"], 1);
     assert_eq!(events[0].fields["current"], 2);
 
     // A lock with a TTL lifts itself by the clock.
-    let (t2, _) = auth.add_bot(&adm, "other", &["dev".into()], None).await.unwrap();
+    let (t2, _) = auth
+        .add_bot(&adm, "other", &["dev".into()], None)
+        .await
+        .unwrap();
     let other = auth.bot_join(&t2, &k.public_key_pem(), None).await.unwrap();
-    let other = auth.caller(Some(&mcpgate_pki::identity::certs_from_pem(&other.cert).unwrap())).await.unwrap().info;
-    auth.lock(&adm, mcpgate_types::resource::LockTarget::Role("dev".into()), Some(Duration::from_secs(60)), "maintenance").await.unwrap();
+    let other = auth
+        .caller(Some(
+            &mcpgate_pki::identity::certs_from_pem(&other.cert).unwrap(),
+        ))
+        .await
+        .unwrap()
+        .info;
+    auth.lock(
+        &adm,
+        mcpgate_types::resource::LockTarget::Role("dev".into()),
+        Some(Duration::from_secs(60)),
+        "maintenance",
+    )
+    .await
+    .unwrap();
     assert!(auth.lock_for(&other.claims).await.unwrap().is_some());
     env.clock.advance(Duration::from_secs(61));
     assert!(auth.lock_for(&other.claims).await.unwrap().is_none());

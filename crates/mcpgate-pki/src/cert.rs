@@ -60,6 +60,16 @@ impl CertInfo {
         })
     }
 
+    /// The common name of a certificate's issuer, if it parses.
+    pub fn issuer_cn(der: &[u8]) -> Option<String> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        cert.issuer()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string)
+    }
+
     /// Whether the certificate is valid at `now`.
     pub fn valid_at(&self, now: SystemTime) -> bool {
         self.not_before <= now && now < self.not_after

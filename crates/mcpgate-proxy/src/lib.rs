@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use mcpgate_agent::tunnel::OpenMeta;
 use mcpgate_types::IdentityKind;
 
+pub mod apps;
 pub mod tunnels;
 use mcpgate_auth::api::ConnInfo;
 use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP, ALPN_TUNNEL};

@@ -1,7 +1,9 @@
 //! The proxy's side of agent tunnels: which agents are connected, which apps each serves,
 //! and the streams of client sessions multiplexed over each.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use mcpgate_types::resource::App;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -16,7 +18,7 @@ type TunnelWriter = tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>;
 /// One connected agent.
 pub struct Tunnel {
     pub agent: String,
-    apps: Mutex<HashSet<String>>,
+    apps: Mutex<Vec<App>>,
     writer: TunnelWriter,
     streams: Mutex<HashMap<u32, ClientWriter>>,
     next: AtomicU32,
@@ -51,12 +53,27 @@ impl Tunnels {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .iter()
-                    .cloned()
+                    .map(|a| a.metadata.name.to_string())
                     .collect();
                 apps.sort();
                 (t.agent.clone(), apps)
             })
             .collect()
+    }
+
+    /// Every app some connected agent serves (one entry per name).
+    pub fn apps(&self) -> Vec<App> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<App> = Vec::new();
+        for t in list.iter() {
+            for app in t.apps.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if !out.iter().any(|a| a.metadata.name == app.metadata.name) {
+                    out.push(app.clone());
+                }
+            }
+        }
+        out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        out
     }
 
     /// Serves one agent connection (already authenticated as a host) until it drops.
@@ -74,7 +91,7 @@ impl Tunnels {
         };
         let tunnel = Arc::new(Tunnel {
             agent: announce.agent.clone(),
-            apps: Mutex::new(announce.apps.into_iter().collect()),
+            apps: Mutex::new(announce.apps),
             writer: tokio::sync::Mutex::new(Box::new(writer)),
             streams: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
@@ -106,8 +123,7 @@ impl Tunnels {
                 }
                 ANNOUNCE => {
                     if let Ok(a) = serde_json::from_slice::<Announce>(&frame.payload) {
-                        *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) =
-                            a.apps.into_iter().collect();
+                        *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) = a.apps;
                     }
                 }
                 PING if tunnel::send(&tunnel.writer, 0, PONG, &[]).await.is_err() => break,
@@ -138,7 +154,8 @@ impl Tunnel {
         self.apps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(app)
+            .iter()
+            .any(|a| a.metadata.name.as_str() == app)
     }
 
     fn stream(&self, id: u32) -> Option<ClientWriter> {

@@ -1,6 +1,7 @@
 //! Command-line definitions; each command's work is in its own module.
 
 mod admin;
+mod agent;
 mod bot;
 mod config;
 mod demo;

@@ -70,6 +70,8 @@ pub struct Proxy {
 pub struct Agent {
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// This agent's name in the cluster (default: the host name).
+    pub name: Option<String>,
     pub proxy_addr: Option<String>,
     pub join_token: Option<String>,
     pub ca_pin: Option<String>,
@@ -131,6 +133,7 @@ impl Default for Agent {
     fn default() -> Self {
         Agent {
             enabled: true,
+            name: None,
             proxy_addr: None,
             join_token: None,
             ca_pin: None,
@@ -187,21 +190,26 @@ impl Config {
                 "the auth and proxy services run together in this version: enable both or neither"
             );
         }
-        if !self.auth.enabled && self.agent.enabled {
-            bail!(
-                "an agent without the auth and proxy services (a remote agent) is not available in this version"
-            );
-        }
-        if !self.auth.enabled {
+        if !self.auth.enabled && !self.agent.enabled {
             bail!("no service is enabled");
         }
-        if self.agent.proxy_addr.is_some()
-            || self.agent.join_token.is_some()
-            || self.agent.ca_pin.is_some()
+        let remote = !self.auth.enabled;
+        if remote && self.agent.proxy_addr.is_none() {
+            bail!(
+                "an agent without the auth and proxy services needs agent.proxy_addr (the proxy it dials)"
+            );
+        }
+        if !remote
+            && (self.agent.proxy_addr.is_some()
+                || self.agent.join_token.is_some()
+                || self.agent.ca_pin.is_some())
         {
             bail!(
-                "agent.proxy_addr, join_token and ca_pin are for remote agents, which this version does not run yet"
+                "agent.proxy_addr, join_token and ca_pin are for agent-only daemons (auth and proxy disabled)"
             );
+        }
+        if let Some(name) = &self.agent.name {
+            mcpgate_types::Name::new(name).context("agent.name")?;
         }
         for app in &self.agent.apps {
             let known = [

@@ -307,6 +307,20 @@ async fn status(api: &Api, format: Format) -> anyhow::Result<()> {
     }
     println!("Services: {}", s.services.join(", "));
     println!("Storage:  {}", s.storage);
+    if s.agents.is_empty() {
+        println!("Agents:   none connected");
+    }
+    for a in &s.agents {
+        println!(
+            "Agent:    {} ({})",
+            a.name,
+            if a.apps.is_empty() {
+                "no apps".to_string()
+            } else {
+                a.apps.join(", ")
+            }
+        );
+    }
     Ok(())
 }
 

@@ -10,11 +10,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use mcpgate_agent::api::AppView;
 use mcpgate_mcp::answer::error_line;
 use mcpgate_mcp::code;
 use mcpgate_pki::Identity;
 use mcpgate_pki::tls::{self, ALPN_MCP};
+use mcpgate_proxy::apps::AppView;
 use mcpgate_proxy::{Hello, HelloReply};
 use mcpgate_types::SystemClock;
 

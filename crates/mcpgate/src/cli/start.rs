@@ -44,6 +44,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     profile::private_dir(&config.data_dir)?;
+    if !config.auth.enabled {
+        if args.demo {
+            anyhow::bail!("--demo runs with the auth service, not on an agent-only daemon");
+        }
+        super::agent::check(&config)?;
+        let data_dir = config
+            .data_dir
+            .canonicalize()
+            .unwrap_or(config.data_dir.clone());
+        return super::agent::run(config, data_dir).await;
+    }
     let data_dir = config
         .data_dir
         .canonicalize()
@@ -130,7 +141,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let mut services = vec!["auth".to_string(), "proxy".to_string()];
     let agent = if config.agent.enabled {
         let agent = Agent::new(
-            auth.clone(),
+            Arc::new(mcpgate_agent::Local(auth.clone())),
             static_apps,
             config.selectors(),
             mcpgate_mcp::Limits::default(),
@@ -147,11 +158,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut api = mcpgate_auth::api::router(auth.clone(), services.clone());
-    if let Some(agent) = &agent {
-        api = api.merge(mcpgate_agent::api::router(agent.clone()));
-    }
     let tunnels = Arc::new(mcpgate_proxy::Tunnels::default());
+    let listed = tunnels.clone();
+    let agents: mcpgate_auth::api::AgentList = Arc::new(move || {
+        listed
+            .agents()
+            .into_iter()
+            .map(|(name, apps)| mcpgate_auth::wire::AgentStatus { name, apps })
+            .collect()
+    });
+    let api = mcpgate_auth::api::router(auth.clone(), services.clone(), agents)
+        .merge(mcpgate_proxy::apps::router(auth.clone(), tunnels.clone()));
     let routes = mcpgate_proxy::Routes {
         api,
         tunnels: tunnels.clone(),
@@ -331,7 +348,7 @@ async fn renew(
     }
 }
 
-async fn shutdown() {
+pub async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

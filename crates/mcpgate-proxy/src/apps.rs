@@ -1,17 +1,19 @@
-//! `GET /v1/mcp/apps`: the apps the caller may reach, with the tool patterns its roles allow
-//! (what `mcpgate mcp ls` prints). The same `Policy` decides here as in sessions.
+//! `GET /v1/mcp/apps`: the apps connected agents serve that the caller may reach, with the
+//! tool patterns its roles allow (what `mcpgate mcp ls` prints). The same `Policy` decides
+//! here as in the agent's sessions.
 
 use axum::extract::{Extension, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mcpgate_auth::AuthError;
+use mcpgate_auth::AuthService;
 use mcpgate_auth::api::{ApiError, ConnInfo};
 use mcpgate_policy::AppDecision;
 
-use crate::Agent;
+use crate::Tunnels;
 
 /// One app as `mcp ls` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,31 +21,33 @@ pub struct AppView {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     pub allowed_tools: Vec<String>,
     pub denied_tools: Vec<String>,
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
+#[derive(Clone)]
+struct AppsState {
+    auth: Arc<AuthService>,
+    tunnels: Arc<Tunnels>,
+}
+
+pub fn router(auth: Arc<AuthService>, tunnels: Arc<Tunnels>) -> Router {
     Router::new()
         .route("/v1/mcp/apps", get(apps))
-        .with_state(agent)
+        .with_state(AppsState { auth, tunnels })
 }
 
 async fn apps(
-    State(agent): State<Arc<Agent>>,
+    State(s): State<AppsState>,
     Extension(conn): Extension<ConnInfo>,
 ) -> Result<Json<Vec<AppView>>, ApiError> {
-    let caller = agent
+    let caller = s
         .auth
         .caller(conn.peer.as_deref().map(|v| v.as_slice()))
         .await?;
-    let apps = agent
-        .apps()
-        .await
-        .map_err(|e| AuthError::Internal(e.to_string()))?;
     let mut out = Vec::new();
-    for app in apps {
+    for app in s.tunnels.apps() {
         let labels = &app.metadata.labels;
         if let AppDecision::Allow { .. } = caller.policy.app(labels) {
             let (allow, deny) = caller.policy.tool_patterns(labels);

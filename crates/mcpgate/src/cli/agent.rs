@@ -1,0 +1,319 @@
+//! An agent-only daemon (auth and proxy disabled): joins the cluster once with an agent
+//! token (trusting it by its CA pin), holds a host certificate it renews, dials out to the
+//! proxy, and serves its apps there. Audit events are written to a local spool first and
+//! shipped to the auth service, so none is lost when either side stops.
+
+use anyhow::{Context, anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use mcpgate_agent::cluster::BoxFuture;
+use mcpgate_agent::{Agent, Cluster};
+use mcpgate_auth::wire::{CertResponse, JoinRequest, RenewRequest};
+use mcpgate_pki::Identity;
+use mcpgate_pki::tls;
+use mcpgate_store::{AnyStore, SqliteStore, Store};
+use mcpgate_types::resource::{App, Lock, Role};
+use mcpgate_types::{AuditEvent, Clock, SystemClock};
+use rustls::pki_types::CertificateDer;
+
+use crate::client::{Api, host_of};
+use crate::config::Config;
+use crate::profile;
+
+const OUTBOX: &str = "outbox/";
+const SHIP_EVERY: Duration = Duration::from_millis(200);
+const SHIP_BATCH: usize = 500;
+
+/// The cluster as an agent on another host sees it: the proxy's API.
+struct Remote {
+    proxy: String,
+    cluster: String,
+    clock: Arc<dyn Clock>,
+    user_ca: CertificateDer<'static>,
+    identity: RwLock<Arc<Identity>>,
+    spool: AnyStore,
+}
+
+impl Remote {
+    fn api(&self) -> Result<Api, String> {
+        let id = self
+            .identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Api::with_identity(&self.proxy, &id).map_err(|e| e.to_string())
+    }
+
+    /// Ships spooled events in batches, oldest first, deleting each batch once stored.
+    async fn ship(&self) -> anyhow::Result<usize> {
+        let entries = self.spool.list(OUTBOX).await?;
+        let mut shipped = 0;
+        for chunk in entries.chunks(SHIP_BATCH) {
+            let events: Vec<AuditEvent> = chunk
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                .collect();
+            let _: serde_json::Value = self
+                .api()
+                .map_err(|e| anyhow!(e))?
+                .post("/v1/agent/events", &events)
+                .await?;
+            for (key, _) in chunk {
+                self.spool.delete(key).await?;
+            }
+            shipped += chunk.len();
+        }
+        Ok(shipped)
+    }
+}
+
+impl Cluster for Remote {
+    fn name(&self) -> &str {
+        &self.cluster
+    }
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+    fn user_ca(&self) -> &CertificateDer<'static> {
+        &self.user_ca
+    }
+    fn roles<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<Vec<Role>, String>> {
+        Box::pin(async move {
+            self.api()?
+                .post("/v1/agent/roles", &names)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+    fn apps(&self) -> BoxFuture<'_, Result<Vec<App>, String>> {
+        Box::pin(async move {
+            self.api()?
+                .get("/v1/agent/apps")
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+    fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>> {
+        Box::pin(async move {
+            self.api()?
+                .get("/v1/agent/locks")
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+    fn spool(&self) -> &AnyStore {
+        &self.spool
+    }
+    fn record<'a>(&'a self, events: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            for e in events {
+                let key = format!(
+                    "{OUTBOX}{:020}-{}",
+                    mcpgate_types::clock::unix_micros(e.time),
+                    e.id
+                );
+                let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
+                self.spool
+                    .put(&key, &bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("identity")
+}
+
+fn save(data_dir: &Path, key: &rcgen::KeyPair, resp: &CertResponse) -> anyhow::Result<Identity> {
+    let id = Identity::new(&key.serialize_pem(), &resp.cert, &resp.cas)
+        .context("the proxy issued an unusable certificate")?;
+    profile::private_dir(&data_dir.join("agent"))?;
+    profile::write_private(&identity_path(data_dir), id.to_pem().as_bytes())?;
+    Ok(id)
+}
+
+/// The stored host identity if still valid, else a new one from the join token.
+async fn identity(config: &Config, data_dir: &Path, name: &str) -> anyhow::Result<Identity> {
+    if let Ok(id) = profile::read_identity(&identity_path(data_dir))
+        && id.info.valid_at(SystemTime::now())
+    {
+        return Ok(id);
+    }
+    let proxy = config.agent.proxy_addr.as_deref().unwrap_or_default();
+    let token = config.agent.join_token.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
+        anyhow!("this agent has not joined yet: set agent.join_token (from `mcpgate admin tokens add --type agent`)")
+    })?;
+    let pin = config
+        .agent
+        .ca_pin
+        .as_deref()
+        .ok_or_else(|| anyhow!("set agent.ca_pin (printed by `mcpgate start`) to join"))?;
+    let key = rcgen::KeyPair::generate()?;
+    let req = JoinRequest {
+        token: token.to_string(),
+        public_key: key.public_key_pem(),
+        ttl_secs: None,
+        name: Some(name.to_string()),
+    };
+    let resp: CertResponse = Api::pinned(proxy, pin)?
+        .post("/v1/agent/join", &req)
+        .await
+        .context("joining the cluster failed")?;
+    save(data_dir, &key, &resp)
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| mcpgate_types::Name::new(h).is_ok())
+        .unwrap_or_else(|| "agent".to_string())
+}
+
+pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    let proxy = config.agent.proxy_addr.clone().unwrap_or_default();
+    let name = config.agent.name.clone().unwrap_or_else(default_name);
+    let id = identity(&config, &data_dir, &name).await?;
+    let user_ca = id
+        .ca_certs
+        .iter()
+        .find(|c| mcpgate_pki::CertInfo::issuer_cn(c).is_some_and(|cn| cn == "mcpgate user CA"))
+        .cloned()
+        .ok_or_else(|| anyhow!("the identity holds no user CA certificate"))?;
+    let spool = SqliteStore::open(&data_dir.join("agent").join("spool.db"))?;
+    let remote = Arc::new(Remote {
+        proxy: proxy.clone(),
+        cluster: id.info.claims.cluster.clone(),
+        clock: Arc::new(SystemClock),
+        user_ca,
+        identity: RwLock::new(Arc::new(id)),
+        spool: AnyStore::Sqlite(spool),
+    });
+    let agent = Agent::new(
+        remote.clone(),
+        config.static_apps(),
+        config.selectors(),
+        mcpgate_mcp::Limits::default(),
+    )?;
+    let recovered = agent.recover().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "completed audit events of calls forwarded before the last stop"
+        );
+    }
+    tokio::spawn(shipper(remote.clone()));
+    tokio::spawn(renewer(remote.clone(), data_dir.clone()));
+
+    let host = host_of(&proxy)
+        .ok_or_else(|| anyhow!("invalid agent.proxy_addr {proxy:?}: expected HOST:PORT"))?;
+    let tunnel_identity = remote.clone();
+    let dial = mcpgate_agent::tunnel::Dial {
+        proxy: proxy.clone(),
+        server_name: host,
+        tls: Box::new(move || {
+            let id = tunnel_identity
+                .identity
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            tls::client_config(
+                &id.ca_certs,
+                Some(&id),
+                tunnel_identity.clock.clone(),
+                &[tls::ALPN_TUNNEL],
+            )
+            .map_err(|e| e.to_string())
+        }),
+    };
+    let apps: Vec<String> = agent
+        .apps()
+        .await
+        .map(|a| a.into_iter().map(|a| a.metadata.name.to_string()).collect())
+        .unwrap_or_default();
+    tokio::spawn(agent.run_tunnel(name.clone(), dial));
+    println!(
+        "mcpgate {}: agent {name} of cluster {} is running",
+        env!("CARGO_PKG_VERSION"),
+        remote.cluster
+    );
+    println!("  proxy:    {proxy}");
+    println!("  services: agent");
+    println!(
+        "  apps:     {}",
+        if apps.is_empty() {
+            "(none yet)".to_string()
+        } else {
+            apps.join(", ")
+        }
+    );
+    println!("  identity: {}", identity_path(&data_dir).display());
+    super::start::shutdown().await;
+    // Ship what is left before stopping; whatever cannot be shipped stays in the spool.
+    let _ = remote.ship().await;
+    Ok(())
+}
+
+async fn shipper(remote: Arc<Remote>) {
+    loop {
+        tokio::time::sleep(SHIP_EVERY).await;
+        if let Err(e) = remote.ship().await {
+            tracing::warn!(error = %format!("{e:#}"), "shipping audit events failed; they stay in the spool");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// Renews the host certificate at half its lifetime; the tunnel uses it on its next dial.
+async fn renewer(remote: Arc<Remote>, data_dir: PathBuf) {
+    loop {
+        let (not_before, not_after) = {
+            let id = remote
+                .identity
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            (id.info.not_before, id.info.not_after)
+        };
+        let half = not_after.duration_since(not_before).unwrap_or_default() / 2;
+        let due = (not_before + half)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(due).await;
+        let renewed = async {
+            let key = rcgen::KeyPair::generate()?;
+            let api = remote.api().map_err(|e| anyhow!(e))?;
+            let resp: CertResponse = api
+                .post(
+                    "/v1/agent/renew",
+                    &RenewRequest {
+                        public_key: key.public_key_pem(),
+                        ttl_secs: None,
+                    },
+                )
+                .await?;
+            save(&data_dir, &key, &resp)
+        }
+        .await;
+        match renewed {
+            Ok(id) => *remote.identity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(id),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "renewing the agent certificate failed; retrying in 30s");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    }
+}
+
+/// Refuses to start an agent whose config cannot work.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    if config.agent.apps.is_empty() && config.agent.resources.is_empty() {
+        bail!("this agent serves nothing: add agent.apps or agent.resources");
+    }
+    Ok(())
+}
