@@ -76,7 +76,9 @@ impl Daemon {
                 let Ok(line) = line else { break };
                 banner.push_str(&line);
                 banner.push('\n');
-                if !sent && line.starts_with("  mcpgate signup") {
+                if !sent
+                    && (line.starts_with("  mcpgate signup") || line.starts_with("  identity:"))
+                {
                     let _ = tx.send(banner.clone());
                     sent = true;
                 }
@@ -95,7 +97,12 @@ impl Daemon {
                 .unwrap_or_else(|| panic!("no {label} in banner:\n{banner}"))
         };
         let addr = field("proxy:");
-        let pin = field("CA pin:");
+        // Agent-only daemons print no pin.
+        let pin = if banner.contains("CA pin:") {
+            field("CA pin:")
+        } else {
+            String::new()
+        };
         Daemon {
             child,
             addr,

@@ -1,0 +1,242 @@
+//! Agents on other hosts: a second daemon process, agent only, joins with a single-use token
+//! and serves its apps through the proxy; several agents share an app; a dead agent gives a
+//! clear, fast error.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: dev}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: [echo]}
+";
+
+struct Env {
+    s: Scratch,
+    d: Daemon,
+    alice: Person,
+}
+
+fn gateway() -> Env {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "gate", "auth: {second_factor: off}\n");
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::new(&s, "alice");
+    alice.signup(&d, &invite(&d, "alice", "dev"));
+    alice.login(&d, None, &[]).ok();
+    Env { s, d, alice }
+}
+
+fn agent_token(d: &Daemon) -> String {
+    let out = d
+        .admin(&["tokens", "add", "--type", "agent", "--format", "json"])
+        .ok();
+    serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Starts an agent-only daemon serving a recorder app `app`; returns it and its record file.
+fn agent(e: &Env, name: &str, app: &str, token: &str, marker: &str) -> (Daemon, PathBuf) {
+    let record = e.s.path(&format!("{name}-record.jsonl"));
+    std::fs::write(&record, "").unwrap();
+    let apps = recorder_app(app, "{env: dev}", &record, marker);
+    let data_dir = e.s.path(&format!("{name}-data"));
+    let cfg = e.s.write(
+        &format!("{name}.yaml"),
+        &format!(
+            "version: v1\ncluster_name: e2e.local\ndata_dir: {}\nauth: {{enabled: false}}\nproxy: {{enabled: false}}\nagent:\n  name: {name}\n  proxy_addr: {}\n  join_token: \"{token}\"\n  ca_pin: \"{}\"\n  apps:\n{apps}",
+            data_dir.display(),
+            e.d.addr,
+            e.d.pin
+        ),
+    );
+    (Daemon::start_with(&cfg, data_dir), record)
+}
+
+fn wait_for_agent(d: &Daemon, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value =
+            serde_json::from_str(&d.admin(&["status", "--format", "json"]).ok()).unwrap();
+        if status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == name)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent {name} never connected: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for_events(d: &Daemon, filters: &[&str], n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = audit(d, filters);
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_remote_agent_joins_once_and_serves_its_app_through_the_proxy() {
+    let e = gateway();
+    let token = agent_token(&e.d);
+    let m = marker("remote");
+    let (mut edge, record) = agent(&e, "edge-1", "remote-rec", &token, &m);
+    assert!(
+        edge.banner.contains("agent edge-1 of cluster e2e.local"),
+        "{}",
+        edge.banner
+    );
+    wait_for_agent(&e.d, "edge-1");
+    let status = e.d.admin(&["status"]).ok();
+    assert!(status.contains("Agent:    edge-1 (remote-rec)"), "{status}");
+    assert!(
+        e.alice
+            .run(&["mcp", "ls"], None)
+            .ok()
+            .contains("remote-rec")
+    );
+
+    let mut b = Bridge::open(&e.alice, "remote-rec", &[]);
+    assert_eq!(b.initialize()["result"]["serverInfo"]["name"], "recorder");
+    assert_eq!(b.tools(), ["echo"]);
+    assert!(
+        b.call("echo", json!({"via": "edge"}))
+            .get("result")
+            .is_some()
+    );
+    let denied = b.call("delete_all", json!({}));
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("access denied")
+    );
+    assert_eq!(b.close(), 0);
+    assert!(
+        !std::fs::read_to_string(&record)
+            .unwrap()
+            .contains("delete_all")
+    );
+    // The agent's audit events reach the auth service.
+    let calls = wait_for_events(
+        &e.d,
+        &["--app", "remote-rec", "--type", "mcp.session.request"],
+        3,
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["tool"] == "echo" && c["decision"] == "allow"),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["tool"] == "delete_all" && c["decision"] == "deny"),
+        "{calls:?}"
+    );
+    assert_eq!(audit(&e.d, &["--type", "agent.join"]).len(), 1);
+
+    // Its host identity is private; a restart reuses it (the token was single-use).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(edge.data_dir.join("agent/identity"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    edge.kill();
+    let (_edge, _) = agent(&e, "edge-1", "remote-rec", &token, &m);
+    wait_for_agent(&e.d, "edge-1");
+    let mut b = Bridge::open(&e.alice, "remote-rec", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({})).get("result").is_some());
+    drop(b);
+
+    // A second agent cannot join with the used token.
+    let cfg = e.s.write("reuse.yaml", &format!(
+        "version: v1\ndata_dir: {}\nauth: {{enabled: false}}\nproxy: {{enabled: false}}\nagent:\n  proxy_addr: {}\n  join_token: \"{token}\"\n  ca_pin: \"{}\"\n  apps:\n{}",
+        e.s.path("reuse-data").display(), e.d.addr, e.d.pin, recorder_app("x", "{env: dev}", &record, &m)));
+    let err = run(&["start", "--config", cfg.to_str().unwrap()], None, &[]).fails();
+    assert!(err.contains("invalid, expired or already used"), "{err}");
+}
+
+#[test]
+fn several_agents_share_an_app_and_a_dead_one_gives_a_fast_clear_error() {
+    let e = gateway();
+    let m = marker("shared");
+    let (mut one, rec1) = agent(&e, "edge-a", "shared", &agent_token(&e.d), &m);
+    let (two, rec2) = agent(&e, "edge-b", "shared", &agent_token(&e.d), &m);
+    wait_for_agent(&e.d, "edge-a");
+    wait_for_agent(&e.d, "edge-b");
+    for i in 0..6 {
+        let mut b = Bridge::open(&e.alice, "shared", &[]);
+        b.initialize();
+        assert!(b.call("echo", json!({"i": i})).get("result").is_some());
+        b.close();
+    }
+    let (n1, n2) = (
+        std::fs::read_to_string(&rec1).unwrap(),
+        std::fs::read_to_string(&rec2).unwrap(),
+    );
+    assert!(
+        n1.contains("\"echo\"") && n2.contains("\"echo\""),
+        "sessions are spread across both agents"
+    );
+
+    // A live session on an agent that dies ends; new sessions go to the other.
+    let mut live = Bridge::open(&e.alice, "shared", &[]);
+    live.initialize();
+    drop(two);
+    one.kill();
+    let started = Instant::now();
+    let mut b = Bridge::open(&e.alice, "shared", &[]);
+    let r = b.request("initialize", json!({}));
+    let elapsed = started.elapsed();
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("app \"shared\" not found: no agent serves it"),
+        "{r}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "answered in {elapsed:?}");
+    assert_eq!(
+        live.close(),
+        0,
+        "the live session's bridge exits when its agent dies"
+    );
+    assert!(
+        wait_no_processes(&m).is_empty(),
+        "no upstream outlives its agent"
+    );
+}
