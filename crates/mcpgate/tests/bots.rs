@@ -460,3 +460,72 @@ fn a_lock_ends_a_live_session_within_five_seconds() {
     assert!(b.call("echo", json!({})).get("result").is_some());
     assert_eq!(audit(&e.d, &["--type", "lock.delete"]).len(), 1);
 }
+
+#[test]
+fn a_bot_keeps_its_identity_while_the_auth_service_is_down_and_renews_when_it_returns() {
+    // A fixed port, so the restarted gateway is where the bot looks for it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scratch::new();
+    let extra = format!("auth: {{second_factor: off}}\nproxy: {{listen: 127.0.0.1:{port}}}\n");
+    let config = |s: &Scratch| {
+        s.write(
+            "fixed.yaml",
+            &format!(
+                "version: v1\ncluster_name: e2e.local\ndata_dir: {}\n{extra}",
+                s.path("fixed-data").display()
+            ),
+        )
+    };
+    let mut d = Daemon::start_with(&config(&s), s.path("fixed-data"));
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let token = bot_token(&d, "ci");
+    let base = s.path("ci");
+    let cfg = s.write(
+        "ci.yaml",
+        &format!(
+            "version: v1\nproxy_server: {}\nonboarding: {{join_method: token, token: \"{token}\", ca_pins: [\"{}\"]}}\nstorage: {{type: directory, path: {}}}\ncredential_ttl: 1m\nrenewal_interval: 1s\nservices:\n  - type: identity\n    destination: {{type: directory, path: {}}}\n",
+            d.addr, d.pin, base.join("state").display(), base.join("out").display()
+        ),
+    );
+    let mut bot = std::process::Command::new(BIN)
+        .args(["bot", "start", "-c", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let file = base.join("out/identity");
+    let generation = || {
+        mcpgate_pki::Identity::parse(&std::fs::read_to_string(&file).unwrap_or_default())
+            .map(|i| i.info.claims.generation)
+            .unwrap_or(0)
+    };
+    let wait_for = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while generation() < want {
+            assert!(Instant::now() < deadline, "no renewal to generation {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(2);
+    d.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = generation();
+    let id = mcpgate_pki::Identity::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        id.info.valid_at(std::time::SystemTime::now()),
+        "the last identity stays in place and valid"
+    );
+    assert!(bot.try_wait().unwrap().is_none(), "the bot keeps retrying");
+    let _d = Daemon::start_with(&config(&s), s.path("fixed-data"));
+    wait_for(during + 1);
+    let _ = bot.kill();
+    let _ = bot.wait();
+}
