@@ -659,7 +659,7 @@ impl Session<'_> {
                     continue;
                 }
             };
-            let mut rewritten = None;
+            let (mut rewritten, mut deferred) = (None, None);
             if env.kind == Kind::Response
                 && let Some(id) = env.id
             {
@@ -670,7 +670,7 @@ impl Session<'_> {
                     .pending
                     .remove(id.get());
                 if let Some(p) = pending {
-                    rewritten = self.response(&env, id.get(), p, &buf).await;
+                    (rewritten, deferred) = self.response(&env, id.get(), p, &buf).await;
                 }
             }
             let out: &[u8] = match &rewritten {
@@ -683,6 +683,28 @@ impl Session<'_> {
             if write(writer, out).await.is_err() {
                 return;
             }
+            if let Some(ev) = deferred.take() {
+                self.complete(ev).await;
+            }
+        }
+    }
+
+    /// Stores the final event of a call whose pending event is already durable, then drops
+    /// the pending one. Done after the answer went out: if the process dies in between, the
+    /// pending event is recovered at the next start, so nothing is lost.
+    async fn complete(&self, ev: AuditEvent) {
+        match self.agent.cluster.record(std::slice::from_ref(&ev)).await {
+            Ok(()) => {
+                let _ = self
+                    .agent
+                    .cluster
+                    .spool()
+                    .delete(&format!("{PENDING}{}", ev.id))
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed; the pending event will be recovered")
+            }
         }
     }
 
@@ -693,7 +715,7 @@ impl Session<'_> {
         id: &str,
         p: Pending,
         line: &[u8],
-    ) -> Option<Vec<u8>> {
+    ) -> (Option<Vec<u8>>, Option<AuditEvent>) {
         let error = env.error.map(|e| {
             serde_json::from_str::<Value>(e.get())
                 .ok()
@@ -735,20 +757,12 @@ impl Session<'_> {
             let failed = error.is_some() || is_tool_error;
             let err = error.or(is_tool_error.then(|| "the tool reported an error".to_string()));
             let ev = self.request_event(&p, id, !failed, err);
-            let key = p.durable.then(|| format!("{PENDING}{}", ev.id));
-            let store = self.agent.cluster.spool();
-            match self.agent.cluster.record(std::slice::from_ref(&ev)).await {
-                Ok(()) => {
-                    if let Some(k) = key {
-                        let _ = store.delete(&k).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit write failed; the pending event will be recovered")
-                }
+            if p.durable {
+                return (out, Some(ev));
             }
+            self.emit(ev).await;
         }
-        out
+        (out, None)
     }
 
     async fn start(&self, result: &str) {

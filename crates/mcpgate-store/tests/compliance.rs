@@ -17,6 +17,14 @@ async fn sqlite_passes_the_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_with_full_sync_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Arc::new(SqliteStore::open_with(&path, mcpgate_store::sqlite::Sync::Full).unwrap());
+    compliance::run(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_state_across_reopen_and_is_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");

@@ -33,6 +33,9 @@ pub struct Storage {
     pub kind: StorageKind,
     /// PostgreSQL URL, for `type: postgres`.
     pub url: Option<String>,
+    /// SQLite durability: `normal` (survives a killed process) or `full` (also power loss).
+    #[serde(default)]
+    pub synchronous: mcpgate_store::sqlite::Sync,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

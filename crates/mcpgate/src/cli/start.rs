@@ -63,7 +63,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let (store, storage) = match config.storage.kind {
         StorageKind::Sqlite => {
             let path = data_dir.join("state.db");
-            let store = SqliteStore::open(&path)
+            let store = SqliteStore::open_with(&path, config.storage.synchronous)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             (
                 AnyStore::Sqlite(store),
