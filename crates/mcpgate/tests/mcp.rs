@@ -27,6 +27,8 @@ spec:
   allow:
     app_labels: {env: dev}
     mcp: {tools: ['*']}
+  deny:
+    mcp: {tools: ['*delete*']}
 ---
 kind: role
 version: v8
@@ -623,5 +625,64 @@ fn progress_and_server_to_client_requests_reach_the_client() {
     assert!(
         answer.to_string().contains("sampled by the client"),
         "{answer}"
+    );
+}
+
+#[test]
+fn the_2026_sdk_client_and_server_work_through_the_gateway() {
+    let Some(python) = needs("MCPGATE_TEST_MCP2_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let server = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/modern_server.py"
+    );
+    let apps = format!(
+        "    - name: modern\n      labels: {{env: dev}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{server}\"]}}\n"
+    );
+    let d = Daemon::start(
+        &s,
+        "gate",
+        &format!("auth: {{second_factor: off}}\nagent:\n  apps:\n{apps}"),
+    );
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::new(&s, "alice");
+    alice.signup(&d, &invite(&d, "alice", "full"));
+    alice.login(&d, None, &[]).ok();
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/modern_client.py"
+    );
+    let out = std::process::Command::new(&python)
+        .args([client, BIN, "modern"])
+        .env("MCPGATE_HOME", &alice.home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tools"], json!(["echo"]), "{v}");
+    assert_eq!(v["echo"], "modern: hello");
+    assert!(
+        v["denied"].as_str().unwrap().contains("access denied"),
+        "{v}"
+    );
+    // The client's server/discover probe passed through untouched and was audited.
+    let methods: Vec<String> = audit(&d, &["--type", "mcp.session.request"])
+        .iter()
+        .map(|e| e["method"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        methods.contains(&"server/discover".to_string()),
+        "{methods:?}"
     );
 }
