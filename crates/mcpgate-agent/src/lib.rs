@@ -131,6 +131,12 @@ impl Agent {
             }
             store.delete(key).await?;
         }
+        if !pending.is_empty() {
+            tracing::warn!(
+                recovered = pending.len(),
+                "completed audit events of calls forwarded before the last stop"
+            );
+        }
         Ok(pending.len())
     }
 }

@@ -51,7 +51,8 @@ impl AuthService {
                 Policy::check(role).map_err(|e| AuthError::BadRequest(format!("{file}: {e}")))?;
             }
             if let Resource::App(app) = res {
-                check_app(app)
+                app.spec
+                    .check()
                     .map_err(|e| AuthError::BadRequest(format!("{file}: app {name}: {e}")))?;
             }
             let key = key_of(kind, name)?;
@@ -217,30 +218,4 @@ fn unreachable_kind(kind: Kind) -> Result<std::result::Result<Value, serde_json:
     Err(AuthError::BadRequest(format!(
         "{kind}s are not managed by this version of mcpgate yet"
     )))
-}
-
-fn check_app(app: &App) -> std::result::Result<(), String> {
-    let uri = app.spec.uri.as_str();
-    let known = [
-        "mcp+stdio://",
-        "mcp+http://",
-        "mcp+https://",
-        "mcp+sse+http://",
-        "mcp+sse+https://",
-    ];
-    if !known.iter().any(|p| uri.starts_with(p)) {
-        return Err(format!(
-            "uri {uri:?} must start with one of {}",
-            known.join(", ")
-        ));
-    }
-    if uri.starts_with("mcp+stdio://") && app.spec.mcp.is_none() {
-        return Err("a stdio app needs spec.mcp.command".into());
-    }
-    if let Some(mcp) = &app.spec.mcp
-        && mcp.command.trim().is_empty()
-    {
-        return Err("spec.mcp.command is empty".into());
-    }
-    Ok(())
 }

@@ -2,17 +2,15 @@
 //! certificate they renew, and read what sessions need (roles, apps, locks) and ship audit
 //! events through the API, authenticated by that certificate.
 
-use serde_json::Value;
 use std::time::Duration;
 
 use mcpgate_pki::CertInfo;
 use mcpgate_store::Store;
 use mcpgate_types::audit::codes;
-use mcpgate_types::clock::unix_secs;
-use mcpgate_types::resource::{App, Token, TokenKind};
-use mcpgate_types::{AuditEvent, Claims, IdentityKind, Name};
+use mcpgate_types::resource::{App, TokenKind};
+use mcpgate_types::{AuditEvent, IdentityKind, Name};
 
-use crate::service::{from_json, pem_cert, token_key};
+use crate::service::from_json;
 use crate::wire::CertResponse;
 use crate::{AuthError, AuthService, Result};
 
@@ -29,14 +27,7 @@ impl AuthService {
     ) -> Result<CertResponse> {
         let name =
             Name::new(name).map_err(|e| AuthError::BadRequest(format!("agent name: {e}")))?;
-        let record: Option<Token> = match self.store.take(&token_key(token)).await? {
-            Some(bytes) => Some(from_json(&bytes)?),
-            None => None,
-        };
-        if !record.is_some_and(|t| t.kind == TokenKind::Agent && t.expires > unix_secs(self.now()))
-        {
-            return Err(AuthError::InvalidToken);
-        }
+        self.take_token(token, TokenKind::Agent).await?;
         self.issue_host(name.as_str(), public_key, codes::AGENT_JOIN)
             .await
     }
@@ -52,37 +43,10 @@ impl AuthService {
         &self,
         name: &str,
         public_key: &str,
-        (kind, code): (&str, &str),
+        event: (&str, &str),
     ) -> Result<CertResponse> {
-        let claims = Claims {
-            name: name.to_string(),
-            kind: IdentityKind::Host,
-            roles: vec![],
-            traits: Default::default(),
-            generation: 0,
-            cluster: self.cluster().into(),
-        };
-        let now = self.now();
-        let cert = self
-            .host_ca
-            .issue(public_key, &claims, &[], now, AGENT_TTL)
-            .map_err(|_| {
-                AuthError::BadRequest("the public key is not a valid PEM public key".into())
-            })?;
-        self.emit(self.event(
-            kind,
-            code,
-            &claims,
-            true,
-            [("ttl", Value::from(AGENT_TTL.as_secs()))],
-        ))
-        .await?;
-        Ok(CertResponse {
-            cert: pem_cert(&cert),
-            cas: self.ca_pems(),
-            expires: unix_secs(now + AGENT_TTL),
-            roles: vec![],
-        })
+        let claims = self.claims(name, IdentityKind::Host, &[]);
+        self.sign(&claims, public_key, AGENT_TTL, event).await
     }
 
     /// Only agents (host certificates) may read what sessions need and ship events.

@@ -11,7 +11,7 @@ use mcpgate_types::clock::unix_secs;
 use mcpgate_types::resource::{Bot, Lock, LockTarget, Token, TokenKind};
 use mcpgate_types::{Claims, IdentityKind, Name};
 
-use crate::service::{from_json, pem_cert, random_token, role_key, to_json, token_key};
+use crate::service::{from_json, random_token, role_key, to_json, token_key};
 use crate::wire::CertResponse;
 use crate::{AuthError, AuthService, Caller, Result};
 
@@ -191,12 +191,8 @@ impl AuthService {
 
     fn bot_claims(&self, bot: &Bot, generation: u64) -> Claims {
         Claims {
-            name: bot.name.to_string(),
-            kind: IdentityKind::Bot,
-            roles: bot.roles.clone(),
-            traits: Default::default(),
             generation,
-            cluster: self.cluster().into(),
+            ..self.claims(bot.name.as_str(), IdentityKind::Bot, &bot.roles)
         }
     }
 
@@ -215,30 +211,21 @@ impl AuthService {
         public_key: &str,
         ttl_secs: Option<u64>,
     ) -> Result<CertResponse> {
-        let record: Option<Token> = match self.store.take(&token_key(token)).await? {
-            Some(bytes) => Some(from_json(&bytes)?),
-            None => None,
-        };
-        let Some(record) =
-            record.filter(|t| t.kind == TokenKind::Bot && t.expires > unix_secs(self.now()))
-        else {
-            let who = Claims {
-                name: "unknown".into(),
-                kind: IdentityKind::Bot,
-                roles: vec![],
-                traits: Default::default(),
-                generation: 0,
-                cluster: self.cluster().into(),
-            };
-            self.emit(self.event(
-                codes::BOT_JOIN_FAILURE.0,
-                codes::BOT_JOIN_FAILURE.1,
-                &who,
-                false,
-                [("error", Value::from("invalid, expired or used token"))],
-            ))
-            .await?;
-            return Err(AuthError::InvalidToken);
+        let record = match self.take_token(token, TokenKind::Bot).await {
+            Ok(t) => t,
+            Err(e) => {
+                let who = self.claims("unknown", IdentityKind::Bot, &[]);
+                let fields = [("error", Value::from("invalid, expired or used token"))];
+                self.emit(self.event(
+                    codes::BOT_JOIN_FAILURE.0,
+                    codes::BOT_JOIN_FAILURE.1,
+                    &who,
+                    false,
+                    fields,
+                ))
+                .await?;
+                return Err(e);
+            }
         };
         let name = record.subject.ok_or(AuthError::InvalidToken)?;
         self.issue_bot(name.as_str(), None, public_key, ttl_secs, codes::BOT_JOIN)
@@ -274,7 +261,7 @@ impl AuthService {
         presented: Option<u64>,
         public_key: &str,
         ttl_secs: Option<u64>,
-        (kind, code): (&str, &str),
+        event: (&str, &str),
     ) -> Result<CertResponse> {
         let key = bot_key(name);
         let (bot, generation) = loop {
@@ -333,31 +320,8 @@ impl AuthService {
             }
         };
         let ttl = Self::bot_ttl(&bot, ttl_secs);
-        let claims = self.bot_claims(&bot, generation);
-        let now = self.now();
-        let cert = self
-            .user_ca
-            .issue(public_key, &claims, &[], now, ttl)
-            .map_err(|_| {
-                AuthError::BadRequest("the public key is not a valid PEM public key".into())
-            })?;
-        self.emit(self.event(
-            kind,
-            code,
-            &claims,
-            true,
-            [
-                ("ttl", Value::from(ttl.as_secs())),
-                ("generation", Value::from(generation)),
-            ],
-        ))
-        .await?;
-        Ok(CertResponse {
-            cert: pem_cert(&cert),
-            cas: self.ca_pems(),
-            expires: unix_secs(now + ttl),
-            roles: bot.roles,
-        })
+        self.sign(&self.bot_claims(&bot, generation), public_key, ttl, event)
+            .await
     }
 
     /// `admin lock`.

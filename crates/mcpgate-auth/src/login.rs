@@ -11,11 +11,11 @@ use totp_rs::{Algorithm, Secret, TOTP};
 use mcpgate_policy::Policy;
 use mcpgate_store::Store;
 use mcpgate_types::audit::codes;
-use mcpgate_types::clock::{from_unix_secs, unix_secs};
+use mcpgate_types::clock::unix_secs;
 use mcpgate_types::resource::{Token, TokenKind, User};
 use mcpgate_types::{Claims, IdentityKind, Name};
 
-use crate::service::{USER_TTL, from_json, pem_cert, to_json, token_key, user_key};
+use crate::service::{USER_TTL, from_json, to_json, token_key, user_key};
 use crate::wire::{CertResponse, LoginRequest, SignupResponse};
 use crate::{AuthError, AuthService, Result, SecondFactor};
 
@@ -180,13 +180,7 @@ impl AuthService {
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
             .await
             .map_err(|e| AuthError::Internal(e.to_string()))??;
-        let token: Token = match self.store.take(&token_key(invite)).await? {
-            Some(bytes) => from_json(&bytes)?,
-            None => return Err(AuthError::InvalidToken),
-        };
-        if token.kind != TokenKind::Invite || token.expires <= unix_secs(self.now()) {
-            return Err(AuthError::InvalidToken);
-        }
+        let token = self.take_token(invite, TokenKind::Invite).await?;
         let name = token.subject.ok_or(AuthError::InvalidToken)?;
         let key = user_key(name.as_str());
         let old = self.store.get(&key).await?.ok_or(AuthError::InvalidToken)?;
@@ -217,14 +211,7 @@ impl AuthService {
                 "user changed during signup; ask for a new invite".into(),
             ));
         }
-        let who = Claims {
-            name: name.to_string(),
-            kind: IdentityKind::User,
-            roles: user.roles.clone(),
-            traits: Default::default(),
-            generation: 0,
-            cluster: self.cluster().into(),
-        };
+        let who = self.claims(name.as_str(), IdentityKind::User, &user.roles);
         self.emit(self.event(
             codes::USER_SIGNUP.0,
             codes::USER_SIGNUP.1,
@@ -272,14 +259,8 @@ impl AuthService {
     }
 
     async fn login_failed(&self, user: &str, error: &str) -> Result<()> {
-        let who = Claims {
-            name: user.chars().take(128).collect(),
-            kind: IdentityKind::User,
-            roles: vec![],
-            traits: Default::default(),
-            generation: 0,
-            cluster: self.cluster().into(),
-        };
+        let name: String = user.chars().take(128).collect();
+        let who = self.claims(&name, IdentityKind::User, &[]);
         self.emit(self.event(
             codes::USER_LOGIN_FAILURE.0,
             codes::USER_LOGIN_FAILURE.1,
@@ -323,15 +304,11 @@ impl AuthService {
             (None, SecondFactor::Otp) => return Err(AuthError::InvalidCredentials),
             (None, SecondFactor::Off) => "password",
         };
-        let locked_claims = Claims {
-            name: user.name.to_string(),
-            kind: IdentityKind::User,
-            roles: user.roles.clone(),
-            traits: Default::default(),
-            generation: 0,
-            cluster: self.cluster().into(),
+        let claims = Claims {
+            traits: user.traits.clone(),
+            ..self.claims(user.name.as_str(), IdentityKind::User, &user.roles)
         };
-        if let Some(lock) = self.lock_for(&locked_claims).await? {
+        if let Some(lock) = self.lock_for(&claims).await? {
             return Err(AuthError::AccessDenied(format!(
                 "{} is locked: {}",
                 lock.target, lock.message
@@ -351,20 +328,6 @@ impl AuthService {
                 "the certificate lifetime must be at least 1s".into(),
             ));
         }
-        let claims = Claims {
-            name: user.name.to_string(),
-            kind: IdentityKind::User,
-            roles: user.roles.clone(),
-            traits: user.traits.clone(),
-            generation: 0,
-            cluster: self.cluster().into(),
-        };
-        let cert = self
-            .user_ca
-            .issue(&req.public_key, &claims, &[], now, ttl)
-            .map_err(|_| {
-                AuthError::BadRequest("the public key is not a valid PEM public key".into())
-            })?;
         self.emit(self.event(
             codes::USER_LOGIN.0,
             codes::USER_LOGIN.1,
@@ -373,20 +336,8 @@ impl AuthService {
             [("method", Value::from(method))],
         ))
         .await?;
-        self.emit(self.event(
-            codes::CERT_CREATE.0,
-            codes::CERT_CREATE.1,
-            &claims,
-            true,
-            [("ttl", Value::from(ttl.as_secs()))],
-        ))
-        .await?;
-        Ok(CertResponse {
-            cert: pem_cert(&cert),
-            cas: self.ca_pems(),
-            expires: unix_secs(now + ttl),
-            roles: user.roles,
-        })
+        self.sign(&claims, &req.public_key, ttl, codes::CERT_CREATE)
+            .await
     }
 
     /// Records that a TOTP step was used; a code of the same or an earlier step is refused.
@@ -412,11 +363,6 @@ impl AuthService {
             // A concurrent login changed the record: treat as replay.
             Err(AuthError::InvalidCredentials)
         }
-    }
-
-    /// When an invite or token expires, as a time.
-    pub fn expires_at(secs: i64) -> SystemTime {
-        from_unix_secs(secs)
     }
 }
 

@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime};
 use mcpgate_pki::{CaKind, CertAuthority, CertInfo, Identity};
 use mcpgate_policy::Policy;
 use mcpgate_store::{AnyStore, Store};
-use mcpgate_types::resource::{Role, User};
+use mcpgate_types::clock::unix_secs;
+use mcpgate_types::resource::{Role, Token, TokenKind, User};
 use mcpgate_types::{AuditEvent, Claims, Clock, IdentityKind, Name};
 
 use crate::login::RateLimiter;
+use crate::wire::CertResponse;
 use crate::{AuthError, Result};
 
 /// Whether users enrol and present TOTP codes.
@@ -201,29 +203,74 @@ impl AuthService {
         ]
     }
 
-    /// Issues an identity (key generated here) for a host such as the proxy.
-    pub fn host_identity(&self, name: &str, sans: &[String], ttl: Duration) -> Result<Identity> {
-        let claims = Claims {
-            name: name.into(),
-            kind: IdentityKind::Host,
-            roles: vec![],
+    /// Claims of an identity of this cluster (no traits, generation 0).
+    pub(crate) fn claims(&self, name: &str, kind: IdentityKind, roles: &[String]) -> Claims {
+        Claims {
+            name: name.to_string(),
+            kind,
+            roles: roles.to_vec(),
             traits: Default::default(),
             generation: 0,
             cluster: self.cluster().into(),
+        }
+    }
+
+    /// Takes a single-use token of `kind` atomically; fails if it is unknown, used, expired
+    /// or of another kind.
+    pub(crate) async fn take_token(&self, token: &str, kind: TokenKind) -> Result<Token> {
+        let bytes = self
+            .store
+            .take(&token_key(token))
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        let t: Token = from_json(&bytes)?;
+        if t.kind != kind || t.expires <= unix_secs(self.now()) {
+            return Err(AuthError::InvalidToken);
+        }
+        Ok(t)
+    }
+
+    /// Signs `public_key` for `claims` with the CA for their kind, records `event` (with the
+    /// TTL and the generation), and answers with the certificate and the CAs.
+    pub(crate) async fn sign(
+        &self,
+        claims: &Claims,
+        public_key: &str,
+        ttl: Duration,
+        (kind, code): (&str, &str),
+    ) -> Result<CertResponse> {
+        let ca = if claims.kind == IdentityKind::Host {
+            &self.host_ca
+        } else {
+            &self.user_ca
         };
+        let now = self.now();
+        let cert = ca.issue(public_key, claims, &[], now, ttl).map_err(|_| {
+            AuthError::BadRequest("the public key is not a valid PEM public key".into())
+        })?;
+        let fields = [
+            ("ttl", Value::from(ttl.as_secs())),
+            ("generation", Value::from(claims.generation)),
+        ];
+        self.emit(self.event(kind, code, claims, true, fields))
+            .await?;
+        Ok(CertResponse {
+            cert: pem_cert(&cert),
+            cas: self.ca_pems(),
+            expires: unix_secs(now + ttl),
+            roles: claims.roles.clone(),
+        })
+    }
+
+    /// Issues an identity (key generated here) for a host such as the proxy.
+    pub fn host_identity(&self, name: &str, sans: &[String], ttl: Duration) -> Result<Identity> {
+        let claims = self.claims(name, IdentityKind::Host, &[]);
         self.local_identity(&self.host_ca, &claims, sans, ttl)
     }
 
     /// Issues the built-in admin identity (role `editor`) kept in the data dir.
     pub async fn admin_identity(&self, ttl: Duration) -> Result<Identity> {
-        let claims = Claims {
-            name: ADMIN_NAME.into(),
-            kind: IdentityKind::User,
-            roles: vec![EDITOR_ROLE.into()],
-            traits: Default::default(),
-            generation: 0,
-            cluster: self.cluster().into(),
-        };
+        let claims = self.claims(ADMIN_NAME, IdentityKind::User, &[EDITOR_ROLE.to_string()]);
         let id = self.local_identity(&self.user_ca, &claims, &[], ttl)?;
         self.emit(self.event(
             "cert.create",

@@ -203,6 +203,36 @@ pub struct AppSpec {
     pub rewrite: Option<Rewrite>,
 }
 
+impl AppSpec {
+    /// URI schemes an app may use.
+    pub const SCHEMES: [&'static str; 5] = [
+        "mcp+stdio://",
+        "mcp+http://",
+        "mcp+https://",
+        "mcp+sse+http://",
+        "mcp+sse+https://",
+    ];
+
+    /// Checks what serde cannot: a known scheme, and a command for a stdio app.
+    pub fn check(&self) -> Result<(), String> {
+        if !Self::SCHEMES.iter().any(|p| self.uri.starts_with(p)) {
+            return Err(format!(
+                "uri {:?} must start with one of {}",
+                self.uri,
+                Self::SCHEMES.join(", ")
+            ));
+        }
+        let has_command = self
+            .mcp
+            .as_ref()
+            .is_some_and(|m| !m.command.trim().is_empty());
+        if self.uri.starts_with("mcp+stdio://") && !has_command {
+            return Err("a stdio app needs mcp.command".into());
+        }
+        Ok(())
+    }
+}
+
 /// How the agent starts a stdio MCP server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -214,27 +214,10 @@ impl Config {
         if let Some(name) = &self.agent.name {
             mcpgate_types::Name::new(name).context("agent.name")?;
         }
-        for app in &self.agent.apps {
-            let known = [
-                "mcp+stdio://",
-                "mcp+http://",
-                "mcp+https://",
-                "mcp+sse+http://",
-                "mcp+sse+https://",
-            ];
-            if !known.iter().any(|p| app.uri.starts_with(p)) {
-                bail!(
-                    "agent.apps {}: uri {:?} must start with one of {}",
-                    app.name,
-                    app.uri,
-                    known.join(", ")
-                );
-            }
-            if app.uri.starts_with("mcp+stdio://")
-                && app.mcp.as_ref().is_none_or(|m| m.command.trim().is_empty())
-            {
-                bail!("agent.apps {}: a stdio app needs mcp.command", app.name);
-            }
+        for app in self.static_apps() {
+            app.spec
+                .check()
+                .map_err(|e| anyhow::anyhow!("agent.apps {}: {e}", app.metadata.name))?;
         }
         for sel in &self.agent.resources {
             if sel.labels.is_empty() {

@@ -200,13 +200,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         config.selectors(),
         mcpgate_mcp::Limits::default(),
     )?;
-    let recovered = agent.recover().await?;
-    if recovered > 0 {
-        tracing::warn!(
-            recovered,
-            "completed audit events of calls forwarded before the last stop"
-        );
-    }
+    agent.recover().await?;
     tokio::spawn(shipper(remote.clone()));
     tokio::spawn(renewer(remote.clone(), data_dir.clone()));
 

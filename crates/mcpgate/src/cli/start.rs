@@ -146,13 +146,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             config.selectors(),
             mcpgate_mcp::Limits::default(),
         )?;
-        let recovered = agent.recover().await?;
-        if recovered > 0 {
-            tracing::warn!(
-                recovered,
-                "completed audit events of calls forwarded before the last stop"
-            );
-        }
+        agent.recover().await?;
         services.push("agent".to_string());
         Some(agent)
     } else {
