@@ -140,7 +140,7 @@ impl Agent {
             labels: app.metadata.labels.clone(),
             app,
             info,
-            id: mcpgate_auth::service::random_token().unwrap_or_default()[..32].to_string(),
+            id: mcpgate_auth::service::random_id(),
             addr: conn.addr.to_string(),
             state: Mutex::new(State::default()),
             policy: Mutex::new(None),

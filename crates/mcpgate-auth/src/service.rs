@@ -1,6 +1,6 @@
 //! The auth service's core: bootstrap, issuance, callers, audit.
 
-use rcgen_free::random_hex;
+use random::random_hex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
@@ -475,7 +475,12 @@ pub fn pem_cert(der: &[u8]) -> String {
     out
 }
 
-mod rcgen_free {
+/// A random identifier (16 bytes, 32 hex digits) for events and sessions.
+pub fn random_id() -> String {
+    random_hex(16)
+}
+
+mod random {
     use ring::rand::SecureRandom;
 
     /// `n` random bytes from the system CSPRNG, as hex.
