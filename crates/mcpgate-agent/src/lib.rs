@@ -50,6 +50,21 @@ pub struct Agent {
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
 }
 
+/// Whether an agent with these `agent.resources` selectors serves a cluster app: every
+/// label of some selector matches (`*` as a value matches any; `"*": "*"` matches all apps).
+pub fn selects(selectors: &[BTreeMap<String, String>], app: &App) -> bool {
+    selectors.iter().any(|sel| {
+        sel.iter().all(|(k, v)| {
+            (k == "*" && v == "*")
+                || app
+                    .metadata
+                    .labels
+                    .get(k)
+                    .is_some_and(|have| v == "*" || have == v)
+        })
+    })
+}
+
 /// Key prefix of audit events written before a call is forwarded and completed after.
 pub const PENDING: &str = "audit-pending/";
 
@@ -81,16 +96,12 @@ impl Agent {
     }
 
     fn serves(&self, app: &App) -> bool {
-        self.selectors.iter().any(|sel| {
-            sel.iter().all(|(k, v)| {
-                (k == "*" && v == "*")
-                    || app
-                        .metadata
-                        .labels
-                        .get(k)
-                        .is_some_and(|have| v == "*" || have == v)
-            })
-        })
+        selects(&self.selectors, app)
+    }
+
+    /// The label selectors of the cluster apps this agent serves.
+    pub fn selectors(&self) -> &[BTreeMap<String, String>] {
+        &self.selectors
     }
 
     /// The app called `name`, if this agent serves it.

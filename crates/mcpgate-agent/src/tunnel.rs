@@ -29,7 +29,7 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Chunk size when pumping a stream into frames.
 pub const CHUNK: usize = 64 << 10;
 /// How often the agent pings; a side that hears nothing for three periods drops the tunnel.
-pub const PING_EVERY: Duration = Duration::from_secs(5);
+pub const PING_EVERY: Duration = Duration::from_secs(2);
 pub const DEAD_AFTER: Duration = Duration::from_secs(15);
 
 /// One frame.
@@ -53,7 +53,11 @@ pub struct OpenMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
     pub agent: String,
+    /// The apps it serves now.
     pub apps: Vec<mcpgate_types::resource::App>,
+    /// Its selectors of cluster apps, so the proxy can route an app created a moment ago.
+    #[serde(default)]
+    pub selectors: Vec<std::collections::BTreeMap<String, String>>,
 }
 
 /// Encodes a frame.
@@ -164,6 +168,7 @@ impl Agent {
         let mut announced = Announce {
             agent: name.to_string(),
             apps: self.app_list().await,
+            selectors: self.selectors().to_vec(),
         };
         send(
             &writer,
@@ -179,11 +184,22 @@ impl Agent {
         let control = {
             let (agent, writer, name) = (self.clone(), writer.clone(), name.to_string());
             tokio::spawn(async move {
+                // Apps are looked at again when roles or apps change here (the epoch), and
+                // every ping period in any case (changes made elsewhere).
+                let mut epoch = agent.cluster.epoch();
+                let mut last = tokio::time::Instant::now();
                 loop {
-                    tokio::time::sleep(PING_EVERY.min(Duration::from_secs(2))).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let now_epoch = agent.cluster.epoch();
+                    if now_epoch == epoch && last.elapsed() < PING_EVERY {
+                        continue;
+                    }
+                    epoch = now_epoch;
+                    last = tokio::time::Instant::now();
                     let now = Announce {
                         agent: name.clone(),
                         apps: agent.app_list().await,
+                        selectors: agent.selectors().to_vec(),
                     };
                     let frame = if now != announced {
                         announced = now;

@@ -46,8 +46,15 @@ async fn apps(
         .auth
         .caller(conn.peer.as_deref().map(|v| v.as_slice()))
         .await?;
+    let mut apps = s.tunnels.apps();
+    // Cluster apps created since the agents last announced, that an agent's selectors match.
+    for app in s.auth.all_apps().await? {
+        if !apps.iter().any(|a| a.metadata.name == app.metadata.name) && s.tunnels.selects(&app) {
+            apps.push(app);
+        }
+    }
     let mut out = Vec::new();
-    for app in s.tunnels.apps() {
+    for app in apps {
         let labels = &app.metadata.labels;
         if let AppDecision::Allow { .. } = caller.policy.app(labels) {
             let (allow, deny) = caller.policy.tool_patterns(labels);

@@ -56,6 +56,8 @@ pub struct Routes {
     pub api: axum::Router,
     /// The agents connected through their tunnels.
     pub tunnels: Arc<Tunnels>,
+    /// The auth service, for the cluster's apps.
+    pub auth: Arc<mcpgate_auth::AuthService>,
     /// The cluster name, to check client certificates.
     pub cluster: String,
     pub clock: Arc<dyn mcpgate_types::Clock>,
@@ -177,7 +179,11 @@ async fn mcp(
             .await?;
         return Ok(());
     }
-    let Some(tunnel) = routes.tunnels.pick(&hello.app) else {
+    let cluster_app = routes.auth.all_apps().await.ok().and_then(|apps| {
+        apps.into_iter()
+            .find(|a| a.metadata.name.as_str() == hello.app)
+    });
+    let Some(tunnel) = routes.tunnels.pick(&hello.app, cluster_app.as_ref()) else {
         write
             .write_all(&reply(Some(format!(
                 "app {:?} not found: no agent serves it",

@@ -19,6 +19,7 @@ type TunnelWriter = tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>;
 pub struct Tunnel {
     pub agent: String,
     apps: Mutex<Vec<App>>,
+    selectors: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
     writer: TunnelWriter,
     streams: Mutex<HashMap<u32, ClientWriter>>,
     next: AtomicU32,
@@ -32,10 +33,16 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    /// An agent serving `app`, taking turns between several.
-    pub fn pick(&self, app: &str) -> Option<Arc<Tunnel>> {
+    /// An agent serving `app` — one that announced it, or, for a cluster app (`cluster_app`)
+    /// created since the last announcement, one whose selectors match it — taking turns.
+    pub fn pick(&self, app: &str, cluster_app: Option<&App>) -> Option<Arc<Tunnel>> {
         let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        let serving: Vec<&Arc<Tunnel>> = list.iter().filter(|t| t.serves(app)).collect();
+        let mut serving: Vec<&Arc<Tunnel>> = list.iter().filter(|t| t.serves(app)).collect();
+        if serving.is_empty()
+            && let Some(app) = cluster_app
+        {
+            serving = list.iter().filter(|t| t.selects(app)).collect();
+        }
         if serving.is_empty() {
             return None;
         }
@@ -59,6 +66,15 @@ impl Tunnels {
                 (t.agent.clone(), apps)
             })
             .collect()
+    }
+
+    /// Whether some connected agent's selectors match this cluster app.
+    pub fn selects(&self, app: &App) -> bool {
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|t| t.selects(app))
     }
 
     /// Every app some connected agent serves (one entry per name).
@@ -92,6 +108,7 @@ impl Tunnels {
         let tunnel = Arc::new(Tunnel {
             agent: announce.agent.clone(),
             apps: Mutex::new(announce.apps),
+            selectors: Mutex::new(announce.selectors),
             writer: tokio::sync::Mutex::new(Box::new(writer)),
             streams: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
@@ -124,6 +141,7 @@ impl Tunnels {
                 ANNOUNCE => {
                     if let Ok(a) = serde_json::from_slice::<Announce>(&frame.payload) {
                         *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) = a.apps;
+                        *tunnel.selectors.lock().unwrap_or_else(|p| p.into_inner()) = a.selectors;
                     }
                 }
                 PING if tunnel::send(&tunnel.writer, 0, PONG, &[]).await.is_err() => break,
@@ -150,6 +168,13 @@ impl Tunnels {
 }
 
 impl Tunnel {
+    fn selects(&self, app: &App) -> bool {
+        mcpgate_agent::selects(
+            &self.selectors.lock().unwrap_or_else(|p| p.into_inner()),
+            app,
+        )
+    }
+
     fn serves(&self, app: &str) -> bool {
         self.apps
             .lock()

@@ -529,3 +529,99 @@ fn a_bot_keeps_its_identity_while_the_auth_service_is_down_and_renews_when_it_re
     let _ = bot.kill();
     let _ = bot.wait();
 }
+
+#[test]
+fn bots_and_tokens_are_managed_from_the_cli() {
+    let e = cluster("manage");
+    e.d.admin(&[
+        "create",
+        "-f",
+        e.s.write("ops.yaml", &ROLES.replace("name: dev", "name: ops"))
+            .to_str()
+            .unwrap(),
+    ])
+    .ok();
+    let text =
+        e.d.admin(&["bots", "add", "ci", "--roles", "dev", "--ttl", "2h"])
+            .ok();
+    assert!(
+        text.contains("Bot ci created.") && text.contains("Join token (single use"),
+        "{text}"
+    );
+    assert!(
+        e.d.admin(&["bots", "add", "ci", "--roles", "dev"])
+            .fails()
+            .contains("bot ci already exists")
+    );
+    assert!(
+        e.d.admin(&["bots", "add", "x", "--roles", "nope"])
+            .fails()
+            .contains("role \"nope\" does not exist")
+    );
+    assert!(
+        e.d.admin(&["bots", "update", "ci", "--add-roles", "ops"])
+            .ok()
+            .contains("roles: dev, ops")
+    );
+    assert!(
+        e.d.admin(&["bots", "update", "ci", "--set-roles", "ops"])
+            .ok()
+            .contains("roles: ops")
+    );
+    let ls = e.d.admin(&["bots", "ls"]).ok();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("ci") && l.contains("ops") && l.contains("2h")),
+        "{ls}"
+    );
+
+    // Tokens: listed by a hash, never the token itself; removable.
+    let out =
+        e.d.admin(&[
+            "tokens", "add", "--type", "bot", "--bot", "ci", "--format", "json",
+        ])
+        .ok();
+    let token = serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed: Vec<Value> =
+        serde_json::from_str(&e.d.admin(&["tokens", "ls", "--format", "json"]).ok()).unwrap();
+    let mine = listed
+        .iter()
+        .find(|t| t["subject"] == "ci" && t["type"] == "bot")
+        .cloned();
+    assert!(
+        listed.len() >= 2,
+        "the bots add token and this one: {listed:?}"
+    );
+    assert!(
+        !serde_json::to_string(&listed).unwrap().contains(&token),
+        "the token is never listed"
+    );
+    for t in &listed {
+        e.d.admin(&["tokens", "rm", t["id"].as_str().unwrap()]).ok();
+    }
+    assert!(mine.is_some());
+    let cfg = bot_yaml(&e, "ci", &token, "");
+    assert!(
+        run(
+            &["bot", "start", "-c", cfg.to_str().unwrap(), "--oneshot"],
+            None,
+            &[]
+        )
+        .fails()
+        .contains("invalid, expired or already used"),
+        "a removed token no longer works"
+    );
+    assert!(
+        e.d.admin(&["tokens", "add", "--type", "bot", "--bot", "ghost"])
+            .fails()
+            .contains("bot \"ghost\" does not exist")
+    );
+    e.d.admin(&["bots", "rm", "ci"]).ok();
+    assert_eq!(
+        e.d.admin(&["bots", "ls", "--format", "json"]).ok().trim(),
+        "[]"
+    );
+}

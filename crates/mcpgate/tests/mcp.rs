@@ -686,3 +686,52 @@ fn the_2026_sdk_client_and_server_work_through_the_gateway() {
         "{methods:?}"
     );
 }
+
+#[test]
+fn an_app_created_with_admin_create_is_served_without_a_restart() {
+    let e = cluster("dynamic", "dev");
+    let record = e.s.path("dynamic.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/recorder.py");
+    let app = format!(
+        "kind: app\nversion: v3\nmetadata: {{name: dyn, labels: {{env: dev}}}}\nspec:\n  uri: mcp+stdio://\n  mcp: {{command: python3, args: [\"{script}\", \"{}\"], env: {{RECORD_FILE: \"{}\"}}}}\n",
+        e.marker,
+        record.display()
+    );
+    e.d.admin(&[
+        "create",
+        "-f",
+        e.s.write("app.yaml", &app).to_str().unwrap(),
+    ])
+    .ok();
+    let mut b = Bridge::open(&e.alice, "dyn", &[]);
+    b.initialize();
+    assert_eq!(b.tools(), ["echo", "read_file", "slow"]);
+    assert!(
+        b.call("echo", json!({"dynamic": true}))
+            .get("result")
+            .is_some()
+    );
+    b.close();
+    assert!(recorded(&record).contains("dynamic"));
+    // Within a couple of seconds the agent announces it, and `mcp ls` shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !e.alice.run(&["mcp", "ls"], None).ok().contains("dyn") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mcp ls never listed the new app"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Removed, it is no longer served.
+    e.d.admin(&["rm", "app/dyn"]).ok();
+    let mut b = Bridge::open(&e.alice, "dyn", &[]);
+    let r = b.request("initialize", json!({}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{r}"
+    );
+}

@@ -166,6 +166,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let routes = mcpgate_proxy::Routes {
         api,
         tunnels: tunnels.clone(),
+        auth: auth.clone(),
         cluster: auth.cluster().into(),
         clock: auth.clock().clone(),
     };
