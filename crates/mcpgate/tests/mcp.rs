@@ -735,3 +735,76 @@ fn an_app_created_with_admin_create_is_served_without_a_restart() {
         "{r}"
     );
 }
+
+#[test]
+fn a_call_whose_audit_event_cannot_be_stored_is_not_forwarded() {
+    let Some(url) = needs("MCPGATE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = format!("mcpgate_failclosed_{}", std::process::id());
+    let sql = |sql: &str, target: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(target, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(sql).await.unwrap();
+        });
+    };
+    sql(&format!("DROP DATABASE IF EXISTS {db}"), &url);
+    sql(&format!("CREATE DATABASE {db}"), &url);
+    let db_url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
+    let s = Scratch::new();
+    let record = s.path("record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let apps = recorder_app("rec", "{env: dev}", &record, &marker("failclosed"));
+    let d = Daemon::start(
+        &s,
+        "gate",
+        &format!(
+            "storage: {{type: postgres, url: \"{db_url}\"}}\nauth: {{second_factor: off}}\nagent:\n  apps:\n{apps}"
+        ),
+    );
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::new(&s, "alice");
+    alice.signup(&d, &invite(&d, "alice", "dev"));
+    alice.login(&d, None, &[]).ok();
+    let mut b = Bridge::open(&alice, "rec", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({"n": 1})).get("result").is_some());
+
+    // The audit log starts refusing writes of pending call events (a real database error).
+    sql(
+        "ALTER TABLE mcpgate_kv ADD CONSTRAINT refuse_pending CHECK (key NOT LIKE 'audit-pending/%')",
+        &db_url,
+    );
+    let (code, msg) = error_of(&b.call("echo", json!({"n": "unrecorded"})));
+    assert_eq!(code, -32603, "{msg}");
+    assert!(
+        msg.contains("audit log is unavailable") && msg.contains("not forwarded"),
+        "{msg}"
+    );
+    assert!(
+        !recorded(&record).contains("unrecorded"),
+        "the call never reached the upstream"
+    );
+
+    // Once the audit log accepts writes again, calls go through in the same session.
+    sql(
+        "ALTER TABLE mcpgate_kv DROP CONSTRAINT refuse_pending",
+        &db_url,
+    );
+    assert!(b.call("echo", json!({"n": 3})).get("result").is_some());
+    drop(b);
+    drop(d);
+    sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), &url);
+}
