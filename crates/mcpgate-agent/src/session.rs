@@ -39,6 +39,8 @@ const UPSTREAM_MAX: usize = 64 << 20;
 /// How long a cached policy may be used before the roles are read again, for changes made
 /// by another auth instance (changes in this process reload at once).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(1);
+/// Requests one session may have waiting for the server; more are refused (memory bound).
+const MAX_IN_FLIGHT: usize = 1024;
 /// How often a live session checks for locks (a lock ends sessions well within 5 s).
 const LOCK_CHECK: Duration = Duration::from_secs(1);
 
@@ -493,7 +495,7 @@ impl Session<'_> {
                 return;
             }
             match env.kind {
-                Kind::Request => match self.request(&env, &buf).await {
+                Kind::Request => match self.request(&env).await {
                     Forward::Yes => {}
                     Forward::Answer(line) => {
                         if write(writer, &line).await.is_err() {
@@ -519,10 +521,21 @@ impl Session<'_> {
     }
 
     /// Decides about one client request: forward it, or answer it here.
-    async fn request(&self, env: &Envelope<'_>, line: &[u8]) -> Forward {
-        let _ = line;
+    async fn request(&self, env: &Envelope<'_>) -> Forward {
         let method = env.method.unwrap_or_default();
         let id = env.id.map(|i| i.get()).unwrap_or("null");
+        let in_flight = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .len();
+        if in_flight >= MAX_IN_FLIGHT {
+            let msg = format!(
+                "more than {MAX_IN_FLIGHT} requests are waiting for the server; wait for answers"
+            );
+            return Forward::Answer(error_line(Some(id), code::INTERNAL_ERROR, &msg));
+        }
         if method == "initialize"
             && let Some(p) = env.params
             && let Ok(v) = serde_json::from_str::<Value>(p.get())

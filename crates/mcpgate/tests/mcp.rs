@@ -16,7 +16,7 @@ metadata: {name: dev}
 spec:
   allow:
     app_labels: {env: dev}
-    mcp: {tools: [echo, read_file, slow, '^get-(sum|env)$']}
+    mcp: {tools: [echo, read_file, slow, hang, '^get-(sum|env)$']}
   deny:
     mcp: {tools: ['*delete*']}
 ---
@@ -280,14 +280,17 @@ fn a_role_change_applies_to_the_next_request_of_a_live_session() {
     let rec = apps.iter().find(|a| a["name"] == "rec").unwrap();
     assert_eq!(
         rec["allowed_tools"],
-        json!(["echo", "read_file", "slow", "^get-(sum|env)$"])
+        json!(["echo", "read_file", "slow", "hang", "^get-(sum|env)$"])
     );
     assert_eq!(rec["denied_tools"], json!(["*delete*"]));
 
     let mut b = Bridge::open(&e.alice, "rec", &[]);
     b.initialize();
     assert!(b.call("echo", json!({})).get("result").is_some());
-    let narrower = ROLES.replace("[echo, read_file, slow, '^get-(sum|env)$']", "[read_file]");
+    let narrower = ROLES.replace(
+        "[echo, read_file, slow, hang, '^get-(sum|env)$']",
+        "[read_file]",
+    );
     e.d.admin(&[
         "create",
         "-f",
@@ -807,4 +810,33 @@ fn a_call_whose_audit_event_cannot_be_stored_is_not_forwarded() {
     drop(b);
     drop(d);
     sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), &url);
+}
+
+#[test]
+fn requests_waiting_for_the_server_are_bounded() {
+    let e = cluster("inflight", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    // The fixture reads `hang` calls but never answers them: they pile up.
+    let mut batch = Vec::new();
+    for i in 0..1030 {
+        batch.extend_from_slice(json!({"jsonrpc": "2.0", "id": format!("h{i}"), "method": "tools/call", "params": {"name": "hang", "arguments": {}}}).to_string().as_bytes());
+        batch.push(b'\n');
+    }
+    b.send_bytes(&batch);
+    let refused = loop {
+        let m = b.recv();
+        if m["error"]["code"] == -32603 {
+            break m;
+        }
+    };
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 1024 requests"),
+        "{refused}"
+    );
+    assert_eq!(b.close(), 0);
+    assert!(wait_no_processes(&e.marker).is_empty());
 }
