@@ -15,7 +15,7 @@ pub mod login;
 pub mod service;
 pub mod wire;
 
-pub use service::{AuthConfig, AuthService, Caller, SecondFactor};
+pub use service::{AuthConfig, AuthService, CaKey, Caller, SecondFactor};
 
 use mcpgate_pki::PkiError;
 use mcpgate_store::StoreError;

@@ -33,6 +33,93 @@ pub struct AuthConfig {
     pub second_factor: SecondFactor,
     /// A description of the storage, for `admin status`.
     pub storage: String,
+    /// The key that encrypts the CA private keys in the storage (AES-256-GCM).
+    pub ca_key: CaKey,
+}
+
+/// The key-encryption key of the CA private keys. Every auth instance of a cluster needs
+/// the same one; the storage alone does not yield the CAs.
+#[derive(Clone)]
+pub struct CaKey([u8; 32]);
+
+impl std::fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaKey(..)")
+    }
+}
+
+impl CaKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        CaKey(bytes)
+    }
+
+    /// A new random key.
+    pub fn generate() -> Result<Self> {
+        use ring::rand::SecureRandom;
+        let mut k = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut k)
+            .map_err(|_| AuthError::Internal("no randomness".into()))?;
+        Ok(CaKey(k))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn aead(&self) -> Result<ring::aead::LessSafeKey> {
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &self.0)
+            .map_err(|_| AuthError::Internal("bad CA key".into()))?;
+        Ok(ring::aead::LessSafeKey::new(key))
+    }
+
+    /// Encrypts `plain`, bound to `label`: base64(nonce ‖ ciphertext ‖ tag).
+    fn seal(&self, label: &str, plain: &[u8]) -> Result<String> {
+        use base64::Engine;
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; 12];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| AuthError::Internal("no randomness".into()))?;
+        let mut data = plain.to_vec();
+        self.aead()?
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(label.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| AuthError::Internal("sealing failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend(data);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    /// Decrypts what [`Self::seal`] produced for the same `label`.
+    fn open(&self, label: &str, sealed: &str) -> Result<Vec<u8>> {
+        use base64::Engine;
+        let wrong = || {
+            AuthError::BadRequest(
+            "the CA keys in the storage were sealed with another CA key: point auth.ca_key_file at this cluster's key".into(),
+        )
+        };
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| wrong())?;
+        if bytes.len() < 12 + 16 {
+            return Err(wrong());
+        }
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&bytes[..12]);
+        let plain = self
+            .aead()?
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(label.as_bytes()),
+                &mut bytes[12..],
+            )
+            .map_err(|_| wrong())?;
+        Ok(plain.to_vec())
+    }
 }
 
 /// Default lifetime of a user certificate.
@@ -93,7 +180,21 @@ impl Caller {
 #[derive(Serialize, Deserialize)]
 struct StoredCa {
     cert_pem: String,
-    key_pem: String,
+    /// The private key, sealed with the [`CaKey`].
+    sealed_key: String,
+}
+
+impl StoredCa {
+    fn open(&self, kind: CaKind, key: &CaKey) -> Result<CertAuthority> {
+        let pem = key.open(&ca_label(kind), &self.sealed_key)?;
+        let pem =
+            String::from_utf8(pem).map_err(|_| AuthError::Internal("corrupt CA key".into()))?;
+        Ok(CertAuthority::from_pem(kind, &self.cert_pem, &pem)?)
+    }
+}
+
+fn ca_label(kind: CaKind) -> String {
+    format!("mcpgate-ca-key:{}", kind.as_str())
 }
 
 /// The auth service. Cheap to share behind an `Arc`.
@@ -134,8 +235,10 @@ impl AuthService {
                 )));
             }
         }
-        let user_ca = load_or_create_ca(&store, &cluster, CaKind::User, clock.now()).await?;
-        let host_ca = load_or_create_ca(&store, &cluster, CaKind::Host, clock.now()).await?;
+        let user_ca =
+            load_or_create_ca(&store, &cluster, CaKind::User, &config.ca_key, clock.now()).await?;
+        let host_ca =
+            load_or_create_ca(&store, &cluster, CaKind::Host, &config.ca_key, clock.now()).await?;
         let svc = AuthService {
             store,
             clock,
@@ -406,28 +509,27 @@ async fn load_or_create_ca(
     store: &AnyStore,
     cluster: &str,
     kind: CaKind,
+    key: &CaKey,
     now: SystemTime,
 ) -> Result<CertAuthority> {
-    let key = format!("ca/{}", kind.as_str());
-    if let Some(bytes) = store.get(&key).await? {
-        let s: StoredCa = from_json(&bytes)?;
-        return Ok(CertAuthority::from_pem(kind, &s.cert_pem, &s.key_pem)?);
+    let name = format!("ca/{}", kind.as_str());
+    if let Some(bytes) = store.get(&name).await? {
+        return from_json::<StoredCa>(&bytes)?.open(kind, key);
     }
     let ca = CertAuthority::generate(cluster, kind, now)?;
     let stored = StoredCa {
         cert_pem: ca.cert_pem().to_string(),
-        key_pem: ca.key_pem(),
+        sealed_key: key.seal(&ca_label(kind), ca.key_pem().as_bytes())?,
     };
-    if store.create(&key, &to_json(&stored)?).await? {
+    if store.create(&name, &to_json(&stored)?).await? {
         Ok(ca)
     } else {
         // Another instance created it first: use theirs.
         let bytes = store
-            .get(&key)
+            .get(&name)
             .await?
             .ok_or_else(|| AuthError::Internal("CA vanished".into()))?;
-        let s: StoredCa = from_json(&bytes)?;
-        Ok(CertAuthority::from_pem(kind, &s.cert_pem, &s.key_pem)?)
+        from_json::<StoredCa>(&bytes)?.open(kind, key)
     }
 }
 

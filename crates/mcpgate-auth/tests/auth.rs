@@ -27,6 +27,7 @@ struct Env {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     clock: FakeClock,
+    key: mcpgate_auth::CaKey,
 }
 
 impl Env {
@@ -37,6 +38,7 @@ impl Env {
             _dir: dir,
             path,
             clock: FakeClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            key: mcpgate_auth::CaKey::generate().unwrap(),
         }
     }
 
@@ -46,6 +48,7 @@ impl Env {
             cluster: Name::new("test.local").unwrap(),
             second_factor,
             storage: "sqlite".into(),
+            ca_key: self.key.clone(),
         };
         AuthService::open(store, Arc::new(self.clock.clone()), config)
             .await
@@ -438,4 +441,36 @@ async fn bot_certificates_expire_renew_by_generation_and_catch_copies() {
     assert!(auth.lock_for(&other.claims).await.unwrap().is_some());
     env.clock.advance(Duration::from_secs(61));
     assert!(auth.lock_for(&other.claims).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn ca_private_keys_are_sealed_in_the_storage() {
+    let mut env = Env::new();
+    let pin = env.open(SecondFactor::Off).await.ca_pin();
+    // Nothing in the storage reads as a private key.
+    let raw = std::fs::read(&env.path).unwrap();
+    let wal = std::fs::read(env.path.with_extension("db-wal")).unwrap_or_default();
+    for bytes in [&raw, &wal] {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains("PRIVATE KEY"),
+            "a CA key is stored in the clear"
+        );
+    }
+    // The same key opens them again; another key cannot, and says so.
+    assert_eq!(env.open(SecondFactor::Off).await.ca_pin(), pin);
+    env.key = mcpgate_auth::CaKey::generate().unwrap();
+    let store = Arc::new(AnyStore::Sqlite(SqliteStore::open(&env.path).unwrap()));
+    let config = AuthConfig {
+        cluster: Name::new("test.local").unwrap(),
+        second_factor: SecondFactor::Off,
+        storage: "sqlite".into(),
+        ca_key: env.key.clone(),
+    };
+    let err = AuthService::open(store, Arc::new(env.clock.clone()), config)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("sealed with another CA key"),
+        "{err}"
+    );
 }

@@ -53,6 +53,9 @@ pub struct Auth {
     pub enabled: bool,
     #[serde(default)]
     pub second_factor: SecondFactor,
+    /// The key that seals the CA private keys in the storage (default: DATA_DIR/ca.key,
+    /// created on first start). Every auth instance of a cluster needs the same file.
+    pub ca_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +123,7 @@ impl Default for Auth {
         Auth {
             enabled: true,
             second_factor: SecondFactor::Otp,
+            ca_key_file: None,
         }
     }
 }

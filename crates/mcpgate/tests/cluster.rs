@@ -665,10 +665,13 @@ fn postgres_storage_survives_restart() {
         .rsplit_once('/')
         .map(|(b, _)| b.to_string())
         .unwrap_or(url.clone());
-    let extra = format!(
-        "storage: {{type: postgres, url: \"{base}/{db}\"}}\nauth: {{second_factor: off}}\n"
-    );
     let s = Scratch::new();
+    // Every auth instance of the cluster shares the key that seals the CA keys.
+    let key_file = s.path("ca.key");
+    let extra = format!(
+        "storage: {{type: postgres, url: \"{base}/{db}\"}}\nauth: {{second_factor: off, ca_key_file: {}}}\n",
+        key_file.display()
+    );
     let (pin, bob) = {
         let d = Daemon::start(&s, "pg", &extra);
         assert!(d.banner.contains("storage:  postgres"), "{}", d.banner);
@@ -689,5 +692,15 @@ fn postgres_storage_survives_restart() {
             1
         );
     }
+    // Without the cluster's CA key, the storage does not yield the CAs.
+    let other = s.write(
+        "other.yaml",
+        &format!(
+            "version: v1\ncluster_name: e2e.local\ndata_dir: {}\nproxy: {{listen: 127.0.0.1:0}}\nstorage: {{type: postgres, url: \"{base}/{db}\"}}\n",
+            s.path("pg3-data").display()
+        ),
+    );
+    let err = run(&["start", "--config", other.to_str().unwrap()], None, &[]).fails();
+    assert!(err.contains("sealed with another CA key"), "{err}");
     psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }

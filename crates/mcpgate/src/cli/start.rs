@@ -89,6 +89,13 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             cluster,
             second_factor: config.auth.second_factor,
             storage: storage.clone(),
+            ca_key: ca_key(
+                &config
+                    .auth
+                    .ca_key_file
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("ca.key")),
+            )?,
         },
     )
     .await?;
@@ -278,6 +285,32 @@ fn data_dir_flag(dir: &Path) -> String {
         String::new()
     } else {
         format!(" --data-dir {}", dir.display())
+    }
+}
+
+/// Reads the CA key file (64 hex digits), creating it (mode 0600) on first start.
+fn ca_key(path: &Path) -> anyhow::Result<mcpgate_auth::CaKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let hex = text.trim();
+            let mut bytes = [0u8; 32];
+            if hex.len() != 64 {
+                anyhow::bail!("{} is not a CA key file (64 hex digits)", path.display());
+            }
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| {
+                    anyhow!("{} is not a CA key file (64 hex digits)", path.display())
+                })?;
+            }
+            Ok(mcpgate_auth::CaKey::from_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = mcpgate_auth::CaKey::generate()?;
+            let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            profile::write_private(path, format!("{hex}\n").as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the CA key file {}", path.display())),
     }
 }
 
