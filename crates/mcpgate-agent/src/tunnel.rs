@@ -127,12 +127,18 @@ fn decode_certs(certs: &[String]) -> Option<Vec<CertificateDer<'static>>> {
         .collect()
 }
 
+/// Gives the TLS config with the agent's current certificate, and when it expires.
+pub type TlsSource =
+    dyn Fn() -> Result<(Arc<rustls::ClientConfig>, std::time::SystemTime), String> + Send + Sync;
+
 /// How the agent reaches the proxy: address, and a TLS config with its current host
 /// certificate (called again for every connection, so renewed certificates are used).
 pub struct Dial {
     pub proxy: String,
     pub server_name: String,
-    pub tls: Box<dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync>,
+    /// The TLS config with the current host certificate, and when that certificate expires:
+    /// the tunnel is re-dialled shortly before, with the renewed one.
+    pub tls: Box<TlsSource>,
 }
 
 impl Agent {
@@ -153,7 +159,16 @@ impl Agent {
     }
 
     async fn tunnel_once(self: Arc<Self>, name: &str, dial: &Dial) -> Result<(), String> {
-        let tls = (dial.tls)()?;
+        let (tls, cert_expires) = (dial.tls)()?;
+        let redial_at = {
+            let left = cert_expires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now()
+                + left
+                    .saturating_sub(Duration::from_secs(60))
+                    .max(Duration::from_secs(1))
+        };
         let tcp = tokio::net::TcpStream::connect(&dial.proxy)
             .await
             .map_err(|e| e.to_string())?;
@@ -221,6 +236,9 @@ impl Agent {
         };
         let mut streams: HashMap<u32, WriteHalf<tokio::io::DuplexStream>> = HashMap::new();
         let result = loop {
+            if tokio::time::Instant::now() >= redial_at {
+                break Ok(()); // the certificate is about to expire: reconnect with a fresh one
+            }
             let frame = match tokio::time::timeout(DEAD_AFTER, read_frame(&mut reader)).await {
                 Err(_) => break Err("the proxy went silent".to_string()),
                 Ok(Err(e)) => break Err(e.to_string()),

@@ -107,7 +107,10 @@ async fn connection(
             match mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now())
             {
                 Ok(info) if info.claims.kind == IdentityKind::Host => {
-                    routes.tunnels.accept(tls).await;
+                    routes
+                        .tunnels
+                        .accept(tls, info.not_after, routes.clock.clone())
+                        .await;
                 }
                 _ => tracing::warn!(%addr, "tunnel refused: not an agent of this cluster"),
             }

@@ -93,8 +93,12 @@ impl Tunnels {
     }
 
     /// Serves one agent connection (already authenticated as a host) until it drops.
-    pub async fn accept<S>(self: Arc<Self>, stream: S)
-    where
+    pub async fn accept<S>(
+        self: Arc<Self>,
+        stream: S,
+        cert_expires: std::time::SystemTime,
+        clock: Arc<dyn mcpgate_types::Clock>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut reader, writer): (ReadHalf<S>, WriteHalf<S>) = tokio::io::split(stream);
@@ -124,6 +128,12 @@ impl Tunnels {
                     Ok(Ok(Some(f))) => f,
                     _ => break,
                 };
+            // An agent's certificate is valid for its tunnel only until it expires (the agent
+            // pings every 2 s, so this is checked at least that often).
+            if clock.now() >= cert_expires {
+                tracing::warn!(agent = %tunnel.agent, "agent certificate expired: closing its tunnel");
+                break;
+            }
             match frame.kind {
                 DATA => {
                     let w = tunnel.stream(frame.stream);
@@ -226,5 +236,64 @@ impl<'a> std::ops::Deref for WriterRef<'a> {
     type Target = TunnelWriter;
     fn deref(&self) -> &TunnelWriter {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpgate_agent::tunnel::{encode, read_frame};
+    use mcpgate_types::FakeClock;
+    use std::time::{Duration, SystemTime};
+    use tokio::io::AsyncWriteExt;
+
+    async fn agent_side(
+        tunnels: Arc<Tunnels>,
+        expires_in: Duration,
+        clock: FakeClock,
+    ) -> tokio::io::DuplexStream {
+        let (mut agent, proxy) = tokio::io::duplex(1 << 16);
+        let expires = SystemTime::now() + expires_in;
+        tokio::spawn(tunnels.accept(proxy, expires, Arc::new(clock)));
+        let announce = Announce {
+            agent: "edge".into(),
+            apps: vec![],
+            selectors: vec![],
+        };
+        agent
+            .write_all(&encode(
+                0,
+                ANNOUNCE,
+                &serde_json::to_vec(&announce).unwrap(),
+            ))
+            .await
+            .unwrap();
+        agent
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_lives_only_as_long_as_its_agent_certificate() {
+        let clock = FakeClock::new(SystemTime::now());
+        let tunnels = Arc::new(Tunnels::default());
+        let mut agent = agent_side(tunnels.clone(), Duration::from_secs(3600), clock.clone()).await;
+        agent.write_all(&encode(0, PING, &[])).await.unwrap();
+        let pong = read_frame(&mut agent).await.unwrap().unwrap();
+        assert_eq!(pong.kind, PONG);
+        assert_eq!(tunnels.agents().len(), 1);
+
+        // Past its certificate's expiry the proxy closes the tunnel and stops routing to it.
+        clock.advance(Duration::from_secs(3601));
+        agent.write_all(&encode(0, PING, &[])).await.unwrap();
+        assert!(
+            read_frame(&mut agent).await.unwrap().is_none(),
+            "closed, no pong"
+        );
+        for _ in 0..100 {
+            if tunnels.agents().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(tunnels.agents().is_empty());
     }
 }

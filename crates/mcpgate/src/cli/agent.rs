@@ -216,13 +216,14 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            tls::client_config(
+            let config = tls::client_config(
                 &id.ca_certs,
                 Some(&id),
                 tunnel_identity.clock.clone(),
                 &[tls::ALPN_TUNNEL],
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+            Ok((config, id.info.not_after))
         }),
     };
     let apps: Vec<String> = agent

@@ -195,13 +195,14 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 let id = issuer
                     .host_identity("agent", &[], AGENT_CERT_TTL)
                     .map_err(|e| e.to_string())?;
-                tls::client_config(
+                let config = tls::client_config(
                     &[issuer.host_ca().cert_der().clone()],
                     Some(&id),
                     issuer.clock().clone(),
                     &[tls::ALPN_TUNNEL],
                 )
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+                Ok((config, id.info.not_after))
             }),
         };
         tokio::spawn(agent.run_tunnel("local".to_string(), dial));
