@@ -159,7 +159,13 @@ impl Default for Config {
             storage: Storage::default(),
             auth: Auth::default(),
             proxy: Proxy::default(),
-            agent: Agent::default(),
+            agent: Agent {
+                // Without a config file, the in-process agent serves every cluster app.
+                resources: vec![ResourceSelector {
+                    labels: [("*".to_string(), "*".to_string())].into(),
+                }],
+                ..Agent::default()
+            },
         }
     }
 }
