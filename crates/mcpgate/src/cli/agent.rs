@@ -26,7 +26,8 @@ const OUTBOX: &str = "outbox/";
 const SHIP_EVERY: Duration = Duration::from_millis(200);
 const SHIP_BATCH: usize = 500;
 
-/// The cluster as an agent on another host sees it: the proxy's API.
+/// The cluster as an agent on another host sees it: the proxy's API. Answers are shared by
+/// all sessions for up to [`FRESH`], so a busy agent asks once a second, not once per session.
 struct Remote {
     proxy: String,
     cluster: String,
@@ -34,6 +35,40 @@ struct Remote {
     user_ca: CertificateDer<'static>,
     identity: RwLock<Arc<Identity>>,
     spool: AnyStore,
+    roles: Cache<Vec<Role>>,
+    apps: Cache<Vec<App>>,
+    locks: Cache<Vec<Lock>>,
+}
+
+/// How long an answer from the auth service is used before asking again.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// Recent answers by key.
+struct Cache<T>(std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, T)>>);
+
+impl<T: Clone> Cache<T> {
+    fn new() -> Self {
+        Cache(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+
+    async fn get<F: std::future::Future<Output = Result<T, String>>>(
+        &self,
+        key: &str,
+        fetch: F,
+    ) -> Result<T, String> {
+        if let Some((at, v)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+            && at.elapsed() < FRESH
+        {
+            return Ok(v.clone());
+        }
+        let v = fetch.await?;
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 1024 {
+            map.clear();
+        }
+        map.insert(key.to_string(), (std::time::Instant::now(), v.clone()));
+        Ok(v)
+    }
 }
 
 impl Remote {
@@ -81,26 +116,35 @@ impl Cluster for Remote {
     }
     fn roles<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<Vec<Role>, String>> {
         Box::pin(async move {
-            self.api()?
-                .post("/v1/agent/roles", &names)
-                .await
-                .map_err(|e| format!("{e:#}"))
+            let fetch = async {
+                self.api()?
+                    .post("/v1/agent/roles", &names)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            };
+            self.roles.get(&names.join("\n"), fetch).await
         })
     }
     fn apps(&self) -> BoxFuture<'_, Result<Vec<App>, String>> {
         Box::pin(async move {
-            self.api()?
-                .get("/v1/agent/apps")
-                .await
-                .map_err(|e| format!("{e:#}"))
+            let fetch = async {
+                self.api()?
+                    .get("/v1/agent/apps")
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            };
+            self.apps.get("", fetch).await
         })
     }
     fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>> {
         Box::pin(async move {
-            self.api()?
-                .get("/v1/agent/locks")
-                .await
-                .map_err(|e| format!("{e:#}"))
+            let fetch = async {
+                self.api()?
+                    .get("/v1/agent/locks")
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            };
+            self.locks.get("", fetch).await
         })
     }
     fn spool(&self) -> &AnyStore {
@@ -193,6 +237,9 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         user_ca,
         identity: RwLock::new(Arc::new(id)),
         spool: AnyStore::Sqlite(spool),
+        roles: Cache::new(),
+        apps: Cache::new(),
+        locks: Cache::new(),
     });
     let agent = Agent::new(
         remote.clone(),
