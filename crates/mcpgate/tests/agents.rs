@@ -240,3 +240,43 @@ fn several_agents_share_an_app_and_a_dead_one_gives_a_fast_clear_error() {
         "no upstream outlives its agent"
     );
 }
+
+#[test]
+fn a_lock_ends_a_session_on_a_remote_agent_within_five_seconds() {
+    let e = gateway();
+    let (_edge, _) = agent(
+        &e,
+        "edge-l",
+        "remote-rec",
+        &agent_token(&e.d),
+        &marker("remotelock"),
+    );
+    wait_for_agent(&e.d, "edge-l");
+    let mut b = Bridge::open(&e.alice, "remote-rec", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({})).get("result").is_some());
+    let locked_at = Instant::now();
+    e.d.admin(&["lock", "--user", "alice", "--message", "remote incident"])
+        .ok();
+    let note = b.recv();
+    assert!(
+        locked_at.elapsed() < Duration::from_secs(5),
+        "ended after {:?}",
+        locked_at.elapsed()
+    );
+    assert!(
+        note["params"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("remote incident"),
+        "{note}"
+    );
+    assert_eq!(b.close(), 0);
+    let ends = wait_for_events(&e.d, &["--type", "mcp.session.end", "--user", "alice"], 1);
+    assert!(
+        ends.iter().any(|ev| ev["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("remote incident"))),
+        "{ends:?}"
+    );
+}
