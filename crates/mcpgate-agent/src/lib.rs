@@ -48,6 +48,8 @@ pub struct Agent {
     selectors: Vec<BTreeMap<String, String>>,
     pub(crate) limits: Limits,
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
+    /// Final events of calls whose pending events are durable, stored in batches.
+    pub(crate) completions: tokio::sync::mpsc::Sender<Completion>,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app: every
@@ -63,6 +65,53 @@ pub fn selects(selectors: &[BTreeMap<String, String>], app: &App) -> bool {
                     .is_some_and(|have| v == "*" || have == v)
         })
     })
+}
+
+/// Stores completed call events in batches (one transaction for many calls), then drops
+/// their pending events. Off every session's path: a crash in between only means the pending
+/// events are recovered at the next start.
+async fn complete_in_batches(
+    cluster: Arc<dyn Cluster>,
+    mut rx: tokio::sync::mpsc::Receiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut flushed = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Completion::Event(ev) => batch.push(*ev),
+                Completion::Flush(done) => flushed.push(done),
+            }
+            if batch.len() < 512 {
+                next = rx.try_recv().ok();
+            }
+        }
+        match cluster.record(&batch).await {
+            Ok(()) => {
+                let keys: Vec<String> =
+                    batch.iter().map(|e| format!("{PENDING}{}", e.id)).collect();
+                if let Err(e) = cluster.spool().delete_many(&keys).await {
+                    tracing::warn!(error = %e, "pending audit events stay until the next start");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed; the pending events will be recovered")
+            }
+        }
+        batch.clear();
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// What the batch writer is told.
+pub(crate) enum Completion {
+    /// A final call event to store.
+    Event(Box<AuditEvent>),
+    /// Answer once everything sent before is stored.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Key prefix of audit events written before a call is forwarded and completed after.
@@ -86,12 +135,15 @@ impl Agent {
         )
         .build()
         .map_err(|e| AgentError::Tls(e.to_string()))?;
+        let (completions, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(complete_in_batches(cluster.clone(), rx));
         Ok(Arc::new(Agent {
             cluster,
             static_apps,
             selectors,
             limits,
             verifier,
+            completions,
         }))
     }
 

@@ -702,22 +702,18 @@ impl Session<'_> {
         }
     }
 
-    /// Stores the final event of a call whose pending event is already durable, then drops
-    /// the pending one. Done after the answer went out: if the process dies in between, the
+    /// Hands the final event of a call whose pending event is already durable to the batch
+    /// writer. Done after the answer went out: if the process dies before it is stored, the
     /// pending event is recovered at the next start, so nothing is lost.
     async fn complete(&self, ev: AuditEvent) {
-        match self.agent.cluster.record(std::slice::from_ref(&ev)).await {
-            Ok(()) => {
-                let _ = self
-                    .agent
-                    .cluster
-                    .spool()
-                    .delete(&format!("{PENDING}{}", ev.id))
-                    .await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "audit write failed; the pending event will be recovered")
-            }
+        if self
+            .agent
+            .completions
+            .send(crate::Completion::Event(Box::new(ev)))
+            .await
+            .is_err()
+        {
+            tracing::error!("the audit batch writer stopped; the pending event will be recovered");
         }
     }
 
@@ -808,6 +804,17 @@ impl Session<'_> {
     }
 
     async fn end(&self, cut: Option<String>) {
+        // The session's calls are in the audit log before its end is.
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self
+            .agent
+            .completions
+            .send(crate::Completion::Flush(done))
+            .await
+            .is_ok()
+        {
+            let _ = flushed.await;
+        }
         let pending: Vec<(String, Pending)> = self
             .state
             .lock()

@@ -91,6 +91,27 @@ async fn kv<S: Store>(s: &S) {
     s.put("bin/all", &bin).await.unwrap();
     assert_eq!(s.get("bin/all").await.unwrap(), Some(bin));
 
+    // Several keys at once; missing ones are skipped.
+    s.put("pending/a", b"1").await.unwrap();
+    s.put("pending/b", b"2").await.unwrap();
+    s.put("pending/c", b"3").await.unwrap();
+    s.delete_many(&["pending/a".into(), "pending/c".into(), "pending/zz".into()])
+        .await
+        .unwrap();
+    let left: Vec<String> = s
+        .list("pending/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        left,
+        ["pending/b"],
+        "delete_many removes exactly the named keys"
+    );
+    s.delete_many(&[]).await.unwrap();
+
     assert!(s.delete("roles/ops").await.unwrap());
     assert!(
         !s.delete("roles/ops").await.unwrap(),

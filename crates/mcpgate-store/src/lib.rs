@@ -57,6 +57,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes `key`; false if it did not exist.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes every key in `keys` in one transaction (missing ones are skipped).
+    fn delete_many(&self, keys: &[String]) -> impl Future<Output = Result<()>> + Send;
     /// Deletes `key` and returns its value, atomically: of two concurrent takes, one wins.
     fn take(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
     /// All entries whose key starts with `prefix`, in key order.
@@ -145,6 +147,9 @@ impl Store for AnyStore {
     }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
         delegate!(self, s => s.take(key))
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        delegate!(self, s => s.delete_many(keys))
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         delegate!(self, s => s.list(prefix))

@@ -107,6 +107,16 @@ impl Store for PostgresStore {
             == 1)
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let c = self.client().await?;
+        c.execute("DELETE FROM mcpgate_kv WHERE key = ANY($1)", &[&keys])
+            .await?;
+        Ok(())
+    }
+
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let c = self.client().await?;
         Ok(c.query_opt(

@@ -144,6 +144,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys = keys.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+                for k in &keys {
+                    stmt.execute([k])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_string();
         self.run(move |c| {
