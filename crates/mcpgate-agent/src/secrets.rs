@@ -48,9 +48,9 @@ mod tests {
 
     #[test]
     fn resolves_env_and_files() {
-        // SAFETY-free: set_var is safe in edition 2024 only in unsafe; use an existing var.
-        let home = std::env::var("PATH").unwrap();
-        assert_eq!(resolve("x-${env:PATH}-y").unwrap(), format!("x-{home}-y"));
+        // set_var is unsafe in edition 2024 (and the crate forbids unsafe): use a variable that is set.
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(resolve("x-${env:PATH}-y").unwrap(), format!("x-{path}-y"));
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tok");
         std::fs::write(&f, "s3cret\n").unwrap();
