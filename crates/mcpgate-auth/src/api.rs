@@ -195,7 +195,17 @@ async fn list(
     Path(k): Path<String>,
 ) -> ApiResult<Vec<serde_json::Value>> {
     let c = caller(&s, &conn).await?;
-    Ok(Json(s.auth.get_resources(&c, kind(&k)?, None).await?))
+    let kind = kind(&k)?;
+    if kind == Kind::Agent {
+        // Agents are not stored: they are whoever holds a tunnel to this proxy now.
+        c.require("agent", "list")?;
+        let agents = (s.agents)()
+            .into_iter()
+            .map(|a| serde_json::json!({"name": a.name, "apps": a.apps}))
+            .collect();
+        return Ok(Json(agents));
+    }
+    Ok(Json(s.auth.get_resources(&c, kind, None).await?))
 }
 
 async fn read(

@@ -115,6 +115,13 @@ fn a_remote_agent_joins_once_and_serves_its_app_through_the_proxy() {
     wait_for_agent(&e.d, "edge-1");
     let status = e.d.admin(&["status"]).ok();
     assert!(status.contains("Agent:    edge-1 (remote-rec)"), "{status}");
+    let agents = e.d.admin(&["get", "agents"]).ok();
+    assert!(
+        agents
+            .lines()
+            .any(|l| l.starts_with("edge-1") && l.contains("remote-rec")),
+        "{agents}"
+    );
     assert!(
         e.alice
             .run(&["mcp", "ls"], None)

@@ -491,6 +491,13 @@ fn print_table(kind: Kind, items: &[Value]) {
                 })
                 .collect(),
         ),
+        Kind::Agent => (
+            vec!["NAME", "APPS"],
+            items
+                .iter()
+                .map(|a| vec![s(&a["name"]), s(&a["apps"])])
+                .collect(),
+        ),
         Kind::Lock => (
             vec!["ID", "TARGET", "MESSAGE", "EXPIRES", "BY"],
             items
