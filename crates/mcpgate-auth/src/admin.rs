@@ -38,6 +38,16 @@ impl AuthService {
         text: &str,
         force: bool,
     ) -> Result<CreateResponse> {
+        // Only callers who may write some resource get their file parsed at all.
+        let may_write = ["role", "app"]
+            .iter()
+            .any(|k| caller.policy.admin(k, "create") || caller.policy.admin(k, "update"));
+        if !may_write {
+            return Err(AuthError::AccessDenied(format!(
+                "{} may not create roles or apps",
+                caller.name()
+            )));
+        }
         let (resources, warnings) =
             parse_resources(file, text).map_err(|e| AuthError::BadRequest(e.to_string()))?;
         if resources.is_empty() {

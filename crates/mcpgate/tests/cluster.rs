@@ -704,3 +704,60 @@ fn postgres_storage_survives_restart() {
     assert!(err.contains("sealed with another CA key"), "{err}");
     psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
+
+#[test]
+fn people_without_admin_rights_cannot_change_the_cluster() {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "a", "auth:\n  second_factor: off\n");
+    d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+        .ok();
+    let eve = Person::new(&s, "eve");
+    eve.signup(&d, &invite(&d, "eve", "dev"));
+    eve.login(&d, None, &[]).ok();
+    let id = eve.identity();
+    let as_eve = |args: &[&str]| {
+        let mut all = vec!["admin", "-i", id.to_str().unwrap(), "--proxy", &d.addr];
+        all.extend_from_slice(args);
+        run(&all, None, &[])
+    };
+    let evil = s.write("evil.yaml", "kind: role\nversion: v8\nmetadata: {name: dev}\nspec:\n  allow:\n    rules: [{resources: ['*'], verbs: ['*']}]\n");
+    assert!(
+        as_eve(&["create", "-f", evil.to_str().unwrap(), "--force"])
+            .fails()
+            .contains("access denied: eve may not create roles or apps")
+    );
+    assert!(
+        as_eve(&["rm", "role/dev"])
+            .fails()
+            .contains("access denied")
+    );
+    assert!(
+        as_eve(&["users", "add", "mallory", "--roles", "dev"])
+            .fails()
+            .contains("access denied")
+    );
+    assert!(
+        as_eve(&["bots", "add", "b", "--roles", "dev"])
+            .fails()
+            .contains("access denied")
+    );
+    assert!(
+        as_eve(&["lock", "--user", "admin"])
+            .fails()
+            .contains("access denied")
+    );
+    assert!(
+        as_eve(&["audit", "search"])
+            .fails()
+            .contains("access denied")
+    );
+    // The role is unchanged.
+    let role: serde_json::Value =
+        serde_json::from_str(&d.admin(&["get", "role", "dev", "--format", "json"]).ok()).unwrap();
+    assert!(
+        role["spec"]["allow"]
+            .get("rules")
+            .is_none_or(|r| !r.to_string().contains("\"*\"")),
+        "{role}"
+    );
+}
