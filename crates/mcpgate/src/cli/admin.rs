@@ -600,21 +600,16 @@ async fn add_user(
             },
         )
         .await?;
-    if format != Format::Text {
-        return print_json(
-            &serde_json::json!({"token": resp.token, "expires": rfc3339(resp.expires)}),
-        );
-    }
-    println!(
-        "User {name} created. Invite token (single use, valid until {}):",
-        rfc3339(resp.expires)
-    );
-    println!("  {}", resp.token);
-    println!(
+    let next = format!(
         "They set a password with: mcpgate signup --proxy HOST:PORT --ca-pin PIN --invite {}",
         resp.token
     );
-    Ok(())
+    print_token(
+        &resp,
+        format,
+        &format!("User {name} created. Invite token"),
+        &next,
+    )
 }
 
 async fn audit(api: &Api, q: &AuditQuery, format: Format) -> anyhow::Result<()> {
@@ -668,6 +663,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// Prints a new token: as `{"token", "expires"}` JSON, or with what it is and what next.
 fn print_token(resp: &TokenResponse, format: Format, what: &str, next: &str) -> anyhow::Result<()> {
     if format != Format::Text {
         return print_json(
@@ -675,7 +671,7 @@ fn print_token(resp: &TokenResponse, format: Format, what: &str, next: &str) -> 
         );
     }
     println!(
-        "{what} Join token (single use, valid until {}):",
+        "{what} (single use, valid until {}):",
         rfc3339(resp.expires)
     );
     println!("  {}", resp.token);
@@ -701,7 +697,7 @@ async fn bots(api: &Api, command: BotsCommand) -> anyhow::Result<()> {
             print_token(
                 &resp,
                 format,
-                &format!("Bot {name} created."),
+                &format!("Bot {name} created. Join token"),
                 "Put it in bot.yaml (onboarding.token) and run: mcpgate bot start -c bot.yaml",
             )
         }
@@ -746,7 +742,7 @@ async fn tokens(api: &Api, command: TokensCommand) -> anyhow::Result<()> {
                 }
                 _ => "Put it in bot.yaml (onboarding.token) and run: mcpgate bot start -c bot.yaml",
             };
-            print_token(&resp, format, "Token created.", next)
+            print_token(&resp, format, "Join token", next)
         }
         TokensCommand::Ls { format } => get(api, "tokens", None, format).await,
         TokensCommand::Rm { id } => rm(api, &format!("token/{id}")).await,
