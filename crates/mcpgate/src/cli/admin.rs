@@ -26,6 +26,33 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
+    /// Cluster name, CA pins and services.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Create roles and apps from a YAML file (multi-document; `-` for standard input).
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Replace resources that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show resources: role, app, user, bot, token, lock, agent (plural accepted).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a resource: KIND/NAME, e.g. role/dev.
+    Rm { target: String },
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Bots: machine identities that renew their own short-lived certificates.
     Bots {
         #[command(subcommand)]
@@ -52,33 +79,6 @@ enum AdminCommand {
         message: String,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
-    },
-    /// Cluster name, CA pins and services.
-    Status {
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// Create roles and apps from a YAML file (multi-document; `-` for standard input).
-    Create {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// Replace resources that already exist.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Show resources: role, app, user, token (plural accepted).
-    Get {
-        kind: String,
-        name: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// Remove a resource: KIND/NAME, e.g. role/dev.
-    Rm { target: String },
-    /// Users.
-    Users {
-        #[command(subcommand)]
-        command: UsersCommand,
     },
     /// The audit log.
     Audit {
