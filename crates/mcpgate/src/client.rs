@@ -84,29 +84,19 @@ impl Api {
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<R> {
-        let (status, bytes) = self
-            .exchange(method, path, body)
-            .await
-            .map_err(|e| self.explain(e))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).context("the proxy sent an unexpected answer");
+        let result = async {
+            let mut conn = self.connect().await?;
+            let answer = self.send(&mut conn, method, path, body).await;
+            conn.task.abort();
+            answer
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => Err(anyhow!(e.error)),
-            Err(_) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let first = text.lines().next().unwrap_or_default();
-                Err(anyhow!("the proxy answered {status}: {first}"))
-            }
-        }
+        .await;
+        let (status, bytes) = result.map_err(|e| self.explain(e))?;
+        decode(status, &bytes)
     }
 
-    async fn exchange<B: Serialize>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
+    /// Opens a TLS connection to the proxy and an HTTP/1.1 session on it.
+    async fn connect(&self) -> anyhow::Result<Conn> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| anyhow!("timed out connecting to the proxy at {}", self.addr))?
@@ -117,9 +107,21 @@ impl Api {
         let stream = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Conn {
+            sender,
+            task: tokio::spawn(conn),
+        })
+    }
+
+    /// One request on an open connection.
+    async fn send<B: Serialize>(
+        &self,
+        conn: &mut Conn,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let body = match body {
             Some(b) => Full::new(Bytes::from(serde_json::to_vec(b)?)),
             None => Full::new(Bytes::new()),
@@ -130,13 +132,16 @@ impl Api {
             .header("host", &self.addr)
             .header("content-type", "application/json")
             .body(body)?;
-        let resp = match sender.send_request(req).await {
+        let sent = match conn.sender.ready().await {
+            Ok(()) => conn.sender.send_request(req).await,
+            Err(e) => Err(e),
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 // The connection task knows why it closed (a TLS alert, for one): prefer that.
-                if let Ok(Err(cause)) = tokio::time::timeout(Duration::from_secs(2), conn)
-                    .await
-                    .unwrap_or(Ok(Ok(())))
+                if let Ok(Ok(Err(cause))) =
+                    tokio::time::timeout(Duration::from_secs(2), &mut conn.task).await
                 {
                     return Err(anyhow::Error::new(cause));
                 }
@@ -149,7 +154,6 @@ impl Api {
             .await
             .map_err(|e| anyhow::Error::from_boxed(e).context("reading the proxy's answer"))?
             .to_bytes();
-        conn.abort();
         Ok((status, bytes))
     }
 
@@ -219,6 +223,84 @@ fn find_rustls(e: &anyhow::Error) -> Option<&rustls::Error> {
         }
     }
     None
+}
+
+/// An HTTP/1.1 connection to the proxy and the task driving it.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    task: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+/// An answer's body as `R`, or the proxy's error sentence.
+fn decode<R: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> anyhow::Result<R> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes).context("the proxy sent an unexpected answer");
+    }
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => Err(anyhow!(e.error)),
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let first = text.lines().next().unwrap_or_default();
+            Err(anyhow!("the proxy answered {status}: {first}"))
+        }
+    }
+}
+
+/// Calls over one connection kept open between them (reopened once if it dropped), for
+/// daemons that talk to the proxy all the time.
+pub struct KeepAlive {
+    api: Api,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl KeepAlive {
+    pub fn new(api: Api) -> KeepAlive {
+        KeepAlive {
+            api,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<R> {
+        let mut slot = self.conn.lock().await;
+        for attempt in 0..2 {
+            let reused = slot.as_ref().is_some_and(|c| !c.sender.is_closed());
+            if !reused {
+                *slot = Some(self.api.connect().await.map_err(|e| self.api.explain(e))?);
+            }
+            let Some(conn) = slot.as_mut() else { continue };
+            match self.api.send(conn, method.clone(), path, body).await {
+                Ok((status, bytes)) => return decode(status, &bytes),
+                Err(e) => {
+                    if let Some(c) = slot.take() {
+                        c.task.abort();
+                    }
+                    // A kept connection the proxy closed meanwhile: try once on a new one.
+                    if !(reused && attempt == 0) {
+                        return Err(self.api.explain(e));
+                    }
+                }
+            }
+        }
+        Err(anyhow!("the proxy at {} did not answer", self.api.addr))
+    }
 }
 
 /// The host part of `HOST:PORT` or `[v6]:PORT`.

@@ -18,7 +18,7 @@ use mcpgate_types::resource::{App, Lock, Role};
 use mcpgate_types::{AuditEvent, Clock, SystemClock};
 use rustls::pki_types::CertificateDer;
 
-use crate::client::{Api, host_of};
+use crate::client::{Api, KeepAlive, host_of};
 use crate::config::Config;
 use crate::profile;
 
@@ -38,6 +38,7 @@ struct Remote {
     roles: Cache<Vec<Role>>,
     apps: Cache<Vec<App>>,
     locks: Cache<Vec<Lock>>,
+    client: std::sync::Mutex<Option<(Arc<Identity>, Arc<KeepAlive>)>>,
 }
 
 /// How long an answer from the auth service is used before asking again.
@@ -72,13 +73,25 @@ impl<T: Clone> Cache<T> {
 }
 
 impl Remote {
-    fn api(&self) -> Result<Api, String> {
+    /// A client of the proxy's API with the current identity, over a kept-alive connection
+    /// (a new one when the identity was renewed).
+    fn api(&self) -> Result<Arc<KeepAlive>, String> {
         let id = self
             .identity
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Api::with_identity(&self.proxy, &id).map_err(|e| e.to_string())
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((for_id, c)) = client.as_ref()
+            && Arc::ptr_eq(for_id, &id)
+        {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(KeepAlive::new(
+            Api::with_identity(&self.proxy, &id).map_err(|e| e.to_string())?,
+        ));
+        *client = Some((id, c.clone()));
+        Ok(c)
     }
 
     /// Ships spooled events in batches, oldest first, deleting each batch once stored.
@@ -240,6 +253,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         roles: Cache::new(),
         apps: Cache::new(),
         locks: Cache::new(),
+        client: std::sync::Mutex::new(None),
     });
     let agent = Agent::new(
         remote.clone(),
