@@ -31,12 +31,13 @@ pub use session::ClientConn;
 /// Agent failures outside a session.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The local storage (spool) failed.
     #[error(transparent)]
     Store(#[from] mcpgate_store::StoreError),
+    /// The user CA cannot be used to verify clients.
     #[error("TLS configuration: {0}")]
     Tls(String),
-    #[error("corrupt stored value: {0}")]
-    Corrupt(String),
+    /// The cluster (auth service, local or remote) could not answer.
     #[error("{0}")]
     Cluster(String),
 }

@@ -116,10 +116,6 @@ impl Upstream {
             .unwrap_or_else(|| unreachable!("stdout taken twice"))
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// Stops the process group: SIGINT, then SIGKILL after [`GRACE`].
     pub async fn stop(mut self) {
         drop(self.stdin.take());

@@ -295,75 +295,43 @@ fn invite_signup_totp_login_status_logout() {
     assert!(reuse.fails().contains("invalid, expired or already used"));
 
     // Login: wrong pin (never reaches the server), wrong password, missing code.
-    let logins_before = audit(&d, &["--type", "user.login"]).len();
-    let out = alice.run(
-        &[
+    let login = |pin: &str, password: &str, otp: Option<&str>| {
+        let mut args = vec![
             "login",
             "--proxy",
             &d.addr,
             "--user",
             "alice",
             "--ca-pin",
-            &zero_pin,
+            pin,
             "--password-stdin",
-            "--otp",
-            "123456",
-        ],
-        Some(&format!("{PASSWORD}\n")),
+        ];
+        args.extend(otp.map(|code| ["--otp", code]).into_iter().flatten());
+        alice.run(&args, Some(&format!("{password}\n")))
+    };
+    let logins_before = audit(&d, &["--type", "user.login"]).len();
+    assert!(
+        login(&zero_pin, PASSWORD, Some("123456"))
+            .fails()
+            .contains("does not match the CA pin")
     );
-    assert!(out.fails().contains("does not match the CA pin"));
     assert_eq!(
         audit(&d, &["--type", "user.login"]).len(),
         logins_before,
         "the password was never sent"
     );
-    let bad_pin = alice.run(
-        &[
-            "login",
-            "--proxy",
-            &d.addr,
-            "--user",
-            "alice",
-            "--ca-pin",
-            "sha256:xyz",
-            "--password-stdin",
-        ],
-        Some("x\n"),
+    assert!(
+        login("sha256:xyz", "x", None)
+            .fails()
+            .contains("invalid CA pin")
     );
-    assert!(bad_pin.fails().contains("invalid CA pin"));
-    let wrong = alice.run(
-        &[
-            "login",
-            "--proxy",
-            &d.addr,
-            "--user",
-            "alice",
-            "--ca-pin",
-            &d.pin,
-            "--password-stdin",
-            "--otp",
-            &current_code(&secret),
-        ],
-        Some("wrong password here\n"),
-    );
+    let wrong = login(&d.pin, "wrong password here", Some(&current_code(&secret)));
     assert!(
         wrong
             .fails()
             .contains("invalid user name, password or second factor code")
     );
-    let nocode = alice.run(
-        &[
-            "login",
-            "--proxy",
-            &d.addr,
-            "--user",
-            "alice",
-            "--ca-pin",
-            &d.pin,
-            "--password-stdin",
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
+    let nocode = login(&d.pin, PASSWORD, None);
     assert!(
         nocode
             .fails()
@@ -373,40 +341,10 @@ fn invite_signup_totp_login_status_logout() {
 
     // Login with the code.
     let code = current_code(&secret);
-    let ok = alice
-        .run(
-            &[
-                "login",
-                "--proxy",
-                &d.addr,
-                "--user",
-                "alice",
-                "--ca-pin",
-                &d.pin,
-                "--password-stdin",
-                "--otp",
-                &code,
-            ],
-            Some(&format!("{PASSWORD}\n")),
-        )
-        .ok();
+    let ok = login(&d.pin, PASSWORD, Some(&code)).ok();
     assert!(ok.contains("as alice (roles: dev)"), "{ok}");
     // The same code cannot be replayed.
-    let replay = alice.run(
-        &[
-            "login",
-            "--proxy",
-            &d.addr,
-            "--user",
-            "alice",
-            "--ca-pin",
-            &d.pin,
-            "--password-stdin",
-            "--otp",
-            &code,
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
+    let replay = login(&d.pin, PASSWORD, Some(&code));
     assert!(
         replay
             .fails()
