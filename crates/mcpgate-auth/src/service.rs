@@ -144,11 +144,14 @@ spec:
 ---
 kind: role
 version: v8
-metadata: {name: access, description: Use the MCP tools named in the user's mcp_tools trait (preset)}
+metadata: {name: access, description: Use the MCP tools, resources and prompts named in the user's mcp_tools, mcp_resources and mcp_prompts traits (preset)}
 spec:
   allow:
     app_labels: {'*': '*'}
-    mcp: {tools: ['{{internal.mcp_tools}}']}
+    mcp:
+      tools: ['{{internal.mcp_tools}}']
+      resources: ['{{internal.mcp_resources}}']
+      prompts: ['{{internal.mcp_prompts}}']
     rules: [{resources: [cluster], verbs: [read]}]
 ";
 

@@ -48,9 +48,15 @@ pub struct Envelope<'a> {
     pub id: Option<&'a RawValue>,
     pub method: Option<&'a str>,
     pub params: Option<&'a RawValue>,
-    /// `params.name`, for `tools/call` (and prompts/get).
+    /// `params.name`, for `tools/call` and `prompts/get`.
     pub name: Option<&'a str>,
     pub arguments: Option<&'a RawValue>,
+    /// `params.uri` (resources), raw: [`string`] reads it.
+    pub uri: Option<&'a RawValue>,
+    /// `params.ref` (`completion/complete`), raw: [`reference`] reads it.
+    pub reference: Option<&'a RawValue>,
+    /// `params.requestId` (`notifications/cancelled`), raw.
+    pub request_id: Option<&'a RawValue>,
     pub result: Option<&'a RawValue>,
     pub error: Option<&'a RawValue>,
 }
@@ -76,7 +82,8 @@ impl EnvelopeError {
 }
 
 const TOP_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
-const PARAM_KEYS: [&str; 3] = ["name", "arguments", "_meta"];
+const PARAM_KEYS: [&str; 6] = ["name", "arguments", "_meta", "uri", "ref", "requestId"];
+const REF_KEYS: [&str; 3] = ["type", "name", "uri"];
 
 /// Parses and checks one message (one line of the stdio transport, without its newline).
 pub fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Envelope<'a>, EnvelopeError> {
@@ -201,6 +208,9 @@ fn finish<'a>(raw: Raw<'a>, limits: &Limits) -> Result<Envelope<'a>, EnvelopeErr
         params: raw.params,
         name: None,
         arguments: None,
+        uri: None,
+        reference: None,
+        request_id: None,
         result: raw.result,
         error: raw.error,
     };
@@ -210,16 +220,27 @@ fn finish<'a>(raw: Raw<'a>, limits: &Limits) -> Result<Envelope<'a>, EnvelopeErr
             return Err(fail("\"params\" must be an object or an array".into()));
         }
         if t.starts_with('{') {
-            let mut de = serde_json::Deserializer::from_str(t);
-            let (name, arguments) = de
-                .deserialize_map(ParamsVisitor {
-                    depth: limits.max_depth.saturating_sub(1),
-                })
-                .map_err(|e| EnvelopeError {
-                    id: id_text.clone(),
-                    ..json_error(e)
+            let [name, arguments, _, uri, reference, request_id] =
+                pick(params, PARAM_KEYS, limits.max_depth.saturating_sub(1)).map_err(|e| {
+                    EnvelopeError {
+                        id: id_text.clone(),
+                        ..e
+                    }
                 })?;
             env.arguments = arguments;
+            env.uri = uri;
+            env.reference = reference;
+            env.request_id = request_id;
+            let name = match name {
+                None => None,
+                Some(raw) => {
+                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    Some(TextSeed.deserialize(&mut de).map_err(|e| EnvelopeError {
+                        id: id_text.clone(),
+                        ..json_error(e)
+                    })?)
+                }
+            };
             env.name = match name {
                 None => None,
                 Some(Text::Plain(n)) => Some(n),
@@ -418,30 +439,86 @@ fn checked_raw<'de, A: MapAccess<'de>>(
     Ok(raw)
 }
 
-struct ParamsVisitor {
+/// Picks the values of `keys` from a JSON object, raw and borrowed, refusing what could be
+/// read differently by a server: keys that differ from a known one only in case or by
+/// escapes, duplicate keys, nesting deeper than `depth`. A value that is not an object
+/// yields no keys.
+pub(crate) fn pick<'a, const N: usize>(
+    object: &'a RawValue,
+    keys: [&'static str; N],
+    depth: usize,
+) -> Result<[Option<&'a RawValue>; N], EnvelopeError> {
+    if !object.get().starts_with('{') {
+        return Ok([None; N]);
+    }
+    let mut de = serde_json::Deserializer::from_str(object.get());
+    de.deserialize_map(PickVisitor { keys, depth })
+        .map_err(json_error)
+}
+
+struct PickVisitor<const N: usize> {
+    keys: [&'static str; N],
     depth: usize,
 }
 
-impl<'de> Visitor<'de> for ParamsVisitor {
-    type Value = (Option<Text<'de>>, Option<&'de RawValue>);
+impl<'de, const N: usize> Visitor<'de> for PickVisitor<N> {
+    type Value = [Option<&'de RawValue>; N];
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("params")
+        f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut name, mut arguments) = (None, None);
+        let mut out = [None; N];
         let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let known = check_key::<A::Error>(&key, &PARAM_KEYS)?;
+            let known = check_key::<A::Error>(&key, &self.keys)?;
             seen.insert::<A::Error>(key)?;
             match known {
-                Some(0) => name = Some(map.next_value_seed(TextSeed)?),
-                Some(1) => arguments = Some(map.next_value::<&'de RawValue>()?),
-                _ => map.next_value_seed(Check {
+                Some(i) => {
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    Check {
+                        depth: self.depth.saturating_sub(1),
+                    }
+                    .deserialize(&mut de)
+                    .map_err(|e| de::Error::custom(json_error(e).message))?;
+                    out[i] = Some(raw);
+                }
+                None => map.next_value_seed(Check {
                     depth: self.depth.saturating_sub(1),
                 })?,
             }
         }
-        Ok((name, arguments))
+        Ok(out)
+    }
+}
+
+/// A JSON string value, decoded (escapes resolved); `None` if `raw` is not a string.
+pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let t = raw.get();
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(t).ok().map(Cow::Owned)
+}
+
+/// What a `completion/complete` request refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference<'a> {
+    /// `{"type": "ref/prompt", "name": ...}`
+    Prompt(Cow<'a, str>),
+    /// `{"type": "ref/resource", "uri": ...}`
+    Resource(Cow<'a, str>),
+}
+
+/// Reads `params.ref` strictly (the same key rules as the envelope); `None` if it is not a
+/// prompt or resource reference with a string name or URI.
+pub fn reference(raw: &RawValue) -> Option<Reference<'_>> {
+    let [kind, name, uri] = pick(raw, REF_KEYS, 4).ok()?;
+    match string(kind?)?.as_ref() {
+        "ref/prompt" if uri.is_none() => string(name?).map(Reference::Prompt),
+        "ref/resource" if name.is_none() => string(uri?).map(Reference::Resource),
+        _ => None,
     }
 }
 
@@ -628,6 +705,43 @@ mod tests {
                 code::PARSE_ERROR,
                 "{s:?}"
             );
+        }
+    }
+
+    #[test]
+    fn reads_uri_ref_and_request_id_strictly() {
+        let e = ok(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:\/\/\/a\u0062"}}"#,
+        );
+        assert_eq!(string(e.uri.unwrap()).unwrap(), "file:///ab");
+        let e = ok(
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"argument":{"name":"a","value":"b"}}}"#,
+        );
+        assert_eq!(
+            reference(e.reference.unwrap()),
+            Some(Reference::Prompt("greet".into()))
+        );
+        for bad in [
+            r#"{"type":"ref/prompt","name":"a","Name":"b"}"#,
+            r#"{"type":"ref/prompt"}"#,
+            r#"{"type":"ref/prompt","name":1}"#,
+            r#"{"type":"ref/other","name":"a"}"#,
+            r#"{"type":"ref/prompt","name":"a","uri":"x"}"#,
+            r#""ref/prompt""#,
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(bad).unwrap();
+            assert_eq!(reference(&raw), None, "{bad}");
+        }
+        let e = ok(
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a","reason":"x"}}"#,
+        );
+        assert_eq!(e.request_id.unwrap().get(), "\"a\"");
+        for s in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a","URI":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a","uri":"b"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestID":1}}"#,
+        ] {
+            assert_eq!(err(s).code, code::INVALID_REQUEST, "{s}");
         }
     }
 

@@ -4,12 +4,17 @@
 //! - [`envelope`]: parse only `jsonrpc`, `id`, `method`, `params.name`, `params.arguments`,
 //!   `result`, `error`, borrowing from the line; refuse what has fooled other gateways (case
 //!   variants of keys, duplicate keys, escaped names, batches, deep nesting).
-//! - [`answer`]: JSON-RPC error lines and the filtered `tools/list` result.
+//! - [`gate`]: the decision about every message of a session, both ways, without I/O: the
+//!   pending-request tables (gateway ids for every forwarded request), tools, resources and
+//!   prompts gated by the caller's rules, list answers filtered, refusals as JSON-RPC errors.
+//! - [`answer`]: JSON-RPC error lines.
 
 pub mod answer;
 pub mod envelope;
+pub mod gate;
 
 pub use envelope::{Envelope, EnvelopeError, Kind, Limits, parse};
+pub use gate::{Gate, Rules};
 
 /// JSON-RPC error codes the gateway uses.
 pub mod code {

@@ -2,8 +2,10 @@
 //!
 //! Semantics (DESIGN.md §4): nothing is allowed unless some role allows it; any matching deny
 //! wins. A role applies to an app only if all of its `allow.app_labels` match the app's
-//! labels; an app matched by any role's `deny.app_labels` is unreachable. Tool denies of every
-//! role apply to every app.
+//! labels; an app matched by any role's `deny.app_labels` is unreachable. Tool, resource and
+//! prompt denies of every role apply to every app. Tools are matched by name, resources by
+//! URI (`resources/list` entries, `resources/read`, subscriptions; a template by its
+//! `uriTemplate` text), prompts by name — all with the same patterns.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,13 +55,42 @@ impl Patterns {
     }
 }
 
+/// What an MCP decision is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A tool, by name.
+    Tool,
+    /// A resource, by URI (or a resource template, by its URI template).
+    Resource,
+    /// A prompt, by name.
+    Prompt,
+}
+
+impl Subject {
+    pub const ALL: [Subject; 3] = [Subject::Tool, Subject::Resource, Subject::Prompt];
+
+    /// The word for it in messages: `tool`, `resource`, `prompt`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Subject::Tool => "tool",
+            Subject::Resource => "resource",
+            Subject::Prompt => "prompt",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CompiledRole {
     name: String,
     allow_apps: Selector,
     deny_apps: Selector,
-    allow_tools: Patterns,
-    deny_tools: Patterns,
+    /// Allowed and denied patterns, indexed by [`Subject`].
+    allow: [Patterns; 3],
+    deny: [Patterns; 3],
     allow_rules: Vec<Rule>,
     deny_rules: Vec<Rule>,
     max_session_ttl: Option<Duration>,
@@ -72,10 +103,14 @@ pub enum DenyReason<'a> {
     AppDeniedBy { role: &'a str },
     /// No role's `allow.app_labels` match the app.
     AppNotAllowed,
-    /// A role's `deny.mcp.tools` pattern matches the tool.
-    ToolDeniedBy { role: &'a str, pattern: &'a str },
-    /// No role that applies to the app allows the tool.
-    ToolNotAllowed,
+    /// A role's `deny.mcp.{tools,resources,prompts}` pattern matches.
+    DeniedBy {
+        subject: Subject,
+        role: &'a str,
+        pattern: &'a str,
+    },
+    /// No role that applies to the app allows it.
+    NotAllowed(Subject),
 }
 
 impl fmt::Display for DenyReason<'_> {
@@ -83,15 +118,23 @@ impl fmt::Display for DenyReason<'_> {
         match self {
             DenyReason::AppDeniedBy { role } => write!(f, "app denied by role {role}"),
             DenyReason::AppNotAllowed => f.write_str("no role allows this app"),
-            DenyReason::ToolDeniedBy { role, pattern } => {
-                write!(f, "tool denied by role {role} (pattern {pattern:?})")
+            DenyReason::DeniedBy {
+                subject,
+                role,
+                pattern,
+            } => write!(
+                f,
+                "{} denied by role {role} (pattern {pattern:?})",
+                subject.noun()
+            ),
+            DenyReason::NotAllowed(subject) => {
+                write!(f, "no role allows this {}", subject.noun())
             }
-            DenyReason::ToolNotAllowed => f.write_str("no role allows this tool"),
         }
     }
 }
 
-/// The decision about one tool.
+/// The decision about one tool, resource or prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision<'a> {
     /// Allowed by this role and pattern.
@@ -163,14 +206,23 @@ impl Policy {
         }
     }
 
-    /// May this identity call `tool` on an app with these labels? Allocation-free.
-    pub fn tool(&self, labels: &BTreeMap<String, String>, tool: &str) -> Decision<'_> {
+    /// May this identity use the tool, resource or prompt `value` on an app with these
+    /// labels? Any matching deny wins; otherwise a role that applies to the app must allow
+    /// it. Allocation-free.
+    pub fn decide(
+        &self,
+        labels: &BTreeMap<String, String>,
+        subject: Subject,
+        value: &str,
+    ) -> Decision<'_> {
         if let Some(r) = self.roles.iter().find(|r| r.deny_apps.matches(labels)) {
             return Decision::Deny(DenyReason::AppDeniedBy { role: &r.name });
         }
+        let i = subject.index();
         for r in &self.roles {
-            if let Some(pattern) = r.deny_tools.find(tool) {
-                return Decision::Deny(DenyReason::ToolDeniedBy {
+            if let Some(pattern) = r.deny[i].find(value) {
+                return Decision::Deny(DenyReason::DeniedBy {
+                    subject,
                     role: &r.name,
                     pattern,
                 });
@@ -179,7 +231,7 @@ impl Policy {
         let mut any_app = false;
         for r in self.roles.iter().filter(|r| r.allow_apps.matches(labels)) {
             any_app = true;
-            if let Some(pattern) = r.allow_tools.find(tool) {
+            if let Some(pattern) = r.allow[i].find(value) {
                 return Decision::Allow {
                     role: &r.name,
                     pattern,
@@ -187,28 +239,53 @@ impl Policy {
             }
         }
         Decision::Deny(if any_app {
-            DenyReason::ToolNotAllowed
+            DenyReason::NotAllowed(subject)
         } else {
             DenyReason::AppNotAllowed
         })
     }
 
-    /// The allowed and denied tool patterns for an app, for `mcp ls`.
-    pub fn tool_patterns(&self, labels: &BTreeMap<String, String>) -> (Vec<&str>, Vec<&str>) {
+    /// May this identity call `tool` on an app with these labels?
+    pub fn tool(&self, labels: &BTreeMap<String, String>, tool: &str) -> Decision<'_> {
+        self.decide(labels, Subject::Tool, tool)
+    }
+
+    /// May this identity read or subscribe to the resource at `uri`?
+    pub fn resource(&self, labels: &BTreeMap<String, String>, uri: &str) -> Decision<'_> {
+        self.decide(labels, Subject::Resource, uri)
+    }
+
+    /// May this identity get the prompt `name`?
+    pub fn prompt(&self, labels: &BTreeMap<String, String>, name: &str) -> Decision<'_> {
+        self.decide(labels, Subject::Prompt, name)
+    }
+
+    /// The allowed and denied patterns of one kind for an app, for `mcp ls`.
+    pub fn patterns(
+        &self,
+        labels: &BTreeMap<String, String>,
+        subject: Subject,
+    ) -> (Vec<&str>, Vec<&str>) {
         let mut allow = Vec::new();
         let mut deny = Vec::new();
         if !self.app(labels).is_allow() {
             return (allow, deny);
         }
+        let i = subject.index();
         for r in &self.roles {
-            deny.extend(r.deny_tools.0.iter().map(|(p, _)| p.as_str()));
+            deny.extend(r.deny[i].0.iter().map(|(p, _)| p.as_str()));
             if r.allow_apps.matches(labels) {
-                allow.extend(r.allow_tools.0.iter().map(|(p, _)| p.as_str()));
+                allow.extend(r.allow[i].0.iter().map(|(p, _)| p.as_str()));
             }
         }
         allow.dedup();
         deny.dedup();
         (allow, deny)
+    }
+
+    /// The allowed and denied tool patterns for an app, for `mcp ls`.
+    pub fn tool_patterns(&self, labels: &BTreeMap<String, String>) -> (Vec<&str>, Vec<&str>) {
+        self.patterns(labels, Subject::Tool)
     }
 
     /// May this identity use `verb` on resources of `kind` through the admin API?
@@ -273,14 +350,27 @@ fn compile_role(
         Ok(Selector(out))
     };
     let spec = &role.spec;
-    let tools = |c: &Option<mcpgate_types::resource::McpCondition>| {
-        c.as_ref().map(|c| c.tools.clone()).unwrap_or_default()
+    let mcp = |side: &str,
+               c: &Option<mcpgate_types::resource::McpCondition>|
+     -> Result<[Patterns; 3], PolicyError> {
+        let empty = Vec::new();
+        let list = |s: Subject| match (c, s) {
+            (None, _) => &empty,
+            (Some(c), Subject::Tool) => &c.tools,
+            (Some(c), Subject::Resource) => &c.resources,
+            (Some(c), Subject::Prompt) => &c.prompts,
+        };
+        Ok([
+            patterns(&format!("{side}.mcp.tools"), list(Subject::Tool))?,
+            patterns(&format!("{side}.mcp.resources"), list(Subject::Resource))?,
+            patterns(&format!("{side}.mcp.prompts"), list(Subject::Prompt))?,
+        ])
     };
     Ok(CompiledRole {
         allow_apps: selector("allow.app_labels", &spec.allow.app_labels)?,
         deny_apps: selector("deny.app_labels", &spec.deny.app_labels)?,
-        allow_tools: patterns("allow.mcp.tools", &tools(&spec.allow.mcp))?,
-        deny_tools: patterns("deny.mcp.tools", &tools(&spec.deny.mcp))?,
+        allow: mcp("allow", &spec.allow.mcp)?,
+        deny: mcp("deny", &spec.deny.mcp)?,
         allow_rules: spec.allow.rules.clone(),
         deny_rules: spec.deny.rules.clone(),
         max_session_ttl: spec.options.max_session_ttl,
@@ -343,11 +433,12 @@ spec:
         assert!(p.tool(&app, "write_note").is_allow(), "trait-granted tool");
         assert_eq!(
             p.tool(&app, "write_file"),
-            Decision::Deny(DenyReason::ToolNotAllowed)
+            Decision::Deny(DenyReason::NotAllowed(Subject::Tool))
         );
         assert_eq!(
             p.tool(&app, "read_delete"),
-            Decision::Deny(DenyReason::ToolDeniedBy {
+            Decision::Deny(DenyReason::DeniedBy {
+                subject: Subject::Tool,
                 role: "dev",
                 pattern: "*delete*"
             })
@@ -426,6 +517,68 @@ spec:
         let e = Policy::check(&rs[0]).unwrap_err();
         assert_eq!(e.role, "dev");
         assert_eq!(e.field, "allow.mcp.tools[2]");
+    }
+
+    #[test]
+    fn resources_and_prompts_have_their_own_patterns() {
+        let rs = roles(
+            "kind: role
+version: v8
+metadata: {name: docs}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp:
+      tools: [echo]
+      resources: ['file:///public/*', '^mem://notes/[0-9]+$', '{{internal.mcp_resources}}']
+      prompts: [greet, '{{internal.mcp_prompts}}']
+  deny:
+    mcp:
+      resources: ['*secret*']
+      prompts: ['admin_*']
+",
+        );
+        let traits = [
+            (
+                "mcp_resources".to_string(),
+                vec!["test://static/1".to_string()],
+            ),
+            ("mcp_prompts".to_string(), vec!["admin_reset".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        let p = Policy::compile(&rs, &traits).unwrap();
+        let app = labels(&[("env", "dev")]);
+        assert!(p.resource(&app, "file:///public/a/b.txt").is_allow());
+        assert!(p.resource(&app, "mem://notes/42").is_allow());
+        assert!(p.resource(&app, "test://static/1").is_allow(), "trait");
+        assert_eq!(
+            p.resource(&app, "file:///etc/passwd"),
+            Decision::Deny(DenyReason::NotAllowed(Subject::Resource))
+        );
+        assert_eq!(
+            p.resource(&app, "file:///public/secret.txt"),
+            Decision::Deny(DenyReason::DeniedBy {
+                subject: Subject::Resource,
+                role: "docs",
+                pattern: "*secret*"
+            })
+        );
+        assert!(p.prompt(&app, "greet").is_allow());
+        // Deny wins even over a trait-granted prompt.
+        assert!(!p.prompt(&app, "admin_reset").is_allow());
+        // A tool pattern grants no resource or prompt, and the other way round.
+        assert!(!p.resource(&app, "echo").is_allow());
+        assert!(!p.prompt(&app, "echo").is_allow());
+        assert!(!p.tool(&app, "greet").is_allow());
+        let Decision::Deny(reason) = p.resource(&app, "file:///x") else {
+            panic!("allowed")
+        };
+        assert_eq!(reason.to_string(), "no role allows this resource");
+        assert!(!p.prompt(&labels(&[("env", "prod")]), "greet").is_allow());
+        let (allow, deny) = p.patterns(&app, Subject::Prompt);
+        assert_eq!(allow, vec!["greet", "admin_reset"]);
+        assert_eq!(deny, vec!["admin_*"]);
     }
 
     #[test]

@@ -24,11 +24,17 @@ fn role(name: &str, allow: Vec<String>, deny: Vec<String>) -> Role {
         spec: RoleSpec {
             allow: Allow {
                 app_labels,
-                mcp: Some(McpCondition { tools: allow }),
+                mcp: Some(McpCondition {
+                    tools: allow,
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             deny: Deny {
-                mcp: Some(McpCondition { tools: deny }),
+                mcp: Some(McpCondition {
+                    tools: deny,
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             ..Default::default()

@@ -131,12 +131,18 @@ pub struct RoleOptions {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-/// MCP conditions of a role: tool name patterns.
+/// MCP conditions of a role: patterns of tool names, resource URIs and prompt names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct McpCondition {
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Resource URIs (`resources/read`, `subscribe`, the `resources/list` filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// Prompt names (`prompts/get`, the `prompts/list` filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
 }
 
 /// Admin API rule: which verbs on which resource kinds (`*` for all).
