@@ -1,7 +1,10 @@
-//! One MCP session: client ⇄ agent ⇄ upstream. Every client message is parsed (envelope
-//! only) and checked; `tools/list` answers are filtered and `tools/call` requests gated by the
-//! caller's roles as they are at that moment; every request is audited, a forwarded call
-//! durably before it is forwarded.
+//! One MCP session: client ⇄ agent ⇄ upstream, the I/O shell around the gate.
+//!
+//! The shell reads lines, asks [`Gate`] what to do with each (with the caller's rules as
+//! they are at that moment), writes the audit events the gate's step calls for through the
+//! [`Journal`](crate::journal::Journal) — a request that must be durable before it is
+//! forwarded is begun first, and not forwarded if that fails — and moves the bytes. It
+//! decides nothing about messages itself.
 
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::{Map, Value};
@@ -11,20 +14,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-use mcpgate_auth::service::new_event;
-use mcpgate_mcp::answer::{error_line, filter_tools};
-use mcpgate_mcp::{Envelope, Kind, code};
+use mcpgate_mcp::answer::error_line;
+use mcpgate_mcp::gate::{AppRules, Audit, Done, Nothing, Out, Outcome, Pending, Verdict};
+use mcpgate_mcp::{Envelope, Gate, Kind, Rules, code};
 use mcpgate_pki::CertInfo;
-use mcpgate_policy::{AppDecision, Decision, Policy};
-use mcpgate_store::Store;
+use mcpgate_policy::{AppDecision, Policy, Subject};
 use mcpgate_types::audit::codes;
 use mcpgate_types::resource::App;
 use mcpgate_types::{AuditEvent, Claims};
 
+use crate::Agent;
 use crate::lines::{Line, read_line};
 use crate::redact::audit_params;
 use crate::upstream::Upstream;
-use crate::{Agent, PENDING};
 
 /// Who is connecting, as the proxy saw it. The agent verifies the certificate again itself.
 #[derive(Debug, Clone)]
@@ -39,25 +41,13 @@ const UPSTREAM_MAX: usize = 64 << 20;
 /// How long a cached policy may be used before the roles are read again, for changes made
 /// by another auth instance (changes in this process reload at once).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(1);
-/// Requests one session may have waiting for the server; more are refused (memory bound).
-const MAX_IN_FLIGHT: usize = 1024;
 /// How often a live session checks for locks (a lock ends sessions well within 5 s).
 const LOCK_CHECK: Duration = Duration::from_secs(1);
 
-struct Pending {
-    method: String,
-    tool: Option<String>,
-    params: Value,
-    start: Instant,
-    event_id: String,
-    durable: bool,
-}
-
-#[derive(Default)]
+/// The gate and the draft audit events of the requests it forwarded, by gateway id.
 struct State {
-    pending: HashMap<String, Pending>,
-    client_info: Value,
-    started: bool,
+    gate: Gate,
+    drafts: HashMap<u64, AuditEvent>,
 }
 
 struct CachedPolicy {
@@ -75,6 +65,16 @@ struct Session<'a> {
     addr: String,
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
+}
+
+/// Why a session ended.
+enum End {
+    /// The client closed its side.
+    Client,
+    /// The upstream closed its output (it exited).
+    Upstream,
+    /// The gateway ended it (a lock).
+    Cut(String),
 }
 
 impl Agent {
@@ -100,51 +100,42 @@ impl Agent {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
+        let max = self.limits.max_bytes;
         let info = match self.verify(&conn.certs) {
             Ok(info) => info,
             Err(e) => {
-                refuse_all(
-                    reader,
-                    writer,
-                    &format!("access denied: {e}"),
-                    self.limits.max_bytes,
-                )
-                .await;
+                refuse_all(reader, writer, &format!("access denied: {e}"), max).await;
                 return;
             }
         };
         let app = match self.app(&conn.app).await {
             Ok(Some(app)) => app,
             Ok(None) => {
-                refuse_all(
-                    reader,
-                    writer,
-                    &format!("app {:?} not found", conn.app),
-                    self.limits.max_bytes,
-                )
-                .await;
+                let message = format!("app {:?} not found", conn.app);
+                refuse_all(reader, writer, &message, max).await;
                 return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "app lookup failed");
-                refuse_all(
-                    reader,
-                    writer,
-                    "the gateway cannot read its apps",
-                    self.limits.max_bytes,
-                )
-                .await;
+                refuse_all(reader, writer, "the gateway cannot read its apps", max).await;
                 return;
             }
+        };
+        let upstream_limits = mcpgate_mcp::Limits {
+            max_bytes: UPSTREAM_MAX,
+            max_depth: 128,
         };
         let session = Session {
             agent: self,
             labels: app.metadata.labels.clone(),
             app,
             info,
-            id: mcpgate_auth::service::random_id(),
+            id: mcpgate_types::audit::random_id(),
             addr: conn.addr.to_string(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                gate: Gate::new(self.limits, upstream_limits),
+                drafts: HashMap::new(),
+            }),
             policy: Mutex::new(None),
         };
         session.run(reader, writer).await;
@@ -206,6 +197,22 @@ async fn write<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// The rules a step is decided with: the caller's roles on this app, or nothing at all when
+/// they cannot be evaluated (fail closed).
+enum SessionRules<'p> {
+    App(AppRules<'p>),
+    Nothing(String),
+}
+
+impl Rules for SessionRules<'_> {
+    fn decide(&self, subject: Subject, value: &str) -> Result<(), String> {
+        match self {
+            SessionRules::App(r) => r.decide(subject, value),
+            SessionRules::Nothing(reason) => Nothing(reason).decide(subject, value),
+        }
+    }
+}
+
 impl Session<'_> {
     fn claims(&self) -> &Claims {
         &self.info.claims
@@ -213,6 +220,10 @@ impl Session<'_> {
 
     fn app_name(&self) -> &str {
         self.app.metadata.name.as_str()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The caller's policy now: reloaded when roles changed in this process, or at least
@@ -252,7 +263,7 @@ impl Session<'_> {
         fields.insert("client_addr".into(), Value::from(self.addr.as_str()));
         fields.extend(extra);
         let cluster = &self.agent.cluster;
-        new_event(
+        AuditEvent::new(
             cluster.name(),
             cluster.clock().now(),
             (kind, code),
@@ -263,7 +274,7 @@ impl Session<'_> {
     }
 
     async fn emit(&self, ev: AuditEvent) {
-        if let Err(e) = self.agent.cluster.record(std::slice::from_ref(&ev)).await {
+        if let Err(e) = self.agent.journal.record(std::slice::from_ref(&ev)).await {
             tracing::error!(error = %e, "audit write failed");
         }
     }
@@ -314,7 +325,7 @@ impl Session<'_> {
             .await;
             return;
         };
-        let upstream = match Upstream::start(cmd) {
+        let mut upstream = match Upstream::start(cmd) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(app = self.app_name(), error = %e, "upstream did not start");
@@ -330,22 +341,17 @@ impl Session<'_> {
                 return;
             }
         };
-        let mut upstream = upstream;
         let mut up_out = BufReader::with_capacity(64 << 10, upstream.take_stdout());
-        let mut cut = None;
-        {
+        let end = {
             let mut up_in = upstream.take_stdin();
             tokio::select! {
-                _ = self.client_loop(reader, writer, &mut up_in) => {}
-                _ = self.upstream_loop(&mut up_out, writer) => {}
-                reason = self.watch_locks() => {
-                    self.cut(writer, &reason).await;
-                    cut = Some(reason);
-                }
+                _ = self.client_loop(reader, writer, &mut up_in) => End::Client,
+                _ = self.upstream_loop(&mut up_out, writer) => End::Upstream,
+                reason = self.watch_locks() => End::Cut(reason),
             }
-        }
+        };
         upstream.stop().await;
-        self.end(cut).await;
+        self.end(writer, end).await;
     }
 
     /// Why this identity is locked now, if it is (a lock that cannot be read counts as one:
@@ -372,29 +378,6 @@ impl Session<'_> {
         }
     }
 
-    /// Ends a live session for `reason`: open requests get an error, the client a log
-    /// message, the audit log the reason.
-    async fn cut<W: AsyncWrite + Unpin>(&self, writer: &tokio::sync::Mutex<W>, reason: &str) {
-        let message = format!("access denied: {reason}; the session was ended");
-        let ids: Vec<String> = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .keys()
-            .cloned()
-            .collect();
-        for id in ids {
-            let _ = write(
-                writer,
-                &error_line(Some(&id), code::INVALID_REQUEST, &message),
-            )
-            .await;
-        }
-        let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": message}});
-        let _ = write(writer, format!("{note}\n").as_bytes()).await;
-    }
-
     /// Refuses every request of a session that may not proceed, auditing each.
     async fn refuse_session<R, W>(
         &self,
@@ -416,7 +399,7 @@ impl Session<'_> {
                 continue;
             }
             let id = env.id.map(|i| i.get());
-            self.audit_denied(&env, message).await;
+            self.emit(self.denied_event(&env, None, message)).await;
             if write(writer, &error_line(id, code::INVALID_PARAMS, message))
                 .await
                 .is_err()
@@ -426,21 +409,65 @@ impl Session<'_> {
         }
     }
 
-    async fn audit_denied(&self, env: &Envelope<'_>, reason: &str) {
+    /// The event of a request or notification the gateway refused.
+    fn denied_event(
+        &self,
+        env: &Envelope<'_>,
+        subject: Option<&(Subject, String)>,
+        reason: &str,
+    ) -> AuditEvent {
+        let mut f = Map::new();
+        f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
+        if let Some(id) = env.id {
+            f.insert("jsonrpc_id".into(), Value::from(id.get()));
+        }
+        insert_subject(&mut f, subject);
+        f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
+        f.insert("decision".into(), Value::from("deny"));
+        f.insert("outcome".into(), Value::from("denied"));
+        f.insert("reason".into(), Value::from(reason));
+        let code = match env.kind {
+            Kind::Notification => codes::MCP_NOTIFICATION_DENIED,
+            _ => codes::MCP_REQUEST_DENIED,
+        };
+        self.event(code, false, f)
+    }
+
+    /// The draft event of an allowed request, completed when its answer comes.
+    fn request_event(&self, env: &Envelope<'_>, subject: Option<&(Subject, String)>) -> AuditEvent {
         let mut f = Map::new();
         f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
         f.insert(
             "jsonrpc_id".into(),
-            env.id.map(|i| Value::from(i.get())).unwrap_or(Value::Null),
+            Value::from(env.id.map(|i| i.get()).unwrap_or("null")),
         );
-        if let Some(t) = env.name.filter(|_| env.method == Some("tools/call")) {
-            f.insert("tool".into(), Value::from(t));
-        }
+        insert_subject(&mut f, subject);
         f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
-        f.insert("decision".into(), Value::from("deny"));
-        f.insert("reason".into(), Value::from(reason));
-        self.emit(self.event(codes::MCP_REQUEST_DENIED, false, f))
-            .await;
+        f.insert("decision".into(), Value::from("allow"));
+        self.event(codes::MCP_REQUEST, true, f)
+    }
+
+    /// Fills in how a request ended: outcome, error, duration.
+    fn finish(ev: &mut AuditEvent, outcome: &Outcome, duration: Duration) {
+        let (code, outcome, error) = match outcome {
+            Outcome::Ok => (codes::MCP_REQUEST, "ok", None),
+            Outcome::ToolError => (
+                codes::MCP_REQUEST_FAILED,
+                "tool_error",
+                Some("the tool reported an error"),
+            ),
+            Outcome::Error(message) => (codes::MCP_REQUEST_FAILED, "error", Some(message.as_str())),
+        };
+        ev.code = code.1.to_string();
+        ev.success = error.is_none();
+        ev.fields.insert("outcome".into(), Value::from(outcome));
+        if let Some(e) = error {
+            ev.fields.insert("error".into(), Value::from(e));
+        }
+        ev.fields.insert(
+            "duration_ms".into(),
+            Value::from(duration.as_secs_f64() * 1000.0),
+        );
     }
 
     async fn client_loop<R, W>(
@@ -469,24 +496,12 @@ impl Session<'_> {
                 }
                 Ok(Line::Eof) | Err(_) => return,
             }
-            let env = match mcpgate_mcp::parse(&buf, &limits) {
-                Ok(env) => env,
-                Err(e) => {
-                    if write(writer, &error_line(e.id.as_deref(), e.code, &e.message))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-            };
             if !self.info.valid_at(self.agent.cluster.clock().now()) {
-                let id = env.id.map(|i| i.get());
+                let id = mcpgate_mcp::parse(&buf, &limits).ok().and_then(|e| e.id);
                 let _ = write(
                     writer,
                     &error_line(
-                        id,
+                        id.map(|i| i.get()),
                         code::INVALID_REQUEST,
                         "access denied: your certificate has expired; log in again",
                     ),
@@ -494,153 +509,76 @@ impl Session<'_> {
                 .await;
                 return;
             }
-            match env.kind {
-                Kind::Request => match self.request(&env).await {
-                    Forward::Yes => {}
-                    Forward::Answer(line) => {
-                        if write(writer, &line).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-                Kind::Notification => {
+            let policy = self.policy().await;
+            let rules = match &policy {
+                Ok(p) => SessionRules::App(AppRules {
+                    policy: p,
+                    labels: &self.labels,
+                }),
+                Err(e) => SessionRules::Nothing(format!("roles cannot be evaluated: {e}")),
+            };
+            let step = self.state().gate.on_client(&buf, &rules, Instant::now());
+            // Audit first: a request that must be durable is begun before it is forwarded.
+            let mut verdict = step.verdict;
+            match step.audit {
+                Audit::None => {}
+                Audit::Notification(env) => {
                     let mut f = Map::new();
                     f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
                     f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
                     self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
                         .await;
                 }
-                Kind::Response => {}
+                Audit::Denied {
+                    env,
+                    subject,
+                    reason,
+                } => {
+                    self.emit(self.denied_event(&env, subject.as_ref(), &reason))
+                        .await;
+                }
+                Audit::Begin {
+                    gid,
+                    env,
+                    subject,
+                    durable,
+                    quiet,
+                } => {
+                    if !quiet || durable {
+                        let ev = self.request_event(&env, subject.as_ref());
+                        if durable && let Err(e) = self.agent.journal.begin(&ev).await {
+                            // Fail closed: a request that cannot be recorded is not forwarded.
+                            tracing::error!(error = %e, "audit log unavailable: refusing a request");
+                            self.state().gate.abandon(gid);
+                            verdict = Verdict::Answer(error_line(
+                                env.id.map(|i| i.get()),
+                                code::INTERNAL_ERROR,
+                                "the audit log is unavailable: the request was not forwarded",
+                            ));
+                        } else {
+                            self.state().drafts.insert(gid, ev);
+                        }
+                    }
+                }
             }
-            buf.push(b'\n');
-            if up.write_all(&buf).await.is_err() || up.flush().await.is_err() {
+            let result = match verdict {
+                Verdict::Forward(Out::Original) => {
+                    buf.push(b'\n');
+                    up.write_all(&buf).await
+                }
+                Verdict::Forward(Out::Bytes(bytes)) => up.write_all(&bytes).await,
+                Verdict::Answer(line) => {
+                    if write(writer, &line).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Verdict::Drop => continue,
+            };
+            if result.is_err() || up.flush().await.is_err() {
                 return;
             }
         }
-    }
-
-    /// Decides about one client request: forward it, or answer it here.
-    async fn request(&self, env: &Envelope<'_>) -> Forward {
-        let method = env.method.unwrap_or_default();
-        let id = env.id.map(|i| i.get()).unwrap_or("null");
-        let in_flight = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .len();
-        if in_flight >= MAX_IN_FLIGHT {
-            let msg = format!(
-                "more than {MAX_IN_FLIGHT} requests are waiting for the server; wait for answers"
-            );
-            return Forward::Answer(error_line(Some(id), code::INTERNAL_ERROR, &msg));
-        }
-        if method == "initialize"
-            && let Some(p) = env.params
-            && let Ok(v) = serde_json::from_str::<Value>(p.get())
-        {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.client_info = v.get("clientInfo").cloned().unwrap_or(Value::Null);
-        }
-        let mut tool = None;
-        if method == "tools/call" {
-            let name = env.name.unwrap_or_default();
-            let policy = match self.policy().await {
-                Ok(p) => p,
-                Err(e) => {
-                    return Forward::Answer(error_line(
-                        Some(id),
-                        code::INTERNAL_ERROR,
-                        &format!("roles cannot be evaluated: {e}"),
-                    ));
-                }
-            };
-            match policy.tool(&self.labels, name) {
-                Decision::Allow { .. } => tool = Some(name.to_string()),
-                Decision::Deny(reason) => {
-                    let message = format!(
-                        "access denied: tool {name:?} is not allowed on app {:?} ({reason})",
-                        self.app_name()
-                    );
-                    self.audit_denied(env, &reason.to_string()).await;
-                    return Forward::Answer(error_line(Some(id), code::INVALID_PARAMS, &message));
-                }
-            }
-        }
-        let params = audit_params(env.params.map(|p| p.get()));
-        let mut pending = Pending {
-            method: method.to_string(),
-            tool,
-            params,
-            start: Instant::now(),
-            event_id: String::new(),
-            durable: false,
-        };
-        if pending.tool.is_some() {
-            // Fail closed: the call is forwarded only once its event is durably stored.
-            let ev = self.request_event(&pending, id, true, None);
-            pending.event_id = ev.id.clone();
-            let stored = match serde_json::to_vec(&ev) {
-                Ok(bytes) => self
-                    .agent
-                    .cluster
-                    .spool()
-                    .put(&format!("{PENDING}{}", ev.id), &bytes)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            };
-            if !stored {
-                tracing::error!("audit log unavailable: refusing tools/call");
-                return Forward::Answer(error_line(
-                    Some(id),
-                    code::INTERNAL_ERROR,
-                    "the audit log is unavailable: the call was not forwarded",
-                ));
-            }
-            pending.durable = true;
-        }
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .insert(id.to_string(), pending);
-        Forward::Yes
-    }
-
-    fn request_event(
-        &self,
-        p: &Pending,
-        id: &str,
-        success: bool,
-        error: Option<String>,
-    ) -> AuditEvent {
-        let mut f = Map::new();
-        f.insert("method".into(), Value::from(p.method.as_str()));
-        f.insert("jsonrpc_id".into(), Value::from(id));
-        if let Some(t) = &p.tool {
-            f.insert("tool".into(), Value::from(t.as_str()));
-        }
-        f.insert("params".into(), p.params.clone());
-        f.insert("decision".into(), Value::from("allow"));
-        f.insert(
-            "duration_ms".into(),
-            Value::from(p.start.elapsed().as_secs_f64() * 1000.0),
-        );
-        if let Some(e) = error {
-            f.insert("error".into(), Value::from(e));
-        }
-        let code = if success {
-            codes::MCP_REQUEST
-        } else {
-            codes::MCP_REQUEST_FAILED
-        };
-        let mut ev = self.event(code, success, f);
-        if !p.event_id.is_empty() {
-            ev.id = p.event_id.clone();
-        }
-        ev
     }
 
     async fn upstream_loop<W: AsyncWrite + Unpin>(
@@ -661,203 +599,139 @@ impl Session<'_> {
                 }
                 Ok(Line::Eof) | Err(_) => return,
             }
-            let lenient = mcpgate_mcp::Limits {
-                max_bytes: UPSTREAM_MAX,
-                max_depth: 128,
+            // Only list answers need the roles; everything else is decided without them.
+            let policy = self.policy().await;
+            let rules = match &policy {
+                Ok(p) => SessionRules::App(AppRules {
+                    policy: p,
+                    labels: &self.labels,
+                }),
+                Err(e) => SessionRules::Nothing(format!("roles cannot be evaluated: {e}")),
             };
-            let env = match mcpgate_mcp::parse(&buf, &lenient) {
-                Ok(env) => env,
-                Err(e) => {
-                    tracing::warn!(app = self.app_name(), error = %e, "dropped an invalid upstream message");
-                    continue;
-                }
-            };
-            let (mut rewritten, mut deferred) = (None, None);
-            if env.kind == Kind::Response
-                && let Some(id) = env.id
-            {
-                let pending = self
-                    .state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pending
-                    .remove(id.get());
-                if let Some(p) = pending {
-                    (rewritten, deferred) = self.response(&env, id.get(), p, &buf).await;
-                }
+            let step = self.state().gate.on_server(&buf, &rules, Instant::now());
+            if let Some(started) = step.started {
+                let mut f = Map::new();
+                f.insert("client_info".into(), started.client_info);
+                f.insert("server_info".into(), started.server_info);
+                f.insert("protocol_version".into(), started.protocol_version);
+                self.emit(self.event(codes::MCP_SESSION_START, true, f))
+                    .await;
             }
-            let out: &[u8] = match &rewritten {
-                Some(line) => line,
-                None => {
+            if let Some(why) = step.dropped {
+                tracing::warn!(app = self.app_name(), session = %self.id, "dropped {why}");
+            }
+            let sent = match step.verdict {
+                Verdict::Forward(Out::Original) => {
                     buf.push(b'\n');
-                    &buf
+                    write(writer, &buf).await
                 }
+                Verdict::Forward(Out::Bytes(bytes)) => write(writer, &bytes).await,
+                Verdict::Answer(_) | Verdict::Drop => Ok(()),
             };
-            if write(writer, out).await.is_err() {
+            if sent.is_err() {
                 return;
             }
-            if let Some(ev) = deferred.take() {
-                self.complete(ev).await;
+            // The answer went out first; its event is completed after (the pending entry
+            // covers a crash in between).
+            if let Some(done) = step.done {
+                self.completed(done).await;
             }
         }
     }
 
-    /// Hands the final event of a call whose pending event is already durable to the batch
-    /// writer. Done after the answer went out: if the process dies before it is stored, the
-    /// pending event is recovered at the next start, so nothing is lost.
-    async fn complete(&self, ev: AuditEvent) {
-        if self
-            .agent
-            .completions
-            .send(crate::Completion::Event(Box::new(ev)))
-            .await
-            .is_err()
-        {
-            tracing::error!("the audit batch writer stopped; the pending event will be recovered");
-        }
-    }
-
-    /// Handles the answer to a client request: session start, `tools/list` filter, audit.
-    async fn response(
-        &self,
-        env: &Envelope<'_>,
-        id: &str,
-        p: Pending,
-        line: &[u8],
-    ) -> (Option<Vec<u8>>, Option<AuditEvent>) {
-        let error = env.error.map(|e| {
-            serde_json::from_str::<Value>(e.get())
-                .ok()
-                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| "error".to_string())
-        });
-        let is_tool_error = env
-            .result
-            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-            .and_then(|v| v.get("isError").and_then(Value::as_bool))
-            .unwrap_or(false);
-        if matches!(p.method.as_str(), "initialize" | "server/discover")
-            && let Some(r) = env.result
-        {
-            self.start(r.get()).await;
-        }
-        let mut out = None;
-        if p.method == "tools/list" && env.result.is_some() {
-            match self.policy().await {
-                Ok(policy) => {
-                    out = filter_tools(line, |name| policy.tool(&self.labels, name).is_allow())
-                        .map(|(l, _)| l);
+    /// Records how an answered request ended.
+    async fn completed(&self, done: Done) {
+        let draft = self.state().drafts.remove(&done.gid);
+        match draft {
+            Some(mut ev) => {
+                Self::finish(&mut ev, &done.outcome, done.duration);
+                if done.request.durable {
+                    self.agent.journal.complete(ev).await;
+                } else {
+                    self.emit(ev).await;
                 }
-                Err(e) => {
-                    // Fail closed: without a policy, no tool is shown.
-                    out = Some(error_line(
-                        Some(id),
-                        code::INTERNAL_ERROR,
-                        &format!("roles cannot be evaluated: {e}"),
-                    ));
+            }
+            // A quiet request (ping, lists): only a failure is recorded.
+            None => {
+                if let Outcome::Error(_) = done.outcome {
+                    let mut ev = self.pending_event(&done.request);
+                    Self::finish(&mut ev, &done.outcome, done.duration);
+                    self.emit(ev).await;
                 }
             }
         }
-        let quiet = matches!(
-            p.method.as_str(),
-            "ping" | "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list"
-        ) && error.is_none();
-        if !quiet {
-            let failed = error.is_some() || is_tool_error;
-            let err = error.or(is_tool_error.then(|| "the tool reported an error".to_string()));
-            let ev = self.request_event(&p, id, !failed, err);
-            if p.durable {
-                return (out, Some(ev));
-            }
-            self.emit(ev).await;
-        }
-        (out, None)
     }
 
-    async fn start(&self, result: &str) {
-        let already = std::mem::replace(
-            &mut self.state.lock().unwrap_or_else(|p| p.into_inner()).started,
-            true,
-        );
-        if already {
-            return;
-        }
-        let v: Value = serde_json::from_str(result).unwrap_or(Value::Null);
-        let client_info = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .client_info
-            .clone();
+    /// The event of a request known only from the gate's table.
+    fn pending_event(&self, p: &Pending) -> AuditEvent {
         let mut f = Map::new();
-        f.insert("client_info".into(), client_info);
-        f.insert(
-            "server_info".into(),
-            v.get("serverInfo").cloned().unwrap_or(Value::Null),
-        );
-        f.insert(
-            "protocol_version".into(),
-            v.get("protocolVersion").cloned().unwrap_or(Value::Null),
-        );
-        self.emit(self.event(codes::MCP_SESSION_START, true, f))
-            .await;
+        f.insert("method".into(), Value::from(p.method.as_str()));
+        f.insert("jsonrpc_id".into(), Value::from(p.client_id.as_str()));
+        insert_subject(&mut f, p.subject.as_ref());
+        f.insert("decision".into(), Value::from("allow"));
+        self.event(codes::MCP_REQUEST, true, f)
     }
 
-    async fn end(&self, cut: Option<String>) {
-        // The session's calls are in the audit log before its end is.
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        if self
-            .agent
-            .completions
-            .send(crate::Completion::Flush(done))
-            .await
-            .is_ok()
-        {
-            let _ = flushed.await;
-        }
-        let pending: Vec<(String, Pending)> = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .drain()
-            .collect();
-        let store = self.agent.cluster.spool();
-        for (id, p) in pending {
-            if p.tool.is_none() {
-                continue;
-            }
-            let ev = self.request_event(
-                &p,
-                &id,
-                false,
-                Some("the session ended before the answer".into()),
+    /// Ends the session: every request still waiting gets an error answer and an event
+    /// saying so, the session's calls are stored, then its end.
+    async fn end<W: AsyncWrite + Unpin>(&self, writer: &tokio::sync::Mutex<W>, end: End) {
+        let why = match &end {
+            End::Client => "the client closed the session".to_string(),
+            End::Upstream => format!("the MCP server of app {:?} exited", self.app_name()),
+            End::Cut(reason) => format!("access denied: {reason}; the session was ended"),
+        };
+        let (left, mut drafts) = {
+            let mut st = self.state();
+            let left = st.gate.drain(&why);
+            (left, std::mem::take(&mut st.drafts))
+        };
+        for (gid, p, line) in left {
+            let _ = write(writer, &line).await;
+            let mut ev = drafts
+                .remove(&gid)
+                .unwrap_or_else(|| self.pending_event(&p));
+            Self::finish(
+                &mut ev,
+                &Outcome::Error(format!("the session ended before the answer: {why}")),
+                p.started.elapsed(),
             );
-            if self
-                .agent
-                .cluster
-                .record(std::slice::from_ref(&ev))
-                .await
-                .is_ok()
-                && p.durable
-            {
-                let _ = store.delete(&format!("{PENDING}{}", ev.id)).await;
+            ev.fields
+                .insert("outcome".into(), Value::from("unanswered"));
+            let stored = if p.durable {
+                self.agent.journal.complete_now(ev).await
+            } else {
+                self.agent.journal.record(std::slice::from_ref(&ev)).await
+            };
+            if let Err(e) = stored {
+                tracing::error!(error = %e, "audit write failed");
             }
         }
+        if let End::Cut(_) = &end {
+            let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": why}});
+            let _ = write(writer, format!("{note}\n").as_bytes()).await;
+        }
+        // The session's calls are in the audit log before its end is.
+        self.agent.journal.flush().await;
         let mut f = Map::new();
-        let code = match cut {
-            Some(reason) => {
+        let code = match end {
+            End::Cut(reason) => {
                 f.insert("reason".into(), Value::from(reason));
                 codes::MCP_SESSION_TERMINATED
             }
-            None => codes::MCP_SESSION_END,
+            End::Upstream => {
+                f.insert("reason".into(), Value::from(why));
+                codes::MCP_SESSION_END
+            }
+            End::Client => codes::MCP_SESSION_END,
         };
         self.emit(self.event(code, code == codes::MCP_SESSION_END, f))
             .await;
     }
 }
 
-enum Forward {
-    Yes,
-    Answer(Vec<u8>),
+/// Names what a request is about in its event: `tool`, `resource` or `prompt`.
+fn insert_subject(f: &mut Map<String, Value>, subject: Option<&(Subject, String)>) {
+    if let Some((kind, value)) = subject {
+        f.insert(kind.noun().into(), Value::from(value.as_str()));
+    }
 }

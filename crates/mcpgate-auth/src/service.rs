@@ -486,26 +486,16 @@ impl AuthService {
 }
 
 /// An audit event of `cluster` at `time` with a fresh id.
+/// A new audit event (see [`AuditEvent::new`]).
 pub fn new_event(
     cluster: &str,
     time: SystemTime,
-    (kind, code): (&str, &str),
+    kind_code: (&str, &str),
     who: &Claims,
     success: bool,
     fields: Map<String, Value>,
 ) -> AuditEvent {
-    AuditEvent {
-        id: random_hex(16),
-        time,
-        kind: kind.into(),
-        code: code.into(),
-        cluster: cluster.into(),
-        user: who.name.clone(),
-        user_kind: Some(who.kind),
-        roles: who.roles.clone(),
-        success,
-        fields,
-    }
+    AuditEvent::new(cluster, time, kind_code, who, success, fields)
 }
 
 async fn load_or_create_ca(

@@ -1,4 +1,4 @@
-//! What the gateway writes itself: error answers and filtered `tools/list` results.
+//! What the gateway writes itself: error answers.
 
 use serde_json::Value;
 
@@ -10,35 +10,6 @@ pub fn error_line(id: Option<&str>, code: i64, message: &str) -> Vec<u8> {
         id.unwrap_or("null")
     )
     .into_bytes()
-}
-
-/// Keeps only the tools `allowed` accepts in a `tools/list` response; returns the rewritten
-/// line (with newline) and the names removed. `None` if the message has no tool list.
-pub fn filter_tools(
-    message: &[u8],
-    mut allowed: impl FnMut(&str) -> bool,
-) -> Option<(Vec<u8>, Vec<String>)> {
-    let mut v: Value = serde_json::from_slice(message).ok()?;
-    let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
-    let mut removed = Vec::new();
-    tools.retain(|t| {
-        let keep = t
-            .get("name")
-            .and_then(Value::as_str)
-            .is_some_and(&mut allowed);
-        if !keep {
-            removed.push(
-                t.get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("<unnamed>")
-                    .to_string(),
-            );
-        }
-        keep
-    });
-    let mut out = serde_json::to_vec(&v).ok()?;
-    out.push(b'\n');
-    Some((out, removed))
 }
 
 #[cfg(test)]
@@ -55,17 +26,5 @@ mod tests {
         assert!(line.ends_with(b"\n"));
         let v: Value = serde_json::from_slice(&error_line(None, -32700, "parse error")).unwrap();
         assert!(v["id"].is_null());
-    }
-
-    #[test]
-    fn filters_tools_keeping_everything_else() {
-        let msg = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"echo","inputSchema":{}},{"name":"rm"},{"x":1}],"nextCursor":"c2","_meta":{"k":1}}}"#;
-        let (out, removed) = filter_tools(msg, |n| n == "echo").unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1);
-        assert_eq!(v["result"]["nextCursor"], "c2");
-        assert_eq!(v["result"]["_meta"]["k"], 1);
-        assert_eq!(removed, vec!["rm", "<unnamed>"]);
-        assert!(filter_tools(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#, |_| true).is_none());
     }
 }

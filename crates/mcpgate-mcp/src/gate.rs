@@ -98,11 +98,13 @@ pub enum Audit<'m> {
     /// An allowed request, forwarded under gateway id `gid`. When `durable`, its event must be
     /// stored before the message is forwarded; if that fails, call [`Gate::abandon`] and
     /// answer the client with an error instead. `subject` is the tool, resource or prompt.
+    /// A `quiet` request (ping, lists) is recorded only if it fails.
     Begin {
         gid: u64,
         env: Envelope<'m>,
         subject: Option<(Subject, String)>,
         durable: bool,
+        quiet: bool,
     },
     /// A notification, forwarded.
     Notification(Envelope<'m>),
@@ -355,6 +357,7 @@ impl Gate {
             method,
             "tools/call" | "resources/read" | "prompts/get" | "completion/complete"
         );
+        let quiet = QUIET.contains(&method);
         self.by_client.insert(key, gid);
         self.pending.insert(
             gid,
@@ -363,7 +366,7 @@ impl Gate {
                 client_id: id.get().to_string(),
                 subject: subject.clone(),
                 started: now,
-                quiet: QUIET.contains(&method),
+                quiet,
                 durable,
                 filter,
             },
@@ -375,6 +378,7 @@ impl Gate {
                 env,
                 subject,
                 durable,
+                quiet,
             },
         }
     }

@@ -226,7 +226,8 @@ mod gate {
                         };
                         // A list answer holds every entry; any other answer is opaque content
                         // (only list answers are the gateway's to filter).
-                        let method = requests.iter().find(|m| m["id"].to_string() == id).and_then(|m| m["method"].as_str());
+                        let idv: Value = serde_json::from_str(&id).unwrap_or(Value::Null);
+                        let method = requests.iter().find(|m| m["id"] == idv).and_then(|m| m["method"].as_str());
                         let result = match method {
                             Some(m) if !m.ends_with("/list") => r#"{"content":[]}"#,
                             _ => FULL,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::SystemTime;
 
-use crate::identity::IdentityKind;
+use crate::identity::{Claims, IdentityKind};
 
 /// Event types and their stable codes. A code never changes meaning once released.
 pub mod codes {
@@ -32,6 +32,11 @@ pub mod codes {
     pub const MCP_REQUEST_FAILED: (&str, &str) = ("mcp.session.request", "MG5002E");
     /// A request the gateway denied or refused.
     pub const MCP_REQUEST_DENIED: (&str, &str) = ("mcp.session.request", "MG5003W");
+    /// A forwarded request whose answer was never recorded because a gateway process
+    /// stopped (`outcome: interrupted`): it may or may not have run.
+    pub const MCP_REQUEST_INTERRUPTED: (&str, &str) = ("mcp.session.request", "MG5005E");
+    /// A client notification the gateway refused (e.g. a request method without an id).
+    pub const MCP_NOTIFICATION_DENIED: (&str, &str) = ("mcp.session.notification", "MG5004W");
     pub const MCP_NOTIFICATION: (&str, &str) = ("mcp.session.notification", "MG5004I");
 }
 
@@ -57,7 +62,39 @@ pub struct AuditEvent {
     pub fields: Map<String, Value>,
 }
 
+/// A new random id for an event or a session: 128 bits from the system CSPRNG, as hex.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The system RNG failing is unrecoverable; the id would then still be unique enough
+    // within a process not to corrupt state (ids are never secrets).
+    let _ = getrandom::getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl AuditEvent {
+    /// A new event of type and code `(kind, code)` about what `who` did, with a new id.
+    pub fn new(
+        cluster: &str,
+        time: SystemTime,
+        (kind, code): (&str, &str),
+        who: &Claims,
+        success: bool,
+        fields: Map<String, Value>,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: random_id(),
+            time,
+            kind: kind.into(),
+            code: code.into(),
+            cluster: cluster.into(),
+            user: who.name.clone(),
+            user_kind: Some(who.kind),
+            roles: who.roles.clone(),
+            success,
+            fields,
+        }
+    }
+
     /// A string field of the event's extra fields, if present.
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).and_then(Value::as_str)

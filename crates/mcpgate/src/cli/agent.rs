@@ -9,11 +9,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use mcpgate_agent::cluster::BoxFuture;
-use mcpgate_agent::{Agent, Cluster};
+use mcpgate_agent::{Agent, Cluster, Journal, Sink};
 use mcpgate_auth::wire::{CertResponse, JoinRequest, RenewRequest};
 use mcpgate_pki::Identity;
 use mcpgate_pki::tls;
-use mcpgate_store::{AnyStore, SqliteStore, Store};
+use mcpgate_store::{AnyStore, SqliteStore};
 use mcpgate_types::resource::{App, Lock, Role};
 use mcpgate_types::{AuditEvent, Clock, SystemClock};
 use rustls::pki_types::CertificateDer;
@@ -22,9 +22,7 @@ use crate::client::{Api, KeepAlive, host_of};
 use crate::config::Config;
 use crate::profile;
 
-const OUTBOX: &str = "outbox/";
 const SHIP_EVERY: Duration = Duration::from_millis(200);
-const SHIP_BATCH: usize = 500;
 
 /// The cluster as an agent on another host sees it: the proxy's API. Answers are shared by
 /// all sessions for up to [`FRESH`], so a busy agent asks once a second, not once per session.
@@ -34,7 +32,6 @@ struct Remote {
     clock: Arc<dyn Clock>,
     user_ca: CertificateDer<'static>,
     identity: RwLock<Arc<Identity>>,
-    spool: AnyStore,
     roles: Cache<Vec<Role>>,
     apps: Cache<Vec<App>>,
     locks: Cache<Vec<Lock>>,
@@ -94,26 +91,18 @@ impl Remote {
         Ok(c)
     }
 
-    /// Ships spooled events in batches, oldest first, deleting each batch once stored.
-    async fn ship(&self) -> anyhow::Result<usize> {
-        let entries = self.spool.list(OUTBOX).await?;
-        let mut shipped = 0;
-        for chunk in entries.chunks(SHIP_BATCH) {
-            let events: Vec<AuditEvent> = chunk
-                .iter()
-                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-                .collect();
-            let _: serde_json::Value = self
-                .api()
-                .map_err(|e| anyhow!(e))?
-                .post("/v1/agent/events", &events)
-                .await?;
-            for (key, _) in chunk {
-                self.spool.delete(key).await?;
-            }
-            shipped += chunk.len();
-        }
-        Ok(shipped)
+    /// Ships the journal's outbox to the auth service.
+    async fn ship(&self, journal: &Journal) -> Result<usize, String> {
+        journal
+            .ship(|events: Vec<AuditEvent>| async move {
+                let _: serde_json::Value = self
+                    .api()?
+                    .post("/v1/agent/events", &events)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -158,26 +147,6 @@ impl Cluster for Remote {
                     .map_err(|e| format!("{e:#}"))
             };
             self.locks.get("", fetch).await
-        })
-    }
-    fn spool(&self) -> &AnyStore {
-        &self.spool
-    }
-    fn record<'a>(&'a self, events: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            for e in events {
-                let key = format!(
-                    "{OUTBOX}{:020}-{}",
-                    mcpgate_types::clock::unix_micros(e.time),
-                    e.id
-                );
-                let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
-                self.spool
-                    .put(&key, &bytes)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
         })
     }
 }
@@ -243,13 +212,15 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .cloned()
         .ok_or_else(|| anyhow!("the identity holds no user CA certificate"))?;
     let spool = SqliteStore::open(&data_dir.join("agent").join("spool.db"))?;
+    // Pending and final events live in the local spool until shipped: nothing is lost
+    // when the auth service or this agent stops.
+    let journal = Journal::new(Arc::new(AnyStore::Sqlite(spool)), Sink::Outbox);
     let remote = Arc::new(Remote {
         proxy: proxy.clone(),
         cluster: id.info.claims.cluster.clone(),
         clock: Arc::new(SystemClock),
         user_ca,
         identity: RwLock::new(Arc::new(id)),
-        spool: AnyStore::Sqlite(spool),
         roles: Cache::new(),
         apps: Cache::new(),
         locks: Cache::new(),
@@ -257,12 +228,13 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     });
     let agent = Agent::new(
         remote.clone(),
+        journal.clone(),
         config.static_apps(),
         config.selectors(),
         mcpgate_mcp::Limits::default(),
     )?;
     agent.recover().await?;
-    tokio::spawn(shipper(remote.clone()));
+    tokio::spawn(shipper(remote.clone(), journal.clone()));
     tokio::spawn(renewer(remote.clone(), data_dir.clone()));
 
     let host = host_of(&proxy)
@@ -311,15 +283,15 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     println!("  identity: {}", identity_path(&data_dir).display());
     super::start::shutdown().await;
     // Ship what is left before stopping; whatever cannot be shipped stays in the spool.
-    let _ = remote.ship().await;
+    let _ = remote.ship(&journal).await;
     Ok(())
 }
 
-async fn shipper(remote: Arc<Remote>) {
+async fn shipper(remote: Arc<Remote>, journal: Arc<Journal>) {
     loop {
         tokio::time::sleep(SHIP_EVERY).await;
-        if let Err(e) = remote.ship().await {
-            tracing::warn!(error = %format!("{e:#}"), "shipping audit events failed; they stay in the spool");
+        if let Err(e) = remote.ship(&journal).await {
+            tracing::warn!(error = %e, "shipping audit events failed; they stay in the spool");
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }

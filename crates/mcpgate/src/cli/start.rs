@@ -147,8 +147,15 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     }
     let mut services = vec!["auth".to_string(), "proxy".to_string()];
     let agent = if config.agent.enabled {
+        // In-process, final audit events go straight to the audit log; pending ones live
+        // in the same storage.
+        let journal = mcpgate_agent::Journal::new(
+            auth.store().clone(),
+            mcpgate_agent::Sink::Log(auth.store().clone()),
+        );
         let agent = Agent::new(
-            Arc::new(mcpgate_agent::Local(auth.clone())),
+            Arc::new(super::local::Local(auth.clone())),
+            journal,
             static_apps,
             config.selectors(),
             mcpgate_mcp::Limits::default(),

@@ -1,0 +1,51 @@
+//! The cluster as the agent of `mcpgate start` sees it: the auth service in the same
+//! process. (An agent on another host sees it through the proxy's API: `cli/agent.rs`.)
+
+use rustls::pki_types::CertificateDer;
+use std::sync::Arc;
+
+use mcpgate_agent::Cluster;
+use mcpgate_agent::cluster::BoxFuture;
+use mcpgate_auth::AuthService;
+use mcpgate_store::Store;
+use mcpgate_types::Clock;
+use mcpgate_types::resource::{App, Lock, Role};
+
+/// The auth service in this process.
+pub struct Local(pub Arc<AuthService>);
+
+impl Cluster for Local {
+    fn name(&self) -> &str {
+        self.0.cluster()
+    }
+    fn clock(&self) -> &Arc<dyn Clock> {
+        self.0.clock()
+    }
+    fn user_ca(&self) -> &CertificateDer<'static> {
+        self.0.user_ca().cert_der()
+    }
+    fn epoch(&self) -> u64 {
+        self.0.epoch()
+    }
+    fn roles<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<Vec<Role>, String>> {
+        Box::pin(async move { self.0.roles(names).await.map_err(|e| e.to_string()) })
+    }
+    fn apps(&self) -> BoxFuture<'_, Result<Vec<App>, String>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (_, bytes) in self
+                .0
+                .store()
+                .list("apps/")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                out.push(serde_json::from_slice(&bytes).map_err(|e| e.to_string())?);
+            }
+            Ok(out)
+        })
+    }
+    fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>> {
+        Box::pin(async move { self.0.locks().await.map_err(|e| e.to_string()) })
+    }
+}
