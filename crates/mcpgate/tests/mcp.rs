@@ -32,6 +32,20 @@ spec:
 ---
 kind: role
 version: v8
+metadata: {name: docs}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp:
+      tools: [echo]
+      resources: ['file:///public/*', 'demo://resource/static/document/*', 'demo://resource/dynamic/text/*']
+      prompts: [greet, simple-prompt]
+  deny:
+    mcp:
+      resources: ['*features.md']
+---
+kind: role
+version: v8
 metadata: {name: prod-only}
 spec:
   allow:
@@ -839,4 +853,266 @@ fn requests_waiting_for_the_server_are_bounded() {
     );
     assert_eq!(b.close(), 0);
     assert!(wait_no_processes(&e.marker).is_empty());
+}
+
+/// The gate's findings, each reproduced against the recording server: what a client sends
+/// that the server must never see, and answers that must never leave unfiltered.
+#[test]
+fn requests_without_ids_reused_ids_and_odd_ids_cannot_pass_the_gate() {
+    let e = cluster("gate", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    // A request method without an id is never forwarded (many servers would run it).
+    b.send(
+        r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_all","arguments":{}}}"#,
+    );
+    b.send(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo","arguments":{"x":"no-id"}}}"#);
+    b.send(r#"{"jsonrpc":"2.0","method":"resources/read","params":{"uri":"file:///etc/passwd"}}"#);
+    // An id reused at once: the tools/list answer stays filtered, the ping is refused.
+    b.send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#);
+    b.send(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#);
+    let (first, second) = (b.answer(&json!(5)), b.answer(&json!(5)));
+    let (list, refused) = if first.get("result").is_some() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let tools: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["echo", "read_file", "slow"], "{list}");
+    let (code, message) = error_of(&refused);
+    assert_eq!(code, -32600);
+    assert!(message.contains("id already in use"), "{message}");
+    // Ids spelled otherwise than a server echoes them: the answer is filtered and carries
+    // the id exactly as the client wrote it.
+    for id in ["-0", r#""\u0061""#, r#""a\/b""#] {
+        b.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#
+        ));
+        let raw = b.recv_raw();
+        assert!(raw.contains(&format!(r#""id":{id},"#)), "{raw}");
+        assert!(
+            raw.contains("read_file") && !raw.contains("delete_all"),
+            "{raw}"
+        );
+    }
+    // The session goes on.
+    assert_eq!(
+        b.call("echo", json!({"after": 1}))["result"]["content"][0]["text"],
+        r#"{"after": 1}"#
+    );
+    let record = recorded(&e.record);
+    assert!(!record.contains("delete_all"), "{record}");
+    assert!(
+        !record.contains("no-id") && !record.contains("/etc/passwd"),
+        "{record}"
+    );
+    assert!(
+        record
+            .lines()
+            .filter(|l| !l.contains("notifications/"))
+            .all(|l| l.contains(r#""id""#)),
+        "every message the server saw is a request with an id or an answer: {record}"
+    );
+    drop(b);
+    let refused = audit(
+        &e.d,
+        &["--type", "mcp.session.notification", "--decision", "deny"],
+    );
+    let methods: Vec<&str> = refused
+        .iter()
+        .map(|ev| ev["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        methods
+            .iter()
+            .all(|m| *m == "tools/call" || *m == "resources/read")
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|ev| ev["success"] == false && ev["code"] == "MG5004W")
+    );
+    assert!(refused.iter().any(|ev| ev["tool"] == "delete_all"));
+}
+
+#[test]
+fn an_escaped_id_loses_neither_the_session_start_nor_the_answer() {
+    let e = cluster("escid", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.send(r#"{"jsonrpc":"2.0","id":"\u0069","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"escaper","version":"1"}}}"#);
+    let init = b.recv_raw();
+    assert!(
+        init.contains(r#""\u0069""#) && init.contains("recorder"),
+        "{init}"
+    );
+    b.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    b.send(r#"{"jsonrpc":"2.0","id":"\u0062","method":"tools/call","params":{"name":"echo","arguments":{"n":1}}}"#);
+    let answer = b.recv_raw();
+    assert!(
+        answer.contains(r#""\u0062""#) && answer.contains("result"),
+        "{answer}"
+    );
+    assert_eq!(b.close(), 0);
+    let starts = audit(&e.d, &["--type", "mcp.session.start"]);
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["client_info"]["name"], "escaper");
+    let calls = audit(&e.d, &["--tool", "echo"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["success"], true, "{calls:?}");
+    assert_eq!(calls[0]["outcome"], "ok");
+    assert_eq!(calls[0]["session_id"], starts[0]["session_id"]);
+}
+
+#[test]
+fn a_call_in_flight_when_the_daemon_is_killed_is_recorded_as_interrupted() {
+    let mut e = cluster("interrupt", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    b.send(r#"{"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"hang","arguments":{"job":"nightly"}}}"#);
+    // Once the server has the call, its event is durable (it is stored before forwarding).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !recorded(&e.record).contains("nightly") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never reached the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &e.d.child.id().to_string()])
+        .status();
+    drop(b);
+    e.d.kill();
+    let d = Daemon::start_with(&e.s.path("gate.yaml"), e.d.data_dir.clone());
+    let calls = audit(&d, &["--tool", "hang"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let ev = &calls[0];
+    assert_eq!(ev["outcome"], "interrupted", "{ev}");
+    assert_eq!(ev["success"], false, "{ev}");
+    assert_eq!(ev["code"], "MG5005E", "{ev}");
+    assert_eq!(ev["params"]["arguments"]["job"], "nightly");
+}
+
+#[test]
+fn resources_and_prompts_are_gated_before_the_server_sees_them() {
+    let e = cluster("res", "docs");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    let read = |b: &mut Bridge, uri: &str| b.request("resources/read", json!({"uri": uri}));
+    // Allowed: forwarded (the recorder has no resources and says so).
+    let (code, _) = error_of(&read(&mut b, "file:///public/readme.txt"));
+    assert_eq!(code, -32601);
+    for (answer, what) in [
+        (read(&mut b, "file:///etc/passwd"), "resource \"file:///etc/passwd\""),
+        (read(&mut b, "file:///public/features.md"), "resource \"file:///public/features.md\""),
+        (b.request("resources/subscribe", json!({"uri": "file:///etc/shadow"})), "resource \"file:///etc/shadow\""),
+        (b.request("prompts/get", json!({"name": "admin_reset"})), "prompt \"admin_reset\""),
+        (
+            b.request("completion/complete", json!({"ref": {"type": "ref/prompt", "name": "admin_reset"}, "argument": {"name": "a", "value": ""}})),
+            "prompt \"admin_reset\"",
+        ),
+    ] {
+        let (code, message) = error_of(&answer);
+        assert_eq!(code, -32602, "{answer}");
+        assert!(message.starts_with(&format!("access denied: {what} is not allowed")), "{message}");
+    }
+    let (code, _) = error_of(&b.request("prompts/get", json!({"name": "greet"})));
+    assert_eq!(code, -32601, "an allowed prompt reaches the server");
+    drop(b);
+    let record = recorded(&e.record);
+    assert!(
+        record.contains("file:///public/readme.txt") && record.contains("greet"),
+        "{record}"
+    );
+    for never in ["/etc/passwd", "features.md", "/etc/shadow", "admin_reset"] {
+        assert!(
+            !record.contains(never),
+            "{never} reached the server: {record}"
+        );
+    }
+    let denied = audit(&e.d, &["--decision", "deny"]);
+    assert!(
+        denied
+            .iter()
+            .any(|ev| ev["resource"] == "file:///etc/passwd"),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|ev| ev["prompt"] == "admin_reset" && ev["method"] == "prompts/get")
+    );
+}
+
+#[test]
+fn the_python_sdk_sees_only_allowed_resources_and_prompts() {
+    let (Some(python), Some(_)) = (
+        needs("MCPGATE_TEST_PYTHON"),
+        needs("MCPGATE_TEST_EVERYTHING"),
+    ) else {
+        return;
+    };
+    let e = cluster("sdkres", "docs");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sdk_resources.py"
+    );
+    let out = std::process::Command::new(python)
+        .args([
+            script,
+            BIN,
+            r#"["mcp", "connect", "everything"]"#,
+            r#"["demo://resource/dynamic/text/1", "demo://resource/dynamic/blob/1", "demo://resource/static/document/features.md"]"#,
+            r#"["simple-prompt", "args-prompt"]"#,
+        ])
+        .env("MCPGATE_HOME", &e.alice.home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let docs: Vec<String> = [
+        "architecture",
+        "extension",
+        "how-it-works",
+        "instructions",
+        "startup",
+        "structure",
+    ]
+    .iter()
+    .map(|d| format!("demo://resource/static/document/{d}.md"))
+    .collect();
+    assert_eq!(v["resources"], json!(docs), "{v}");
+    assert_eq!(
+        v["templates"],
+        json!(["demo://resource/dynamic/text/{resourceId}"])
+    );
+    assert_eq!(v["prompts"], json!(["simple-prompt"]));
+    assert_eq!(v["read"]["demo://resource/dynamic/text/1"], "ok");
+    for uri in [
+        "demo://resource/dynamic/blob/1",
+        "demo://resource/static/document/features.md",
+    ] {
+        let message = v["read"][uri].as_str().unwrap();
+        assert!(
+            message.starts_with("access denied: resource"),
+            "{uri}: {message}"
+        );
+    }
+    assert_eq!(v["get"]["simple-prompt"], "ok");
+    assert!(
+        v["get"]["args-prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("access denied: prompt")
+    );
 }

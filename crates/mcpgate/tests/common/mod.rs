@@ -387,6 +387,13 @@ impl Bridge {
             .unwrap_or_else(|e| panic!("not JSON from the bridge: {line}: {e}"))
     }
 
+    /// The next line from the gateway, as it was written.
+    pub fn recv_raw(&self) -> String {
+        self.rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no answer within 30s")
+    }
+
     /// Waits for the answer with `id`, skipping notifications and other messages.
     pub fn answer(&self, id: &serde_json::Value) -> serde_json::Value {
         loop {
