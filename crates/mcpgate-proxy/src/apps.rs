@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mcpgate_auth::AuthService;
 use mcpgate_auth::api::{ApiError, ConnInfo};
-use mcpgate_policy::AppDecision;
+use mcpgate_policy::{AppDecision, Subject};
 
 use crate::Tunnels;
 
@@ -24,6 +24,16 @@ pub struct AppView {
     pub labels: BTreeMap<String, String>,
     pub allowed_tools: Vec<String>,
     pub denied_tools: Vec<String>,
+    /// Resource URI patterns.
+    #[serde(default)]
+    pub allowed_resources: Vec<String>,
+    #[serde(default)]
+    pub denied_resources: Vec<String>,
+    /// Prompt name patterns.
+    #[serde(default)]
+    pub allowed_prompts: Vec<String>,
+    #[serde(default)]
+    pub denied_prompts: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -57,13 +67,24 @@ async fn apps(
     for app in apps {
         let labels = &app.metadata.labels;
         if let AppDecision::Allow { .. } = caller.policy.app(labels) {
-            let (allow, deny) = caller.policy.tool_patterns(labels);
+            let patterns = |subject| {
+                let (allow, deny) = caller.policy.patterns(labels, subject);
+                let owned = |v: Vec<&str>| v.into_iter().map(str::to_string).collect();
+                (owned(allow), owned(deny))
+            };
+            let (allowed_tools, denied_tools) = patterns(Subject::Tool);
+            let (allowed_resources, denied_resources) = patterns(Subject::Resource);
+            let (allowed_prompts, denied_prompts) = patterns(Subject::Prompt);
             out.push(AppView {
                 name: app.metadata.name.to_string(),
                 description: app.metadata.description.clone().unwrap_or_default(),
                 labels: labels.clone(),
-                allowed_tools: allow.into_iter().map(str::to_string).collect(),
-                denied_tools: deny.into_iter().map(str::to_string).collect(),
+                allowed_tools,
+                denied_tools,
+                allowed_resources,
+                denied_resources,
+                allowed_prompts,
+                denied_prompts,
             });
         }
     }
