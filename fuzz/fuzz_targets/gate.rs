@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcpgate_mcp::gate::{Out, Verdict};
+use mcpgate_mcp::gate::{Audit, Out, Verdict};
 use mcpgate_mcp::{Gate, Limits, Rules};
 use mcpgate_policy::Subject;
 use std::time::Instant;
@@ -33,6 +33,9 @@ fuzz_target!(|data: &[u8]| {
         let Some((&side, line)) = line.split_first() else { continue };
         if side & 1 == 0 {
             let step = gate.on_client(line, &OnlyA, now);
+            if let Audit::Begin { gid, .. } = step.audit {
+                gate.confirm(gid);
+            }
             if let Some(m) = forwarded(step.verdict, line) {
                 let method = m.get("method").and_then(|m| m.as_str()).unwrap_or("");
                 if !method.is_empty() && !method.starts_with("notifications/") {

@@ -520,8 +520,20 @@ impl Session<'_> {
             let step = self.state().gate.on_client(&buf, &rules, Instant::now());
             // Audit first: a request that must be durable is begun before it is forwarded.
             let mut verdict = step.verdict;
+            let mut forwarded = None;
             match step.audit {
                 Audit::None => {}
+                Audit::Invalid { id, reason } => {
+                    let mut f = Map::new();
+                    if let Some(id) = id {
+                        f.insert("jsonrpc_id".into(), Value::from(id));
+                    }
+                    f.insert("decision".into(), Value::from("deny"));
+                    f.insert("outcome".into(), Value::from("invalid"));
+                    f.insert("reason".into(), Value::from(reason));
+                    self.emit(self.event(codes::MCP_REQUEST_DENIED, false, f))
+                        .await;
+                }
                 Audit::Notification(env) => {
                     let mut f = Map::new();
                     f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
@@ -557,9 +569,16 @@ impl Session<'_> {
                             ));
                         } else {
                             self.state().drafts.insert(gid, ev);
+                            forwarded = Some(gid);
                         }
+                    } else {
+                        forwarded = Some(gid);
                     }
                 }
+            }
+            if let Some(gid) = forwarded {
+                // From now on an answer to it is one.
+                self.state().gate.confirm(gid);
             }
             let result = match verdict {
                 Verdict::Forward(Out::Original) => {

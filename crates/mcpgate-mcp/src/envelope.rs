@@ -57,6 +57,8 @@ pub struct Envelope<'a> {
     pub reference: Option<&'a RawValue>,
     /// `params.requestId` (`notifications/cancelled`), raw.
     pub request_id: Option<&'a RawValue>,
+    /// `params.notifications` (`subscriptions/listen`), raw: [`subscriptions`] reads it.
+    pub notifications: Option<&'a RawValue>,
     pub result: Option<&'a RawValue>,
     pub error: Option<&'a RawValue>,
 }
@@ -82,7 +84,15 @@ impl EnvelopeError {
 }
 
 const TOP_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
-const PARAM_KEYS: [&str; 6] = ["name", "arguments", "_meta", "uri", "ref", "requestId"];
+const PARAM_KEYS: [&str; 7] = [
+    "name",
+    "arguments",
+    "_meta",
+    "uri",
+    "ref",
+    "requestId",
+    "notifications",
+];
 const REF_KEYS: [&str; 3] = ["type", "name", "uri"];
 
 /// Parses and checks one message (one line of the stdio transport, without its newline).
@@ -211,6 +221,7 @@ fn finish<'a>(raw: Raw<'a>, limits: &Limits) -> Result<Envelope<'a>, EnvelopeErr
         uri: None,
         reference: None,
         request_id: None,
+        notifications: None,
         result: raw.result,
         error: raw.error,
     };
@@ -219,18 +230,37 @@ fn finish<'a>(raw: Raw<'a>, limits: &Limits) -> Result<Envelope<'a>, EnvelopeErr
         if !(t.starts_with('{') || t.starts_with('[')) {
             return Err(fail("\"params\" must be an object or an array".into()));
         }
+        if t.starts_with('[') {
+            let mut de = serde_json::Deserializer::from_str(t);
+            Check {
+                depth: limits.max_depth.saturating_sub(1),
+            }
+            .deserialize(&mut de)
+            .map_err(|e| EnvelopeError {
+                id: id_text.clone(),
+                ..json_error(e)
+            })?;
+        }
         if t.starts_with('{') {
-            let [name, arguments, _, uri, reference, request_id] =
-                pick(params, PARAM_KEYS, limits.max_depth.saturating_sub(1)).map_err(|e| {
-                    EnvelopeError {
-                        id: id_text.clone(),
-                        ..e
-                    }
-                })?;
+            let [
+                name,
+                arguments,
+                _,
+                uri,
+                reference,
+                request_id,
+                notifications,
+            ] = pick(params, PARAM_KEYS, limits.max_depth.saturating_sub(1)).map_err(|e| {
+                EnvelopeError {
+                    id: id_text.clone(),
+                    ..e
+                }
+            })?;
             env.arguments = arguments;
             env.uri = uri;
             env.reference = reference;
             env.request_id = request_id;
+            env.notifications = notifications;
             let name = match name {
                 None => None,
                 Some(raw) => {
@@ -357,18 +387,37 @@ impl<'de> DeserializeSeed<'de> for TextSeed {
     }
 }
 
-/// Refuses a key that differs from a known envelope key only in case or spelling.
+/// Whether `key` names the ASCII key `known` for a parser that matches keys without regard
+/// to case — as Go's `encoding/json` does, with Unicode simple folding: `ſ` (U+017F) is `s`
+/// and the Kelvin sign `K` (U+212A) is `k` there.
+pub(crate) fn folds_to(key: &str, known: &str) -> bool {
+    let mut k = key.chars().map(|c| match c {
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    });
+    let mut n = known.chars().map(|c| c.to_ascii_lowercase());
+    loop {
+        match (k.next(), n.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Refuses a key that differs from a known envelope key only in case, folding or spelling.
 fn check_key<E: de::Error>(key: &Key<'_>, known: &[&str]) -> Result<Option<usize>, E> {
     let k = key.as_str();
     if let Key::Escaped(_) = key
-        && known.iter().any(|n| n.eq_ignore_ascii_case(k))
+        && known.iter().any(|n| folds_to(k, n))
     {
         return Err(E::custom(format!("escaped key {k:?} is not accepted")));
     }
     if let Some(i) = known.iter().position(|n| *n == k) {
         return Ok(Some(i));
     }
-    if let Some(n) = known.iter().find(|n| n.eq_ignore_ascii_case(k)) {
+    if let Some(n) = known.iter().find(|n| folds_to(k, n)) {
         return Err(E::custom(format!(
             "key {k:?} is not accepted (the key is {n:?})"
         )));
@@ -376,19 +425,36 @@ fn check_key<E: de::Error>(key: &Key<'_>, known: &[&str]) -> Result<Option<usize
     Ok(None)
 }
 
-/// Keys seen in one object, to refuse duplicates.
+/// Keys seen in one object, to refuse duplicates: a short list for the usual few keys, a
+/// hash set beyond (linear time for objects with thousands of keys).
 #[derive(Default)]
-struct Seen<'a>(Vec<Key<'a>>);
+struct Seen<'a> {
+    few: Vec<Key<'a>>,
+    many: Option<std::collections::HashSet<String>>,
+}
+
+/// Keys compared by scanning; more go into a hash set.
+const FEW_KEYS: usize = 16;
 
 impl<'a> Seen<'a> {
     fn insert<E: de::Error>(&mut self, key: Key<'a>) -> Result<(), E> {
-        if self.0.iter().any(|k| k.as_str() == key.as_str()) {
-            return Err(E::custom(format!("duplicate key {:?}", key.as_str())));
+        let duplicate = || E::custom(format!("duplicate key {:?}", key.as_str()));
+        if let Some(many) = &mut self.many {
+            if many.len() >= 4096 {
+                return Err(E::custom("an object has more than 4096 keys"));
+            }
+            if !many.insert(key.as_str().to_string()) {
+                return Err(duplicate());
+            }
+            return Ok(());
         }
-        if self.0.len() >= 4096 {
-            return Err(E::custom("an object has more than 4096 keys"));
+        if self.few.iter().any(|k| k.as_str() == key.as_str()) {
+            return Err(duplicate());
         }
-        self.0.push(key);
+        self.few.push(key);
+        if self.few.len() > FEW_KEYS {
+            self.many = Some(self.few.drain(..).map(|k| k.as_str().to_string()).collect());
+        }
         Ok(())
     }
 }
@@ -412,7 +478,8 @@ impl<'de> Visitor<'de> for TopVisitor {
                 Some(0) => raw.jsonrpc = Some(map.next_value::<Cow<'de, str>>()?),
                 Some(1) => raw.id = Some(map.next_value::<&'de RawValue>()?),
                 Some(2) => raw.method = Some(map.next_value_seed(TextSeed)?),
-                Some(3) => raw.params = Some(checked_raw(&mut map, self.depth)?),
+                // Checked once, as it is picked apart (`finish`).
+                Some(3) => raw.params = Some(map.next_value::<&'de RawValue>()?),
                 Some(4) => raw.result = Some(checked_raw(&mut map, self.depth)?),
                 Some(5) => raw.error = Some(checked_raw(&mut map, self.depth)?),
                 _ => map.next_value_seed(Check {
@@ -500,6 +567,18 @@ pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
         return Some(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(t).ok().map(Cow::Owned)
+}
+
+/// The resource URIs a `subscriptions/listen` request's `params.notifications` subscribes to
+/// (`resourceSubscriptions`, none if absent), read strictly; `None` if that is not a list
+/// of strings.
+pub fn subscriptions(raw: &RawValue) -> Option<Vec<Cow<'_, str>>> {
+    let [list] = pick(raw, ["resourceSubscriptions"], 4).ok()?;
+    let Some(list) = list else {
+        return Some(Vec::new());
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(list.get()).ok()?;
+    items.into_iter().map(string).collect()
 }
 
 /// What a `completion/complete` request refers to.
@@ -636,6 +715,39 @@ mod tests {
             let e = err(s);
             assert_eq!(e.code, code::INVALID_REQUEST, "{s}: {e:?}");
         }
+    }
+
+    #[test]
+    fn refuses_keys_that_fold_to_envelope_keys() {
+        for s in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"},"param\u017f":{"name":"x"}}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\"},\"param\u{17f}\":{\"name\":\"x\"}}",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"argument\u{17f}\":{}}}",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\"},\"re\u{17f}ult\":{}}",
+        ] {
+            assert_eq!(err(s).code, code::INVALID_REQUEST, "{s}");
+        }
+        // Keys that merely contain such letters are fine.
+        ok(
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\":{\"\u{17f}\":1,\"\u{212a}elvin\":2}}",
+        );
+        assert!(folds_to("\u{212a}ind", "kind") && !folds_to("kinds", "kind"));
+    }
+
+    #[test]
+    fn many_keys_are_checked_in_linear_time() {
+        let keys: Vec<String> = (0..4000).map(|i| format!("\"k{i}\":{i}")).collect();
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"a":{{{}}}}}}}"#,
+            keys.join(",")
+        );
+        let start = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(parse(line.as_bytes(), &Limits::default()).is_ok());
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        let dup = line.replace("\"k3999\"", "\"k0\"");
+        assert!(err(&dup).message.contains("duplicate key"));
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub enum Audit<'m> {
     },
     /// A notification, forwarded.
     Notification(Envelope<'m>),
+    /// A message that could not be read as JSON-RPC: why, and its id if it had a readable
+    /// one (raw JSON).
+    Invalid { id: Option<String>, reason: String },
     /// A request or notification that was refused: why, and the tool it named, if any.
     Denied {
         env: Envelope<'m>,
@@ -137,6 +140,9 @@ pub struct Pending {
     pub quiet: bool,
     /// Whether its event was stored before forwarding.
     pub durable: bool,
+    /// Set by [`Gate::confirm`] when the shell forwards it: an "answer" that comes before
+    /// is not one (only a server guessing the next id could send it).
+    confirmed: bool,
     filter: Filter,
 }
 
@@ -274,7 +280,10 @@ impl Gate {
             Err(e) => {
                 return Step {
                     verdict: Verdict::Answer(refusal(&e)),
-                    audit: Audit::None,
+                    audit: Audit::Invalid {
+                        id: e.id.clone(),
+                        reason: e.message,
+                    },
                 };
             }
         };
@@ -323,6 +332,21 @@ impl Gate {
             Ok(s) => s,
             Err(message) => return deny(env, None, code::INVALID_PARAMS, message),
         };
+        let listened = match subscribed(&env, method) {
+            Ok(uris) => uris,
+            Err(message) => return deny(env, None, code::INVALID_PARAMS, message),
+        };
+        for uri in listened {
+            if let Err(reason) = rules.decide(Subject::Resource, &uri) {
+                let message = format!("access denied: resource {uri:?} is not allowed ({reason})");
+                return deny(
+                    env,
+                    Some((Subject::Resource, uri)),
+                    code::INVALID_PARAMS,
+                    message,
+                );
+            }
+        }
         if let Some((kind, value)) = &subject
             && let Err(reason) = rules.decide(*kind, value)
         {
@@ -355,7 +379,12 @@ impl Gate {
         self.next += 1;
         let durable = matches!(
             method,
-            "tools/call" | "resources/read" | "prompts/get" | "completion/complete"
+            "tools/call"
+                | "resources/read"
+                | "resources/subscribe"
+                | "subscriptions/listen"
+                | "prompts/get"
+                | "completion/complete"
         );
         let quiet = QUIET.contains(&method);
         self.by_client.insert(key, gid);
@@ -368,6 +397,7 @@ impl Gate {
                 started: now,
                 quiet,
                 durable,
+                confirmed: false,
                 filter,
             },
         );
@@ -448,6 +478,14 @@ impl Gate {
         }
     }
 
+    /// Marks a request as forwarded: call it just before writing the forwarded bytes (after
+    /// its audit event is begun). Answers are matched only to confirmed requests.
+    pub fn confirm(&mut self, gid: u64) {
+        if let Some(p) = self.pending.get_mut(&gid) {
+            p.confirmed = true;
+        }
+    }
+
     /// Forgets a request whose event could not be stored: it was not forwarded.
     pub fn abandon(&mut self, gid: u64) -> Option<Pending> {
         let p = self.pending.remove(&gid)?;
@@ -499,7 +537,10 @@ impl Gate {
             Some(IdKey::Int(n)) => n.parse::<u64>().ok(),
             _ => None,
         };
-        let Some(request) = gid.and_then(|g| self.pending.remove(&g)) else {
+        let Some(request) = gid
+            .filter(|g| self.pending.get(g).is_some_and(|p| p.confirmed))
+            .and_then(|g| self.pending.remove(&g))
+        else {
             step.dropped = Some("an answer to no pending request");
             return;
         };
@@ -651,10 +692,12 @@ impl Gate {
 /// The tool, resource or prompt a request is about, if its method is one the gate decides.
 fn subject_of(env: &Envelope<'_>, method: &str) -> Result<Option<(Subject, String)>, String> {
     let uri = || {
-        env.uri
+        let uri = env
+            .uri
             .and_then(envelope::string)
-            .map(|u| Some((Subject::Resource, u.into_owned())))
-            .ok_or_else(|| format!("{method} needs \"params.uri\" as a string"))
+            .ok_or_else(|| format!("{method} needs \"params.uri\" as a string"))?;
+        canonical_uri(&uri)?;
+        Ok(Some((Subject::Resource, uri.into_owned())))
     };
     match method {
         "tools/call" => env
@@ -668,13 +711,99 @@ fn subject_of(env: &Envelope<'_>, method: &str) -> Result<Option<(Subject, Strin
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => uri(),
         "completion/complete" => match env.reference.and_then(envelope::reference) {
             Some(Reference::Prompt(n)) => Ok(Some((Subject::Prompt, n.into_owned()))),
-            Some(Reference::Resource(u)) => Ok(Some((Subject::Resource, u.into_owned()))),
+            Some(Reference::Resource(u)) => {
+                canonical_uri(&u)?;
+                Ok(Some((Subject::Resource, u.into_owned())))
+            }
             None => {
                 Err("completion/complete needs \"params.ref\" naming a prompt or a resource".into())
             }
         },
         _ => Ok(None),
     }
+}
+
+/// The resource URIs a `subscriptions/listen` request subscribes to (none for other
+/// methods), each in normal form.
+fn subscribed(env: &Envelope<'_>, method: &str) -> Result<Vec<String>, String> {
+    let Some(raw) = env
+        .notifications
+        .filter(|_| method == "subscriptions/listen")
+    else {
+        return Ok(Vec::new());
+    };
+    let uris = envelope::subscriptions(raw).ok_or_else(|| {
+        "subscriptions/listen needs \"params.notifications.resourceSubscriptions\" as a list of URIs"
+            .to_string()
+    })?;
+    uris.into_iter()
+        .map(|u| canonical_uri(&u).map(|()| u.into_owned()))
+        .collect()
+}
+
+/// Refuses a resource URI that is not in normal form, so that the URI the roles are matched
+/// against is the one every server reads: servers normalise (the Python SDK parses URIs with
+/// pydantic, which lowercases schemes and hosts, resolves `.` and `..`, decodes `%2E`, drops
+/// `localhost` from `file:` URIs and trims spaces), and a denied `file:///etc/passwd` must
+/// not pass as `file:///public/../etc/passwd`.
+fn canonical_uri(uri: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("resource URI {uri:?} refused: {why}"));
+    if uri.is_empty() {
+        return refuse("it is empty");
+    }
+    if uri
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    {
+        return refuse("it holds whitespace, control characters or a backslash");
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return refuse("it has no scheme");
+    };
+    if scheme.is_empty()
+        || !scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+    {
+        return refuse("its scheme is not in lower case");
+    }
+    // Percent-encoded unreserved characters (and `/`) are decoded by normalisers.
+    let bytes = uri.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(c) if c.is_ascii_alphanumeric() || b"-._~/".contains(&c) => {
+                    return refuse("it percent-encodes a character that needs no encoding");
+                }
+                Some(_) => {}
+                None => return refuse("it has a malformed percent escape"),
+            }
+        }
+    }
+    let (authority, path) = match rest.strip_prefix("//") {
+        Some(r) => match r.find(['/', '?', '#']) {
+            Some(i) => (Some(&r[..i]), &r[i..]),
+            None => (Some(r), ""),
+        },
+        None => (None, rest),
+    };
+    if let Some(authority) = authority {
+        if authority.chars().any(|c| c.is_ascii_uppercase()) {
+            return refuse("its host is not in lower case");
+        }
+        if scheme == "file" && !authority.is_empty() {
+            return refuse("a file URI names no host (file:///path)");
+        }
+    }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return refuse("its path has . or .. segments");
+    }
+    Ok(())
 }
 
 /// An error answer for a message that could not be parsed (with its id, if it had one).
@@ -740,6 +869,13 @@ const LISTS: [(&str, &str, Subject); 4] = [
 fn filter_lists(result: &RawValue, required: &str, rules: &dyn Rules) -> Option<String> {
     let mut v: Value = serde_json::from_str(result.get()).ok()?;
     v.get(required)?.as_array()?;
+    // A list under a key a case-insensitive client would read as one (`Tools`, `tooľs`…)
+    // is not the gateway's to pass unfiltered.
+    v.as_object_mut()?.retain(|k, _| {
+        !LISTS
+            .iter()
+            .any(|(list, _, _)| k != list && envelope::folds_to(k, list))
+    });
     for (list, key, subject) in LISTS {
         let Some(entries) = v.get_mut(list) else {
             continue;
@@ -790,6 +926,9 @@ mod tests {
     /// Sends a client line; returns what reaches the server (if anything) and the answer.
     fn client(g: &mut Gate, line: &str) -> (Option<Value>, Option<Value>) {
         let step = g.on_client(line.as_bytes(), &RULES, Instant::now());
+        if let Audit::Begin { gid, .. } = step.audit {
+            g.confirm(gid);
+        }
         match step.verdict {
             Verdict::Forward(Out::Original) => (Some(json_of(line.as_bytes())), None),
             Verdict::Forward(Out::Bytes(b)) => (Some(json_of(&b)), None),
@@ -867,6 +1006,9 @@ mod tests {
             let mut g = gate();
             let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
             let step = g.on_client(line.as_bytes(), &RULES, Instant::now());
+            if let Audit::Begin { gid, .. } = step.audit {
+                g.confirm(gid);
+            }
             let Verdict::Forward(Out::Bytes(fwd)) = step.verdict else {
                 // "007" is not JSON: refused, never forwarded.
                 assert_eq!(id, "007");
@@ -1154,5 +1296,126 @@ mod tests {
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_none());
         let (fwd, _) = client(&mut g, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
         assert!(fwd.is_some());
+    }
+
+    #[test]
+    fn resource_uris_must_be_in_normal_form() {
+        let mut g = gate();
+        for uri in [
+            "file:///public/../etc/passwd",
+            "file:///public/./a",
+            "file:///public/%2E%2E/etc/passwd",
+            "file:///public/%61",
+            "file://localhost/public/a",
+            "FILE:///public/a",
+            " file:///public/a",
+            "file:///public/a\n",
+            "file:///public\\a",
+            "http://EXAMPLE.com/x",
+            "file:///public/a%zz",
+            "no-scheme",
+        ] {
+            let line = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}).to_string();
+            let (fwd, answer) = client(&mut g, &line);
+            assert!(fwd.is_none(), "{uri:?} was forwarded");
+            assert_eq!(
+                answer.unwrap()["error"]["code"],
+                code::INVALID_PARAMS,
+                "{uri:?}"
+            );
+        }
+        let (fwd, _) = client(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///public/a"}}"#,
+        );
+        assert!(fwd.is_some());
+    }
+
+    #[test]
+    fn subscriptions_listen_is_gated_per_resource() {
+        let mut g = gate();
+        for (params, allowed) in [
+            (
+                json!({"notifications": {"resourceSubscriptions": ["file:///public/a"], "toolsListChanged": true}}),
+                true,
+            ),
+            (json!({"notifications": {"toolsListChanged": true}}), true),
+            (
+                json!({"notifications": {"resourceSubscriptions": ["file:///public/a", "file:///etc/passwd"]}}),
+                false,
+            ),
+            (
+                json!({"notifications": {"resourceSubscriptions": "file:///public/a"}}),
+                false,
+            ),
+            (
+                json!({"notifications": {"resourceSubscriptions": [1]}}),
+                false,
+            ),
+            (
+                json!({"notifications": {"resourceSubscriptions": ["file:///public/../etc/passwd"]}}),
+                false,
+            ),
+            (
+                json!({"notifications": {"resourcesubscriptions": ["file:///etc/passwd"]}}),
+                false,
+            ),
+        ] {
+            let line = json!({"jsonrpc": "2.0", "id": "l", "method": "subscriptions/listen", "params": params}).to_string();
+            let (fwd, _) = client(&mut g, &line);
+            assert_eq!(fwd.is_some(), allowed, "{line}");
+            g.drain("reset");
+        }
+    }
+
+    #[test]
+    fn an_answer_before_the_request_is_forwarded_is_not_one() {
+        let mut g = gate();
+        let step = g.on_client(
+            br#"{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"echo"}}"#,
+            &RULES,
+            Instant::now(),
+        );
+        let Audit::Begin { gid, .. } = step.audit else {
+            panic!()
+        };
+        // The server guesses the gateway's next id while the request's event is being stored.
+        assert!(
+            server(
+                &mut g,
+                &format!(r#"{{"jsonrpc":"2.0","id":{gid},"result":{{"forged":true}}}}"#)
+            )
+            .is_none()
+        );
+        g.confirm(gid);
+        let out = server(
+            &mut g,
+            &format!(r#"{{"jsonrpc":"2.0","id":{gid},"result":{{}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(out["id"], "c");
+    }
+
+    #[test]
+    fn lists_under_folded_keys_are_removed() {
+        let mut g = gate();
+        let (fwd, _) = client(&mut g, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        let gid = fwd.unwrap()["id"].clone();
+        let out = server(&mut g, &format!(r#"{{"jsonrpc":"2.0","id":{gid},"result":{{"tools":[{{"name":"echo"}}],"Tools":[{{"name":"delete_all"}}],"prompt\u017f":[{{"name":"secret"}}],"nextCursor":"n"}}}}"#)).unwrap();
+        let result = out["result"].as_object().unwrap();
+        let keys: Vec<&str> = result.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["tools", "nextCursor"], "{out}");
+    }
+
+    #[test]
+    fn unreadable_messages_are_answered_and_audited() {
+        let mut g = gate();
+        let step = g.on_client(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"Name":"x","name":"echo"}}"#, &RULES, Instant::now());
+        assert!(matches!(step.verdict, Verdict::Answer(_)));
+        let Audit::Invalid { id, reason } = step.audit else {
+            panic!("not audited")
+        };
+        assert_eq!(id.as_deref(), Some("3"));
+        assert!(reason.contains("Name"), "{reason}");
     }
 }

@@ -37,7 +37,7 @@ mod gate {
     //! no request for a denied tool, resource or prompt reaches the server, no request
     //! method reaches it without an id, and no list the client receives shows a denied entry.
 
-    use mcpgate_mcp::gate::{Out, Verdict};
+    use mcpgate_mcp::gate::{Audit, Out, Verdict};
     use mcpgate_mcp::{Gate, Limits, Rules};
     use mcpgate_policy::Subject;
     use proptest::prelude::*;
@@ -210,6 +210,9 @@ mod gate {
                     Event::Client { method, value, id } => {
                         let line = client_line(method, value, id);
                         let step = g.on_client(line.as_bytes(), &Model, now);
+                        if let Audit::Begin { gid, .. } = step.audit {
+                            g.confirm(gid);
+                        }
                         if let Some(m) = bytes(step.verdict, &line) {
                             check_to_server(&m)?;
                             at_server.push(m);

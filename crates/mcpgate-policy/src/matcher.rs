@@ -35,7 +35,8 @@ impl Matcher {
             pattern.to_string()
         } else if pattern.contains('*') {
             let parts: Vec<String> = pattern.split('*').map(regex::escape).collect();
-            format!("^{}$", parts.join(".*"))
+            // `(?s)`: a glob's `*` matches any character, newlines included.
+            format!("(?s)^{}$", parts.join(".*"))
         } else {
             return Ok(Matcher::Literal(pattern.to_string()));
         };
@@ -124,6 +125,7 @@ mod tests {
         assert!(m("a.b*").matches("a.bc"));
         assert!(!m("a.b*").matches("axbc"));
         assert!(!m("a+").matches("aa"));
+        assert!(m("file:///etc/*").matches("file:///etc/passwd\n"));
     }
 
     #[test]
