@@ -95,6 +95,14 @@ impl Opener {
             serde_json::to_vec(meta).map_err(|e| WireError::Protocol(format!("open: {e}")))?;
         let value = http::HeaderValue::from_bytes(&json)
             .map_err(|e| WireError::Protocol(format!("open: {e}")))?;
+        self.open_raw(value).await
+    }
+
+    /// Opens a session stream with this `mcpgate-open` header value.
+    pub(super) async fn open_raw(
+        &self,
+        value: http::HeaderValue,
+    ) -> Result<(RecvReader, SendWriter), WireError> {
         let request = http::Request::post(SESSION_URI)
             .header(OPEN_HEADER, value)
             .body(())

@@ -267,3 +267,18 @@ async fn a_silent_agent_is_dropped() {
     assert!(started.elapsed() <= DEAD_AFTER + PING_EVERY * 2);
     drop(listener);
 }
+
+#[tokio::test]
+async fn unreadable_open_metadata_is_refused_and_the_tunnel_goes_on() {
+    let (opener, listener, conn) = pair().await;
+    tokio::spawn(conn);
+    let (b, _sessions) = behaviour();
+    run_agent(listener, b);
+    for garbage in [&b"not json"[..], b"{\"app\":1}", b"", b"\xff\xfe"] {
+        let value = http::HeaderValue::from_bytes(garbage).unwrap();
+        let (mut r, _w) = opener.open_raw(value).await.unwrap();
+        let err = r.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+    round_trip(&opener, 1).await;
+}
