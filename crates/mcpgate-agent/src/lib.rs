@@ -55,20 +55,9 @@ pub struct Agent {
     pub(crate) journal: Arc<Journal>,
 }
 
-/// Whether an agent with these `agent.resources` selectors serves a cluster app: every
-/// label of some selector matches (`*` as a value matches any; `"*": "*"` matches all apps).
-pub fn selects(selectors: &[BTreeMap<String, String>], app: &App) -> bool {
-    selectors.iter().any(|sel| {
-        sel.iter().all(|(k, v)| {
-            (k == "*" && v == "*")
-                || app
-                    .metadata
-                    .labels
-                    .get(k)
-                    .is_some_and(|have| v == "*" || have == v)
-        })
-    })
-}
+/// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
+/// lives with the tunnel protocol, which the proxy shares).
+pub use mcpgate_wire::selects;
 
 impl Agent {
     /// An agent serving `static_apps`, and cluster apps whose labels match a selector.

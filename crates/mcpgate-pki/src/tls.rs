@@ -19,8 +19,9 @@ use crate::identity::Identity;
 
 /// ALPN of the MCP stream from a client bridge.
 pub const ALPN_MCP: &[u8] = b"mcpgate-mcp/1";
-/// ALPN of an agent's reverse tunnel.
-pub const ALPN_TUNNEL: &[u8] = b"mcpgate-tunnel/1";
+/// ALPN of an agent's reverse tunnel: HTTP/2 with the streams opened by the proxy (`/2`;
+/// `/1` was a hand-made frame multiplexer, so old agents fail the handshake cleanly).
+pub const ALPN_TUNNEL: &[u8] = b"mcpgate-tunnel/2";
 /// ALPN of the HTTPS API.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 

@@ -16,11 +16,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use mcpgate_agent::tunnel::OpenMeta;
 use mcpgate_types::IdentityKind;
+use mcpgate_wire::{Hello, HelloReply, OpenMeta};
 
 pub mod apps;
 pub mod tunnels;
@@ -33,21 +32,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ALPN protocols the proxy offers, in preference order.
 pub const ALPN: &[&[u8]] = &[ALPN_MCP, ALPN_TUNNEL, ALPN_HTTP1];
-
-/// The first line a bridge sends on an MCP stream: which app it wants.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Hello {
-    pub app: String,
-}
-
-/// The proxy's answer to [`Hello`]: `{"ok":true}` or `{"error":"..."}`, one line.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HelloReply {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ok: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Where the proxy sends what it accepts.
 #[derive(Clone)]
@@ -135,8 +119,13 @@ async fn connection(
     }
 }
 
-/// An MCP stream: read the hello, check the client certificate now, hand the stream to the
-/// agent serving the app. The agent checks the certificate again, and every message.
+/// An MCP stream: read the hello, check the client certificate now, open a stream on the
+/// tunnel of an agent serving the app, then copy both ways. The agent checks the certificate
+/// again, and every message.
+///
+/// Each direction is its own future: a client that stops reading stalls only the copy to it,
+/// and through the stream's HTTP/2 window only its own session on the agent — never the
+/// tunnel's other streams.
 async fn mcp(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     conn: ConnInfo,
@@ -153,20 +142,11 @@ async fn mcp(
         Ok::<_, std::io::Error>(serde_json::from_slice::<Hello>(&line[..n]).ok())
     })
     .await;
-    let reply = |error: Option<String>| {
-        let r = HelloReply {
-            ok: error.is_none().then_some(true),
-            error,
-        };
-        let mut v = serde_json::to_vec(&r).unwrap_or_default();
-        v.push(b'\n');
-        v
-    };
     let hello = match hello {
         Ok(Ok(Some(h))) => h,
         _ => {
             write
-                .write_all(&reply(Some(
+                .write_all(&HelloReply::line(Some(
                     "expected {\"app\": NAME} as the first line".into(),
                 )))
                 .await?;
@@ -178,7 +158,7 @@ async fn mcp(
         mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now())
     {
         write
-            .write_all(&reply(Some(format!("access denied: {e}"))))
+            .write_all(&HelloReply::line(Some(format!("access denied: {e}"))))
             .await?;
         return Ok(());
     }
@@ -186,26 +166,46 @@ async fn mcp(
         apps.into_iter()
             .find(|a| a.metadata.name.as_str() == hello.app)
     });
+    let not_found = |app: &str| format!("app {app:?} not found: no agent serves it");
     let Some(tunnel) = routes.tunnels.pick(&hello.app, cluster_app.as_ref()) else {
         write
-            .write_all(&reply(Some(format!(
-                "app {:?} not found: no agent serves it",
-                hello.app
-            ))))
+            .write_all(&HelloReply::line(Some(not_found(&hello.app))))
             .await?;
         return Ok(());
     };
-    write.write_all(&reply(None)).await?;
-    write.flush().await?;
     let meta = OpenMeta {
         app: hello.app,
         addr: conn.addr,
-        certs: mcpgate_agent::tunnel::encode_certs(&certs),
+        certs: mcpgate_wire::encode_certs(&certs),
     };
-    let to_client: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = Box::new(write);
-    let id = tunnel
-        .open(&meta, Arc::new(tokio::sync::Mutex::new(to_client)))
-        .await?;
-    tunnel.pump(id, reader).await;
+    let (mut from_agent, mut to_agent) = match tunnel.open(&meta).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            // The agent's tunnel is going away as we speak.
+            tracing::debug!(agent = %tunnel.agent, error = %e, "cannot open a tunnel stream");
+            write
+                .write_all(&HelloReply::line(Some(not_found(&meta.app))))
+                .await?;
+            return Ok(());
+        }
+    };
+    write.write_all(&HelloReply::line(None)).await?;
+    write.flush().await?;
+    let up = async {
+        let _ = tokio::io::copy_buf(&mut reader, &mut to_agent).await;
+        let _ = to_agent.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy_buf(&mut from_agent, &mut write).await;
+        // Close the client's stream cleanly (TLS close_notify): the session is over.
+        let _ = write.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        // The agent ended the session: nothing more to carry from the client.
+        _ = &mut down => {}
+        // The client finished sending: its answers may still be coming.
+        _ = &mut up => down.await,
+    }
     Ok(())
 }

@@ -1,28 +1,26 @@
 //! The proxy's side of agent tunnels: which agents are connected, which apps each serves,
-//! and the streams of client sessions multiplexed over each.
-
-use std::collections::HashMap;
+//! and opening a stream on one for a client session. The protocol (HTTP/2, the proxy as
+//! its client) is [`mcpgate_wire::tunnel::proxy`].
 
 use mcpgate_types::resource::App;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use mcpgate_agent::tunnel::{
-    self, ANNOUNCE, Announce, CLOSE, DATA, DEAD_AFTER, OPEN, OpenMeta, PING, PONG,
-};
+use mcpgate_wire::tunnel::proxy::{self, Opener};
+use mcpgate_wire::tunnel::{DEAD_AFTER, PING_EVERY};
+use mcpgate_wire::{Announce, OpenMeta, RecvReader, SendWriter, WireError};
 
-type ClientWriter = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
-type TunnelWriter = tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>;
+/// How often a tunnel's agent certificate is checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
 /// One connected agent.
 pub struct Tunnel {
     pub agent: String,
     apps: Mutex<Vec<App>>,
     selectors: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
-    writer: TunnelWriter,
-    streams: Mutex<HashMap<u32, ClientWriter>>,
-    next: AtomicU32,
+    opener: Opener,
 }
 
 /// Every connected agent.
@@ -92,7 +90,8 @@ impl Tunnels {
         out
     }
 
-    /// Serves one agent connection (already authenticated as a host) until it drops.
+    /// Serves one agent connection (already authenticated as a host) until it drops, its
+    /// agent stops answering pings, or its certificate expires.
     pub async fn accept<S>(
         self: Arc<Self>,
         stream: S,
@@ -101,85 +100,97 @@ impl Tunnels {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut reader, writer): (ReadHalf<S>, WriteHalf<S>) = tokio::io::split(stream);
-        let first = match tokio::time::timeout(DEAD_AFTER, tunnel::read_frame(&mut reader)).await {
-            Ok(Ok(Some(f))) if f.kind == ANNOUNCE => f,
-            _ => return,
+        let (opener, connection) = match proxy::handshake(stream).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel handshake failed");
+                return;
+            }
         };
-        let Ok(announce) = serde_json::from_slice::<Announce>(&first.payload) else {
-            return;
+        // The connection runs on its own task (it moves every stream's bytes); ending it
+        // ends every session of this agent.
+        let mut connection = tokio::spawn(connection);
+        let _stop = AbortOnDrop(connection.abort_handle());
+        // Nothing is routed to an agent before it has said what it serves.
+        let first = tokio::time::timeout(DEAD_AFTER, async {
+            let mut announcements = opener.announcements().await?;
+            let first = announcements.next().await?.ok_or(WireError::Closed)?;
+            Ok::<_, WireError>((announcements, first))
+        });
+        let (mut announcements, first) = tokio::select! {
+            first = first => match first {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "tunnel refused: no announcement");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("tunnel refused: no announcement within {DEAD_AFTER:?}");
+                    return;
+                }
+            },
+            _ = &mut connection => return,
         };
         let tunnel = Arc::new(Tunnel {
-            agent: announce.agent.clone(),
-            apps: Mutex::new(announce.apps),
-            selectors: Mutex::new(announce.selectors),
-            writer: tokio::sync::Mutex::new(Box::new(writer)),
-            streams: Mutex::new(HashMap::new()),
-            next: AtomicU32::new(1),
+            agent: first.agent.clone(),
+            apps: Mutex::new(first.apps),
+            selectors: Mutex::new(first.selectors),
+            opener,
         });
         self.list
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tunnel.clone());
         tracing::info!(agent = %tunnel.agent, "agent connected");
+        let mut expiry = tokio::time::interval(EXPIRY_CHECK.min(PING_EVERY));
         loop {
-            let frame =
-                match tokio::time::timeout(DEAD_AFTER, tunnel::read_frame(&mut reader)).await {
-                    Ok(Ok(Some(f))) => f,
-                    _ => break,
-                };
-            // An agent's certificate is valid for its tunnel only until it expires (the agent
-            // pings every 2 s, so this is checked at least that often).
-            if clock.now() >= cert_expires {
-                tracing::warn!(agent = %tunnel.agent, "agent certificate expired: closing its tunnel");
-                break;
-            }
-            match frame.kind {
-                DATA => {
-                    let w = tunnel.stream(frame.stream);
-                    if let Some(w) = w
-                        && w.lock().await.write_all(&frame.payload).await.is_err()
-                    {
-                        tunnel.forget(frame.stream);
+            tokio::select! {
+                ended = &mut connection => {
+                    match ended {
+                        Ok(Err(e)) => tracing::warn!(agent = %tunnel.agent, error = %e, "agent tunnel failed"),
+                        _ => tracing::debug!(agent = %tunnel.agent, "agent tunnel closed"),
+                    }
+                    break;
+                }
+                next = announcements.next() => match next {
+                    Ok(Some(a)) => tunnel.update(a),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(agent = %tunnel.agent, error = %e, "bad announcement");
+                        break;
+                    }
+                },
+                _ = expiry.tick() => {
+                    // An agent's certificate is valid for its tunnel only until it expires.
+                    if clock.now() >= cert_expires {
+                        tracing::warn!(agent = %tunnel.agent, "agent certificate expired: closing its tunnel");
+                        break;
                     }
                 }
-                CLOSE => {
-                    if let Some(w) = tunnel.forget(frame.stream) {
-                        let _ = w.lock().await.shutdown().await;
-                    }
-                }
-                ANNOUNCE => {
-                    if let Ok(a) = serde_json::from_slice::<Announce>(&frame.payload) {
-                        *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) = a.apps;
-                        *tunnel.selectors.lock().unwrap_or_else(|p| p.into_inner()) = a.selectors;
-                    }
-                }
-                PING if tunnel::send(&tunnel.writer, 0, PONG, &[]).await.is_err() => break,
-                _ => {}
             }
         }
-        // The agent is gone: stop routing to it and end its sessions.
+        // The agent is gone: stop routing to it, and end its sessions (dropping the
+        // connection ends every stream).
         self.list
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|t| !Arc::ptr_eq(t, &tunnel));
-        let streams: Vec<ClientWriter> = tunnel
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, w)| w)
-            .collect();
-        for w in streams {
-            let _ = w.lock().await.shutdown().await;
-        }
         tracing::warn!(agent = %tunnel.agent, "agent disconnected");
+    }
+}
+
+/// Ends a tunnel's connection task when its owner returns (or is dropped).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 impl Tunnel {
     fn selects(&self, app: &App) -> bool {
-        mcpgate_agent::selects(
+        mcpgate_wire::selects(
             &self.selectors.lock().unwrap_or_else(|p| p.into_inner()),
             app,
         )
@@ -193,107 +204,71 @@ impl Tunnel {
             .any(|a| a.metadata.name.as_str() == app)
     }
 
-    fn stream(&self, id: u32) -> Option<ClientWriter> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+    fn update(&self, a: Announce) {
+        *self.apps.lock().unwrap_or_else(|p| p.into_inner()) = a.apps;
+        *self.selectors.lock().unwrap_or_else(|p| p.into_inner()) = a.selectors;
     }
 
-    fn forget(&self, id: u32) -> Option<ClientWriter> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-    }
-
-    /// Opens a stream for a client session; what the agent sends goes to `to_client`.
-    pub async fn open(&self, meta: &OpenMeta, to_client: ClientWriter) -> std::io::Result<u32> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, to_client);
-        let payload = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
-        if let Err(e) = tunnel::send(&self.writer, id, OPEN, &payload).await {
-            self.forget(id);
-            return Err(e);
-        }
-        Ok(id)
-    }
-
-    /// Copies the client's bytes to the agent until the client closes, then CLOSE.
-    pub async fn pump<R: AsyncRead + Unpin>(&self, id: u32, from_client: R) {
-        tunnel::pump(from_client, WriterRef(&self.writer), id).await;
-    }
-}
-
-/// Lets `tunnel::pump` share the tunnel's writer without another `Arc`.
-struct WriterRef<'a>(&'a TunnelWriter);
-
-impl<'a> std::ops::Deref for WriterRef<'a> {
-    type Target = TunnelWriter;
-    fn deref(&self) -> &TunnelWriter {
-        self.0
+    /// Opens a stream for a client session: the writer takes what the client sends, the
+    /// reader gives what the agent answers, each with its own flow control.
+    pub async fn open(&self, meta: &OpenMeta) -> Result<(RecvReader, SendWriter), WireError> {
+        self.opener.open(meta).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use mcpgate_agent::tunnel::{encode, read_frame};
-    use mcpgate_types::FakeClock;
-    use std::time::{Duration, SystemTime};
-    use tokio::io::AsyncWriteExt;
+    #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
-    async fn agent_side(
-        tunnels: Arc<Tunnels>,
-        expires_in: Duration,
-        clock: FakeClock,
-    ) -> tokio::io::DuplexStream {
-        let (mut agent, proxy) = tokio::io::duplex(1 << 16);
-        let expires = SystemTime::now() + expires_in;
-        tokio::spawn(tunnels.accept(proxy, expires, Arc::new(clock)));
-        let announce = Announce {
-            agent: "edge".into(),
-            apps: vec![],
-            selectors: vec![],
-        };
-        agent
-            .write_all(&encode(
-                0,
-                ANNOUNCE,
-                &serde_json::to_vec(&announce).unwrap(),
-            ))
-            .await
-            .unwrap();
-        agent
-    }
+    use super::*;
+    use mcpgate_types::FakeClock;
+    use mcpgate_wire::tunnel::agent::{self, Incoming};
+    use std::time::SystemTime;
 
     #[tokio::test]
     async fn a_tunnel_lives_only_as_long_as_its_agent_certificate() {
         let clock = FakeClock::new(SystemTime::now());
         let tunnels = Arc::new(Tunnels::default());
-        let mut agent = agent_side(tunnels.clone(), Duration::from_secs(3600), clock.clone()).await;
-        agent.write_all(&encode(0, PING, &[])).await.unwrap();
-        let pong = read_frame(&mut agent).await.unwrap().unwrap();
-        assert_eq!(pong.kind, PONG);
-        assert_eq!(tunnels.agents().len(), 1);
-
-        // Past its certificate's expiry the proxy closes the tunnel and stops routing to it.
-        clock.advance(Duration::from_secs(3601));
-        agent.write_all(&encode(0, PING, &[])).await.unwrap();
-        assert!(
-            read_frame(&mut agent).await.unwrap().is_none(),
-            "closed, no pong"
+        let (agent_io, proxy_io) = tokio::io::duplex(1 << 16);
+        let expires = SystemTime::now() + Duration::from_secs(3600);
+        tokio::spawn(
+            tunnels
+                .clone()
+                .accept(proxy_io, expires, Arc::new(clock.clone())),
         );
+        let mut listener = agent::handshake(agent_io).await.unwrap();
+        let Some(Incoming::Announcer(mut to)) = listener.next().await.unwrap() else {
+            panic!("the proxy opens the control stream first");
+        };
+        let announce = Announce {
+            agent: "edge".into(),
+            apps: vec![],
+            selectors: vec![],
+        };
+        tokio::spawn(async move {
+            to.send(&announce).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        // Drive the agent's side until the proxy ends the tunnel.
+        let agent = tokio::spawn(async move { listener.next().await.map(|n| n.is_none()) });
         for _ in 0..100 {
-            if tunnels.agents().is_empty() {
+            if !tunnels.agents().is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert_eq!(tunnels.agents(), [("edge".to_string(), vec![])]);
+
+        // Past its certificate's expiry the proxy closes the tunnel and stops routing to it.
+        clock.advance(Duration::from_secs(3601));
+        let ended = tokio::time::timeout(Duration::from_secs(5), agent)
+            .await
+            .expect("the proxy closes the tunnel")
+            .unwrap();
+        assert!(
+            !matches!(ended, Ok(false)),
+            "no stream opens after the expiry"
+        );
         assert!(tunnels.agents().is_empty());
     }
 }

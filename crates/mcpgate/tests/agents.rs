@@ -1,6 +1,6 @@
 //! Agents on other hosts: a second daemon process, agent only, joins with a single-use token
 //! and serves its apps through the proxy; several agents share an app; a dead agent gives a
-//! clear, fast error.
+//! clear, fast error; a client that stops reading stalls only its own session.
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROLES: &str = "kind: role
@@ -286,4 +288,110 @@ fn a_lock_ends_a_session_on_a_remote_agent_within_five_seconds() {
             .is_some_and(|r| r.contains("remote incident"))),
         "{ends:?}"
     );
+}
+
+/// Large answers the client never reads: more than the bridge's pipe, the sockets' buffers
+/// and the tunnel stream's window together hold.
+const UNREAD_ANSWERS: usize = 16;
+
+#[test]
+fn a_client_that_stops_reading_stalls_only_its_own_session() {
+    let e = gateway();
+    let role = "kind: role\nversion: v8\nmetadata: {name: bulk}\nspec:\n  allow:\n    app_labels: {env: dev}\n    mcp: {tools: [echo, big]}\n";
+    e.d.admin(&[
+        "create",
+        "-f",
+        e.s.write("bulk.yaml", role).to_str().unwrap(),
+    ])
+    .ok();
+    let bob = Person::new(&e.s, "bob");
+    bob.signup(&e.d, &invite(&e.d, "bob", "bulk"));
+    bob.login(&e.d, None, &[]).ok();
+    let m = marker("stall");
+    let (_edge, record) = agent(&e, "edge-s", "bulk-rec", &agent_token(&e.d), &m);
+    wait_for_agent(&e.d, "edge-s");
+
+    // Session A asks for large answers and never reads its stdout.
+    let mut stalled = Command::new(BIN)
+        .args(["mcp", "connect", "bulk-rec"])
+        .env("MCPGATE_HOME", &bob.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _unread = stalled.stdout.take();
+    let mut to_stalled = stalled.stdin.take().unwrap();
+    let mut requests = String::from(concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"stalled","version":"1"}}}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        "\n"
+    ));
+    for i in 0..UNREAD_ANSWERS {
+        requests.push_str(&format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"tools/call\",\"params\":{{\"name\":\"big\",\"arguments\":{{}}}}}}\n",
+            10 + i
+        ));
+    }
+    to_stalled.write_all(requests.as_bytes()).unwrap();
+    to_stalled.flush().unwrap();
+    // The upstream answers one request at a time: once it has taken a few, its answers back
+    // up towards the agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&record)
+        .unwrap()
+        .matches("\"big\"")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Session B opens after A stalled, and every call answers promptly.
+    let mut b = Bridge::open(&bob, "bulk-rec", &[]);
+    assert_eq!(b.initialize()["result"]["serverInfo"]["name"], "recorder");
+    let started = Instant::now();
+    for i in 0..20 {
+        let t = Instant::now();
+        let r = b.call("echo", json!({"i": i}));
+        assert!(r.get("result").is_some(), "call {i}: {r}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "call {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "20 calls took {:?}",
+        started.elapsed()
+    );
+    // A third session opened afterwards works too, and A is still there, only stalled.
+    let mut c = Bridge::open(&bob, "bulk-rec", &[]);
+    c.initialize();
+    assert!(c.call("echo", json!({"c": 1})).get("result").is_some());
+    assert_eq!(c.close(), 0);
+    assert_eq!(b.close(), 0);
+    assert!(
+        stalled.try_wait().unwrap().is_none(),
+        "the stalled session was not cut"
+    );
+    let taken = std::fs::read_to_string(&record)
+        .unwrap()
+        .matches("\"big\"")
+        .count();
+    assert!(
+        taken < UNREAD_ANSWERS,
+        "the upstream answered all {taken} requests: session A never stalled"
+    );
+
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    drop(to_stalled);
 }

@@ -15,8 +15,8 @@ use mcpgate_mcp::code;
 use mcpgate_pki::Identity;
 use mcpgate_pki::tls::{self, ALPN_MCP};
 use mcpgate_proxy::apps::AppView;
-use mcpgate_proxy::{Hello, HelloReply};
 use mcpgate_types::SystemClock;
+use mcpgate_wire::{Hello, HelloReply};
 
 use super::{Format, print_json};
 use crate::client::{Api, host_of};
