@@ -19,10 +19,11 @@
 //! bytes in each direction, the connection [`CONNECTION_WINDOW`]. A receiver gives window
 //! back only as its consumer reads ([`crate::io::RecvReader`]), and a sender writes only
 //! into open window ([`crate::io::SendWriter`]). So a session whose client stops reading
-//! holds at most `STREAM_WINDOW` (256 KiB) of its data in the receiver's h2 buffers, and its
+//! holds at most `STREAM_WINDOW` (128 KiB) of its data in the receiver's h2 buffers, and its
 //! writer then waits; the other streams go on. The stalled data also counts against the
-//! shared connection window, which is why that is 128 stream windows (32 MiB): only 128
-//! sessions of one agent stalled at once would stall the rest.
+//! shared connection window, which is why that is 1024 stream windows (128 MiB, buffered only
+//! if that many sessions stall at once): only 1024 sessions of one agent stalled at the same
+//! time would stall the rest.
 //!
 //! [`Announce`]: crate::Announce
 //! [`OpenMeta`]: crate::OpenMeta
@@ -38,9 +39,9 @@ use crate::io::RecvReader;
 use crate::{Announce, WireError};
 
 /// The HTTP/2 window of one stream, in each direction: the most a stalled stream holds.
-pub const STREAM_WINDOW: u32 = 256 << 10;
-/// The HTTP/2 window of a whole tunnel, shared by its streams (128 stream windows).
-pub const CONNECTION_WINDOW: u32 = 128 * STREAM_WINDOW;
+pub const STREAM_WINDOW: u32 = 128 << 10;
+/// The HTTP/2 window of a whole tunnel, shared by its streams (1024 stream windows).
+pub const CONNECTION_WINDOW: u32 = 1024 * STREAM_WINDOW;
 /// How often each side pings the other.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// A side that answers no ping for this long is dropped.
