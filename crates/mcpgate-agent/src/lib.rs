@@ -47,6 +47,8 @@ pub enum AgentError {
 
 /// The agent, shared by its sessions.
 pub struct Agent {
+    /// Its name, as its certificate says: every session event names it.
+    pub(crate) name: String,
     pub(crate) cluster: Arc<dyn Cluster>,
     static_apps: Vec<App>,
     selectors: Vec<BTreeMap<String, String>>,
@@ -62,6 +64,7 @@ pub use mcpgate_wire::selects;
 impl Agent {
     /// An agent serving `static_apps`, and cluster apps whose labels match a selector.
     pub fn new(
+        name: &str,
         cluster: Arc<dyn Cluster>,
         journal: Arc<Journal>,
         static_apps: Vec<App>,
@@ -79,6 +82,7 @@ impl Agent {
         .build()
         .map_err(|e| AgentError::Tls(e.to_string()))?;
         Ok(Arc::new(Agent {
+            name: name.to_string(),
             cluster,
             static_apps,
             selectors,

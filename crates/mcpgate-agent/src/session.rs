@@ -34,6 +34,9 @@ pub struct ClientConn {
     pub certs: Vec<CertificateDer<'static>>,
     pub addr: SocketAddr,
     pub app: String,
+    /// The session id the proxy recorded for this stream (the auth service accepts this
+    /// agent's events of this session only); a new one if the proxy gave none.
+    pub session: Option<String>,
 }
 
 /// Messages from the upstream may be larger than client messages (images, files).
@@ -130,7 +133,11 @@ impl Agent {
             labels: app.metadata.labels.clone(),
             app,
             info,
-            id: mcpgate_types::audit::random_id(),
+            id: conn
+                .session
+                .clone()
+                .filter(|s| !s.is_empty() && s.len() <= 64)
+                .unwrap_or_else(mcpgate_types::audit::random_id),
             addr: conn.addr.to_string(),
             state: Mutex::new(State {
                 gate: Gate::new(self.limits, upstream_limits),
@@ -261,6 +268,7 @@ impl Session<'_> {
         fields.insert("session_id".into(), Value::from(self.id.as_str()));
         fields.insert("app".into(), Value::from(self.app_name()));
         fields.insert("client_addr".into(), Value::from(self.addr.as_str()));
+        fields.insert("agent".into(), Value::from(self.agent.name.as_str()));
         fields.extend(extra);
         let cluster = &self.agent.cluster;
         AuditEvent::new(

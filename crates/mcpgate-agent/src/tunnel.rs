@@ -93,6 +93,7 @@ impl Agent {
                         certs: decode_certs(&s.meta.certs).unwrap_or_default(),
                         addr: s.meta.addr,
                         app: s.meta.app,
+                        session: s.meta.session,
                     };
                     let agent = self.clone();
                     tokio::spawn(async move { agent.serve(conn, s.reader, s.writer).await });
@@ -117,6 +118,7 @@ impl Agent {
                 agent: name,
                 apps: agent.app_list().await,
                 selectors: agent.selectors().to_vec(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
             }
         };
         let mut announced = now(self.clone(), name.clone()).await;

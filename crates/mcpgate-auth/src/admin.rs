@@ -22,9 +22,7 @@ fn key_of(kind: Kind, name: &str) -> Result<String> {
         Kind::Token => Ok(format!("tokens/{name}")),
         Kind::Bot => Ok(crate::bots::bot_key(name)),
         Kind::Lock => Ok(crate::bots::lock_key(name)),
-        other => Err(AuthError::BadRequest(format!(
-            "{other}s are not managed by this version of mcpgate yet"
-        ))),
+        Kind::Agent => Ok(crate::agents::agent_key(name)),
     }
 }
 
@@ -141,6 +139,7 @@ impl AuthService {
                 Kind::App => serde_json::to_value(from_json::<App>(&bytes)?),
                 Kind::User => serde_json::to_value(UserView::from(&from_json::<User>(&bytes)?)),
                 Kind::Bot => serde_json::to_value(from_json::<mcpgate_types::resource::Bot>(&bytes)?),
+                Kind::Agent => serde_json::to_value(from_json::<mcpgate_types::resource::AgentRecord>(&bytes)?),
                 Kind::Lock => {
                     let l: mcpgate_types::resource::Lock = from_json(&bytes)?;
                     if l.expires.is_some_and(|e| e <= now) {
@@ -157,7 +156,6 @@ impl AuthService {
                     // The id is a hash of the token, not the token: listing reveals nothing usable.
                     Ok(serde_json::json!({"id": id, "type": t.kind, "subject": t.subject, "expires": t.expires}))
                 }
-                _ => unreachable_kind(kind)?,
             }
             .map_err(|e| AuthError::Internal(e.to_string()))?;
             out.push(value);
@@ -167,6 +165,9 @@ impl AuthService {
 
     /// `admin rm KIND/NAME`.
     pub async fn remove_resource(&self, caller: &Caller, kind: Kind, name: &str) -> Result<()> {
+        if kind == Kind::Agent {
+            return self.remove_agent(caller, name).await;
+        }
         caller.require(kind.as_str(), "delete")?;
         if kind == Kind::Role && name == EDITOR_ROLE {
             return Err(AuthError::BadRequest(format!(
@@ -222,10 +223,4 @@ impl AuthService {
             agents: Vec::new(),
         })
     }
-}
-
-fn unreachable_kind(kind: Kind) -> Result<std::result::Result<Value, serde_json::Error>> {
-    Err(AuthError::BadRequest(format!(
-        "{kind}s are not managed by this version of mcpgate yet"
-    )))
 }

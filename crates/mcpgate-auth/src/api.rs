@@ -197,12 +197,23 @@ async fn list(
     let c = caller(&s, &conn).await?;
     let kind = kind(&k)?;
     if kind == Kind::Agent {
-        // Agents are not stored: they are whoever holds a tunnel to this proxy now.
+        // Registrations, with what each holds of this proxy now.
         c.require("agent", "list")?;
-        let agents = (s.agents)()
-            .into_iter()
-            .map(|a| serde_json::json!({"name": a.name, "apps": a.apps}))
-            .collect();
+        let connected = (s.agents)();
+        let mut agents = Vec::new();
+        for a in s.auth.agents().await? {
+            let live = connected.iter().find(|c| c.name == a.name.as_str());
+            agents.push(serde_json::json!({
+                "name": a.name,
+                "scope": a.scope,
+                "generation": a.generation,
+                "joined": a.joined,
+                "tunnels": live.map(|l| l.tunnels).unwrap_or(0),
+                "addrs": live.map(|l| l.addrs.clone()).unwrap_or_default(),
+                "version": live.map(|l| l.version.clone()).unwrap_or_default(),
+                "apps": live.map(|l| l.apps.clone()).unwrap_or_default(),
+            }));
+        }
         return Ok(Json(agents));
     }
     Ok(Json(s.auth.get_resources(&c, kind, None).await?))
@@ -283,7 +294,16 @@ async fn add_token(
     Json(req): Json<AddTokenRequest>,
 ) -> ApiResult<TokenResponse> {
     let c = caller(&s, &conn).await?;
-    let (token, expires) = s.auth.add_token(&c, req.kind, req.bot.as_deref()).await?;
+    let (token, expires) = s
+        .auth
+        .add_token(
+            &c,
+            req.kind,
+            req.bot.as_deref(),
+            req.agent.as_deref(),
+            req.scope,
+        )
+        .await?;
     Ok(Json(TokenResponse { token, expires }))
 }
 
@@ -329,7 +349,7 @@ fn host(s: &AppState, conn: &ConnInfo) -> Result<mcpgate_pki::CertInfo, ApiError
     let peer = conn.peer.as_deref().map(|v| v.as_slice());
     let info = mcpgate_pki::tls::peer_identity(peer, s.auth.cluster(), s.auth.clock().now())
         .map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
-    AuthService::require_host(&info)?;
+    AuthService::require_agent(&info)?;
     Ok(info)
 }
 
@@ -340,7 +360,7 @@ async fn agent_join(
     let name = req.name.clone().unwrap_or_default();
     Ok(Json(
         s.auth
-            .agent_join(&req.token, &name, &req.public_key)
+            .agent_join(&req.token, &name, &req.public_key, &req.apps)
             .await?,
     ))
 }
@@ -367,8 +387,8 @@ async fn agent_apps(
     State(s): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
 ) -> ApiResult<Vec<mcpgate_types::resource::App>> {
-    host(&s, &conn)?;
-    Ok(Json(s.auth.all_apps().await?))
+    let info = host(&s, &conn)?;
+    Ok(Json(s.auth.apps_for(&info).await?))
 }
 
 async fn agent_locks(
@@ -384,7 +404,9 @@ async fn agent_events(
     Extension(conn): Extension<ConnInfo>,
     Json(events): Json<Vec<AuditEvent>>,
 ) -> ApiResult<serde_json::Value> {
-    host(&s, &conn)?;
-    s.auth.ingest(&events).await?;
-    Ok(Json(serde_json::json!({"stored": events.len()})))
+    let info = host(&s, &conn)?;
+    let (stored, refused) = s.auth.ingest(&info, &events).await?;
+    Ok(Json(
+        serde_json::json!({"stored": stored, "refused": refused}),
+    ))
 }

@@ -8,7 +8,7 @@ use mcpgate_pki::CertInfo;
 use mcpgate_store::Store;
 use mcpgate_types::audit::codes;
 use mcpgate_types::clock::unix_secs;
-use mcpgate_types::resource::{Bot, Lock, LockTarget, Token, TokenKind};
+use mcpgate_types::resource::{AgentScope, Bot, Lock, LockTarget, Token, TokenKind};
 use mcpgate_types::{Claims, IdentityKind, Name};
 
 use crate::service::{from_json, random_token, role_key, to_json, token_key};
@@ -47,7 +47,12 @@ impl AuthService {
         Ok(())
     }
 
-    async fn join_token(&self, kind: TokenKind, subject: Option<Name>) -> Result<(String, i64)> {
+    async fn join_token(
+        &self,
+        kind: TokenKind,
+        subject: Option<Name>,
+        scope: AgentScope,
+    ) -> Result<(String, i64)> {
         let token = random_token()?;
         let expires = unix_secs(self.now() + JOIN_TOKEN_TTL);
         self.store
@@ -57,6 +62,7 @@ impl AuthService {
                     kind,
                     subject,
                     expires,
+                    scope,
                 })?,
             )
             .await?;
@@ -99,7 +105,8 @@ impl AuthService {
         self.bump_epoch();
         self.audit_change(caller, codes::RESOURCE_CREATE, "bot", name.as_str())
             .await?;
-        self.join_token(TokenKind::Bot, Some(name)).await
+        self.join_token(TokenKind::Bot, Some(name), AgentScope::default())
+            .await
     }
 
     /// `admin bots update`: adds roles, or replaces them.
@@ -144,12 +151,15 @@ impl AuthService {
         ))
     }
 
-    /// `admin tokens add`: a join token for a bot (which must exist) or an agent.
+    /// `admin tokens add`: a join token for a bot (which must exist) or an agent (with the
+    /// name it must join under and the apps it may serve, if the admin says so).
     pub async fn add_token(
         &self,
         caller: &Caller,
         kind: TokenKind,
         bot: Option<&str>,
+        agent: Option<&str>,
+        scope: AgentScope,
     ) -> Result<(String, i64)> {
         caller.require("token", "create")?;
         match kind {
@@ -163,9 +173,19 @@ impl AuthService {
                     )));
                 }
                 let name = Name::new(name).map_err(|e| AuthError::BadRequest(e.to_string()))?;
-                self.join_token(TokenKind::Bot, Some(name)).await
+                self.join_token(TokenKind::Bot, Some(name), AgentScope::default())
+                    .await
             }
-            TokenKind::Agent => self.join_token(TokenKind::Agent, None).await,
+            TokenKind::Agent => {
+                let name = agent
+                    .map(Name::new)
+                    .transpose()
+                    .map_err(|e| AuthError::BadRequest(format!("agent name: {e}")))?;
+                for app in &scope.apps {
+                    Name::new(app).map_err(|e| AuthError::BadRequest(format!("app: {e}")))?;
+                }
+                self.join_token(TokenKind::Agent, name, scope).await
+            }
             TokenKind::Invite => Err(AuthError::BadRequest(
                 "invites come from `admin users add`".into(),
             )),
@@ -346,7 +366,7 @@ impl AuthService {
         Ok(lock)
     }
 
-    async fn store_lock(&self, lock: &Lock, by: &Claims) -> Result<()> {
+    pub(crate) async fn store_lock(&self, lock: &Lock, by: &Claims) -> Result<()> {
         self.store.put(&lock_key(&lock.id), &to_json(lock)?).await?;
         self.bump_epoch();
         self.emit(self.event(

@@ -150,6 +150,7 @@ impl AuthService {
             kind: TokenKind::Invite,
             subject: Some(name.clone()),
             expires,
+            scope: Default::default(),
         };
         self.store
             .put(&token_key(&token), &to_json(&record)?)

@@ -368,10 +368,16 @@ impl AuthService {
         })
     }
 
-    /// Issues an identity (key generated here) for a host such as the proxy.
+    /// Issues an identity (key generated here) for a host such as the proxy. It is no
+    /// agent's: the proxy accepts tunnels only from certificates issued to agents.
     pub fn host_identity(&self, name: &str, sans: &[String], ttl: Duration) -> Result<Identity> {
         let claims = self.claims(name, IdentityKind::Host, &[]);
         self.local_identity(&self.host_ca, &claims, sans, ttl)
+    }
+
+    /// Issues a host identity with these claims (the in-process agent's).
+    pub fn host_identity_with(&self, claims: &Claims, ttl: Duration) -> Result<Identity> {
+        self.local_identity(&self.host_ca, claims, &[], ttl)
     }
 
     /// Issues the built-in admin identity (role `editor`) kept in the data dir.

@@ -93,7 +93,17 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub name: String,
+    /// The apps it announced and may serve.
     pub apps: Vec<String>,
+    /// Tunnels it holds to this proxy now.
+    #[serde(default)]
+    pub tunnels: usize,
+    /// Where its tunnels come from.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// The mcpgate version it announced.
+    #[serde(default)]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +142,13 @@ pub struct AddTokenRequest {
     pub kind: mcpgate_types::resource::TokenKind,
     #[serde(default)]
     pub bot: Option<String>,
+    /// For an agent token: the name the agent must join under.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// For an agent token: the apps it may serve (empty: what it declares at its first join,
+    /// if nobody else holds it).
+    #[serde(default)]
+    pub scope: mcpgate_types::resource::AgentScope,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +170,10 @@ pub struct JoinRequest {
     /// An agent's name (agents only).
     #[serde(default)]
     pub name: Option<String>,
+    /// The static apps an agent serves (agents only): claimed for it at its first join when
+    /// its token names no scope.
+    #[serde(default)]
+    pub apps: Vec<String>,
 }
 
 /// A renewal, authenticated by the current certificate.

@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use mcpgate_types::IdentityKind;
 use mcpgate_wire::{Hello, HelloReply, OpenMeta};
 
+pub mod admission;
 pub mod apps;
 pub mod tunnels;
 use mcpgate_auth::api::ConnInfo;
@@ -86,14 +87,15 @@ async fn connection(
     match alpn.as_deref() {
         Some(ALPN_MCP) => mcp(tls, conn, routes).await,
         Some(ALPN_TUNNEL) => {
-            // Only hosts signed by the host CA may offer apps.
+            // Only hosts signed by the host CA may offer apps; the tunnels check that the
+            // certificate was issued to a registered agent in good standing.
             let certs = conn.peer.as_deref().cloned().unwrap_or_default();
             match mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now())
             {
                 Ok(info) if info.claims.kind == IdentityKind::Host => {
                     routes
                         .tunnels
-                        .accept(tls, info.not_after, routes.clock.clone())
+                        .accept(tls, info.claims, addr, info.not_after, routes.clock.clone())
                         .await;
                 }
                 _ => tracing::warn!(%addr, "tunnel refused: not an agent of this cluster"),
@@ -154,14 +156,25 @@ async fn mcp(
         }
     };
     let certs = conn.peer.as_deref().cloned().unwrap_or_default();
-    if let Err(e) =
-        mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now())
-    {
-        write
-            .write_all(&HelloReply::line(Some(format!("access denied: {e}"))))
-            .await?;
-        return Ok(());
-    }
+    let who =
+        match mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now()) {
+            Ok(info) if matches!(info.claims.kind, IdentityKind::User | IdentityKind::Bot) => {
+                info.claims
+            }
+            Ok(_) => {
+                let e = "only user and bot certificates may open MCP sessions";
+                write
+                    .write_all(&HelloReply::line(Some(format!("access denied: {e}"))))
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => {
+                write
+                    .write_all(&HelloReply::line(Some(format!("access denied: {e}"))))
+                    .await?;
+                return Ok(());
+            }
+        };
     let cluster_app = routes.auth.all_apps().await.ok().and_then(|apps| {
         apps.into_iter()
             .find(|a| a.metadata.name.as_str() == hello.app)
@@ -173,10 +186,27 @@ async fn mcp(
             .await?;
         return Ok(());
     };
+    // The session is recorded as routed to this agent before it opens: the agent may
+    // ship events of this session and no other (fail closed if it cannot be recorded).
+    let session = mcpgate_types::audit::random_id();
+    if let Err(e) = routes
+        .auth
+        .open_session(&session, &tunnel.agent, &who, &hello.app)
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a session");
+        write
+            .write_all(&HelloReply::line(Some(
+                "the audit log is unavailable: the session was not opened".into(),
+            )))
+            .await?;
+        return Ok(());
+    }
     let meta = OpenMeta {
         app: hello.app,
         addr: conn.addr,
         certs: mcpgate_wire::encode_certs(&certs),
+        session: Some(session),
     };
     let (mut from_agent, mut to_agent) = match tunnel.open(&meta).await {
         Ok(stream) => stream,
@@ -197,15 +227,22 @@ async fn mcp(
     };
     let down = async {
         let _ = tokio::io::copy_buf(&mut from_agent, &mut write).await;
-        // Close the client's stream cleanly (TLS close_notify): the session is over.
-        let _ = write.shutdown().await;
     };
-    tokio::pin!(up, down);
-    tokio::select! {
-        // The agent ended the session: nothing more to carry from the client.
-        _ = &mut down => {}
-        // The client finished sending: its answers may still be coming.
-        _ = &mut up => down.await,
+    {
+        tokio::pin!(up, down);
+        tokio::select! {
+            // The agent ended the session: nothing more to carry from the client.
+            _ = &mut down => {}
+            // The client finished sending: its answers may still be coming.
+            _ = &mut up => down.await,
+        }
     }
+    // A tunnel the proxy cut (a lock, a removal): the client hears why.
+    if let Some(why) = tunnel.cut_reason() {
+        let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": format!("the session was ended: {why}")}});
+        let _ = write.write_all(format!("{note}\n").as_bytes()).await;
+    }
+    // Close the client's stream cleanly (TLS close_notify): the session is over.
+    let _ = write.shutdown().await;
     Ok(())
 }

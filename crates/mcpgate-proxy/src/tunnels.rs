@@ -1,8 +1,20 @@
-//! The proxy's side of agent tunnels: which agents are connected, which apps each serves,
-//! and opening a stream on one for a client session. The protocol (HTTP/2, the proxy as
-//! its client) is [`mcpgate_wire::tunnel::proxy`].
+//! The proxy's side of agent tunnels: which agents are connected, which apps each may and
+//! does serve, and opening a stream on one for a client session. The protocol (HTTP/2, the
+//! proxy as its client) is [`mcpgate_wire::tunnel::proxy`].
+//!
+//! An agent is who its certificate says, never what it announces: its name comes from the
+//! certificate, and of the apps it announces only those its registered scope admits are
+//! routed to it (the others are audited as `agent.announce.denied`). Its standing —
+//! registered, newest certificate generation, not locked — is checked when the tunnel opens
+//! and every second after; a tunnel that loses it is cut, and its sessions' clients are told
+//! why.
 
-use mcpgate_types::resource::App;
+use mcpgate_types::Claims;
+use mcpgate_types::resource::{AgentScope, App};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,34 +24,66 @@ use mcpgate_wire::tunnel::proxy::{self, Opener};
 use mcpgate_wire::tunnel::{DEAD_AFTER, PING_EVERY};
 use mcpgate_wire::{Announce, OpenMeta, RecvReader, SendWriter, WireError};
 
-/// How often a tunnel's agent certificate is checked for expiry.
+/// How often a tunnel's agent is checked: certificate expiry, registration, locks.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the proxy asks the cluster about agents (the auth service; a fake in tests).
+pub trait Admission: Send + Sync {
+    /// The scope of the agent with these certificate claims if it may hold a tunnel now
+    /// (issued to an agent, registered, newest generation, not locked), else why not.
+    fn standing<'a>(&'a self, agent: &'a Claims) -> BoxFuture<'a, Result<AgentScope, String>>;
+    /// The cluster's apps (`admin create`), whose labels an agent's scope is matched with.
+    fn cluster_apps(&self) -> BoxFuture<'_, Vec<App>>;
+    /// Records that `agent` announced `app` outside its scope.
+    fn denied<'a>(&'a self, agent: &'a str, app: &'a str, why: &'a str) -> BoxFuture<'a, ()>;
+}
 
 /// One connected agent.
 pub struct Tunnel {
+    /// The agent's name, from its certificate.
     pub agent: String,
+    addr: SocketAddr,
+    version: Mutex<String>,
+    scope: Mutex<AgentScope>,
+    /// The announced apps its scope admits: only these are routed to it.
     apps: Mutex<Vec<App>>,
     selectors: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
     opener: Opener,
+    /// Set (before the connection ends) when the proxy cuts the tunnel, with the reason.
+    cut: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Every connected agent.
-#[derive(Default)]
 pub struct Tunnels {
     list: Mutex<Vec<Arc<Tunnel>>>,
     turn: AtomicUsize,
+    admission: Arc<dyn Admission>,
 }
 
 impl Tunnels {
-    /// An agent serving `app` — one that announced it, or, for a cluster app (`cluster_app`)
-    /// created since the last announcement, one whose selectors match it — taking turns.
+    pub fn new(admission: Arc<dyn Admission>) -> Tunnels {
+        Tunnels {
+            list: Mutex::new(Vec::new()),
+            turn: AtomicUsize::new(0),
+            admission,
+        }
+    }
+
+    /// An agent serving `app` — one that announced it within its scope, or, for a cluster
+    /// app (`cluster_app`) created since the last announcement, one whose selectors match it
+    /// and whose scope admits it — taking turns.
     pub fn pick(&self, app: &str, cluster_app: Option<&App>) -> Option<Arc<Tunnel>> {
         let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         let mut serving: Vec<&Arc<Tunnel>> = list.iter().filter(|t| t.serves(app)).collect();
         if serving.is_empty()
             && let Some(app) = cluster_app
         {
-            serving = list.iter().filter(|t| t.selects(app)).collect();
+            serving = list
+                .iter()
+                .filter(|t| t.selects(app) && t.admits(app))
+                .collect();
         }
         if serving.is_empty() {
             return None;
@@ -48,22 +92,37 @@ impl Tunnels {
         Some(serving[i].clone())
     }
 
-    /// Names of the connected agents and their apps.
-    pub fn agents(&self) -> Vec<(String, Vec<String>)> {
+    /// The connected agents, one entry per agent (however many tunnels it holds).
+    pub fn agents(&self) -> Vec<AgentView> {
         let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter()
-            .map(|t| {
-                let mut apps: Vec<String> = t
-                    .apps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|a| a.metadata.name.to_string())
-                    .collect();
-                apps.sort();
-                (t.agent.clone(), apps)
-            })
-            .collect()
+        let mut out: Vec<AgentView> = Vec::new();
+        for t in list.iter() {
+            let apps: Vec<String> = t
+                .apps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|a| a.metadata.name.to_string())
+                .collect();
+            let version = t.version.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let i = match out.iter().position(|v| v.name == t.agent) {
+                Some(i) => i,
+                None => {
+                    out.push(AgentView {
+                        name: t.agent.clone(),
+                        ..Default::default()
+                    });
+                    out.len() - 1
+                }
+            };
+            let view = &mut out[i];
+            view.apps.extend(apps);
+            view.tunnels += 1;
+            view.addrs.insert(t.addr.to_string());
+            view.version = version;
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Whether some connected agent's selectors match this cluster app.
@@ -90,16 +149,26 @@ impl Tunnels {
         out
     }
 
-    /// Serves one agent connection (already authenticated as a host) until it drops, its
-    /// agent stops answering pings, or its certificate expires.
+    /// Serves one agent connection (its certificate verified: `claims`, valid until
+    /// `cert_expires`) until it drops, its agent stops answering pings, its certificate
+    /// expires or it loses its standing (removed, locked, a newer generation issued).
     pub async fn accept<S>(
         self: Arc<Self>,
         stream: S,
+        claims: Claims,
+        addr: SocketAddr,
         cert_expires: std::time::SystemTime,
         clock: Arc<dyn mcpgate_types::Clock>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let scope = match self.admission.standing(&claims).await {
+            Ok(scope) => scope,
+            Err(why) => {
+                tracing::warn!(%addr, "tunnel refused: {why}");
+                return;
+            }
+        };
         let (opener, connection) = match proxy::handshake(stream).await {
             Ok(c) => c,
             Err(e) => {
@@ -132,16 +201,22 @@ impl Tunnels {
             _ = &mut connection => return,
         };
         let tunnel = Arc::new(Tunnel {
-            agent: first.agent.clone(),
-            apps: Mutex::new(first.apps),
-            selectors: Mutex::new(first.selectors),
+            agent: claims.name.clone(),
+            addr,
+            version: Mutex::new(String::new()),
+            scope: Mutex::new(scope),
+            apps: Mutex::new(Vec::new()),
+            selectors: Mutex::new(Vec::new()),
             opener,
+            cut: tokio::sync::watch::channel(None).0,
         });
+        let mut refused = BTreeSet::new();
+        self.update(&tunnel, first, &mut refused).await;
         self.list
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tunnel.clone());
-        tracing::info!(agent = %tunnel.agent, "agent connected");
+        tracing::info!(agent = %tunnel.agent, %addr, "agent connected");
         let mut expiry = tokio::time::interval(EXPIRY_CHECK.min(PING_EVERY));
         loop {
             tokio::select! {
@@ -153,7 +228,7 @@ impl Tunnels {
                     break;
                 }
                 next = announcements.next() => match next {
-                    Ok(Some(a)) => tunnel.update(a),
+                    Ok(Some(a)) => self.update(&tunnel, a, &mut refused).await,
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(agent = %tunnel.agent, error = %e, "bad announcement");
@@ -166,6 +241,15 @@ impl Tunnels {
                         tracing::warn!(agent = %tunnel.agent, "agent certificate expired: closing its tunnel");
                         break;
                     }
+                    match self.admission.standing(&claims).await {
+                        Ok(scope) => *tunnel.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope,
+                        Err(why) => {
+                            tracing::warn!(agent = %tunnel.agent, "closing its tunnel: {why}");
+                            // Sessions tell their clients why before the connection ends.
+                            tunnel.cut.send_replace(Some(why));
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -177,6 +261,50 @@ impl Tunnels {
             .retain(|t| !Arc::ptr_eq(t, &tunnel));
         tracing::warn!(agent = %tunnel.agent, "agent disconnected");
     }
+}
+
+impl Tunnels {
+    /// Takes an announcement: of its apps, only those the agent's scope admits are routed
+    /// to it; each other one is audited once per tunnel.
+    async fn update(&self, tunnel: &Tunnel, a: Announce, refused: &mut BTreeSet<String>) {
+        let scope = tunnel
+            .scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let cluster = self.admission.cluster_apps().await;
+        let mut admitted = Vec::new();
+        for app in a.apps {
+            let name = app.metadata.name.to_string();
+            let cluster_app = cluster
+                .iter()
+                .find(|c| c.metadata.name == app.metadata.name);
+            if scope.admits(&name, cluster_app) {
+                admitted.push(app);
+            } else if refused.insert(name.clone()) {
+                let why = match cluster_app {
+                    Some(_) => "the cluster app's labels are outside the agent's scope",
+                    None => "the app is not in the agent's scope (another agent may hold it)",
+                };
+                tracing::warn!(agent = %tunnel.agent, app = %name, "announcement refused: {why}");
+                self.admission.denied(&tunnel.agent, &name, why).await;
+            }
+        }
+        *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) = admitted;
+        *tunnel.selectors.lock().unwrap_or_else(|p| p.into_inner()) = a.selectors;
+        *tunnel.version.lock().unwrap_or_else(|p| p.into_inner()) = a.version;
+    }
+}
+
+/// A connected agent as `admin status` and `admin get agents` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentView {
+    pub name: String,
+    /// The apps routed to it.
+    pub apps: BTreeSet<String>,
+    pub tunnels: usize,
+    pub addrs: BTreeSet<String>,
+    pub version: String,
 }
 
 /// Ends a tunnel's connection task when its owner returns (or is dropped).
@@ -204,9 +332,17 @@ impl Tunnel {
             .any(|a| a.metadata.name.as_str() == app)
     }
 
-    fn update(&self, a: Announce) {
-        *self.apps.lock().unwrap_or_else(|p| p.into_inner()) = a.apps;
-        *self.selectors.lock().unwrap_or_else(|p| p.into_inner()) = a.selectors;
+    /// Whether the agent's scope admits this cluster app.
+    fn admits(&self, app: &App) -> bool {
+        self.scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admits(app.metadata.name.as_str(), Some(app))
+    }
+
+    /// Why the tunnel was cut, if the proxy cut it.
+    pub fn cut_reason(&self) -> Option<String> {
+        self.cut.borrow().clone()
     }
 
     /// Opens a stream for a client session: the writer takes what the client sends, the
@@ -225,25 +361,54 @@ mod tests {
     use mcpgate_wire::tunnel::agent::{self, Incoming};
     use std::time::SystemTime;
 
+    /// Admits every agent, with every app in scope.
+    struct Everyone;
+
+    impl Admission for Everyone {
+        fn standing<'a>(&'a self, _: &'a Claims) -> BoxFuture<'a, Result<AgentScope, String>> {
+            Box::pin(async { Ok(AgentScope::everything()) })
+        }
+        fn cluster_apps(&self) -> BoxFuture<'_, Vec<App>> {
+            Box::pin(async { Vec::new() })
+        }
+        fn denied<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> BoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn claims(name: &str) -> Claims {
+        Claims {
+            name: name.into(),
+            kind: mcpgate_types::IdentityKind::Host,
+            roles: vec!["agent".into()],
+            traits: Default::default(),
+            generation: 1,
+            cluster: "c".into(),
+        }
+    }
+
     #[tokio::test]
     async fn a_tunnel_lives_only_as_long_as_its_agent_certificate() {
         let clock = FakeClock::new(SystemTime::now());
-        let tunnels = Arc::new(Tunnels::default());
+        let tunnels = Arc::new(Tunnels::new(Arc::new(Everyone)));
         let (agent_io, proxy_io) = tokio::io::duplex(1 << 16);
         let expires = SystemTime::now() + Duration::from_secs(3600);
-        tokio::spawn(
-            tunnels
-                .clone()
-                .accept(proxy_io, expires, Arc::new(clock.clone())),
-        );
+        tokio::spawn(tunnels.clone().accept(
+            proxy_io,
+            claims("edge"),
+            "127.0.0.1:9".parse().unwrap(),
+            expires,
+            Arc::new(clock.clone()),
+        ));
         let mut listener = agent::handshake(agent_io).await.unwrap();
         let Some(Incoming::Announcer(mut to)) = listener.next().await.unwrap() else {
             panic!("the proxy opens the control stream first");
         };
         let announce = Announce {
-            agent: "edge".into(),
+            agent: "it says local".into(),
             apps: vec![],
             selectors: vec![],
+            version: "1".into(),
         };
         tokio::spawn(async move {
             to.send(&announce).await.unwrap();
@@ -257,7 +422,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(tunnels.agents(), [("edge".to_string(), vec![])]);
+        let agents = tunnels.agents();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].name, "edge", "the certificate names the agent");
+        assert_eq!((agents[0].tunnels, agents[0].version.as_str()), (1, "1"));
 
         // Past its certificate's expiry the proxy closes the tunnel and stops routing to it.
         clock.advance(Duration::from_secs(3601));

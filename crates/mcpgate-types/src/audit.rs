@@ -19,6 +19,13 @@ pub mod codes {
     pub const BOT_RENEW: (&str, &str) = ("cert.create", "MG2002I");
     pub const BOT_JOIN_FAILURE: (&str, &str) = ("bot.join", "MG2001W");
     pub const AGENT_JOIN: (&str, &str) = ("agent.join", "MG2003I");
+    pub const AGENT_JOIN_FAILURE: (&str, &str) = ("agent.join", "MG2003W");
+    /// An agent announced (or declared at join) an app outside its scope: not routed.
+    pub const AGENT_ANNOUNCE_DENIED: (&str, &str) = ("agent.announce.denied", "MG2004W");
+    /// An agent shipped an event it may not record: not stored.
+    pub const AGENT_EVENT_REFUSED: (&str, &str) = ("agent.event.refused", "MG2005W");
+    pub const AGENT_GENERATION_MISMATCH: (&str, &str) =
+        ("agent.lock.generation_mismatch", "MG4003W");
     pub const LOCK_CREATE: (&str, &str) = ("lock.create", "MG4000I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "MG4001I");
     pub const BOT_GENERATION_MISMATCH: (&str, &str) = ("bot.lock.generation_mismatch", "MG4002W");

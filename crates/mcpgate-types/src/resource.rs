@@ -518,11 +518,74 @@ impl From<&User> for UserView {
 pub struct Token {
     #[serde(rename = "type")]
     pub kind: TokenKind,
-    /// The user or bot the token is for.
+    /// The user or bot the token is for; for an agent token, the agent's name if the
+    /// admin bound one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Name>,
     /// Unix seconds.
     pub expires: i64,
+    /// For an agent token: what the agent may serve. Empty: the static apps it declares at
+    /// its first join that nobody else holds.
+    #[serde(default, skip_serializing_if = "AgentScope::is_empty")]
+    pub scope: AgentScope,
+}
+
+/// The apps an agent may serve: these names, and cluster apps (`admin create`) whose labels
+/// all match `app_labels` (`*` as a value matches any; `"*": "*"` matches every app).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AgentScope {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_labels: BTreeMap<String, String>,
+}
+
+impl AgentScope {
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.app_labels.is_empty()
+    }
+
+    /// Every app: the scope of the agent inside `mcpgate start`.
+    pub fn everything() -> AgentScope {
+        AgentScope {
+            apps: Vec::new(),
+            app_labels: [("*".to_string(), "*".to_string())].into(),
+        }
+    }
+
+    /// Whether an agent with this scope may serve the app `name`, given the cluster's app
+    /// of that name if there is one. A cluster app's labels are the admin's, so they count;
+    /// an app the agent defines itself is in scope by name only (its labels are its own
+    /// word).
+    pub fn admits(&self, name: &str, cluster_app: Option<&App>) -> bool {
+        if self.apps.iter().any(|a| a == name) {
+            return true;
+        }
+        let Some(app) = cluster_app else {
+            return false;
+        };
+        !self.app_labels.is_empty()
+            && self.app_labels.iter().all(|(k, v)| {
+                (k == "*" && v == "*")
+                    || app
+                        .metadata
+                        .labels
+                        .get(k)
+                        .is_some_and(|have| v == "*" || have == v)
+            })
+    }
+}
+
+/// An agent admitted to the cluster (`agents/NAME`): one name, one registration. Its
+/// certificate names it; renewals must present the newest generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: Name,
+    pub scope: AgentScope,
+    /// The generation of the newest certificate issued; a renewal must present it.
+    pub generation: u64,
+    /// Unix seconds.
+    pub joined: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -552,6 +615,7 @@ pub enum LockTarget {
     User(String),
     Bot(String),
     Role(String),
+    Agent(String),
 }
 
 impl fmt::Display for LockTarget {
@@ -560,11 +624,13 @@ impl fmt::Display for LockTarget {
             LockTarget::User(n) => write!(f, "user {n}"),
             LockTarget::Bot(n) => write!(f, "bot {n}"),
             LockTarget::Role(n) => write!(f, "role {n}"),
+            LockTarget::Agent(n) => write!(f, "agent {n}"),
         }
     }
 }
 
-/// A ban on a user, bot or role: no new certificates, no new sessions, live sessions end.
+/// A ban on a user, bot, role or agent: no new certificates, no new sessions, live sessions
+/// end (an agent's tunnels close).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
     pub id: String,
@@ -594,6 +660,7 @@ impl Lock {
             LockTarget::User(u) => kind == crate::IdentityKind::User && u == name,
             LockTarget::Bot(b) => kind == crate::IdentityKind::Bot && b == name,
             LockTarget::Role(r) => roles.iter().any(|x| x == r),
+            LockTarget::Agent(a) => kind == crate::IdentityKind::Host && a == name,
         }
     }
 }

@@ -15,6 +15,11 @@ pub struct OpenMeta {
     pub addr: SocketAddr,
     /// DER certificates, base64.
     pub certs: Vec<String>,
+    /// The session id the proxy recorded for this stream: the agent's events of this
+    /// session carry it, and the auth service stores them only for the agent it was
+    /// routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// What an agent serves, sent when the tunnel opens and whenever it changes.
@@ -26,6 +31,9 @@ pub struct Announce {
     /// Its selectors of cluster apps, so the proxy can route an app created a moment ago.
     #[serde(default)]
     pub selectors: Vec<BTreeMap<String, String>>,
+    /// The agent's mcpgate version.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app: every

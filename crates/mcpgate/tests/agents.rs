@@ -44,9 +44,14 @@ fn gateway() -> Env {
 }
 
 fn agent_token(d: &Daemon) -> String {
-    let out = d
-        .admin(&["tokens", "add", "--type", "agent", "--format", "json"])
-        .ok();
+    scoped_token(d, &[])
+}
+
+/// An agent token with `admin tokens add --type agent` options (`--apps`, `--name` ...).
+fn scoped_token(d: &Daemon, extra: &[&str]) -> String {
+    let mut args = vec!["tokens", "add", "--type", "agent", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = d.admin(&args).ok();
     serde_json::from_str::<Value>(&out).unwrap()["token"]
         .as_str()
         .unwrap()
@@ -203,8 +208,10 @@ fn a_remote_agent_joins_once_and_serves_its_app_through_the_proxy() {
 fn several_agents_share_an_app_and_a_dead_one_gives_a_fast_clear_error() {
     let e = gateway();
     let m = marker("shared");
-    let (mut one, rec1) = agent(&e, "edge-a", "shared", &agent_token(&e.d), &m);
-    let (two, rec2) = agent(&e, "edge-b", "shared", &agent_token(&e.d), &m);
+    // Both are admitted for the app (without it, the first to claim "shared" holds it).
+    let admit = || scoped_token(&e.d, &["--apps", "shared"]);
+    let (mut one, rec1) = agent(&e, "edge-a", "shared", &admit(), &m);
+    let (two, rec2) = agent(&e, "edge-b", "shared", &admit(), &m);
     wait_for_agent(&e.d, "edge-a");
     wait_for_agent(&e.d, "edge-b");
     for i in 0..6 {

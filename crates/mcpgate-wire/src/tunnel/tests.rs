@@ -87,6 +87,7 @@ fn meta(app: &str) -> OpenMeta {
         app: app.into(),
         addr: "192.0.2.7:4242".parse().unwrap(),
         certs: crate::encode_certs(&[rustls_pki_types::CertificateDer::from(vec![1u8, 2, 3])]),
+        session: Some(format!("s-{app}")),
     }
 }
 
@@ -105,6 +106,7 @@ fn announce(agent: &str, apps: usize) -> Announce {
         agent: agent.into(),
         apps,
         selectors: vec![[("env".to_string(), "dev".to_string())].into()],
+        version: "0.1.0".into(),
     }
 }
 

@@ -63,8 +63,9 @@ enum AdminCommand {
         #[command(subcommand)]
         command: TokensCommand,
     },
-    /// Lock a user, bot or role: no new certificates or sessions; live sessions end.
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "bot", "role"])))]
+    /// Lock a user, bot, role or agent: no new certificates or sessions; live sessions end
+    /// (a locked agent's tunnels close).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "bot", "role", "agent"])))]
     Lock {
         #[arg(long)]
         user: Option<String>,
@@ -72,6 +73,8 @@ enum AdminCommand {
         bot: Option<String>,
         #[arg(long)]
         role: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
         /// Lift the lock after this long (e.g. 1h); without it, until `admin rm lock/ID`.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<std::time::Duration>,
@@ -127,6 +130,16 @@ enum TokensCommand {
         /// The bot the token is for (type bot).
         #[arg(long)]
         bot: Option<String>,
+        /// The name the agent must join under (type agent).
+        #[arg(long)]
+        name: Option<String>,
+        /// The apps the agent may serve, by name (type agent). Without --apps and
+        /// --app-labels: the static apps it declares at its first join that nobody holds.
+        #[arg(long, value_delimiter = ',')]
+        apps: Vec<String>,
+        /// Cluster apps the agent may serve, by their labels: k=v,... (type agent).
+        #[arg(long = "app-labels", value_delimiter = ',')]
+        app_labels: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -222,16 +235,18 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             user,
             bot,
             role,
+            agent,
             ttl,
             message,
             format,
         } => {
             use mcpgate_types::resource::LockTarget;
-            let target = match (user, bot, role) {
-                (Some(u), _, _) => LockTarget::User(u),
-                (_, Some(b), _) => LockTarget::Bot(b),
-                (_, _, Some(r)) => LockTarget::Role(r),
-                _ => bail!("name what to lock: --user, --bot or --role"),
+            let target = match (user, bot, role, agent) {
+                (Some(u), _, _, _) => LockTarget::User(u),
+                (_, Some(b), _, _) => LockTarget::Bot(b),
+                (_, _, Some(r), _) => LockTarget::Role(r),
+                (_, _, _, Some(a)) => LockTarget::Agent(a),
+                _ => bail!("name what to lock: --user, --bot, --role or --agent"),
             };
             let req = mcpgate_auth::wire::LockRequest {
                 target,
@@ -727,15 +742,44 @@ async fn tokens(api: &Api, command: TokensCommand) -> anyhow::Result<()> {
     use mcpgate_auth::wire::AddTokenRequest;
     use mcpgate_types::resource::TokenKind;
     match command {
-        TokensCommand::Add { kind, bot, format } => {
+        TokensCommand::Add {
+            kind,
+            bot,
+            name,
+            apps,
+            app_labels,
+            format,
+        } => {
             let kind = if kind == "bot" {
                 TokenKind::Bot
             } else {
                 TokenKind::Agent
             };
-            let resp: TokenResponse = api
-                .post("/v1/admin/tokens", &AddTokenRequest { kind, bot })
-                .await?;
+            if kind == TokenKind::Bot
+                && (name.is_some() || !apps.is_empty() || !app_labels.is_empty())
+            {
+                bail!("--name, --apps and --app-labels are for agent tokens");
+            }
+            let mut scope = mcpgate_types::resource::AgentScope {
+                apps,
+                ..Default::default()
+            };
+            for pair in app_labels {
+                let (k, v) = pair
+                    .split_once('=')
+                    .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--app-labels takes KEY=VALUE pairs, not {pair:?}")
+                    })?;
+                scope.app_labels.insert(k.to_string(), v.to_string());
+            }
+            let req = AddTokenRequest {
+                kind,
+                bot,
+                agent: name,
+                scope,
+            };
+            let resp: TokenResponse = api.post("/v1/admin/tokens", &req).await?;
             let next = match kind {
                 TokenKind::Agent => {
                     "Give it to an agent: agent.join_token in its mcpgate.yaml, with agent.proxy_addr and agent.ca_pin."

@@ -185,6 +185,12 @@ async fn identity(config: &Config, data_dir: &Path, name: &str) -> anyhow::Resul
         public_key: key.public_key_pem(),
         ttl_secs: None,
         name: Some(name.to_string()),
+        // Claimed for this agent if the token names no scope and nobody else holds them.
+        apps: config
+            .static_apps()
+            .iter()
+            .map(|a| a.metadata.name.to_string())
+            .collect(),
     };
     let resp: CertResponse = Api::pinned(proxy, pin)?
         .post("/v1/agent/join", &req)
@@ -205,6 +211,8 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let proxy = config.agent.proxy_addr.clone().unwrap_or_default();
     let name = config.agent.name.clone().unwrap_or_else(default_name);
     let id = identity(&config, &data_dir, &name).await?;
+    // The certificate names the agent (a token may bind the name).
+    let name = id.info.claims.name.clone();
     let user_ca = id
         .ca_certs
         .iter()
@@ -227,6 +235,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         client: std::sync::Mutex::new(None),
     });
     let agent = Agent::new(
+        &name,
         remote.clone(),
         journal.clone(),
         config.static_apps(),

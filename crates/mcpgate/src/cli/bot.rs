@@ -198,6 +198,7 @@ impl Bot {
                                 public_key: public_key.clone(),
                                 ttl_secs,
                                 name: None,
+                                apps: Vec::new(),
                             },
                         )
                         .await

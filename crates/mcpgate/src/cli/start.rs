@@ -32,6 +32,8 @@ pub struct StartArgs {
 const PROXY_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lifetime of the in-process agent's host certificate (a new one at every reconnection).
 const AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The name of the agent inside `mcpgate start`.
+const LOCAL_AGENT: &str = "local";
 /// Lifetime of the admin identity in the data dir; renewed at half-life.
 const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
 
@@ -153,7 +155,15 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             auth.store().clone(),
             mcpgate_agent::Sink::Log(auth.store().clone()),
         );
+        // The in-process agent is registered as `local` with every app in scope, and holds
+        // the names of its static apps (an agent that joins later cannot claim them).
+        let names: Vec<String> = static_apps
+            .iter()
+            .map(|a| a.metadata.name.to_string())
+            .collect();
+        auth.register_local_agent(LOCAL_AGENT, &names).await?;
         let agent = Agent::new(
+            LOCAL_AGENT,
             Arc::new(super::local::Local(auth.clone())),
             journal,
             static_apps,
@@ -166,13 +176,21 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let tunnels = Arc::new(mcpgate_proxy::Tunnels::default());
+    let tunnels = Arc::new(mcpgate_proxy::Tunnels::new(Arc::new(
+        mcpgate_proxy::admission::ByAuth(auth.clone()),
+    )));
     let listed = tunnels.clone();
     let agents: mcpgate_auth::api::AgentList = Arc::new(move || {
         listed
             .agents()
             .into_iter()
-            .map(|(name, apps)| mcpgate_auth::wire::AgentStatus { name, apps })
+            .map(|a| mcpgate_auth::wire::AgentStatus {
+                name: a.name,
+                apps: a.apps.into_iter().collect(),
+                tunnels: a.tunnels,
+                addrs: a.addrs.into_iter().collect(),
+                version: a.version,
+            })
             .collect()
     });
     let api = mcpgate_auth::api::router(auth.clone(), services.clone(), agents)
@@ -195,12 +213,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         };
         let proxy = std::net::SocketAddr::new(ip, bound.port());
         let issuer = auth.clone();
+        let claims = auth
+            .agent(LOCAL_AGENT)
+            .await?
+            .map(|record| auth.agent_claims(&record))
+            .ok_or_else(|| anyhow::anyhow!("the local agent is not registered"))?;
         let dial = mcpgate_agent::tunnel::Dial {
             proxy: proxy.to_string(),
             server_name: ip.to_string(),
             tls: Box::new(move || {
                 let id = issuer
-                    .host_identity("agent", &[], AGENT_CERT_TTL)
+                    .host_identity_with(&claims, AGENT_CERT_TTL)
                     .map_err(|e| e.to_string())?;
                 let config = tls::client_config(
                     &[issuer.host_ca().cert_der().clone()],
@@ -212,7 +235,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 Ok((config, id.info.not_after))
             }),
         };
-        tokio::spawn(agent.run_tunnel("local".to_string(), dial));
+        tokio::spawn(agent.run_tunnel(LOCAL_AGENT.to_string(), dial));
         wait_for_agent(&tunnels).await;
     }
     tokio::spawn(renew(
