@@ -402,3 +402,333 @@ fn a_client_that_stops_reading_stalls_only_its_own_session() {
     let _ = stalled.wait();
     drop(to_stalled);
 }
+
+/// Calls the proxy's HTTPS API as the holder of `identity` (PEM text); returns the status
+/// and the JSON body.
+fn api_as(d: &Daemon, identity: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let id = mcpgate_pki::Identity::parse(identity).unwrap();
+        let config = mcpgate_pki::tls::client_config(
+            &id.ca_certs,
+            Some(&id),
+            std::sync::Arc::new(mcpgate_types::SystemClock),
+            &[mcpgate_pki::tls::ALPN_HTTP1],
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
+        let host = d.addr.rsplit_once(':').unwrap().0.to_string();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let body = body.to_string();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: mcpgate\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    })
+}
+
+/// A gateway whose own agent serves the recorder app `rec` (so it holds that name).
+fn gateway_with_rec(m: &str) -> (Env, PathBuf) {
+    let s = Scratch::new();
+    let record = s.path("local-record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let apps = recorder_app("rec", "{env: dev}", &record, m);
+    let d = Daemon::start(
+        &s,
+        "gate",
+        &format!("auth: {{second_factor: off}}\nagent:\n  apps:\n{apps}"),
+    );
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::new(&s, "alice");
+    alice.signup(&d, &invite(&d, "alice", "dev"));
+    alice.login(&d, None, &[]).ok();
+    (Env { s, d, alice }, record)
+}
+
+#[test]
+fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
+    let m = marker("rogue");
+    let (e, local_record) = gateway_with_rec(&m);
+    // The rogue joins with a valid token admitting it for `edge-app` only, and declares
+    // that app, the gateway's own `rec`, and `sneaky`.
+    let token = scoped_token(&e.d, &["--apps", "edge-app"]);
+    let rogue_record = e.s.path("rogue-record.jsonl");
+    std::fs::write(&rogue_record, "").unwrap();
+    let apps: String = ["edge-app", "rec", "sneaky"]
+        .iter()
+        .map(|a| recorder_app(a, "{env: dev}", &rogue_record, &m))
+        .collect();
+    let data_dir = e.s.path("rogue-data");
+    let cfg = e.s.write(
+        "rogue.yaml",
+        &format!(
+            "version: v1\ncluster_name: e2e.local\ndata_dir: {}\nauth: {{enabled: false}}\nproxy: {{enabled: false}}\nagent:\n  name: local\n  proxy_addr: {}\n  join_token: \"{token}\"\n  ca_pin: \"{}\"\n  apps:\n{apps}",
+            data_dir.display(),
+            e.d.addr,
+            e.d.pin
+        ),
+    );
+    // It even asks for the name of the gateway's own agent: one name, one registration.
+    let err = run(&["start", "--config", cfg.to_str().unwrap()], None, &[]).fails();
+    assert!(err.contains("already registered"), "{err}");
+    let cfg = e.s.write(
+        "rogue.yaml",
+        &std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("name: local", "name: rogue")
+            .replace(&token, &scoped_token(&e.d, &["--apps", "edge-app"])),
+    );
+    let _rogue = Daemon::start_with(&cfg, data_dir.clone());
+    wait_for_agent(&e.d, "rogue");
+
+    // 0 of 20 sessions of `rec` reach the rogue; its scope is what is routed to it.
+    for i in 0..20 {
+        let mut b = Bridge::open(&e.alice, "rec", &[]);
+        b.initialize();
+        assert!(b.call("echo", json!({"i": i})).get("result").is_some());
+        b.close();
+    }
+    assert!(
+        !recorded_text(&rogue_record).contains("\"echo\""),
+        "a session reached the rogue"
+    );
+    assert_eq!(
+        recorded_text(&local_record).matches("tools/call").count(),
+        20
+    );
+    let mut b = Bridge::open(&e.alice, "sneaky", &[]);
+    let r = b.request("initialize", json!({}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{r}"
+    );
+    drop(b);
+    let denied = audit(&e.d, &["--type", "agent.announce.denied"]);
+    for app in ["rec", "sneaky"] {
+        assert!(
+            denied
+                .iter()
+                .any(|ev| ev["app"] == app && ev["agent"] == "rogue"),
+            "{app}: {denied:?}"
+        );
+    }
+    let agents: Value =
+        serde_json::from_str(&e.d.admin(&["get", "agents", "--format", "json"]).ok()).unwrap();
+    let rogue = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "rogue")
+        .unwrap();
+    assert_eq!(rogue["scope"]["apps"], json!(["edge-app"]), "{agents}");
+    assert_eq!(rogue["apps"], json!(["edge-app"]), "{agents}");
+    assert_eq!(rogue["tunnels"], 1, "{agents}");
+
+    // Its own app works, and its events are stored naming it.
+    let mut own = Bridge::open(&e.alice, "edge-app", &[]);
+    own.initialize();
+    assert!(own.call("echo", json!({"own": 1})).get("result").is_some());
+    let calls = wait_for_events(&e.d, &["--app", "edge-app", "--tool", "echo"], 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["agent"], "rogue");
+
+    // Forged events: another identity's login, a call in a session routed to another
+    // agent, a call in a session that never was. None is stored; each is audited.
+    let identity = std::fs::read_to_string(data_dir.join("agent").join("identity")).unwrap();
+    let local_session = audit(&e.d, &["--app", "rec", "--tool", "echo"])[0]["session_id"].clone();
+    let forged = |id: &str, kind: &str, user: &str, session: &Value| {
+        json!({"id": id, "time": "2026-01-01T00:00:00.000000Z", "type": kind, "code": "MG5002I",
+               "cluster": "e2e.local", "user": user, "user_kind": "user", "roles": ["editor"],
+               "success": true, "session_id": session, "app": "rec", "tool": "delete_everything"})
+    };
+    let events = json!([
+        forged("forged-login", "user.login", "admin", &Value::Null),
+        forged(
+            "forged-other-session",
+            "mcp.session.request",
+            "alice",
+            &local_session
+        ),
+        forged(
+            "forged-no-session",
+            "mcp.session.request",
+            "bob",
+            &json!("no-such-session")
+        ),
+    ]);
+    let (status, answer) = api_as(&e.d, &identity, "POST", "/v1/agent/events", &events);
+    assert_eq!(
+        (status, &answer["stored"], &answer["refused"]),
+        (200, &json!(0), &json!(3)),
+        "{answer}"
+    );
+    let refusals = audit(&e.d, &["--type", "agent.event.refused"]);
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["agent"], "rogue");
+    assert_eq!(refusals[0]["refused"], 3);
+    for kind in ["user.login", "mcp.session.request"] {
+        assert!(
+            audit(&e.d, &["--type", kind])
+                .iter()
+                .all(|ev| !ev["id"].as_str().unwrap().starts_with("forged")),
+            "a forged {kind} was stored"
+        );
+    }
+    // The agent API gives it only the cluster apps of its scope (none here).
+    let (status, apps) = api_as(&e.d, &identity, "GET", "/v1/agent/apps", &Value::Null);
+    assert_eq!((status, apps), (200, json!([])));
+
+    // Locked: its tunnel is cut within about a second, its sessions' clients are told why,
+    // and nothing more is routed to it.
+    let locked_at = Instant::now();
+    e.d.admin(&["lock", "--agent", "rogue", "--message", "rogue agent"])
+        .ok();
+    let note = own.recv();
+    let elapsed = locked_at.elapsed();
+    assert!(elapsed < Duration::from_secs(3), "cut after {elapsed:?}");
+    assert!(
+        note["params"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("rogue agent"),
+        "{note}"
+    );
+    assert_eq!(own.close(), 0);
+    let mut b = Bridge::open(&e.alice, "edge-app", &[]);
+    let r = b.request("initialize", json!({}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_copied_agent_certificate_that_renews_after_the_original_locks_the_agent() {
+    let e = gateway();
+    let (_edge, _) = agent(
+        &e,
+        "edge-c",
+        "copied-app",
+        &agent_token(&e.d),
+        &marker("copy"),
+    );
+    wait_for_agent(&e.d, "edge-c");
+    let copy =
+        std::fs::read_to_string(e.s.path("edge-c-data").join("agent").join("identity")).unwrap();
+    let renew = |identity: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let (status, answer) = api_as(
+            &e.d,
+            identity,
+            "POST",
+            "/v1/agent/renew",
+            &json!({"public_key": key.public_key_pem()}),
+        );
+        (status, answer, key)
+    };
+    // The original renews first: generation 2.
+    let (status, answer, key) = renew(&copy);
+    assert_eq!(status, 200, "{answer}");
+    let renewed = mcpgate_pki::Identity::new(
+        &key.serialize_pem(),
+        answer["cert"].as_str().unwrap(),
+        &serde_json::from_value::<Vec<String>>(answer["cas"].clone()).unwrap(),
+    )
+    .unwrap()
+    .to_pem();
+    // The copy (generation 1) renews after it: refused, and the agent is locked.
+    let (status, answer, _) = renew(&copy);
+    assert_eq!(status, 403, "{answer}");
+    // From now on the newest certificate is refused too.
+    let (status, answer, _) = renew(&renewed);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.to_string().contains("locked"), "{answer}");
+    let mismatch = audit(&e.d, &["--type", "agent.lock.generation_mismatch"]);
+    assert_eq!(mismatch.len(), 1, "{mismatch:?}");
+    assert_eq!(mismatch[0]["presented"], 1);
+    assert_eq!(mismatch[0]["current"], 2);
+    let locks: Value =
+        serde_json::from_str(&e.d.admin(&["get", "locks", "--format", "json"]).ok()).unwrap();
+    assert!(locks.to_string().contains("edge-c"), "{locks}");
+    // Its tunnel (generation 1, locked) is cut.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: Value =
+            serde_json::from_str(&e.d.admin(&["status", "--format", "json"]).ok()).unwrap();
+        if !status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "edge-c")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the locked agent kept its tunnel: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_removed_agent_loses_its_tunnel_and_its_name_can_be_admitted_again() {
+    let e = gateway();
+    let (_edge, _) = agent(&e, "edge-rm", "rm-app", &agent_token(&e.d), &marker("rm"));
+    wait_for_agent(&e.d, "edge-rm");
+    e.d.admin(&["rm", "agent/edge-rm"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: Value =
+            serde_json::from_str(&e.d.admin(&["status", "--format", "json"]).ok()).unwrap();
+        if !status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "edge-rm")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed agent kept its tunnel"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = e.d.admin(&["rm", "agent/edge-rm"]).fails();
+    assert!(err.contains("not found"), "{err}");
+}
+
+fn recorded_text(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
