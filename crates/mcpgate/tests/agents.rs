@@ -601,6 +601,25 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
             "a forged {kind} was stored"
         );
     }
+    // Its host certificate opens no MCP session.
+    let out = run(
+        &[
+            "mcp",
+            "connect",
+            "edge-app",
+            "-i",
+            data_dir.join("agent").join("identity").to_str().unwrap(),
+            "--proxy",
+            &e.d.addr,
+        ],
+        Some("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{}}\n"),
+        &[],
+    );
+    assert!(
+        out.stdout
+            .contains("only user and bot certificates may open MCP sessions"),
+        "{out:?}"
+    );
     // The agent API gives it only the cluster apps of its scope (none here).
     let (status, apps) = api_as(&e.d, &identity, "GET", "/v1/agent/apps", &Value::Null);
     assert_eq!((status, apps), (200, json!([])));
