@@ -39,7 +39,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
                 None => (chunk.len(), false),
             };
             if !too_long {
-                if buf.len() + take > max + 1 {
+                if buf.len().saturating_add(take) > max.saturating_add(1) {
                     too_long = true;
                     buf.clear();
                 } else {

@@ -74,8 +74,8 @@ struct Session<'a> {
 enum End {
     /// The client closed its side.
     Client,
-    /// The upstream closed its output (it exited).
-    Upstream,
+    /// The upstream closed its output (it exited): how, and its last words.
+    Upstream(String),
     /// The gateway ended it (a lock).
     Cut(String),
 }
@@ -333,7 +333,7 @@ impl Session<'_> {
             .await;
             return;
         };
-        let mut upstream = match Upstream::start(cmd) {
+        let mut upstream = match Upstream::start(self.app_name(), cmd) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(app = self.app_name(), error = %e, "upstream did not start");
@@ -354,9 +354,17 @@ impl Session<'_> {
             let mut up_in = upstream.take_stdin();
             tokio::select! {
                 _ = self.client_loop(reader, writer, &mut up_in) => End::Client,
-                _ = self.upstream_loop(&mut up_out, writer) => End::Upstream,
+                _ = self.upstream_loop(&mut up_out, writer) => End::Upstream(String::new()),
                 reason = self.watch_locks() => End::Cut(reason),
             }
+        };
+        let end = match end {
+            End::Upstream(_) => {
+                let report = upstream.exit_report(Duration::from_millis(500)).await;
+                tracing::warn!(app = self.app_name(), session = %self.id, "the MCP server {report}");
+                End::Upstream(report)
+            }
+            other => other,
         };
         upstream.stop().await;
         self.end(writer, end).await;
@@ -704,7 +712,9 @@ impl Session<'_> {
     async fn end<W: AsyncWrite + Unpin>(&self, writer: &tokio::sync::Mutex<W>, end: End) {
         let why = match &end {
             End::Client => "the client closed the session".to_string(),
-            End::Upstream => format!("the MCP server of app {:?} exited", self.app_name()),
+            End::Upstream(report) => {
+                format!("the MCP server of app {:?} {report}", self.app_name())
+            }
             End::Cut(reason) => format!("access denied: {reason}; the session was ended"),
         };
         let (left, mut drafts) = {
@@ -733,7 +743,8 @@ impl Session<'_> {
                 tracing::error!(error = %e, "audit write failed");
             }
         }
-        if let End::Cut(_) = &end {
+        if !matches!(end, End::Client) {
+            // The client hears why; the bridge answers what it still waits for with it.
             let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": why}});
             let _ = write(writer, format!("{note}\n").as_bytes()).await;
         }
@@ -745,9 +756,9 @@ impl Session<'_> {
                 f.insert("reason".into(), Value::from(reason));
                 codes::MCP_SESSION_TERMINATED
             }
-            End::Upstream => {
+            End::Upstream(_) => {
                 f.insert("reason".into(), Value::from(why));
-                codes::MCP_SESSION_END
+                codes::MCP_SESSION_FAILED
             }
             End::Client => codes::MCP_SESSION_END,
         };

@@ -1,11 +1,15 @@
 //! Stdio upstreams: one child process per client session, in its own process group, with
 //! only the environment it is given; stopped with SIGINT, then SIGKILL after a grace period,
-//! so no process outlives its session.
+//! so no process outlives its session. Its standard error goes to the agent's log with the
+//! app's name, and its last lines are kept to say why a server that exited did.
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use std::process::Stdio;
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use mcpgate_types::resource::McpCommand;
@@ -47,16 +51,24 @@ pub enum StartError {
     },
 }
 
+/// Lines of a server's standard error kept to explain its exit, and their longest length.
+const STDERR_LINES: usize = 8;
+const STDERR_LINE_MAX: usize = 300;
+
 /// A running stdio upstream.
 pub struct Upstream {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
+    /// The last lines of its standard error.
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Ends when its standard error closes.
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Upstream {
-    /// Starts `cmd` with its `env` resolved on this host.
-    pub fn start(cmd: &McpCommand) -> Result<Upstream, StartError> {
+    /// Starts `cmd` (the server of app `app`) with its `env` resolved on this host.
+    pub fn start(app: &str, cmd: &McpCommand) -> Result<Upstream, StartError> {
         let mut command = Command::new(&cmd.command);
         command.args(&cmd.args).env_clear();
         for key in PASS_THROUGH {
@@ -81,7 +93,7 @@ impl Upstream {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|error| StartError::Spawn {
@@ -94,11 +106,60 @@ impl Upstream {
                 error: std::io::Error::other("no pipes"),
             });
         };
+        let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES)));
+        let stderr_done = child.stderr.take().map(|pipe| {
+            let (kept, app) = (stderr.clone(), app.to_string());
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(app = %app, "server: {line}");
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.len() == STDERR_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line.chars().take(STDERR_LINE_MAX).collect());
+                }
+            })
+        });
         Ok(Upstream {
             child,
             stdin: Some(stdin),
             stdout: Some(stdout),
+            stderr,
+            stderr_done,
         })
+    }
+
+    /// Why the server ended on its own: its exit status (waited for up to `wait`) and the
+    /// last lines of its standard error, as one sentence.
+    pub async fn exit_report(&mut self, wait: Duration) -> String {
+        let status: Option<ExitStatus> = tokio::time::timeout(wait, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(done) = self.stderr_done.take() {
+            let _ = tokio::time::timeout(wait, done).await;
+        }
+        let mut out = match status {
+            Some(s) => match s.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => format!("was ended ({s})"),
+            },
+            None => "closed its output".to_string(),
+        };
+        let tail: Vec<String> = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .cloned()
+            .collect();
+        if !tail.is_empty() {
+            out.push_str("; its last output: ");
+            out.push_str(&tail.join(" | "));
+        }
+        out
     }
 
     /// The pipe to the upstream's standard input (once).

@@ -31,6 +31,8 @@ pub mod codes {
     pub const BOT_GENERATION_MISMATCH: (&str, &str) = ("bot.lock.generation_mismatch", "MG4002W");
     pub const MCP_SESSION_START: (&str, &str) = ("mcp.session.start", "MG5000I");
     pub const MCP_SESSION_END: (&str, &str) = ("mcp.session.end", "MG5001I");
+    /// A session whose MCP server exited (`reason` says how).
+    pub const MCP_SESSION_FAILED: (&str, &str) = ("mcp.session.end", "MG5001E");
     /// A live session ended by the gateway (a lock).
     pub const MCP_SESSION_TERMINATED: (&str, &str) = ("mcp.session.end", "MG5001W");
     /// An allowed request that succeeded.

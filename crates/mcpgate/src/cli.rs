@@ -13,6 +13,40 @@ mod user;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// A failure already told on stderr when it happened: `main` only sets the exit code.
+#[derive(Debug)]
+pub struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// Returns on Ctrl-C or SIGTERM: how daemons are asked to stop.
+pub async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 /// mcpgate: zero-trust access to MCP servers.
 #[derive(Debug, Parser)]
 #[command(name = "mcpgate", version, about, long_about = None, disable_help_subcommand = true)]

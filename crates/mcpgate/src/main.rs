@@ -32,6 +32,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Said on stderr when it happened (a bridge tells its person at once).
+        Err(e) if e.is::<cli::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE

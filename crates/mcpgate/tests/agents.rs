@@ -248,8 +248,8 @@ fn several_agents_share_an_app_and_a_dead_one_gives_a_fast_clear_error() {
     assert!(elapsed < Duration::from_secs(3), "answered in {elapsed:?}");
     assert_eq!(
         live.close(),
-        0,
-        "the live session's bridge exits when its agent dies"
+        1,
+        "the live session's bridge exits non-zero when its agent dies"
     );
     assert!(
         wait_no_processes(&m).is_empty(),
@@ -287,7 +287,7 @@ fn a_lock_ends_a_session_on_a_remote_agent_within_five_seconds() {
             .contains("remote incident"),
         "{note}"
     );
-    assert_eq!(b.close(), 0);
+    assert_eq!(b.close(), 1, "a cut session's bridge exits non-zero");
     let ends = wait_for_events(&e.d, &["--type", "mcp.session.end", "--user", "alice"], 1);
     assert!(
         ends.iter().any(|ev| ev["reason"]
@@ -639,7 +639,7 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
             .contains("rogue agent"),
         "{note}"
     );
-    assert_eq!(own.close(), 0);
+    assert_eq!(own.close(), 1, "a cut session's bridge exits non-zero");
     let mut b = Bridge::open(&e.alice, "edge-app", &[]);
     let r = b.request("initialize", json!({}));
     assert!(

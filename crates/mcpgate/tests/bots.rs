@@ -432,7 +432,11 @@ fn a_lock_ends_a_live_session_within_five_seconds() {
             .contains("user alice is locked: incident 42"),
         "{note}"
     );
-    assert_eq!(b.close(), 0, "the bridge exits when the session is cut");
+    assert_eq!(
+        b.close(),
+        1,
+        "the bridge exits non-zero when the session is cut"
+    );
     let ends = audit(&e.d, &["--type", "mcp.session.end", "--user", "alice"]);
     assert_eq!(ends.len(), 1);
     assert!(ends[0]["reason"].as_str().unwrap().contains("incident 42"));

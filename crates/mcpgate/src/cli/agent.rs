@@ -290,7 +290,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         }
     );
     println!("  identity: {}", identity_path(&data_dir).display());
-    super::start::shutdown().await;
+    super::shutdown().await;
     // Ship what is left before stopping; whatever cannot be shipped stays in the spool.
     let _ = remote.ship(&journal).await;
     Ok(())

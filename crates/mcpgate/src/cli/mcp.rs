@@ -211,25 +211,155 @@ async fn connect(name: &str, who: &Who) -> anyhow::Result<()> {
             let message = format!("mcpgate: {e:#}");
             eprintln!("error: {}", message.replace('\n', " "));
             answer_errors(stdin, &mut stdout, &message).await;
-            return Ok(());
+            return Err(super::Reported.into());
         }
     };
-    let (mut from_proxy, mut to_proxy) = tokio::io::split(stream);
-    let mut stdin = stdin;
+    let (from_proxy, to_proxy) = tokio::io::split(stream);
+    match bridge(stdin, stdout, from_proxy, to_proxy).await {
+        Ended::Client => Ok(()),
+        Ended::Session(why) => bail!("the session ended: {why}"),
+    }
+}
+
+/// How a bridged session ended.
+enum Ended {
+    /// The client closed its input and the gateway finished answering.
+    Client,
+    /// The gateway ended the session (the server exited, a lock, the connection was lost).
+    Session(String),
+}
+
+/// What the bridge knows of a session: the requests the client waits for (ids as the client
+/// wrote them: the gateway echoes them exactly), and the last word from the gateway.
+#[derive(Default)]
+struct Watch {
+    pending: std::collections::HashSet<String>,
+    why: Option<String>,
+    client_done: bool,
+}
+
+/// Copies lines both ways, noting requests and answers, until the gateway closes. If the
+/// session ends while the client still waits for answers, each gets a JSON-RPC error saying
+/// why — no client is left hanging.
+async fn bridge<R, W, PR, PW>(stdin: R, stdout: W, from_proxy: PR, mut to_proxy: PW) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    PR: AsyncRead + Unpin,
+    PW: AsyncWrite + Unpin,
+{
+    use mcpgate_agent::lines::{Line, read_line};
+    let watch = std::sync::Mutex::new(Watch::default());
+    let watch = &watch;
+    let lock = || watch.lock().unwrap_or_else(|p| p.into_inner());
+    let limits = mcpgate_mcp::Limits::default();
+    let stdout = tokio::sync::Mutex::new(stdout);
+    let stdout = &stdout;
     let up = async {
-        let r = tokio::io::copy(&mut stdin, &mut to_proxy).await;
+        let mut input = BufReader::with_capacity(64 << 10, stdin);
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            match read_line(&mut input, &mut buf, limits.max_bytes).await {
+                Ok(Line::Ok) => {}
+                Ok(Line::TooLong) => {
+                    // The gateway would refuse it: say so here, without carrying it.
+                    let message = format!("message larger than {} bytes", limits.max_bytes);
+                    let line = error_line(None, code::INVALID_REQUEST, &message);
+                    let mut out = stdout.lock().await;
+                    let _ = out.write_all(&line).await;
+                    let _ = out.flush().await;
+                    continue;
+                }
+                Ok(Line::Eof) | Err(_) => break,
+            }
+            if let Ok(env) = mcpgate_mcp::parse(&buf, &limits)
+                && env.kind == mcpgate_mcp::Kind::Request
+                && let Some(id) = env.id
+            {
+                lock().pending.insert(id.get().to_string());
+            }
+            buf.push(b'\n');
+            if to_proxy.write_all(&buf).await.is_err() || to_proxy.flush().await.is_err() {
+                break;
+            }
+        }
+        lock().client_done = true;
         let _ = to_proxy.shutdown().await;
-        r
     };
     let down = async {
-        let r = tokio::io::copy(&mut from_proxy, &mut stdout).await;
-        let _ = stdout.flush().await;
-        r
+        let mut input = BufReader::with_capacity(64 << 10, from_proxy);
+        let mut buf = Vec::with_capacity(4096);
+        // The agent passes on server messages of up to 64 MiB.
+        let upstream = mcpgate_mcp::Limits {
+            max_bytes: 128 << 20,
+            max_depth: 128,
+        };
+        let ended = loop {
+            match read_line(&mut input, &mut buf, upstream.max_bytes).await {
+                Ok(Line::Ok | Line::TooLong) => {}
+                Ok(Line::Eof) => break None,
+                Err(e) => break Some(format!("the connection to the proxy failed: {e}")),
+            }
+            if let Ok(env) = mcpgate_mcp::parse(&buf, &upstream) {
+                match (env.kind, env.id, env.method) {
+                    (mcpgate_mcp::Kind::Response, Some(id), _) => {
+                        lock().pending.remove(id.get());
+                    }
+                    (mcpgate_mcp::Kind::Notification, _, Some("notifications/message")) => {
+                        if let Some(why) = gateway_message(&buf) {
+                            lock().why = Some(why);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            buf.push(b'\n');
+            let mut out = stdout.lock().await;
+            if out.write_all(&buf).await.is_err() || out.flush().await.is_err() {
+                // The client is gone.
+                return Ended::Client;
+            }
+        };
+        let (pending, why, client_done) = {
+            let mut w = lock();
+            (std::mem::take(&mut w.pending), w.why.take(), w.client_done)
+        };
+        // The client finished and the gateway closed without a word: a normal end.
+        if client_done && pending.is_empty() && ended.is_none() && why.is_none() {
+            return Ended::Client;
+        }
+        let why = why
+            .or(ended)
+            .unwrap_or_else(|| "the gateway closed the connection".to_string());
+        let message = format!("mcpgate: the session ended: {why}");
+        let mut ids: Vec<String> = pending.into_iter().collect();
+        ids.sort();
+        let mut out = stdout.lock().await;
+        for id in ids {
+            let line = error_line(Some(&id), code::INTERNAL_ERROR, &message);
+            if out.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+        let _ = out.flush().await;
+        Ended::Session(why)
     };
-    // The session ends when the proxy closes; the client closing stdin starts that.
-    let (_, down) = tokio::join!(up, down);
-    down.map(|_| ())
-        .context("the connection to the proxy failed")
+    tokio::pin!(up, down);
+    tokio::select! {
+        ended = &mut down => ended,
+        // The client finished sending: the gateway's answers may still be coming.
+        _ = &mut up => down.await,
+    }
+}
+
+/// The text of a `notifications/message` from the gateway itself (logger `mcpgate`).
+fn gateway_message(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let p = v.get("params")?;
+    if p.get("logger")?.as_str()? != "mcpgate" {
+        return None;
+    }
+    p.get("data")?.as_str().map(str::to_string)
 }
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;

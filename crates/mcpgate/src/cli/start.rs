@@ -294,7 +294,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         auth.ca_pin()
     );
 
-    shutdown().await;
+    super::shutdown().await;
     tracing::info!("shutting down");
     Ok(())
 }
@@ -405,27 +405,6 @@ async fn renew(
             }
         }
     }
-}
-
-pub async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// A URL without its password, for display.
