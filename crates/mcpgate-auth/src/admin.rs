@@ -62,6 +62,11 @@ impl AuthService {
                 app.spec
                     .check()
                     .map_err(|e| AuthError::BadRequest(format!("{file}: app {name}: {e}")))?;
+                if let Some(holder) = self.app_holder(name).await? {
+                    return Err(AuthError::AlreadyExists(format!(
+                        "{file}: app {name}: agent {holder} serves a static app of this name; remove that agent (admin rm agent/{holder}) or choose another name"
+                    )));
+                }
             }
             let key = key_of(kind, name)?;
             let exists = self.store.get(&key).await?.is_some();

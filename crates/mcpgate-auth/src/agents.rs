@@ -27,6 +27,10 @@ pub const AGENT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const AGENT_ROLE: &str = "agent";
 /// How far an event's time may lie outside its session's span (clock skew).
 const SKEW: Duration = Duration::from_secs(120);
+/// The most static apps one agent may claim at its join.
+const MAX_CLAIMS: usize = 64;
+/// The certificate trait that carries the registration id.
+const REGISTRATION: &str = "registration";
 
 pub fn agent_key(name: &str) -> String {
     format!("agents/{name}")
@@ -46,6 +50,10 @@ pub struct SessionRecord {
     pub agent: String,
     pub user: String,
     pub user_kind: IdentityKind,
+    /// The roles its certificate named: events of the session carry these, whatever the
+    /// agent says.
+    #[serde(default)]
+    pub roles: Vec<String>,
     pub app: String,
     /// Unix microseconds.
     pub opened: i64,
@@ -83,9 +91,18 @@ impl AuthService {
             Some(bound) => bound.clone(),
             None => requested,
         };
+        if declared.len() > MAX_CLAIMS {
+            return Err(AuthError::BadRequest(format!(
+                "an agent may declare at most {MAX_CLAIMS} static apps"
+            )));
+        }
+        for app in declared {
+            Name::new(app).map_err(|e| AuthError::BadRequest(format!("app name: {e}")))?;
+        }
         let mut record = AgentRecord {
             name: name.clone(),
             scope: token.scope.clone(),
+            id: crate::service::random_id(),
             generation: 1,
             joined: unix_secs(self.now()),
         };
@@ -113,7 +130,7 @@ impl AuthService {
             )));
         }
         if token.scope.is_empty() {
-            record.scope.apps = self.claim_apps(&record.name, declared).await?;
+            record.scope.claimed = self.claim_apps(&record.name, declared).await?;
             self.store
                 .put(&agent_key(name.as_str()), &to_json(&record)?)
                 .await?;
@@ -193,9 +210,10 @@ impl AuthService {
         let record = AgentRecord {
             name: name.clone(),
             scope: AgentScope {
-                apps: claimed,
+                claimed,
                 ..AgentScope::everything()
             },
+            id: crate::service::random_id(),
             generation: 0,
             joined: unix_secs(self.now()),
         };
@@ -215,7 +233,13 @@ impl AuthService {
         claims.generation = record.generation;
         claims
             .traits
+            .insert(REGISTRATION.into(), vec![record.id.clone()]);
+        claims
+            .traits
             .insert("apps".into(), record.scope.apps.clone());
+        claims
+            .traits
+            .insert("claimed".into(), record.scope.claimed.clone());
         claims.traits.insert(
             "app_labels".into(),
             record
@@ -239,6 +263,11 @@ impl AuthService {
                 AuthError::AccessDenied(format!("agent {name} is not registered (removed?)"))
             })?;
             let mut record: AgentRecord = from_json(&old)?;
+            if !same_registration(&caller.claims, &record) {
+                return Err(AuthError::AccessDenied(format!(
+                    "this certificate belongs to an earlier registration of agent {name}, which was removed"
+                )));
+            }
             let presented = caller.claims.generation;
             if presented != record.generation {
                 let message = format!(
@@ -347,6 +376,11 @@ impl AuthService {
                 "agent {name} is not registered (removed?)"
             )));
         };
+        if !same_registration(claims, &record) {
+            return Ok(Standing::Refused(format!(
+                "the certificate belongs to an earlier registration of agent {name}, which was removed"
+            )));
+        }
         if claims.generation != record.generation {
             return Ok(Standing::Refused(format!(
                 "agent {name} presented certificate generation {}, not the newest ({})",
@@ -411,6 +445,15 @@ impl AuthService {
             .collect())
     }
 
+    /// The agent holding `app` as a static app of its own, if one does.
+    pub async fn app_holder(&self, app: &str) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .get(&claim_key(app))
+            .await?
+            .map(|h| String::from_utf8_lossy(&h).into_owned()))
+    }
+
     /// Records that the proxy routed session `id` of `user` on `app` to `agent`: the only
     /// session whose events that agent may ship.
     pub async fn open_session(
@@ -424,6 +467,7 @@ impl AuthService {
             agent: agent.to_string(),
             user: user.name.clone(),
             user_kind: user.kind,
+            roles: user.roles.clone(),
             app: app.to_string(),
             opened: unix_micros(self.now()),
         };
@@ -457,13 +501,16 @@ impl AuthService {
                 None => None,
             };
             let why = check_event(ev, name, session.as_ref(), self.cluster(), now);
-            match why {
-                None => {
+            match (why, session) {
+                (None, Some(session)) => {
                     let mut ev = ev.clone();
                     ev.fields.insert("agent".into(), Value::from(name));
+                    // Who the session belongs to is the proxy's word, not the agent's.
+                    ev.roles = session.roles.clone();
                     stored.push(ev);
                 }
-                Some(why) => refused.push((ev.id.clone(), why)),
+                (None, None) => refused.push((ev.id.clone(), "no session".into())),
+                (Some(why), _) => refused.push((ev.id.clone(), why)),
             }
         }
         self.store.append_events(&stored).await?;
@@ -488,6 +535,16 @@ impl AuthService {
         }
         Ok((stored.len(), refused.len()))
     }
+}
+
+/// Whether a certificate was issued to this registration (not an earlier one of the same
+/// name). Registrations made before ids existed have none and match any.
+fn same_registration(claims: &Claims, record: &AgentRecord) -> bool {
+    record.id.is_empty()
+        || claims
+            .traits
+            .get(REGISTRATION)
+            .is_some_and(|ids| ids.contains(&record.id))
 }
 
 /// Why an agent may not record `ev`, if it may not.

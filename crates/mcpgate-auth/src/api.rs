@@ -353,6 +353,16 @@ fn host(s: &AppState, conn: &ConnInfo) -> Result<mcpgate_pki::CertInfo, ApiError
     Ok(info)
 }
 
+/// An agent in good standing now (registered, newest generation, not locked): only such an
+/// agent reads what sessions need and ships events. (Renewal checks its own, stricter way.)
+async fn agent(s: &AppState, conn: &ConnInfo) -> Result<mcpgate_pki::CertInfo, ApiError> {
+    let info = host(s, conn)?;
+    match s.auth.agent_standing(&info.claims).await? {
+        crate::agents::Standing::Good(_) => Ok(info),
+        crate::agents::Standing::Refused(why) => Err(ApiError(AuthError::AccessDenied(why))),
+    }
+}
+
 async fn agent_join(
     State(s): State<AppState>,
     Json(req): Json<JoinRequest>,
@@ -379,7 +389,7 @@ async fn agent_roles(
     Extension(conn): Extension<ConnInfo>,
     Json(names): Json<Vec<String>>,
 ) -> ApiResult<Vec<mcpgate_types::resource::Role>> {
-    host(&s, &conn)?;
+    agent(&s, &conn).await?;
     Ok(Json(s.auth.roles(&names).await?))
 }
 
@@ -387,7 +397,7 @@ async fn agent_apps(
     State(s): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
 ) -> ApiResult<Vec<mcpgate_types::resource::App>> {
-    let info = host(&s, &conn)?;
+    let info = agent(&s, &conn).await?;
     Ok(Json(s.auth.apps_for(&info).await?))
 }
 
@@ -395,7 +405,7 @@ async fn agent_locks(
     State(s): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
 ) -> ApiResult<Vec<mcpgate_types::resource::Lock>> {
-    host(&s, &conn)?;
+    agent(&s, &conn).await?;
     Ok(Json(s.auth.locks().await?))
 }
 
@@ -404,7 +414,7 @@ async fn agent_events(
     Extension(conn): Extension<ConnInfo>,
     Json(events): Json<Vec<AuditEvent>>,
 ) -> ApiResult<serde_json::Value> {
-    let info = host(&s, &conn)?;
+    let info = agent(&s, &conn).await?;
     let (stored, refused) = s.auth.ingest(&info, &events).await?;
     Ok(Json(
         serde_json::json!({"stored": stored, "refused": refused}),

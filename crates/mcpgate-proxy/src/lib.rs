@@ -186,6 +186,15 @@ async fn mcp(
             .await?;
         return Ok(());
     };
+    // A lock or removal reaches routing at once, not only at the tunnel's next check.
+    let standing = routes.tunnels.standing(&tunnel).await;
+    if let Err(why) = standing {
+        tracing::warn!(agent = %tunnel.agent, "not routing to it: {why}");
+        write
+            .write_all(&HelloReply::line(Some(not_found(&hello.app))))
+            .await?;
+        return Ok(());
+    }
     // The session is recorded as routed to this agent before it opens: the agent may
     // ship events of this session and no other (fail closed if it cannot be recorded).
     let session = mcpgate_types::audit::random_id();

@@ -44,6 +44,7 @@ pub trait Admission: Send + Sync {
 pub struct Tunnel {
     /// The agent's name, from its certificate.
     pub agent: String,
+    claims: Claims,
     addr: SocketAddr,
     version: Mutex<String>,
     scope: Mutex<AgentScope>,
@@ -90,6 +91,11 @@ impl Tunnels {
         }
         let i = self.turn.fetch_add(1, Ordering::Relaxed) % serving.len();
         Some(serving[i].clone())
+    }
+
+    /// Whether the agent of `tunnel` is in good standing now (asked again, not cached).
+    pub async fn standing(&self, tunnel: &Tunnel) -> Result<(), String> {
+        self.admission.standing(&tunnel.claims).await.map(|_| ())
     }
 
     /// The connected agents, one entry per agent (however many tunnels it holds).
@@ -202,6 +208,7 @@ impl Tunnels {
         };
         let tunnel = Arc::new(Tunnel {
             agent: claims.name.clone(),
+            claims: claims.clone(),
             addr,
             version: Mutex::new(String::new()),
             scope: Mutex::new(scope),
@@ -211,6 +218,9 @@ impl Tunnels {
             cut: tokio::sync::watch::channel(None).0,
         });
         let mut refused = BTreeSet::new();
+        // The last announcement, admitted again every tick: a cluster app relabelled out
+        // of the agent's scope (or removed) stops being routed to it within a second.
+        let mut last = first.clone();
         self.update(&tunnel, first, &mut refused).await;
         self.list
             .lock()
@@ -228,7 +238,10 @@ impl Tunnels {
                     break;
                 }
                 next = announcements.next() => match next {
-                    Ok(Some(a)) => self.update(&tunnel, a, &mut refused).await,
+                    Ok(Some(a)) => {
+                        last = a.clone();
+                        self.update(&tunnel, a, &mut refused).await;
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(agent = %tunnel.agent, error = %e, "bad announcement");
@@ -242,7 +255,10 @@ impl Tunnels {
                         break;
                     }
                     match self.admission.standing(&claims).await {
-                        Ok(scope) => *tunnel.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope,
+                        Ok(scope) => {
+                            *tunnel.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope;
+                            self.update(&tunnel, last.clone(), &mut refused).await;
+                        }
                         Err(why) => {
                             tracing::warn!(agent = %tunnel.agent, "closing its tunnel: {why}");
                             // Sessions tell their clients why before the connection ends.

@@ -534,15 +534,20 @@ pub struct Token {
 /// all match `app_labels` (`*` as a value matches any; `"*": "*"` matches every app).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct AgentScope {
+    /// Apps the admin admitted it for, by name (static or cluster apps).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub app_labels: BTreeMap<String, String>,
+    /// Static apps it declared at its first join and holds (no one else may): these
+    /// names never admit a cluster app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claimed: Vec<String>,
 }
 
 impl AgentScope {
     pub fn is_empty(&self) -> bool {
-        self.apps.is_empty() && self.app_labels.is_empty()
+        self.apps.is_empty() && self.app_labels.is_empty() && self.claimed.is_empty()
     }
 
     /// Every app: the scope of the agent inside `mcpgate start`.
@@ -550,19 +555,20 @@ impl AgentScope {
         AgentScope {
             apps: Vec::new(),
             app_labels: [("*".to_string(), "*".to_string())].into(),
+            claimed: Vec::new(),
         }
     }
 
     /// Whether an agent with this scope may serve the app `name`, given the cluster's app
     /// of that name if there is one. A cluster app's labels are the admin's, so they count;
     /// an app the agent defines itself is in scope by name only (its labels are its own
-    /// word).
+    /// word), and a name it claimed for itself never reaches a cluster app.
     pub fn admits(&self, name: &str, cluster_app: Option<&App>) -> bool {
         if self.apps.iter().any(|a| a == name) {
             return true;
         }
         let Some(app) = cluster_app else {
-            return false;
+            return self.claimed.iter().any(|a| a == name);
         };
         !self.app_labels.is_empty()
             && self.app_labels.iter().all(|(k, v)| {
@@ -582,6 +588,10 @@ impl AgentScope {
 pub struct AgentRecord {
     pub name: Name,
     pub scope: AgentScope,
+    /// A random id of this registration, in its certificates: a certificate of a removed
+    /// registration is no use to one admitted later under the same name.
+    #[serde(default)]
+    pub id: String,
     /// The generation of the newest certificate issued; a renewal must present it.
     pub generation: u64,
     /// Unix seconds.

@@ -60,12 +60,24 @@ fn scoped_token(d: &Daemon, extra: &[&str]) -> String {
 
 /// Starts an agent-only daemon serving a recorder app `app`; returns it and its record file.
 fn agent(e: &Env, name: &str, app: &str, token: &str, marker: &str) -> (Daemon, PathBuf) {
-    let record = e.s.path(&format!("{name}-record.jsonl"));
+    agent_at(e, name, name, app, token, marker)
+}
+
+/// [`agent`] with its files under `tag` (a second agent of the same name elsewhere).
+fn agent_at(
+    e: &Env,
+    name: &str,
+    tag: &str,
+    app: &str,
+    token: &str,
+    marker: &str,
+) -> (Daemon, PathBuf) {
+    let record = e.s.path(&format!("{tag}-record.jsonl"));
     std::fs::write(&record, "").unwrap();
     let apps = recorder_app(app, "{env: dev}", &record, marker);
-    let data_dir = e.s.path(&format!("{name}-data"));
+    let data_dir = e.s.path(&format!("{tag}-data"));
     let cfg = e.s.write(
-        &format!("{name}.yaml"),
+        &format!("{tag}.yaml"),
         &format!(
             "version: v1\ncluster_name: e2e.local\ndata_dir: {}\nauth: {{enabled: false}}\nproxy: {{enabled: false}}\nagent:\n  name: {name}\n  proxy_addr: {}\n  join_token: \"{token}\"\n  ca_pin: \"{}\"\n  apps:\n{apps}",
             data_dir.display(),
@@ -640,6 +652,7 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
         "{note}"
     );
     assert_eq!(own.close(), 1, "a cut session's bridge exits non-zero");
+    // From the lock on, no new session is routed to it, tunnel or not.
     let mut b = Bridge::open(&e.alice, "edge-app", &[]);
     let r = b.request("initialize", json!({}));
     assert!(
@@ -649,6 +662,34 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
             .contains("not found"),
         "{r}"
     );
+    // Its tunnel is gone within about a second.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status: Value =
+            serde_json::from_str(&e.d.admin(&["status", "--format", "json"]).ok()).unwrap();
+        if !status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "rogue")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the locked agent kept its tunnel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nor does its certificate read or ship anything any more.
+    for (method, path, body) in [
+        ("GET", "/v1/agent/locks", Value::Null),
+        ("POST", "/v1/agent/roles", json!(["editor"])),
+        ("POST", "/v1/agent/events", json!([])),
+    ] {
+        let (status, answer) = api_as(&e.d, &identity, method, path, &body);
+        assert_eq!(status, 403, "{path}: {answer}");
+    }
 }
 
 #[test]
@@ -746,6 +787,55 @@ fn a_removed_agent_loses_its_tunnel_and_its_name_can_be_admitted_again() {
     }
     let err = e.d.admin(&["rm", "agent/edge-rm"]).fails();
     assert!(err.contains("not found"), "{err}");
+    // Admitted again under the same name, the new agent owes nothing to the old
+    // certificate, which stays useless.
+    let old =
+        std::fs::read_to_string(e.s.path("edge-rm-data").join("agent").join("identity")).unwrap();
+    let token = scoped_token(&e.d, &["--name", "edge-rm", "--apps", "rm-app"]);
+    let (_again, _) = agent_at(&e, "edge-rm", "edge-rm2", "rm-app", &token, &marker("rm2"));
+    wait_for_agent(&e.d, "edge-rm");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (status, answer) = api_as(
+        &e.d,
+        &old,
+        "POST",
+        "/v1/agent/renew",
+        &json!({"public_key": key.public_key_pem()}),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.to_string().contains("earlier registration"),
+        "{answer}"
+    );
+    let locks = e.d.admin(&["get", "locks", "--format", "json"]).ok();
+    assert!(
+        !locks.contains("edge-rm"),
+        "the new agent was not blamed: {locks}"
+    );
+    let mut b = Bridge::open(&e.alice, "rm-app", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({})).get("result").is_some());
+}
+
+#[test]
+fn a_static_app_name_an_agent_holds_never_becomes_a_cluster_app() {
+    let e = gateway();
+    let (_edge, _) = agent(
+        &e,
+        "edge-h",
+        "payments",
+        &agent_token(&e.d),
+        &marker("hold"),
+    );
+    wait_for_agent(&e.d, "edge-h");
+    let app = "kind: app\nversion: v3\nmetadata: {name: payments, labels: {env: prod}}\nspec:\n  uri: mcp+stdio://\n  mcp: {command: pay-server, env: {PAY_KEY: \"${env:PAY_KEY}\"}}\n";
+    let err =
+        e.d.admin(&["create", "-f", e.s.write("pay.yaml", app).to_str().unwrap()])
+            .fails();
+    assert!(
+        err.contains("agent edge-h serves a static app of this name"),
+        "{err}"
+    );
 }
 
 fn recorded_text(path: &std::path::Path) -> String {
