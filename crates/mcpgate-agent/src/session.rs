@@ -353,7 +353,7 @@ impl Session<'_> {
         let end = {
             let mut up_in = upstream.take_stdin();
             tokio::select! {
-                _ = self.client_loop(reader, writer, &mut up_in) => End::Client,
+                end = self.client_loop(reader, writer, &mut up_in) => end,
                 _ = self.upstream_loop(&mut up_out, writer) => End::Upstream(String::new()),
                 reason = self.watch_locks() => End::Cut(reason),
             }
@@ -491,7 +491,8 @@ impl Session<'_> {
         reader: &mut BufReader<R>,
         writer: &tokio::sync::Mutex<W>,
         up: &mut tokio::process::ChildStdin,
-    ) where
+    ) -> End
+    where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
@@ -506,11 +507,11 @@ impl Session<'_> {
                         .await
                         .is_err()
                     {
-                        return;
+                        return End::Client;
                     }
                     continue;
                 }
-                Ok(Line::Eof) | Err(_) => return,
+                Ok(Line::Eof) | Err(_) => return End::Client,
             }
             if !self.info.valid_at(self.agent.cluster.clock().now()) {
                 let id = mcpgate_mcp::parse(&buf, &limits).ok().and_then(|e| e.id);
@@ -523,7 +524,7 @@ impl Session<'_> {
                     ),
                 )
                 .await;
-                return;
+                return End::Client;
             }
             let policy = self.policy().await;
             let rules = match &policy {
@@ -604,14 +605,15 @@ impl Session<'_> {
                 Verdict::Forward(Out::Bytes(bytes)) => up.write_all(&bytes).await,
                 Verdict::Answer(line) => {
                     if write(writer, &line).await.is_err() {
-                        return;
+                        return End::Client;
                     }
                     continue;
                 }
                 Verdict::Drop => continue,
             };
             if result.is_err() || up.flush().await.is_err() {
-                return;
+                // The server is gone: that, not the client, ends the session.
+                return End::Upstream(String::new());
             }
         }
     }

@@ -432,6 +432,15 @@ fn a_lock_ends_a_live_session_within_five_seconds() {
             .contains("user alice is locked: incident 42"),
         "{note}"
     );
+    // A request sent after the lock is answered too, with the reason.
+    let after = b.call("echo", serde_json::json!({}));
+    assert!(
+        after["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("user alice is locked: incident 42"),
+        "{after}"
+    );
     assert_eq!(
         b.close(),
         1,

@@ -1117,3 +1117,89 @@ fn the_python_sdk_sees_only_allowed_resources_and_prompts() {
             .starts_with("access denied: prompt")
     );
 }
+
+/// A cluster with an app whose server exits at start, as a mistyped npx package does.
+fn broken_cluster(tag: &str) -> Env {
+    let e = cluster(tag, "dev");
+    let app = "kind: app\nversion: v3\nmetadata: {name: broken, labels: {env: dev}}\nspec:\n  uri: mcp+stdio://\n  mcp: {command: python3, args: [\"-c\", \"import sys; sys.stderr.write('npm ERR! 404 no-such-package\\\\n'); sys.exit(3)\"]}\n";
+    e.d.admin(&[
+        "create",
+        "-f",
+        e.s.write("broken.yaml", app).to_str().unwrap(),
+    ])
+    .ok();
+    e
+}
+
+#[test]
+fn a_server_that_exits_at_start_answers_every_request_with_why() {
+    let e = broken_cluster("exits");
+    let mut b = Bridge::open(&e.alice, "broken", &[]);
+    let started = std::time::Instant::now();
+    let r = b.request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}));
+    let (code, message) = error_of(&r);
+    assert_eq!(code, -32603, "{r}");
+    assert!(
+        message.contains("exited with status 3") && message.contains("no-such-package"),
+        "{message}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Later requests get the same answer at once; the bridge ends non-zero.
+    let (_, later) = error_of(&b.call("echo", json!({})));
+    assert!(later.contains("exited with status 3"), "{later}");
+    assert_eq!(b.close(), 1);
+    let ends = audit(&e.d, &["--type", "mcp.session.end", "--app", "broken"]);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["code"], "MG5001E");
+    assert_eq!(ends[0]["success"], false);
+    let reason = ends[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("exited with status 3") && reason.contains("no-such-package"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn the_python_sdk_gets_an_error_not_a_timeout_from_a_server_that_exits() {
+    let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
+        return;
+    };
+    let e = broken_cluster("sdkexit");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk_client.py");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(python)
+        .args([script, BIN, "broken", "echo", "{}"])
+        .env("MCPGATE_HOME", &e.alice.home)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(!out.status.success());
+    assert!(
+        elapsed < std::time::Duration::from_secs(20),
+        "took {elapsed:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exited with status 3"), "{stderr}");
+}
+
+#[test]
+fn a_request_in_flight_when_the_daemon_dies_gets_an_answer() {
+    let mut e = cluster("diesmid", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    b.send(r#"{"jsonrpc":"2.0","id":"h","method":"tools/call","params":{"name":"hang","arguments":{"marker":"waiting"}}}"#);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !recorded(&e.record).contains("waiting") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never reached the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    e.d.kill();
+    let answer = b.answer(&json!("h"));
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, -32603, "{answer}");
+    assert!(message.contains("the session ended"), "{message}");
+    assert_eq!(b.close(), 1);
+}

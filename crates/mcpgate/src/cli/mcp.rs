@@ -217,7 +217,8 @@ async fn connect(name: &str, who: &Who) -> anyhow::Result<()> {
     let (from_proxy, to_proxy) = tokio::io::split(stream);
     match bridge(stdin, stdout, from_proxy, to_proxy).await {
         Ended::Client => Ok(()),
-        Ended::Session(why) => bail!("the session ended: {why}"),
+        // Said on stderr when it happened.
+        Ended::Session => Err(super::Reported.into()),
     }
 }
 
@@ -225,22 +226,25 @@ async fn connect(name: &str, who: &Who) -> anyhow::Result<()> {
 enum Ended {
     /// The client closed its input and the gateway finished answering.
     Client,
-    /// The gateway ended the session (the server exited, a lock, the connection was lost).
-    Session(String),
+    /// The gateway ended the session (the server exited, a lock, the connection was lost);
+    /// the reason was said on stderr and to the client.
+    Session,
 }
 
 /// What the bridge knows of a session: the requests the client waits for (ids as the client
-/// wrote them: the gateway echoes them exactly), and the last word from the gateway.
+/// wrote them: the gateway echoes them exactly), the last word from the gateway, and, once
+/// the session is over, the error every later request gets.
 #[derive(Default)]
 struct Watch {
     pending: std::collections::HashSet<String>,
     why: Option<String>,
+    ended: Option<String>,
     client_done: bool,
 }
 
-/// Copies lines both ways, noting requests and answers, until the gateway closes. If the
-/// session ends while the client still waits for answers, each gets a JSON-RPC error saying
-/// why — no client is left hanging.
+/// Copies lines both ways, noting requests and answers. When the gateway ends the session,
+/// every request still waiting and every later one gets a JSON-RPC error saying why — no
+/// client is left hanging — and the bridge ends (non-zero) once the client closes its input.
 async fn bridge<R, W, PR, PW>(stdin: R, stdout: W, from_proxy: PR, mut to_proxy: PW) -> Ended
 where
     R: AsyncRead + Unpin,
@@ -255,32 +259,58 @@ where
     let limits = mcpgate_mcp::Limits::default();
     let stdout = tokio::sync::Mutex::new(stdout);
     let stdout = &stdout;
+    let say = |line: Vec<u8>| async move {
+        let mut out = stdout.lock().await;
+        let _ = out.write_all(&line).await;
+        let _ = out.flush().await;
+    };
     let up = async {
         let mut input = BufReader::with_capacity(64 << 10, stdin);
         let mut buf = Vec::with_capacity(4096);
+        let mut proxy_open = true;
         loop {
             match read_line(&mut input, &mut buf, limits.max_bytes).await {
                 Ok(Line::Ok) => {}
                 Ok(Line::TooLong) => {
                     // The gateway would refuse it: say so here, without carrying it.
                     let message = format!("message larger than {} bytes", limits.max_bytes);
-                    let line = error_line(None, code::INVALID_REQUEST, &message);
-                    let mut out = stdout.lock().await;
-                    let _ = out.write_all(&line).await;
-                    let _ = out.flush().await;
+                    say(error_line(None, code::INVALID_REQUEST, &message)).await;
                     continue;
                 }
                 Ok(Line::Eof) | Err(_) => break,
             }
-            if let Ok(env) = mcpgate_mcp::parse(&buf, &limits)
-                && env.kind == mcpgate_mcp::Kind::Request
-                && let Some(id) = env.id
-            {
-                lock().pending.insert(id.get().to_string());
+            let id = mcpgate_mcp::parse(&buf, &limits)
+                .ok()
+                .filter(|env| env.kind == mcpgate_mcp::Kind::Request)
+                .and_then(|env| env.id)
+                .map(|id| id.get().to_string());
+            // Either the request waits for an answer that the end of the session will give,
+            // or the session is over and it gets that answer now.
+            let refused = {
+                let mut w = lock();
+                match (&w.ended, id) {
+                    (Some(message), id) => Some(id.map(|id| (id, message.clone()))),
+                    (None, Some(id)) => {
+                        w.pending.insert(id);
+                        None
+                    }
+                    (None, None) => None,
+                }
+            };
+            match refused {
+                Some(Some((id, message))) => {
+                    say(error_line(Some(&id), code::INTERNAL_ERROR, &message)).await;
+                    continue;
+                }
+                Some(None) => continue,
+                None => {}
             }
             buf.push(b'\n');
-            if to_proxy.write_all(&buf).await.is_err() || to_proxy.flush().await.is_err() {
-                break;
+            if proxy_open
+                && (to_proxy.write_all(&buf).await.is_err() || to_proxy.flush().await.is_err())
+            {
+                // The connection is going: the reader below ends the session.
+                proxy_open = false;
             }
         }
         lock().client_done = true;
@@ -320,33 +350,37 @@ where
                 return Ended::Client;
             }
         };
-        let (pending, why, client_done) = {
+        let (pending, why) = {
             let mut w = lock();
-            (std::mem::take(&mut w.pending), w.why.take(), w.client_done)
+            let why = w.why.take();
+            // The client finished and the gateway closed without a word: a normal end.
+            if w.client_done && w.pending.is_empty() && ended.is_none() && why.is_none() {
+                return Ended::Client;
+            }
+            let why = why
+                .or(ended)
+                .unwrap_or_else(|| "the gateway closed the connection".to_string());
+            w.ended = Some(format!("mcpgate: the session ended: {why}"));
+            (std::mem::take(&mut w.pending), why)
         };
-        // The client finished and the gateway closed without a word: a normal end.
-        if client_done && pending.is_empty() && ended.is_none() && why.is_none() {
-            return Ended::Client;
-        }
-        let why = why
-            .or(ended)
-            .unwrap_or_else(|| "the gateway closed the connection".to_string());
         let message = format!("mcpgate: the session ended: {why}");
         let mut ids: Vec<String> = pending.into_iter().collect();
         ids.sort();
-        let mut out = stdout.lock().await;
         for id in ids {
-            let line = error_line(Some(&id), code::INTERNAL_ERROR, &message);
-            if out.write_all(&line).await.is_err() {
-                break;
-            }
+            say(error_line(Some(&id), code::INTERNAL_ERROR, &message)).await;
         }
-        let _ = out.flush().await;
-        Ended::Session(why)
+        eprintln!("error: the session ended: {why}");
+        Ended::Session
     };
     tokio::pin!(up, down);
     tokio::select! {
-        ended = &mut down => ended,
+        ended = &mut down => {
+            if let Ended::Session = ended {
+                // Later requests get the same answer until the client closes its input.
+                up.await;
+            }
+            ended
+        }
         // The client finished sending: the gateway's answers may still be coming.
         _ = &mut up => down.await,
     }
