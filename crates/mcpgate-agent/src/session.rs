@@ -233,6 +233,17 @@ impl Session<'_> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The rules a step is decided with, from the policy as it could be read now.
+    fn rules<'p>(&'p self, policy: &'p Result<Arc<Policy>, String>) -> SessionRules<'p> {
+        match policy {
+            Ok(p) => SessionRules::App(AppRules {
+                policy: p,
+                labels: &self.labels,
+            }),
+            Err(e) => SessionRules::Nothing(format!("roles cannot be evaluated: {e}")),
+        }
+    }
+
     /// The caller's policy now: reloaded when roles changed in this process, or at least
     /// every [`POLICY_MAX_AGE`].
     async fn policy(&self) -> Result<Arc<Policy>, String> {
@@ -527,13 +538,7 @@ impl Session<'_> {
                 return End::Client;
             }
             let policy = self.policy().await;
-            let rules = match &policy {
-                Ok(p) => SessionRules::App(AppRules {
-                    policy: p,
-                    labels: &self.labels,
-                }),
-                Err(e) => SessionRules::Nothing(format!("roles cannot be evaluated: {e}")),
-            };
+            let rules = self.rules(&policy);
             let step = self.state().gate.on_client(&buf, &rules, Instant::now());
             // Audit first: a request that must be durable is begun before it is forwarded.
             let mut verdict = step.verdict;
@@ -638,13 +643,7 @@ impl Session<'_> {
             }
             // Only list answers need the roles; everything else is decided without them.
             let policy = self.policy().await;
-            let rules = match &policy {
-                Ok(p) => SessionRules::App(AppRules {
-                    policy: p,
-                    labels: &self.labels,
-                }),
-                Err(e) => SessionRules::Nothing(format!("roles cannot be evaluated: {e}")),
-            };
+            let rules = self.rules(&policy);
             let step = self.state().gate.on_server(&buf, &rules, Instant::now());
             if let Some(started) = step.started {
                 let mut f = Map::new();

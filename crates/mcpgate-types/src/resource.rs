@@ -570,16 +570,19 @@ impl AgentScope {
         let Some(app) = cluster_app else {
             return self.claimed.iter().any(|a| a == name);
         };
-        !self.app_labels.is_empty()
-            && self.app_labels.iter().all(|(k, v)| {
-                (k == "*" && v == "*")
-                    || app
-                        .metadata
-                        .labels
-                        .get(k)
-                        .is_some_and(|have| v == "*" || have == v)
-            })
+        !self.app_labels.is_empty() && labels_match(&self.app_labels, &app.metadata.labels)
     }
+}
+
+/// Whether every `key: value` of `selector` is among `labels` (`*` as a value matches any;
+/// `"*": "*"` matches everything, labelled or not).
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| {
+        (k == "*" && v == "*") || labels.get(k).is_some_and(|have| v == "*" || have == v)
+    })
 }
 
 /// An agent admitted to the cluster (`agents/NAME`): one name, one registration. Its

@@ -39,16 +39,9 @@ pub struct Announce {
 /// Whether an agent with these `agent.resources` selectors serves a cluster app: every
 /// label of some selector matches (`*` as a value matches any; `"*": "*"` matches all apps).
 pub fn selects(selectors: &[BTreeMap<String, String>], app: &App) -> bool {
-    selectors.iter().any(|sel| {
-        sel.iter().all(|(k, v)| {
-            (k == "*" && v == "*")
-                || app
-                    .metadata
-                    .labels
-                    .get(k)
-                    .is_some_and(|have| v == "*" || have == v)
-        })
-    })
+    selectors
+        .iter()
+        .any(|sel| mcpgate_types::resource::labels_match(sel, &app.metadata.labels))
 }
 
 /// DER certificates as base64 strings, for [`OpenMeta::certs`].

@@ -89,23 +89,33 @@ fn agent_at(
 }
 
 fn wait_for_agent(d: &Daemon, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_agent(d, name, true, Duration::from_secs(10));
+}
+
+/// Waits until agent `name` holds no tunnel (`admin status`), at most `within`.
+fn wait_agent_gone(d: &Daemon, name: &str, within: Duration) {
+    wait_agent(d, name, false, within);
+}
+
+/// Waits until `admin status` lists agent `name` as connected (or not), at most `within`.
+fn wait_agent(d: &Daemon, name: &str, connected: bool, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         let status: Value =
             serde_json::from_str(&d.admin(&["status", "--format", "json"]).ok()).unwrap();
-        if status["agents"]
+        let listed = status["agents"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|a| a["name"] == name)
-        {
+            .any(|a| a["name"] == name);
+        if listed == connected {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "agent {name} never connected: {status}"
+            "agent {name}: connected should be {connected}: {status}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -663,24 +673,7 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
         "{r}"
     );
     // Its tunnel is gone within about a second.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let status: Value =
-            serde_json::from_str(&e.d.admin(&["status", "--format", "json"]).ok()).unwrap();
-        if !status["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["name"] == "rogue")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the locked agent kept its tunnel"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_agent_gone(&e.d, "rogue", Duration::from_secs(3));
     // Nor does its certificate read or ship anything any more.
     for (method, path, body) in [
         ("GET", "/v1/agent/locks", Value::Null),
@@ -741,24 +734,7 @@ fn a_copied_agent_certificate_that_renews_after_the_original_locks_the_agent() {
         serde_json::from_str(&e.d.admin(&["get", "locks", "--format", "json"]).ok()).unwrap();
     assert!(locks.to_string().contains("edge-c"), "{locks}");
     // Its tunnel (generation 1, locked) is cut.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status: Value =
-            serde_json::from_str(&e.d.admin(&["status", "--format", "json"]).ok()).unwrap();
-        if !status["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["name"] == "edge-c")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the locked agent kept its tunnel: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_agent_gone(&e.d, "edge-c", Duration::from_secs(5));
 }
 
 #[test]
@@ -767,24 +743,7 @@ fn a_removed_agent_loses_its_tunnel_and_its_name_can_be_admitted_again() {
     let (_edge, _) = agent(&e, "edge-rm", "rm-app", &agent_token(&e.d), &marker("rm"));
     wait_for_agent(&e.d, "edge-rm");
     e.d.admin(&["rm", "agent/edge-rm"]).ok();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status: Value =
-            serde_json::from_str(&e.d.admin(&["status", "--format", "json"]).ok()).unwrap();
-        if !status["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["name"] == "edge-rm")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the removed agent kept its tunnel"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_agent_gone(&e.d, "edge-rm", Duration::from_secs(5));
     let err = e.d.admin(&["rm", "agent/edge-rm"]).fails();
     assert!(err.contains("not found"), "{err}");
     // Admitted again under the same name, the new agent owes nothing to the old

@@ -108,6 +108,18 @@ fn recorded(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// Waits (up to 20 s) until the recording server has received a line containing `needle`.
+fn wait_recorded(path: &Path, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !recorded(path).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} never reached the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn error_of(answer: &Value) -> (i64, String) {
     let e = &answer["error"];
     (
@@ -977,14 +989,7 @@ fn a_call_in_flight_when_the_daemon_is_killed_is_recorded_as_interrupted() {
     b.initialize();
     b.send(r#"{"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"hang","arguments":{"job":"nightly"}}}"#);
     // Once the server has the call, its event is durable (it is stored before forwarding).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !recorded(&e.record).contains("nightly") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never reached the server"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_recorded(&e.record, "nightly");
     let _ = std::process::Command::new("kill")
         .args(["-9", &e.d.child.id().to_string()])
         .status();
@@ -1188,14 +1193,7 @@ fn a_request_in_flight_when_the_daemon_dies_gets_an_answer() {
     let mut b = Bridge::open(&e.alice, "rec", &[]);
     b.initialize();
     b.send(r#"{"jsonrpc":"2.0","id":"h","method":"tools/call","params":{"name":"hang","arguments":{"marker":"waiting"}}}"#);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !recorded(&e.record).contains("waiting") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never reached the server"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_recorded(&e.record, "waiting");
     e.d.kill();
     let answer = b.answer(&json!("h"));
     let (code, message) = error_of(&answer);
