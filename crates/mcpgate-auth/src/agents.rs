@@ -44,6 +44,12 @@ fn session_key(id: &str) -> String {
     format!("sessions/{id}")
 }
 
+/// Marks that a session of `who` (a role name, or `kind/name` of an identity) was routed
+/// to `agent`: what its API may then tell it about.
+fn seen_key(agent: &str, what: &str, who: &str) -> String {
+    format!("agent-seen/{agent}/{what}/{who}")
+}
+
 /// A client session the proxy routed to an agent: the only one whose events it may ship.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -412,6 +418,14 @@ impl AuthService {
             .map(|(k, _)| k)
             .collect();
         self.store.delete_many(&claims).await?;
+        let seen: Vec<String> = self
+            .store
+            .list(&format!("agent-seen/{name}/"))
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.store.delete_many(&seen).await?;
         self.bump_epoch();
         self.emit(self.event(
             codes::RESOURCE_DELETE.0,
@@ -463,6 +477,14 @@ impl AuthService {
         user: &Claims,
         app: &str,
     ) -> Result<()> {
+        // What the agent may learn from now on: this identity's roles and locks.
+        let identity = format!("{}/{}", user.kind.as_str(), user.name);
+        self.store
+            .put(&seen_key(agent, "identity", &identity), b"")
+            .await?;
+        for role in &user.roles {
+            self.store.put(&seen_key(agent, "role", role), b"").await?;
+        }
         let record = SessionRecord {
             agent: agent.to_string(),
             user: user.name.clone(),
@@ -472,6 +494,53 @@ impl AuthService {
             opened: unix_micros(self.now()),
         };
         Ok(self.store.put(&session_key(id), &to_json(&record)?).await?)
+    }
+
+    /// The roles of `names` that identities of sessions routed to this agent hold: an agent
+    /// learns no role no session of its own needs.
+    pub async fn roles_for(
+        &self,
+        agent: &CertInfo,
+        names: &[String],
+    ) -> Result<Vec<mcpgate_types::resource::Role>> {
+        let mut known = Vec::with_capacity(names.len());
+        for name in names {
+            if self
+                .store
+                .get(&seen_key(&agent.claims.name, "role", name))
+                .await?
+                .is_some()
+            {
+                known.push(name.clone());
+            }
+        }
+        self.roles(&known).await
+    }
+
+    /// The locks in force that concern identities or roles of sessions routed to this agent.
+    pub async fn locks_for(&self, agent: &CertInfo) -> Result<Vec<Lock>> {
+        let prefix = format!("agent-seen/{}/", agent.claims.name);
+        let seen: std::collections::BTreeSet<String> = self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect();
+        Ok(self
+            .locks()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                let key = match &l.target {
+                    LockTarget::User(u) => format!("identity/user/{u}"),
+                    LockTarget::Bot(b) => format!("identity/bot/{b}"),
+                    LockTarget::Role(r) => format!("role/{r}"),
+                    LockTarget::Agent(a) => return a == &agent.claims.name,
+                };
+                seen.contains(&key)
+            })
+            .collect())
     }
 
     /// Stores the events an agent shipped that are its own to record: `mcp.*` events of a

@@ -389,8 +389,8 @@ async fn agent_roles(
     Extension(conn): Extension<ConnInfo>,
     Json(names): Json<Vec<String>>,
 ) -> ApiResult<Vec<mcpgate_types::resource::Role>> {
-    agent(&s, &conn).await?;
-    Ok(Json(s.auth.roles(&names).await?))
+    let info = agent(&s, &conn).await?;
+    Ok(Json(s.auth.roles_for(&info, &names).await?))
 }
 
 async fn agent_apps(
@@ -405,8 +405,8 @@ async fn agent_locks(
     State(s): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
 ) -> ApiResult<Vec<mcpgate_types::resource::Lock>> {
-    agent(&s, &conn).await?;
-    Ok(Json(s.auth.locks().await?))
+    let info = agent(&s, &conn).await?;
+    Ok(Json(s.auth.locks_for(&info).await?))
 }
 
 async fn agent_events(

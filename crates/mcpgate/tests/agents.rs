@@ -642,6 +642,27 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
             .contains("only user and bot certificates may open MCP sessions"),
         "{out:?}"
     );
+    // It learns only the roles and locks of identities whose sessions it served: alice's
+    // role `dev`, not `editor`; a lock on alice, not one on somebody else.
+    let (status, roles) = api_as(
+        &e.d,
+        &identity,
+        "POST",
+        "/v1/agent/roles",
+        &json!(["editor", "dev"]),
+    );
+    assert_eq!(status, 200, "{roles}");
+    let names: Vec<&str> = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dev"]);
+    e.d.admin(&["lock", "--user", "mallory", "--message", "not yours"])
+        .ok();
+    let (status, locks) = api_as(&e.d, &identity, "GET", "/v1/agent/locks", &Value::Null);
+    assert_eq!((status, locks), (200, json!([])));
     // The agent API gives it only the cluster apps of its scope (none here).
     let (status, apps) = api_as(&e.d, &identity, "GET", "/v1/agent/apps", &Value::Null);
     assert_eq!((status, apps), (200, json!([])));
