@@ -11,6 +11,7 @@
 //! - [`upstream`]: stdio child processes; [`secrets`]: `${env:..}`/`${file:..}` on this host;
 //!   [`redact`]: audit parameters without secrets; [`lines`]: bounded line framing.
 
+pub mod catalog;
 pub mod cluster;
 pub mod journal;
 pub mod lines;
@@ -55,6 +56,8 @@ pub struct Agent {
     pub(crate) limits: Limits,
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
     pub(crate) journal: Arc<Journal>,
+    /// The tools each app's server offers, announced to the proxy for `mcp ls`.
+    pub(crate) catalog: catalog::Catalog,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
@@ -89,6 +92,7 @@ impl Agent {
             limits,
             verifier,
             journal,
+            catalog: Default::default(),
         }))
     }
 

@@ -653,6 +653,9 @@ impl Session<'_> {
                 self.emit(self.event(codes::MCP_SESSION_START, true, f))
                     .await;
             }
+            if let Some(tools) = &step.offered {
+                self.agent.catalog.offer(self.app_name(), tools);
+            }
             if let Some(why) = step.dropped {
                 tracing::warn!(app = self.app_name(), session = %self.id, "dropped {why}");
             }

@@ -114,14 +114,18 @@ impl Agent {
     /// in any case (changes made elsewhere).
     async fn announce(self: Arc<Self>, name: String, mut to: Announcer) {
         let now = |agent: Arc<Agent>, name: String| async move {
+            let apps = agent.app_list().await;
             Announce {
                 agent: name,
-                apps: agent.app_list().await,
+                tools: agent.catalog.of(&apps),
+                apps,
                 selectors: agent.selectors().to_vec(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }
         };
+        let mut surveyed = std::collections::HashSet::new();
         let mut announced = now(self.clone(), name.clone()).await;
+        self.clone().survey(&announced.apps, &mut surveyed);
         if to.send(&announced).await.is_err() {
             return;
         }
@@ -136,12 +140,34 @@ impl Agent {
             epoch = now_epoch;
             last = tokio::time::Instant::now();
             let current = now(self.clone(), name.clone()).await;
+            self.clone().survey(&current.apps, &mut surveyed);
             if current != announced {
                 announced = current;
                 if to.send(&announced).await.is_err() {
                     return;
                 }
             }
+        }
+    }
+
+    /// Lists the tools of each app no session has listed yet, once per app, in the
+    /// background: the next announcement carries them.
+    fn survey(
+        self: Arc<Self>,
+        apps: &[mcpgate_types::resource::App],
+        surveyed: &mut std::collections::HashSet<String>,
+    ) {
+        for app in apps {
+            let name = app.metadata.name.to_string();
+            if self.catalog.knows(&name) || !surveyed.insert(name.clone()) {
+                continue;
+            }
+            let (agent, app) = (self.clone(), app.clone());
+            tokio::spawn(async move {
+                if let Some(tools) = crate::catalog::survey(&app).await {
+                    agent.catalog.offer(&name, &tools);
+                }
+            });
         }
     }
 

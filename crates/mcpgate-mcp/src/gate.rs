@@ -184,6 +184,9 @@ pub struct ServerStep {
     pub started: Option<Started>,
     /// Why a message was dropped, for the log.
     pub dropped: Option<&'static str>,
+    /// The tools a `tools/list` answer named, before filtering: what the server offers,
+    /// for the agent's catalog (each caller sees it filtered by its own roles).
+    pub offered: Option<Vec<Value>>,
 }
 
 /// Which answers the gateway rewrites.
@@ -509,6 +512,7 @@ impl Gate {
             done: None,
             started: None,
             dropped: None,
+            offered: None,
         };
         let env = match envelope::parse(line, &self.server_limits) {
             Ok(env) => env,
@@ -557,6 +561,17 @@ impl Gate {
             }
             _ => Outcome::Ok,
         };
+        if request.filter == Filter::List("tools")
+            && let Some(result) = env.result
+        {
+            step.offered = serde_json::from_str::<Value>(result.get())
+                .ok()
+                .and_then(|mut v| v.get_mut("tools").map(Value::take))
+                .and_then(|t| match t {
+                    Value::Array(tools) => Some(tools),
+                    _ => None,
+                });
+        }
         step.verdict = match (request.filter, env.result) {
             (Filter::List(list), Some(result)) => {
                 match filter_lists(result, list, rules) {

@@ -1,6 +1,7 @@
 //! `GET /v1/mcp/apps`: the apps connected agents serve that the caller may reach, with the
-//! tool patterns its roles allow (what `mcpgate mcp ls` prints). The same `Policy` decides
-//! here as in the agent's sessions.
+//! tools their servers offer that its roles allow (from the agents' catalogs), and the
+//! patterns of its roles (what `mcpgate mcp ls` prints). The same `Policy` decides here as
+//! in the agent's sessions.
 
 use axum::extract::{Extension, State};
 use axum::routing::get;
@@ -22,6 +23,11 @@ pub struct AppView {
     #[serde(default)]
     pub description: String,
     pub labels: BTreeMap<String, String>,
+    /// The tools the app's server offers that the caller may call (name, title,
+    /// description, annotations); `None` while no agent has listed them yet.
+    #[serde(default)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// Tool patterns of the caller's roles.
     pub allowed_tools: Vec<String>,
     pub denied_tools: Vec<String>,
     /// Resource URI patterns.
@@ -75,7 +81,18 @@ async fn apps(
             let (allowed_tools, denied_tools) = patterns(Subject::Tool);
             let (allowed_resources, denied_resources) = patterns(Subject::Resource);
             let (allowed_prompts, denied_prompts) = patterns(Subject::Prompt);
+            let tools = s.tunnels.tools(app.metadata.name.as_str()).map(|tools| {
+                tools
+                    .into_iter()
+                    .filter(|t| {
+                        t.get("name")
+                            .and_then(serde_json::Value::as_str)
+                            .is_some_and(|n| caller.policy.tool(labels, n).is_allow())
+                    })
+                    .collect()
+            });
             out.push(AppView {
+                tools,
                 name: app.metadata.name.to_string(),
                 description: app.metadata.description.clone().unwrap_or_default(),
                 labels: labels.clone(),

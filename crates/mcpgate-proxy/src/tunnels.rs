@@ -50,6 +50,8 @@ pub struct Tunnel {
     scope: Mutex<AgentScope>,
     /// The announced apps its scope admits: only these are routed to it.
     apps: Mutex<Vec<App>>,
+    /// The tools their servers offer, as the agent announced them (unfiltered).
+    tools: Mutex<std::collections::BTreeMap<String, Vec<serde_json::Value>>>,
     selectors: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
     opener: Opener,
     /// Set (before the connection ends) when the proxy cuts the tunnel, with the reason.
@@ -129,6 +131,19 @@ impl Tunnels {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// The tools the server of `app` offers, as an agent serving it announced them
+    /// (unfiltered: callers see them filtered by their roles); `None` if none knows yet.
+    pub fn tools(&self, app: &str) -> Option<Vec<serde_json::Value>> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter().find_map(|t| {
+            t.tools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(app)
+                .cloned()
+        })
     }
 
     /// Whether some connected agent's selectors match this cluster app.
@@ -213,6 +228,7 @@ impl Tunnels {
             version: Mutex::new(String::new()),
             scope: Mutex::new(scope),
             apps: Mutex::new(Vec::new()),
+            tools: Mutex::new(Default::default()),
             selectors: Mutex::new(Vec::new()),
             opener,
             cut: tokio::sync::watch::channel(None).0,
@@ -306,6 +322,9 @@ impl Tunnels {
                 self.admission.denied(&tunnel.agent, &name, why).await;
             }
         }
+        let mut tools = a.tools;
+        tools.retain(|app, _| admitted.iter().any(|a| a.metadata.name.as_str() == app));
+        *tunnel.tools.lock().unwrap_or_else(|p| p.into_inner()) = tools;
         *tunnel.apps.lock().unwrap_or_else(|p| p.into_inner()) = admitted;
         *tunnel.selectors.lock().unwrap_or_else(|p| p.into_inner()) = a.selectors;
         *tunnel.version.lock().unwrap_or_else(|p| p.into_inner()) = a.version;
@@ -425,6 +444,7 @@ mod tests {
             apps: vec![],
             selectors: vec![],
             version: "1".into(),
+            tools: Default::default(),
         };
         tokio::spawn(async move {
             to.send(&announce).await.unwrap();

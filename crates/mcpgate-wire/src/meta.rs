@@ -34,6 +34,10 @@ pub struct Announce {
     /// The agent's mcpgate version.
     #[serde(default)]
     pub version: String,
+    /// The tools each app's server offers (summaries, unfiltered: the proxy filters them
+    /// for each caller).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app: every

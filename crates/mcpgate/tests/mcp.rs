@@ -282,7 +282,15 @@ fn an_app_the_roles_cannot_reach_is_refused_and_audited() {
         "{msg}"
     );
     b.close();
-    assert_eq!(recorded(&e.record), "", "the upstream was never started");
+    // The server saw only the agent's own listing of its tools (for `mcp ls`), never this
+    // session.
+    let rec = recorded(&e.record);
+    assert!(
+        rec.lines().all(|l| l.contains("mcpgate-catalog")
+            || l == r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+            || l == r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
+        "{rec}"
+    );
     let ev = audit(&e.d, &["--decision", "deny", "--app", "rec"]);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0]["method"], "initialize");
@@ -1200,4 +1208,52 @@ fn a_request_in_flight_when_the_daemon_dies_gets_an_answer() {
     assert_eq!(code, -32603, "{answer}");
     assert!(message.contains("the session ended"), "{message}");
     assert_eq!(b.close(), 1);
+}
+
+#[test]
+fn mcp_ls_lists_the_tools_each_server_really_offers_that_the_roles_allow() {
+    let e = cluster("ls", "dev");
+    // The agent lists each server's tools once at start; wait until it has announced them.
+    let everything = std::env::var("MCPGATE_TEST_EVERYTHING").is_ok_and(|v| !v.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let apps = loop {
+        let ls = e.alice.run(&["mcp", "ls", "--format", "json"], None).ok();
+        let apps: Vec<Value> = serde_json::from_str(&ls).unwrap();
+        let listed = |name: &str| {
+            apps.iter()
+                .any(|a| a["name"] == name && a["tools"].is_array())
+        };
+        if listed("rec") && (!everything || listed("everything")) {
+            break apps;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tools never listed: {ls}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let tools = |name: &str| -> Vec<String> {
+        let app = apps.iter().find(|a| a["name"] == name).unwrap();
+        app["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The recorder offers echo, read_file, delete_all, slow, big; role dev allows these:
+    assert_eq!(tools("rec"), ["echo", "read_file", "slow"]);
+    let rec = apps.iter().find(|a| a["name"] == "rec").unwrap();
+    assert_eq!(rec["tools"][0]["description"], "echo");
+    assert!(
+        rec["tools"][0].get("inputSchema").is_none(),
+        "summaries, not schemas"
+    );
+    if everything {
+        assert_eq!(tools("everything"), ["echo", "get-env", "get-sum"]);
+    }
+    // The text form names them with their descriptions.
+    let text = e.alice.run(&["mcp", "ls"], None).ok();
+    assert!(text.contains("  read_file  read_file"), "{text}");
+    assert!(!text.contains("delete_all  "), "{text}");
 }

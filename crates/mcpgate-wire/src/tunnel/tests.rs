@@ -107,6 +107,7 @@ fn announce(agent: &str, apps: usize) -> Announce {
         apps,
         selectors: vec![[("env".to_string(), "dev".to_string())].into()],
         version: "0.1.0".into(),
+        tools: Default::default(),
     }
 }
 

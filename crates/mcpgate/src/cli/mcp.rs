@@ -125,20 +125,52 @@ async fn ls(who: &Who, format: Format) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let width = apps.iter().map(|a| a.name.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<30}  DENIED TOOLS", "NAME", "ALLOWED TOOLS");
-    for a in &apps {
+    for (i, a) in apps.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        match a.description.as_str() {
+            "" => println!("{}", a.name),
+            d => println!("{}  {d}", a.name),
+        }
+        match &a.tools {
+            Some(tools) if tools.is_empty() => {
+                println!("  (no tool of its server is allowed to you)")
+            }
+            Some(tools) => {
+                let name = |t: &serde_json::Value| {
+                    t.get("name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let width = tools.iter().map(|t| name(t).len()).max().unwrap_or(0);
+                for t in tools {
+                    let read_only = t
+                        .pointer("/annotations/readOnlyHint")
+                        .and_then(|v| v.as_bool())
+                        == Some(true);
+                    let description = t
+                        .get("description")
+                        .and_then(|d| d.as_str())
+                        .and_then(|d| d.lines().next())
+                        .unwrap_or_default();
+                    let mark = if read_only { " (read-only)" } else { "" };
+                    println!("  {:<width$}  {description}{mark}", name(t));
+                }
+            }
+            None => println!("  (its tools are not listed yet)"),
+        }
         let allowed = if a.allowed_tools.is_empty() {
-            "(none)".to_string()
+            "none".to_string()
         } else {
-            a.allowed_tools.join(",")
+            a.allowed_tools.join(", ")
         };
-        println!(
-            "{:<width$}  {:<30}  {}",
-            a.name,
-            allowed,
-            a.denied_tools.join(",")
-        );
+        let denied = match a.denied_tools.is_empty() {
+            true => String::new(),
+            false => format!("; denied: {}", a.denied_tools.join(", ")),
+        };
+        println!("  your roles allow tools: {allowed}{denied}");
     }
     Ok(())
 }
