@@ -1257,3 +1257,43 @@ fn mcp_ls_lists_the_tools_each_server_really_offers_that_the_roles_allow() {
     assert!(text.contains("  read_file  read_file"), "{text}");
     assert!(!text.contains("delete_all  "), "{text}");
 }
+
+#[test]
+fn the_first_role_that_start_suggests_reaches_real_tools() {
+    let e = cluster("first", "dev");
+    let suggested =
+        e.d.banner
+            .lines()
+            .find(|l| l.contains("admin users add alice"))
+            .unwrap_or_else(|| panic!("no first user in the banner:\n{}", e.d.banner));
+    assert!(
+        suggested.contains("--roles access --traits 'mcp_tools=*'"),
+        "{suggested}"
+    );
+    // Exactly as printed (the shell would strip the quotes), for a user of our own.
+    let out =
+        e.d.admin(&[
+            "users",
+            "add",
+            "bob",
+            "--roles",
+            "access",
+            "--traits",
+            "mcp_tools=*",
+            "--format",
+            "json",
+        ])
+        .ok();
+    let token: Value = serde_json::from_str(&out).unwrap();
+    let bob = Person::new(&e.s, "bob");
+    bob.signup(&e.d, token["token"].as_str().unwrap());
+    bob.login(&e.d, None, &[]).ok();
+    let mut b = Bridge::open(&bob, "rec", &[]);
+    b.initialize();
+    assert!(b.tools().contains(&"echo".to_string()));
+    assert!(
+        b.call("echo", json!({"first": true}))
+            .get("result")
+            .is_some()
+    );
+}

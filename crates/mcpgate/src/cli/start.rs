@@ -286,8 +286,14 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         admin_dir.display()
     );
     println!(
-        "  mcpgate admin users add alice --roles access{}",
+        "  mcpgate admin users add alice --roles access --traits 'mcp_tools=*'{}",
         data_dir_flag(&config.data_dir)
+    );
+    println!(
+        "  (role \"access\" allows the tools named in the user's mcp_tools trait, '*' every tool;"
+    );
+    println!(
+        "   name tools one by one, e.g. --traits mcp_tools=echo,mcp_tools=get-sum, to narrow it)"
     );
     println!(
         "  mcpgate signup --proxy {public} --ca-pin {} --invite <token>",
