@@ -304,6 +304,35 @@ impl KeepAlive {
 }
 
 /// The host part of `HOST:PORT` or `[v6]:PORT`.
+/// The proxy's port when an address names none.
+pub const DEFAULT_PORT: u16 = 3080;
+
+/// A proxy address as a person may write it — `HOST`, `HOST:PORT`, `https://HOST[:PORT][/]`,
+/// `[::1]:PORT` — as `HOST:PORT`.
+pub fn proxy_addr(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.starts_with("http://") {
+        return Err(format!(
+            "{text:?}: the proxy speaks only TLS; write https://HOST[:PORT] or HOST:PORT"
+        ));
+    }
+    let t = t
+        .strip_prefix("https://")
+        .unwrap_or(t)
+        .trim_end_matches('/');
+    if t.contains('/') || t.is_empty() {
+        return Err(format!("{text:?} is not a proxy address (HOST[:PORT])"));
+    }
+    let addr = if host_of(t).is_some() {
+        t.to_string()
+    } else if (t.starts_with('[') && t.ends_with(']')) || !t.contains(':') {
+        format!("{t}:{DEFAULT_PORT}")
+    } else {
+        return Err(format!("{text:?} is not a proxy address (HOST[:PORT])"));
+    };
+    Ok(addr)
+}
+
 pub fn host_of(addr: &str) -> Option<String> {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split_once("]:").map(|(h, _)| h.to_string());
@@ -316,6 +345,25 @@ pub fn host_of(addr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::host_of;
+
+    #[test]
+    fn proxy_addresses_as_people_write_them() {
+        use super::proxy_addr;
+        for (given, want) in [
+            ("gate.example.com", "gate.example.com:3080"),
+            ("gate.example.com:443", "gate.example.com:443"),
+            ("https://gate.example.com", "gate.example.com:3080"),
+            ("https://gate.example.com:8443/", "gate.example.com:8443"),
+            ("127.0.0.1:3080", "127.0.0.1:3080"),
+            ("[::1]", "[::1]:3080"),
+            ("[::1]:4000", "[::1]:4000"),
+        ] {
+            assert_eq!(proxy_addr(given).as_deref(), Ok(want), "{given}");
+        }
+        for bad in ["http://gate", "gate:port", "https://gate/path", "", "a:b:c"] {
+            assert!(proxy_addr(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn hosts() {

@@ -491,7 +491,61 @@ fn restart_keeps_state_and_expired_certificates_are_refused() {
     std::thread::sleep(Duration::from_millis(2600));
     let err = status(&id).fails();
     assert!(err.contains("expired"), "{err}");
-    assert!(bob.run(&["status"], None).ok().contains("EXPIRED"));
+    let expired = bob.run(&["status"], None);
+    assert_eq!(expired.code, 1, "{expired:?}");
+    assert!(expired.stdout.contains("EXPIRED"), "{expired:?}");
+    assert!(expired.stderr.contains("expired"), "{expired:?}");
+    let expired = bob.run(&["status", "--format", "json"], None);
+    assert_eq!(expired.code, 1, "{expired:?}");
+    let v: serde_json::Value = serde_json::from_str(&expired.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+
+    // The proxy as people write it: https://HOST:PORT, or in MCPGATE_PROXY.
+    let https = format!("https://{}/", d.addr);
+    let out = bob
+        .run(
+            &[
+                "login",
+                "--proxy",
+                &https,
+                "--user",
+                "bob",
+                "--ca-pin",
+                &d.pin,
+                "--password-stdin",
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .ok();
+    assert!(out.contains("as bob"), "{out}");
+    let ls = run(
+        &["mcp", "ls", "-i", id.to_str().unwrap(), "--format", "json"],
+        None,
+        &[("MCPGATE_PROXY", std::path::Path::new(&https))],
+    );
+    assert_eq!(ls.code, 0, "{ls:?}");
+    let plain = bob.run(
+        &["login", "--proxy", "http://127.0.0.1:1", "--user", "bob"],
+        None,
+    );
+    assert_ne!(plain.code, 0);
+    assert!(plain.stderr.contains("speaks only TLS"), "{plain:?}");
+
+    // A reader that goes away early is not an error.
+    let sh = format!(
+        "{} admin --data-dir {} get roles --format json | head -c 1 >/dev/null",
+        BIN,
+        d.data_dir.display()
+    );
+    let piped = std::process::Command::new("bash")
+        .args(["-o", "pipefail", "-c", &sh])
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("panicked"),
+        "{piped:?}"
+    );
 
     let garbage = s.write("garbage", "not an identity");
     assert!(

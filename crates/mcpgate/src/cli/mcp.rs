@@ -71,8 +71,9 @@ struct Who {
     /// Identity file (from `mcpgate bot` or a copy of ~/.mcpgate/identity).
     #[arg(short = 'i', long)]
     identity: Option<PathBuf>,
-    /// Proxy address, HOST:PORT.
-    #[arg(long)]
+    /// Proxy address: HOST[:PORT] or https://HOST[:PORT] (default: $MCPGATE_PROXY, then the
+    /// logged-in profile's).
+    #[arg(long, env = "MCPGATE_PROXY", value_parser = crate::client::proxy_addr)]
     proxy: Option<String>,
 }
 

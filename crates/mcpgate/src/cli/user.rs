@@ -14,8 +14,8 @@ use crate::profile::{self, Profile};
 
 #[derive(Debug, clap::Args)]
 pub struct SignupArgs {
-    /// The proxy address, HOST:PORT.
-    #[arg(long)]
+    /// The proxy address: HOST[:PORT] or https://HOST[:PORT] (port 3080 if none).
+    #[arg(long, env = "MCPGATE_PROXY", value_parser = crate::client::proxy_addr)]
     proxy: String,
     /// The invite token from `mcpgate admin users add`.
     #[arg(long)]
@@ -30,8 +30,9 @@ pub struct SignupArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
-    /// The proxy address, HOST:PORT (default: the last one logged in to).
-    #[arg(long)]
+    /// The proxy address: HOST[:PORT] or https://HOST[:PORT] (default: $MCPGATE_PROXY, then
+    /// the last one logged in to).
+    #[arg(long, env = "MCPGATE_PROXY", value_parser = crate::client::proxy_addr)]
     proxy: Option<String>,
     /// The user name (default: the last one logged in as).
     #[arg(long)]
@@ -227,7 +228,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let expires = unix_secs(stored.identity.info.not_after);
     let valid = stored.identity.info.valid_at(SystemTime::now());
     if args.format == Format::Json {
-        return print_json(&serde_json::json!({
+        print_json(&serde_json::json!({
             "proxy": stored.profile.proxy,
             "cluster": stored.profile.cluster,
             "user": claims.name,
@@ -236,7 +237,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             "traits": claims.traits,
             "expires": rfc3339(expires),
             "valid": valid,
-        }));
+        }))?;
+        if !valid {
+            bail!("your certificate has expired; run `mcpgate login` again");
+        }
+        return Ok(());
     }
     println!("Proxy:    {}", stored.profile.proxy);
     println!("Cluster:  {}", stored.profile.cluster);
@@ -256,6 +261,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         );
     } else {
         println!("EXPIRED at {}: run `mcpgate login` again", rfc3339(expires));
+        bail!("your certificate has expired; run `mcpgate login` again");
     }
     Ok(())
 }
