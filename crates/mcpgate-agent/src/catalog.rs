@@ -16,9 +16,11 @@ use mcpgate_types::resource::App;
 use crate::lines::{Line, read_line};
 use crate::upstream::Upstream;
 
-/// Tools kept per app, and the longest description kept.
-const MAX_TOOLS: usize = 1000;
+/// Tools kept per app, the longest description and title kept, and the largest annotations.
+const MAX_TOOLS: usize = 500;
 const MAX_DESCRIPTION: usize = 1000;
+const MAX_TITLE: usize = 200;
+const MAX_ANNOTATIONS: usize = 2048;
 /// How long a survey may take (an `npx` server may download itself first).
 const SURVEY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -32,7 +34,11 @@ impl Catalog {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let known = all.entry(app.to_string()).or_default();
         for tool in tools {
-            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+            let Some(name) = tool
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| n.len() <= MAX_TITLE)
+            else {
                 continue;
             };
             if known.len() >= MAX_TOOLS && !known.contains_key(name) {
@@ -68,11 +74,24 @@ fn summary(tool: &Value) -> Value {
     let mut out = Map::new();
     for key in ["name", "title", "description", "annotations"] {
         if let Some(v) = tool.get(key) {
+            let cap = match key {
+                "description" => MAX_DESCRIPTION,
+                "title" => MAX_TITLE,
+                _ => usize::MAX,
+            };
             let v = match v {
-                Value::String(s) if key == "description" && s.chars().count() > MAX_DESCRIPTION => {
-                    Value::from(s.chars().take(MAX_DESCRIPTION).collect::<String>() + "…")
+                Value::String(s) if s.chars().count() > cap => {
+                    Value::from(s.chars().take(cap).collect::<String>() + "…")
                 }
-                v => v.clone(),
+                Value::String(_) => v.clone(),
+                // Annotations are small hints; anything else or larger is left out.
+                Value::Object(_) if key == "annotations" => {
+                    if serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()) > MAX_ANNOTATIONS {
+                        continue;
+                    }
+                    v.clone()
+                }
+                _ => continue,
             };
             out.insert(key.to_string(), v);
         }

@@ -40,6 +40,9 @@ pub enum Sink {
 /// The audit journal of an agent, shared by its sessions.
 pub struct Journal {
     spool: Arc<AnyStore>,
+    /// Where this journal's pending entries live (`audit-pending/INSTANCE/`): several
+    /// gateway instances may share one store, and each recovers only its own.
+    pending: String,
     sink: Sink,
     completions: tokio::sync::mpsc::Sender<Completion>,
 }
@@ -52,12 +55,14 @@ enum Completion {
 }
 
 impl Journal {
-    /// A journal keeping pending events in `spool` and final events in `sink`. Starts the
-    /// batch writer (call within a tokio runtime).
-    pub fn new(spool: Arc<AnyStore>, sink: Sink) -> Arc<Journal> {
+    /// A journal keeping pending events in `spool` under `instance` (stable across restarts
+    /// of this gateway, distinct from other instances sharing the store) and final events in
+    /// `sink`. Starts the batch writer (call within a tokio runtime).
+    pub fn new(spool: Arc<AnyStore>, sink: Sink, instance: &str) -> Arc<Journal> {
         let (completions, rx) = tokio::sync::mpsc::channel(4096);
         let journal = Arc::new(Journal {
             spool,
+            pending: format!("{PENDING}{instance}/"),
             sink,
             completions,
         });
@@ -94,9 +99,13 @@ impl Journal {
     pub async fn begin(&self, event: &AuditEvent) -> Result<(), String> {
         let bytes = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         self.spool
-            .put(&format!("{PENDING}{}", event.id), &bytes)
+            .put(&self.pending_key(&event.id), &bytes)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn pending_key(&self, id: &str) -> String {
+        format!("{}{id}", self.pending)
     }
 
     /// Hands the final event of a begun request (same id) to the batch writer.
@@ -114,7 +123,7 @@ impl Journal {
     /// Stores the final event of a begun request now, and drops its pending entry.
     pub async fn complete_now(&self, event: AuditEvent) -> Result<(), String> {
         self.record(std::slice::from_ref(&event)).await?;
-        if let Err(e) = self.spool.delete(&format!("{PENDING}{}", event.id)).await {
+        if let Err(e) = self.spool.delete(&self.pending_key(&event.id)).await {
             tracing::warn!(error = %e, "a pending audit event stays until the next start");
         }
         Ok(())
@@ -132,7 +141,15 @@ impl Journal {
     /// each becomes `outcome: interrupted`, not a success (stored once: storing is
     /// idempotent by id). Returns how many.
     pub async fn recover(&self) -> Result<usize, String> {
-        let pending = self.spool.list(PENDING).await.map_err(|e| e.to_string())?;
+        // Its own, and those of versions that kept them unscoped (`audit-pending/ID`).
+        let pending: Vec<(String, Vec<u8>)> = self
+            .spool
+            .list(PENDING)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&self.pending) || !k[PENDING.len()..].contains('/'))
+            .collect();
         for (key, bytes) in &pending {
             if let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) {
                 self.record(&[interrupted(event)]).await?;
@@ -213,8 +230,7 @@ async fn complete_in_batches(
         };
         match journal.record(&batch).await {
             Ok(()) => {
-                let keys: Vec<String> =
-                    batch.iter().map(|e| format!("{PENDING}{}", e.id)).collect();
+                let keys: Vec<String> = batch.iter().map(|e| journal.pending_key(&e.id)).collect();
                 if let Err(e) = journal.spool.delete_many(&keys).await {
                     tracing::warn!(error = %e, "pending audit events stay until the next start");
                 }
@@ -271,11 +287,11 @@ mod tests {
         let log = store(&dir, "log.db");
         let ev = event();
         {
-            let j = Journal::new(log.clone(), Sink::Log(log.clone()));
+            let j = Journal::new(log.clone(), Sink::Log(log.clone()), "a");
             j.begin(&ev).await.unwrap();
             // The process dies here: no completion.
         }
-        let j = Journal::new(log.clone(), Sink::Log(log.clone()));
+        let j = Journal::new(log.clone(), Sink::Log(log.clone()), "a");
         assert_eq!(j.recover().await.unwrap(), 1);
         let found = log.search_events(&AuditQuery::default()).await.unwrap();
         assert_eq!(found.len(), 1);
@@ -284,6 +300,11 @@ mod tests {
         assert_eq!(found[0].code, "MG5005E");
         assert_eq!(found[0].field("outcome"), Some("interrupted"));
         assert_eq!(j.recover().await.unwrap(), 0, "recovered once");
+        // Another instance sharing the store: its calls in flight are its own to recover.
+        let other = Journal::new(log.clone(), Sink::Log(log.clone()), "b");
+        other.begin(&event()).await.unwrap();
+        assert_eq!(j.recover().await.unwrap(), 0);
+        assert_eq!(other.recover().await.unwrap(), 1);
     }
 
     #[tokio::test]
@@ -291,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = store(&dir, "spool.db");
         let log = store(&dir, "log.db");
-        let j = Journal::new(spool.clone(), Sink::Outbox);
+        let j = Journal::new(spool.clone(), Sink::Outbox, "a");
         let ev = event();
         j.begin(&ev).await.unwrap();
         j.complete(ev.clone()).await;

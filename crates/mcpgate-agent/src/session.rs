@@ -46,6 +46,8 @@ const UPSTREAM_MAX: usize = 64 << 20;
 const POLICY_MAX_AGE: Duration = Duration::from_secs(1);
 /// How often a live session checks for locks (a lock ends sessions well within 5 s).
 const LOCK_CHECK: Duration = Duration::from_secs(1);
+/// How long answers are awaited after the client finished sending.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// The gate and the draft audit events of the requests it forwarded, by gateway id.
 struct State {
@@ -363,10 +365,30 @@ impl Session<'_> {
         let mut up_out = BufReader::with_capacity(64 << 10, upstream.take_stdout());
         let end = {
             let mut up_in = upstream.take_stdin();
-            tokio::select! {
+            let answers = self.upstream_loop(&mut up_out, writer);
+            let locks = self.watch_locks();
+            tokio::pin!(answers, locks);
+            let end = tokio::select! {
                 end = self.client_loop(reader, writer, &mut up_in) => end,
-                _ = self.upstream_loop(&mut up_out, writer) => End::Upstream(String::new()),
-                reason = self.watch_locks() => End::Cut(reason),
+                end = &mut answers => end,
+                reason = &mut locks => End::Cut(reason),
+            };
+            // A client that finished sending (`printf '...' | mcpgate mcp connect`) still
+            // gets the answers it waits for, for a while; the server's input stays open.
+            if matches!(end, End::Client) && self.state().gate.in_flight() > 0 {
+                let drained = async {
+                    while self.state().gate.in_flight() > 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = drained => End::Client,
+                    end = &mut answers => end,
+                    reason = &mut locks => End::Cut(reason),
+                    _ = tokio::time::sleep(DRAIN) => End::Client,
+                }
+            } else {
+                end
             }
         };
         let end = match end {
@@ -563,6 +585,28 @@ impl Session<'_> {
                     self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
                         .await;
                 }
+                Audit::Cancelled { env, gid, request } => {
+                    let mut f = Map::new();
+                    f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
+                    f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
+                    self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
+                        .await;
+                    // The request it cancels ends here.
+                    let draft = self.state().drafts.remove(&gid);
+                    if let Some(mut ev) = draft {
+                        Self::finish(
+                            &mut ev,
+                            &Outcome::Error("cancelled by the client".into()),
+                            request.started.elapsed(),
+                        );
+                        ev.fields.insert("outcome".into(), Value::from("cancelled"));
+                        if request.durable {
+                            self.agent.journal.complete(ev).await;
+                        } else {
+                            self.emit(ev).await;
+                        }
+                    }
+                }
                 Audit::Denied {
                     env,
                     subject,
@@ -623,11 +667,13 @@ impl Session<'_> {
         }
     }
 
+    /// Moves the server's messages to the client until the server closes its output
+    /// (`End::Upstream`) or the client cannot be written to (`End::Client`).
     async fn upstream_loop<W: AsyncWrite + Unpin>(
         &self,
         up: &mut BufReader<tokio::process::ChildStdout>,
         writer: &tokio::sync::Mutex<W>,
-    ) {
+    ) -> End {
         let mut buf = Vec::with_capacity(4096);
         loop {
             match read_line(up, &mut buf, UPSTREAM_MAX).await {
@@ -639,7 +685,7 @@ impl Session<'_> {
                     );
                     continue;
                 }
-                Ok(Line::Eof) | Err(_) => return,
+                Ok(Line::Eof) | Err(_) => return End::Upstream(String::new()),
             }
             // Only list answers need the roles; everything else is decided without them.
             let policy = self.policy().await;
@@ -667,13 +713,14 @@ impl Session<'_> {
                 Verdict::Forward(Out::Bytes(bytes)) => write(writer, &bytes).await,
                 Verdict::Answer(_) | Verdict::Drop => Ok(()),
             };
-            if sent.is_err() {
-                return;
-            }
             // The answer went out first; its event is completed after (the pending entry
-            // covers a crash in between).
+            // covers a crash in between) — also when the client has just gone: the server
+            // did answer.
             if let Some(done) = step.done {
                 self.completed(done).await;
+            }
+            if sent.is_err() {
+                return End::Client;
             }
         }
     }

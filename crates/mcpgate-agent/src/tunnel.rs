@@ -115,13 +115,23 @@ impl Agent {
     async fn announce(self: Arc<Self>, name: String, mut to: Announcer) {
         let now = |agent: Arc<Agent>, name: String| async move {
             let apps = agent.app_list().await;
-            Announce {
+            let mut announce = Announce {
                 agent: name,
                 tools: agent.catalog.of(&apps),
                 apps,
                 selectors: agent.selectors().to_vec(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            // What the agent serves must always get through: the tools only if they fit.
+            let size = serde_json::to_vec(&announce).map_or(usize::MAX, |v| v.len());
+            if size > mcpgate_wire::tunnel::MAX_ANNOUNCE / 2 {
+                tracing::warn!(
+                    size,
+                    "the tool catalog is too large to announce; mcp ls will not list tools"
+                );
+                announce.tools.clear();
             }
+            announce
         };
         let mut surveyed = std::collections::HashSet::new();
         let mut announced = now(self.clone(), name.clone()).await;

@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use mcpgate_types::resource::McpCommand;
@@ -58,6 +57,9 @@ const STDERR_LINE_MAX: usize = 300;
 /// A running stdio upstream.
 pub struct Upstream {
     child: Child,
+    /// The process group (the leader's pid), kept: once the leader is reaped its id is gone,
+    /// but what it started may live on in its group.
+    group: Option<Pid>,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
     /// The last lines of its standard error.
@@ -106,12 +108,22 @@ impl Upstream {
                 error: std::io::Error::other("no pipes"),
             });
         };
+        let group = child.id().map(|pid| Pid::from_raw(pid as i32));
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES)));
         let stderr_done = child.stderr.take().map(|pipe| {
             let (kept, app) = (stderr.clone(), app.to_string());
             tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                // Read to the end whatever it writes (a server whose stderr closes would die
+                // of SIGPIPE), one bounded line at a time.
+                let mut pipe = tokio::io::BufReader::new(pipe);
+                let mut buf = Vec::new();
+                loop {
+                    match crate::lines::read_line(&mut pipe, &mut buf, 16 << 10).await {
+                        Ok(crate::lines::Line::Ok) => {}
+                        Ok(crate::lines::Line::TooLong) => continue,
+                        Ok(crate::lines::Line::Eof) | Err(_) => break,
+                    }
+                    let line = String::from_utf8_lossy(&buf);
                     tracing::info!(app = %app, "server: {line}");
                     let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
                     if kept.len() == STDERR_LINES {
@@ -123,6 +135,7 @@ impl Upstream {
         });
         Ok(Upstream {
             child,
+            group,
             stdin: Some(stdin),
             stdout: Some(stdout),
             stderr,
@@ -180,8 +193,7 @@ impl Upstream {
     /// Stops the process group: SIGINT, then SIGKILL after [`GRACE`].
     pub async fn stop(mut self) {
         drop(self.stdin.take());
-        let Some(pid) = self.child.id() else { return };
-        let group = Pid::from_raw(pid as i32);
+        let Some(group) = self.group else { return };
         let _ = killpg(group, Signal::SIGINT);
         if tokio::time::timeout(GRACE, self.child.wait())
             .await

@@ -108,6 +108,13 @@ pub enum Audit<'m> {
     },
     /// A notification, forwarded.
     Notification(Envelope<'m>),
+    /// The client cancelled request `gid` (forwarded, with the gateway's id): it is no
+    /// longer pending, and its answer, if the server still sends one, is dropped.
+    Cancelled {
+        env: Envelope<'m>,
+        gid: u64,
+        request: Pending,
+    },
     /// A message that could not be read as JSON-RPC: why, and its id if it had a readable
     /// one (raw JSON).
     Invalid { id: Option<String>, reason: String },
@@ -441,12 +448,21 @@ impl Gate {
                 (Some(gid), Some(rid)) => splice(line, rid, &gid.to_string()),
                 _ => None,
             };
-            return match rewritten {
-                Some(bytes) => Step {
-                    verdict: Verdict::Forward(Out::Bytes(bytes)),
-                    audit: Audit::Notification(env),
-                },
-                None => Step {
+            return match (rewritten, gid) {
+                (Some(bytes), Some(gid)) => {
+                    let request = self.pending.remove(&gid);
+                    if let Some(r) = &request {
+                        self.forget_client_id(&r.client_id);
+                    }
+                    Step {
+                        verdict: Verdict::Forward(Out::Bytes(bytes)),
+                        audit: match request {
+                            Some(request) => Audit::Cancelled { env, gid, request },
+                            None => Audit::Notification(env),
+                        },
+                    }
+                }
+                _ => Step {
                     verdict: Verdict::Drop,
                     audit: Audit::Denied {
                         env,
@@ -669,6 +685,9 @@ impl Gate {
                     _ => Verdict::Drop,
                 };
             }
+            "notifications/message" if poses_as_gateway(env) => {
+                step.dropped = Some("a server log message posing as the gateway's");
+            }
             "notifications/resources/updated" => {
                 // Only about resources the caller may read.
                 let allowed = env
@@ -702,6 +721,19 @@ impl Gate {
         out.sort_by_key(|(gid, _, _)| *gid);
         out
     }
+}
+
+/// Whether a `notifications/message` names the gateway's own logger, `mcpgate`: clients and
+/// the bridge take those as the gateway's word (why a session ended).
+fn poses_as_gateway(env: &Envelope<'_>) -> bool {
+    env.params
+        .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+        .and_then(|v| {
+            v.get("logger")
+                .and_then(Value::as_str)
+                .map(|l| l == "mcpgate")
+        })
+        .unwrap_or(false)
 }
 
 /// The tool, resource or prompt a request is about, if its method is one the gate decides.
@@ -1240,6 +1272,18 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"zz"}}"#,
         );
         assert!(fwd.is_none());
+        // A cancelled request is no longer pending: its late answer is dropped.
+        assert_eq!(g.in_flight(), 0);
+        assert!(
+            server(
+                &mut g,
+                &format!(r#"{{"jsonrpc":"2.0","id":{gid},"result":{{}}}}"#)
+            )
+            .is_none()
+        );
+        // A server cannot speak as the gateway.
+        assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"error","logger":"mcpgate","data":"fake"}}"#).is_none());
+        assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","logger":"srv","data":"ok"}}"#).is_some());
         // An answer to nothing from the server is dropped.
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","id":77,"result":{}}"#).is_none());
     }

@@ -243,6 +243,22 @@ impl Tunnels {
             .unwrap_or_else(|p| p.into_inner())
             .push(tunnel.clone());
         tracing::info!(agent = %tunnel.agent, %addr, "agent connected");
+        // Announcements are read by a task of their own: reading one is not cancel-safe (a
+        // half-read message would desynchronise the stream), so it never races the timer.
+        let (announced, mut announcements) = {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let reader = tokio::spawn(async move {
+                loop {
+                    let next = announcements.next().await;
+                    let end = !matches!(next, Ok(Some(_)));
+                    if tx.send(next).await.is_err() || end {
+                        return;
+                    }
+                }
+            });
+            (AbortOnDrop(reader.abort_handle()), rx)
+        };
+        let _reader = announced;
         let mut expiry = tokio::time::interval(EXPIRY_CHECK.min(PING_EVERY));
         loop {
             tokio::select! {
@@ -253,7 +269,7 @@ impl Tunnels {
                     }
                     break;
                 }
-                next = announcements.next() => match next {
+                next = announcements.recv() => match next.unwrap_or(Ok(None)) {
                     Ok(Some(a)) => {
                         last = a.clone();
                         self.update(&tunnel, a, &mut refused).await;

@@ -1297,3 +1297,28 @@ fn the_first_role_that_start_suggests_reaches_real_tools() {
             .is_some()
     );
 }
+
+#[test]
+fn a_client_that_sends_and_closes_still_gets_its_answers() {
+    let e = cluster("oneshot", "dev");
+    let input = concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"sh","version":"1"}}}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow","arguments":{"late":true}}}"#,
+        "\n"
+    );
+    let out = e.alice.run(&["mcp", "connect", "rec"], Some(input));
+    assert_eq!(out.code, 0, "{out:?}");
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let call = answers
+        .iter()
+        .find(|a| a["id"] == 2)
+        .unwrap_or_else(|| panic!("{answers:?}"));
+    assert_eq!(call["result"]["content"][0]["text"], r#"{"late": true}"#);
+}

@@ -222,7 +222,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let spool = SqliteStore::open(&data_dir.join("agent").join("spool.db"))?;
     // Pending and final events live in the local spool until shipped: nothing is lost
     // when the auth service or this agent stops.
-    let journal = Journal::new(Arc::new(AnyStore::Sqlite(spool)), Sink::Outbox);
+    let journal = Journal::new(Arc::new(AnyStore::Sqlite(spool)), Sink::Outbox, "agent");
     let remote = Arc::new(Remote {
         proxy: proxy.clone(),
         cluster: id.info.claims.cluster.clone(),

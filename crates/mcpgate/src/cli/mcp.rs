@@ -383,24 +383,29 @@ where
                 return Ended::Client;
             }
         };
-        let (pending, why) = {
+        let (pending, why, normal) = {
             let mut w = lock();
             let why = w.why.take();
-            // The client finished and the gateway closed without a word: a normal end.
-            if w.client_done && w.pending.is_empty() && ended.is_none() && why.is_none() {
+            // The client finished and the gateway closed without a word: a normal end
+            // (what the client still waited for gets an error below, if it still reads).
+            let normal = w.client_done && ended.is_none() && why.is_none();
+            if normal && w.pending.is_empty() {
                 return Ended::Client;
             }
             let why = why
                 .or(ended)
                 .unwrap_or_else(|| "the gateway closed the connection".to_string());
             w.ended = Some(format!("mcpgate: the session ended: {why}"));
-            (std::mem::take(&mut w.pending), why)
+            (std::mem::take(&mut w.pending), why, normal)
         };
         let message = format!("mcpgate: the session ended: {why}");
         let mut ids: Vec<String> = pending.into_iter().collect();
         ids.sort();
         for id in ids {
             say(error_line(Some(&id), code::INTERNAL_ERROR, &message)).await;
+        }
+        if normal {
+            return Ended::Client;
         }
         eprintln!("error: the session ended: {why}");
         Ended::Session

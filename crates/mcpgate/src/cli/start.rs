@@ -154,6 +154,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         let journal = mcpgate_agent::Journal::new(
             auth.store().clone(),
             mcpgate_agent::Sink::Log(auth.store().clone()),
+            &instance_id(&config.data_dir)?,
         );
         // The in-process agent is registered as `local` with every app in scope, and holds
         // the names of its static apps (an agent that joins later cannot claim them).
@@ -323,6 +324,21 @@ fn data_dir_flag(dir: &Path) -> String {
     } else {
         format!(" --data-dir {}", dir.display())
     }
+}
+
+/// This instance's id (`DATA_DIR/instance-id`, created on first start): instances that share
+/// a PostgreSQL store keep their calls in flight apart, and each recovers only its own.
+fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(id.to_string());
+        }
+    }
+    let id = mcpgate_types::audit::random_id();
+    crate::profile::write_private(&path, id.as_bytes())?;
+    Ok(id)
 }
 
 /// Reads the CA key file (64 hex digits), creating it (mode 0600) on first start.
