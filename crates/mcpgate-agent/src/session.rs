@@ -768,6 +768,12 @@ impl Session<'_> {
             }
             End::Cut(reason) => format!("access denied: {reason}; the session was ended"),
         };
+        if !matches!(end, End::Client) {
+            // The client hears why first (a client may stop reading once its requests are
+            // answered); the bridge answers what it still waits for with it.
+            let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": why}});
+            let _ = write(writer, format!("{note}\n").as_bytes()).await;
+        }
         let (left, mut drafts) = {
             let mut st = self.state();
             let left = st.gate.drain(&why);
@@ -793,11 +799,6 @@ impl Session<'_> {
             if let Err(e) = stored {
                 tracing::error!(error = %e, "audit write failed");
             }
-        }
-        if !matches!(end, End::Client) {
-            // The client hears why; the bridge answers what it still waits for with it.
-            let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": why}});
-            let _ = write(writer, format!("{note}\n").as_bytes()).await;
         }
         // The session's calls are in the audit log before its end is.
         self.agent.journal.flush().await;
