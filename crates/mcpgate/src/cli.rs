@@ -139,3 +139,20 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// Prints data as `--format json` or `--format yaml` asked (the caller prints text itself).
+pub fn print_data<T: serde::Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => {
+            // Through JSON values: one shape for both formats.
+            let value = serde_json::to_value(value)?;
+            print!(
+                "{}",
+                serde_saphyr::to_string(&value)
+                    .map_err(|e| anyhow::anyhow!("cannot format YAML: {e}"))?
+            );
+            Ok(())
+        }
+        _ => print_json(value),
+    }
+}

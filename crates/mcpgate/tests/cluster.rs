@@ -753,3 +753,62 @@ fn people_without_admin_rights_cannot_change_the_cluster() {
         "{role}"
     );
 }
+
+#[test]
+fn every_data_command_prints_json_and_yaml() {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "f", "auth: {second_factor: off}\n");
+    d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+        .ok();
+    let alice = Person::new(&s, "alice");
+    alice.signup(&d, &invite(&d, "alice", "dev"));
+    alice.login(&d, None, &[]).ok();
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin", "--data-dir", d.data_dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        all.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let commands: Vec<(Vec<String>, bool)> = vec![
+        (admin(&["status"]), true),
+        (admin(&["get", "roles"]), true),
+        (admin(&["get", "role", "dev"]), true),
+        (admin(&["get", "users"]), true),
+        (admin(&["get", "agents"]), true),
+        (admin(&["bots", "ls"]), true),
+        (admin(&["tokens", "ls"]), true),
+        (admin(&["audit", "search", "--since", "1h"]), false),
+        (vec!["status".into()], true),
+        (vec!["mcp".into(), "ls".into()], true),
+    ];
+    for (args, one_json) in commands {
+        let run_as = |format: &str| {
+            let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+            a.extend(["--format", format]);
+            alice.run(&a, None).ok()
+        };
+        let json = run_as("json");
+        if one_json {
+            serde_json::from_str::<serde_json::Value>(&json)
+                .unwrap_or_else(|e| panic!("{args:?} --format json: {e}\n{json}"));
+        } else {
+            // audit search: one JSON object per line (DESIGN §5).
+            for line in json.lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}\n{line}"));
+            }
+        }
+        let yaml = run_as("yaml");
+        assert!(
+            !yaml.trim().is_empty() || args.contains(&"ls".to_string()),
+            "{args:?}"
+        );
+        for doc in yaml.split("\n---\n") {
+            serde_saphyr::from_str::<serde_json::Value>(doc)
+                .unwrap_or_else(|e| panic!("{args:?} --format yaml: {e}\n{yaml}"));
+        }
+        assert!(
+            !yaml.trim_start().starts_with('{'),
+            "{args:?} printed JSON for yaml:\n{yaml}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use mcpgate_types::resource::Kind;
 use mcpgate_types::{AuditEvent, AuditQuery};
 
 use super::user::parse_duration;
-use super::{Format, Target, print_json, rfc3339};
+use super::{Format, Target, print_data, print_json, rfc3339};
 use crate::client::Api;
 use crate::profile;
 
@@ -255,7 +255,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             };
             let lock: mcpgate_types::resource::Lock = api.post("/v1/admin/locks", &req).await?;
             if format != Format::Text {
-                return print_json(&lock);
+                return print_data(&lock, format);
             }
             println!(
                 "Locked {} (lock {}{}).",
@@ -313,7 +313,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 async fn status(api: &Api, format: Format) -> anyhow::Result<()> {
     let s: Status = api.get("/v1/admin/status").await?;
     if format != Format::Text {
-        return print_json(&s);
+        return print_data(&s, format);
     }
     println!("Cluster:  {}", s.cluster);
     println!("Version:  {}", s.version);
@@ -629,12 +629,16 @@ async fn add_user(
 
 async fn audit(api: &Api, q: &AuditQuery, format: Format) -> anyhow::Result<()> {
     let events: Vec<AuditEvent> = api.post("/v1/admin/audit/search", q).await?;
-    if format != Format::Text {
-        // One JSON object per line.
-        for e in &events {
-            println!("{}", serde_json::to_string(e)?);
+    match format {
+        // One JSON object per line (DESIGN §5): a stream a reader can take line by line.
+        Format::Json => {
+            for e in &events {
+                println!("{}", serde_json::to_string(e)?);
+            }
+            return Ok(());
         }
-        return Ok(());
+        Format::Yaml => return print_data(&events, format),
+        Format::Text => {}
     }
     for e in &events {
         let mut extra: Vec<String> = e
@@ -681,8 +685,9 @@ fn urlencode(s: &str) -> String {
 /// Prints a new token: as `{"token", "expires"}` JSON, or with what it is and what next.
 fn print_token(resp: &TokenResponse, format: Format, what: &str, next: &str) -> anyhow::Result<()> {
     if format != Format::Text {
-        return print_json(
+        return print_data(
             &serde_json::json!({"token": resp.token, "expires": rfc3339(resp.expires)}),
+            format,
         );
     }
     println!(

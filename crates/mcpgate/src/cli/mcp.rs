@@ -18,7 +18,7 @@ use mcpgate_proxy::apps::AppView;
 use mcpgate_types::SystemClock;
 use mcpgate_wire::{Hello, HelloReply};
 
-use super::{Format, print_json};
+use super::{Format, print_data, print_json};
 use crate::client::{Api, host_of};
 use crate::profile;
 
@@ -117,7 +117,7 @@ async fn ls(who: &Who, format: Format) -> anyhow::Result<()> {
         .get("/v1/mcp/apps")
         .await?;
     if format != Format::Text {
-        return print_json(&apps);
+        return print_data(&apps, format);
     }
     if apps.is_empty() {
         println!(

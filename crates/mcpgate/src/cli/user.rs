@@ -8,7 +8,7 @@ use mcpgate_auth::wire::{CertResponse, LoginRequest, Ping, SignupRequest, Signup
 use mcpgate_pki::Identity;
 use mcpgate_types::clock::unix_secs;
 
-use super::{Format, print_json, rfc3339};
+use super::{Format, print_data, rfc3339};
 use crate::client::Api;
 use crate::profile::{self, Profile};
 
@@ -227,17 +227,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let claims = &stored.identity.info.claims;
     let expires = unix_secs(stored.identity.info.not_after);
     let valid = stored.identity.info.valid_at(SystemTime::now());
-    if args.format == Format::Json {
-        print_json(&serde_json::json!({
-            "proxy": stored.profile.proxy,
-            "cluster": stored.profile.cluster,
-            "user": claims.name,
-            "kind": claims.kind.as_str(),
-            "roles": claims.roles,
-            "traits": claims.traits,
-            "expires": rfc3339(expires),
-            "valid": valid,
-        }))?;
+    if args.format != Format::Text {
+        print_data(
+            &serde_json::json!({
+                "proxy": stored.profile.proxy,
+                "cluster": stored.profile.cluster,
+                "user": claims.name,
+                "kind": claims.kind.as_str(),
+                "roles": claims.roles,
+                "traits": claims.traits,
+                "expires": rfc3339(expires),
+                "valid": valid,
+            }),
+            args.format,
+        )?;
         if !valid {
             bail!("your certificate has expired; run `mcpgate login` again");
         }
