@@ -521,7 +521,17 @@ fn mcp_config_prints_and_merges_client_entries() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         v,
-        json!({"mcpServers": {"rec": {"command": "mcpgate", "args": ["mcp", "connect", "rec"]}}})
+        json!({"mcpServers": {"rec": {"command": BIN, "args": ["mcp", "connect", "rec"]}}}),
+        "the binary's own path: a client starts it without the user's PATH"
+    );
+    // An app this identity may not use gets no entry.
+    let err = e
+        .alice
+        .run(&["mcp", "config", "nosuchapp", "--client", "claude"], None)
+        .fails();
+    assert!(
+        err.contains("\"nosuchapp\" is not available to alice"),
+        "{err}"
     );
 
     // Merging keeps the rest of the file.

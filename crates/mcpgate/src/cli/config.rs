@@ -64,7 +64,12 @@ pub fn entry(client: Client, app: &str, identity: Option<(&Path, &str)>) -> Valu
         ]);
     }
     args.push(app.to_string());
-    let mut e = json!({"command": "mcpgate", "args": args});
+    // The binary's own path: clients start it without the user's PATH.
+    let command = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string))
+        .unwrap_or_else(|| "mcpgate".to_string());
+    let mut e = json!({"command": command, "args": args});
     if matches!(client, Client::Vscode | Client::ClaudeCode)
         && let Some(obj) = e.as_object_mut()
     {

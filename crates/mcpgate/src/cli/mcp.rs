@@ -185,16 +185,24 @@ async fn config(
     who: &Who,
 ) -> anyhow::Result<()> {
     use super::config as cfg;
-    let names = match (name, all) {
-        (Some(n), _) => vec![n],
-        (None, true) => {
-            let (identity, proxy) = who.resolve()?;
-            let apps: Vec<AppView> = Api::with_identity(&proxy, &identity)?
-                .get("/v1/mcp/apps")
-                .await?;
-            apps.into_iter().map(|a| a.name).collect()
-        }
-        (None, false) => bail!("name an app, or pass --all"),
+    if name.is_none() && !all {
+        bail!("name an app, or pass --all");
+    }
+    // The apps this identity may use: an entry for any other would only fail later.
+    let (identity, proxy) = who.resolve()?;
+    let mine: Vec<String> = Api::with_identity(&proxy, &identity)?
+        .get::<Vec<AppView>>("/v1/mcp/apps")
+        .await?
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    let names = match name {
+        Some(n) if mine.contains(&n) => vec![n],
+        Some(n) => bail!(
+            "app {n:?} is not available to {} (`mcpgate mcp ls` lists those that are)",
+            identity.info.claims.name
+        ),
+        None => mine,
     };
     // A bot's entry names its identity file and proxy; a person's uses the login profile.
     let identity = match &who.identity {

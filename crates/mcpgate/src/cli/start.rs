@@ -26,6 +26,10 @@ pub struct StartArgs {
     /// Also serve a built-in demo MCP server (app `demo`, role `demo`) and print how to try it.
     #[arg(long)]
     demo: bool,
+    /// Where the proxy listens, HOST:PORT (overrides the config's proxy.listen; port 0
+    /// picks a free one).
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 /// Lifetime of the proxy's own certificate; renewed at half-life.
@@ -44,6 +48,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     };
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.proxy.listen = listen;
     }
     profile::private_dir(&config.data_dir)?;
     if !config.auth.enabled {
