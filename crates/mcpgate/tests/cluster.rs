@@ -8,6 +8,8 @@
 mod common;
 
 use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ROLES: &str = "kind: role
@@ -811,4 +813,175 @@ fn every_data_command_prints_json_and_yaml() {
             "{args:?} printed JSON for yaml:\n{yaml}"
         );
     }
+}
+
+/// The README's quick start, its commands and its `roles.yaml` taken from the README itself
+/// (so the two cannot drift), run against a fresh data directory. What differs from a person
+/// at a terminal: the proxy listens on a free port, the password comes on stdin and the TOTP
+/// code is computed, and the app runs the installed server-everything instead of `npx`.
+#[test]
+fn the_readme_quick_start_works_as_written() {
+    let Some(everything) = needs("MCPGATE_TEST_EVERYTHING") else {
+        return;
+    };
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = |after: &str, fence: &str| -> String {
+        let start = readme
+            .find(after)
+            .unwrap_or_else(|| panic!("README lost {after:?}"));
+        let rest = &readme[start..];
+        let open = rest.find(fence).unwrap() + fence.len();
+        let close = rest[open..].find("```").unwrap();
+        rest[open..open + close].to_string()
+    };
+    let commands: Vec<Vec<String>> = block("In\nanother terminal", "```sh\n")
+        .lines()
+        .map(|l| l.split("  #").next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert!(commands.len() >= 8, "{commands:?}");
+    let roles = block("A `roles.yaml` to start from:", "```yaml\n").replace(
+        "mcp: {command: npx, args: [-y, \"@modelcontextprotocol/server-everything\", stdio]}",
+        &format!("mcp: {{command: node, args: [\"{everything}\", stdio]}}"),
+    );
+    assert!(
+        roles.contains(&everything),
+        "the README's app changed: {roles}"
+    );
+
+    let s = Scratch::new();
+    let (cwd, home) = (s.path("work"), s.path("home"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(cwd.join("roles.yaml"), roles).unwrap();
+    let mut daemon = Command::new(BIN)
+        .args(["start", "--listen", "127.0.0.1:0"])
+        .current_dir(&cwd)
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = daemon.stdout.take().unwrap();
+    let daemon = Stop(daemon);
+    let mut banner = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("  mcpgate signup") {
+            break;
+        }
+    }
+    let field = |label: &str| {
+        banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {label} in:\n{banner}"))
+    };
+    let (addr, pin) = (field("proxy:"), field("CA pin:"));
+
+    let (mut token, mut secret) = (String::new(), String::new());
+    for words in commands {
+        assert_eq!(words[0], "mcpgate", "{words:?}");
+        let mut args: Vec<String> = words[1..]
+            .iter()
+            .map(|w| match w.as_str() {
+                "127.0.0.1:3080" => addr.clone(),
+                "sha256:..." => pin.clone(),
+                "<token>" => token.clone(),
+                w => w.to_string(),
+            })
+            .collect();
+        let mut stdin = None;
+        match args[0].as_str() {
+            "signup" => {
+                args.push("--password-stdin".into());
+                stdin = Some(format!("{PASSWORD}\n"));
+            }
+            "login" => {
+                args.extend([
+                    "--password-stdin".into(),
+                    "--otp".into(),
+                    current_code(&secret),
+                ]);
+                stdin = Some(format!("{PASSWORD}\n"));
+            }
+            _ => {}
+        }
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .current_dir(&cwd)
+            .env("HOME", &home)
+            .env_remove("MCPGATE_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut pipe = child.stdin.take().unwrap();
+            if let Some(input) = &stdin {
+                pipe.write_all(input.as_bytes()).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert!(
+            out.status.success(),
+            "mcpgate {args:?}:\n{stdout}\n{stderr}"
+        );
+        match args[0].as_str() {
+            "admin" if args[1] == "users" => {
+                token = stdout
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.len() > 20 && !l.contains(' '))
+                    .unwrap_or_else(|| panic!("no token in:\n{stdout}"))
+                    .to_string();
+            }
+            "signup" => {
+                secret = stdout
+                    .split("secret=")
+                    .nth(1)
+                    .and_then(|s| s.split('&').next())
+                    .unwrap_or_else(|| panic!("no TOTP secret in:\n{stdout}"))
+                    .to_string();
+            }
+            "status" => assert!(stdout.contains("alice"), "{stdout}"),
+            "mcp" if args[1] == "ls" => assert!(stdout.contains("everything"), "{stdout}"),
+            "admin" if args[1] == "audit" => {
+                let logins: Vec<serde_json::Value> = stdout
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                assert!(
+                    logins
+                        .iter()
+                        .any(|e| e["user"] == "alice" && e["success"] == true)
+                );
+            }
+            "mcp" if args[1] == "config" => {
+                let file = home.join(".config/Claude/claude_desktop_config.json");
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+                assert_eq!(v["mcpServers"]["everything"]["args"][2], "everything");
+            }
+            _ => {}
+        }
+    }
+    drop(daemon);
 }
