@@ -168,12 +168,45 @@ impl AuthService {
         Ok(out)
     }
 
-    /// `admin rm KIND/NAME`.
-    pub async fn remove_resource(&self, caller: &Caller, kind: Kind, name: &str) -> Result<()> {
+    /// Who holds role `name`: `user NAME` and `bot NAME` entries.
+    pub async fn role_holders(&self, name: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.store.list("users/").await? {
+            let u: User = from_json(&bytes)?;
+            if u.roles.iter().any(|r| r == name) {
+                out.push(format!("user {}", u.name));
+            }
+        }
+        for (_, bytes) in self.store.list("bots/").await? {
+            let b: mcpgate_types::resource::Bot = from_json(&bytes)?;
+            if b.roles.iter().any(|r| r == name) {
+                out.push(format!("bot {}", b.name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `admin rm KIND/NAME`; a role that users or bots hold only with `force`.
+    pub async fn remove_resource(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        name: &str,
+        force: bool,
+    ) -> Result<()> {
         if kind == Kind::Agent {
             return self.remove_agent(caller, name).await;
         }
         caller.require(kind.as_str(), "delete")?;
+        if kind == Kind::Role && !force && name != EDITOR_ROLE {
+            let holders = self.role_holders(name).await?;
+            if !holders.is_empty() {
+                return Err(AuthError::BadRequest(format!(
+                    "role {name} is held by {}; take it from them first, or pass --force",
+                    holders.join(", ")
+                )));
+            }
+        }
         if kind == Kind::Role && name == EDITOR_ROLE {
             return Err(AuthError::BadRequest(format!(
                 "role {EDITOR_ROLE} is a preset that the local admin identity uses; it cannot be removed"

@@ -230,13 +230,22 @@ async fn read(
     ))
 }
 
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn remove(
     State(s): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
     Path((k, name)): Path<(String, String)>,
+    Query(q): Query<RemoveQuery>,
 ) -> ApiResult<serde_json::Value> {
     let c = caller(&s, &conn).await?;
-    s.auth.remove_resource(&c, kind(&k)?, &name).await?;
+    s.auth
+        .remove_resource(&c, kind(&k)?, &name, q.force)
+        .await?;
     Ok(Json(serde_json::json!({"removed": format!("{k}/{name}")})))
 }
 

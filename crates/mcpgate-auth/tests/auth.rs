@@ -283,9 +283,11 @@ async fn create_is_all_or_nothing_and_needs_force_to_replace() {
         .await
         .unwrap();
     assert_eq!(r.updated, vec!["role dev"]);
-    auth.remove_resource(&adm, Kind::Role, "dev").await.unwrap();
+    auth.remove_resource(&adm, Kind::Role, "dev", true)
+        .await
+        .unwrap();
     assert!(matches!(
-        auth.remove_resource(&adm, Kind::Role, "dev").await,
+        auth.remove_resource(&adm, Kind::Role, "dev", true).await,
         Err(AuthError::NotFound(_))
     ));
     let kinds: Vec<String> = auth

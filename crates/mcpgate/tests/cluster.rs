@@ -813,6 +813,11 @@ fn every_data_command_prints_json_and_yaml() {
             "{args:?} printed JSON for yaml:\n{yaml}"
         );
     }
+    // A role someone holds is not removed by accident.
+    let err = d.admin(&["rm", "role/dev"]).fails();
+    assert!(err.contains("role dev is held by user alice"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    d.admin(&["rm", "role/dev", "--force"]).ok();
 }
 
 /// The README's quick start, its commands and its `roles.yaml` taken from the README itself

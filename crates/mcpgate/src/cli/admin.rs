@@ -47,7 +47,12 @@ enum AdminCommand {
         format: Format,
     },
     /// Remove a resource: KIND/NAME, e.g. role/dev.
-    Rm { target: String },
+    Rm {
+        target: String,
+        /// Remove a role even while users or bots hold it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Users.
     Users {
         #[command(subcommand)]
@@ -228,7 +233,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Status { format } => status(&api, format).await,
         AdminCommand::Create { file, force } => create(&api, &file, force).await,
         AdminCommand::Get { kind, name, format } => get(&api, &kind, name.as_deref(), format).await,
-        AdminCommand::Rm { target } => rm(&api, &target).await,
+        AdminCommand::Rm { target, force } => rm(&api, &target, force).await,
         AdminCommand::Bots { command } => bots(&api, command).await,
         AdminCommand::Tokens { command } => tokens(&api, command).await,
         AdminCommand::Lock {
@@ -572,7 +577,7 @@ fn print_table(kind: Kind, items: &[Value]) {
     }
 }
 
-async fn rm(api: &Api, target: &str) -> anyhow::Result<()> {
+async fn rm(api: &Api, target: &str, force: bool) -> anyhow::Result<()> {
     let (kind, name) = target
         .split_once('/')
         .ok_or_else(|| anyhow!("expected KIND/NAME, e.g. role/dev"))?;
@@ -582,9 +587,10 @@ async fn rm(api: &Api, target: &str) -> anyhow::Result<()> {
     }
     let _: Value = api
         .delete(&format!(
-            "/v1/admin/resources/{}/{}",
+            "/v1/admin/resources/{}/{}{}",
             k.as_str(),
-            urlencode(name)
+            urlencode(name),
+            if force { "?force=true" } else { "" }
         ))
         .await?;
     println!("{} {name} removed", k.as_str());
@@ -739,7 +745,7 @@ async fn bots(api: &Api, command: BotsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BotsCommand::Ls { format } => get(api, "bots", None, format).await,
-        BotsCommand::Rm { name } => rm(api, &format!("bot/{name}")).await,
+        BotsCommand::Rm { name } => rm(api, &format!("bot/{name}"), false).await,
     }
 }
 
@@ -794,6 +800,6 @@ async fn tokens(api: &Api, command: TokensCommand) -> anyhow::Result<()> {
             print_token(&resp, format, "Join token", next)
         }
         TokensCommand::Ls { format } => get(api, "tokens", None, format).await,
-        TokensCommand::Rm { id } => rm(api, &format!("token/{id}")).await,
+        TokensCommand::Rm { id } => rm(api, &format!("token/{id}"), false).await,
     }
 }
