@@ -840,7 +840,7 @@ fn the_readme_quick_start_works_as_written() {
         let close = rest[open..].find("```").unwrap();
         rest[open..open + close].to_string()
     };
-    let commands: Vec<Vec<String>> = block("In\nanother terminal", "```sh\n")
+    let commands: Vec<Vec<String>> = block("In another terminal:", "```sh\n")
         .lines()
         .map(|l| l.split("  #").next().unwrap().trim().to_string())
         .filter(|l| !l.is_empty())
