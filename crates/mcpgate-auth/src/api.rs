@@ -87,7 +87,8 @@ impl IntoResponse for ApiError {
         let status = match &self.0 {
             AuthError::InvalidCredentials
             | AuthError::Unauthenticated(_)
-            | AuthError::InvalidToken => StatusCode::UNAUTHORIZED,
+            | AuthError::InvalidToken
+            | AuthError::OtpReused => StatusCode::UNAUTHORIZED,
             AuthError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             AuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
             AuthError::NotFound(_) => StatusCode::NOT_FOUND,

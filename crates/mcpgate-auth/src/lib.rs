@@ -27,6 +27,9 @@ pub enum AuthError {
     /// which users exist.
     #[error("invalid user name, password or second factor code")]
     InvalidCredentials,
+    /// A TOTP code that was already used (the password and code were right).
+    #[error("this one-time code was already used; wait for the next one and log in again")]
+    OtpReused,
     /// Too many failed logins for this user or address.
     #[error("too many failed login attempts; try again in a few minutes")]
     RateLimited,

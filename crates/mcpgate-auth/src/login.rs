@@ -246,7 +246,7 @@ impl AuthService {
         match self.check_login(req, now).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
-                if matches!(e, AuthError::InvalidCredentials) {
+                if matches!(e, AuthError::InvalidCredentials | AuthError::OtpReused) {
                     let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
                     rl.fail(user_key_rl, now);
                     if let Some(k) = addr_key {
@@ -351,7 +351,8 @@ impl AuthService {
             .ok_or(AuthError::InvalidCredentials)?;
         let mut current: User = from_json(&old)?;
         if step <= current.last_otp_step {
-            return Err(AuthError::InvalidCredentials);
+            // Only someone who knows the password and a valid code gets here: say it plainly.
+            return Err(AuthError::OtpReused);
         }
         current.last_otp_step = step;
         if self

@@ -158,7 +158,7 @@ async fn invite_signup_login_with_totp() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, AuthError::InvalidCredentials));
+    assert!(matches!(e, AuthError::OtpReused));
 
     // The certificate authenticates until it expires, by the injected clock.
     let der = mcpgate_pki::identity::certs_from_pem(&cert.cert).unwrap();

@@ -345,12 +345,12 @@ fn invite_signup_totp_login_status_logout() {
     let code = current_code(&secret);
     let ok = login(&d.pin, PASSWORD, Some(&code)).ok();
     assert!(ok.contains("as alice (roles: dev)"), "{ok}");
-    // The same code cannot be replayed.
+    // The same code cannot be replayed, and the person is told why.
     let replay = login(&d.pin, PASSWORD, Some(&code));
     assert!(
         replay
             .fails()
-            .contains("invalid user name, password or second factor code")
+            .contains("this one-time code was already used; wait for the next one")
     );
 
     #[cfg(unix)]
@@ -472,8 +472,15 @@ fn restart_keeps_state_and_expired_certificates_are_refused() {
     assert!(d.admin(&["get", "user", "bob"]).ok().contains("bob"));
 
     // --ttl asks for less; once expired the proxy refuses the certificate.
+    // A --ttl longer than the roles allow is cut, and said.
+    let capped = bob.login(&d, None, &["--ttl", "24h"]).ok();
+    assert!(
+        capped.contains("you asked for 24h; your roles allow at most"),
+        "{capped}"
+    );
     let out = bob.login(&d, None, &["--ttl", "2s"]).ok();
     assert!(out.contains("as bob"), "{out}");
+    assert!(!out.contains("Note:"), "{out}");
     let id = bob.identity();
     let status = |id: &std::path::Path| {
         run(

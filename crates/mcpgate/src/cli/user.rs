@@ -202,6 +202,21 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         rfc3339(resp.expires)
     );
     println!("Credentials: {}", home.join("identity").display());
+    // A --ttl longer than the roles allow is cut: say so rather than surprise later.
+    if let Some(asked) = args.ttl {
+        let granted = resp
+            .expires
+            .saturating_sub(mcpgate_types::clock::unix_secs(std::time::SystemTime::now()));
+        if asked.as_secs() as i64 > granted.saturating_add(60) {
+            println!(
+                "Note: you asked for {}; your roles allow at most {} (max_session_ttl).",
+                mcpgate_types::duration::format(asked),
+                mcpgate_types::duration::format(std::time::Duration::from_secs(
+                    granted.max(0) as u64
+                ))
+            );
+        }
+    }
     Ok(())
 }
 
