@@ -411,7 +411,7 @@ impl Session<'_> {
         match self.agent.cluster.locks().await {
             Ok(locks) => locks
                 .into_iter()
-                .find(|l| l.applies(c.kind, &c.name, &c.roles, now))
+                .find(|l| l.applies(c.kind, &c.name, &c.roles, now, Some(self.info.issued())))
                 .map(|lock| format!("{} is locked: {}", lock.target, lock.message)),
             Err(e) => Some(format!("locks cannot be checked: {e}")),
         }

@@ -217,6 +217,11 @@ impl AuthService {
             return Err(AuthError::NotFound(format!("{kind} {name}")));
         }
         self.bump_epoch();
+        if kind == Kind::User {
+            // Their certificates go with them.
+            self.void_certificates(caller, name, "the user was removed")
+                .await?;
+        }
         let (t, code) = if kind == Kind::Lock {
             codes::LOCK_DELETE
         } else {

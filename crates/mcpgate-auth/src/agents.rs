@@ -302,7 +302,7 @@ impl AuthService {
                     "agent {name} is locked: {message}"
                 )));
             }
-            if let Some(lock) = self.lock_for(&caller.claims).await? {
+            if let Some(lock) = self.lock_for(&caller.claims, Some(caller.issued())).await? {
                 return Err(AuthError::AccessDenied(format!(
                     "agent {name} is locked: {}",
                     lock.message
@@ -335,6 +335,7 @@ impl AuthService {
             expires: None,
             created: unix_secs(self.now()),
             created_by: "mcpgate".into(),
+            issued_before: None,
         };
         self.store_lock(&lock, by).await
     }
@@ -398,7 +399,7 @@ impl AuthService {
                 claims.generation, record.generation
             )));
         }
-        if let Some(lock) = self.lock_for(claims).await? {
+        if let Some(lock) = self.lock_for(claims, None).await? {
             return Ok(Standing::Refused(format!(
                 "agent {name} is locked: {}",
                 lock.message

@@ -51,6 +51,8 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
             get(read).delete(remove),
         )
         .route("/v1/admin/users", post(add_user))
+        .route("/v1/admin/users/{name}", axum::routing::put(update_user))
+        .route("/v1/admin/users/{name}/reset", post(reset_user))
         .route("/v1/admin/bots", post(add_bot))
         .route("/v1/admin/bots/{name}", post(update_bot))
         .route("/v1/admin/tokens", post(add_token))
@@ -248,6 +250,28 @@ async fn remove(
         .remove_resource(&c, kind(&k)?, &name, q.force)
         .await?;
     Ok(Json(serde_json::json!({"removed": format!("{k}/{name}")})))
+}
+
+async fn update_user(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(name): Path<String>,
+    Json(req): Json<crate::wire::UpdateUserRequest>,
+) -> ApiResult<mcpgate_types::resource::UserView> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(
+        s.auth.update_user(&c, &name, req.roles, req.traits).await?,
+    ))
+}
+
+async fn reset_user(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(name): Path<String>,
+) -> ApiResult<TokenResponse> {
+    let c = caller(&s, &conn).await?;
+    let (token, expires) = s.auth.reset_user(&c, &name).await?;
+    Ok(Json(TokenResponse { token, expires }))
 }
 
 async fn add_user(

@@ -316,6 +316,7 @@ impl AuthService {
                     expires: None,
                     created: unix_secs(self.now()),
                     created_by: "mcpgate".into(),
+                    issued_before: None,
                 };
                 self.store_lock(&lock, &claims).await?;
                 return Err(AuthError::AccessDenied(format!(
@@ -323,7 +324,7 @@ impl AuthService {
                     lock.message
                 )));
             }
-            if let Some(lock) = self.lock_for(&self.bot_claims(&bot, 0)).await? {
+            if let Some(lock) = self.lock_for(&self.bot_claims(&bot, 0), None).await? {
                 return Err(AuthError::AccessDenied(format!(
                     "bot {name} is locked: {}",
                     lock.message
@@ -361,6 +362,7 @@ impl AuthService {
             expires: ttl.map(|t| unix_secs(now + t)),
             created: unix_secs(now),
             created_by: caller.name().to_string(),
+            issued_before: None,
         };
         self.store_lock(&lock, &caller.info.claims).await?;
         Ok(lock)
@@ -396,13 +398,14 @@ impl AuthService {
         Ok(out)
     }
 
-    /// The lock that bans this identity now, if any.
-    pub async fn lock_for(&self, claims: &Claims) -> Result<Option<Lock>> {
+    /// The lock that bans this identity now, if any, for a certificate issued at `issued`
+    /// (`None`: one about to be issued).
+    pub async fn lock_for(&self, claims: &Claims, issued: Option<i64>) -> Result<Option<Lock>> {
         let now = unix_secs(self.now());
         Ok(self
             .locks()
             .await?
             .into_iter()
-            .find(|l| l.applies(claims.kind, &claims.name, &claims.roles, now)))
+            .find(|l| l.applies(claims.kind, &claims.name, &claims.roles, now, issued)))
     }
 }

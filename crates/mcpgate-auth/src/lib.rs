@@ -13,6 +13,7 @@ pub mod api;
 pub mod bots;
 pub mod login;
 pub mod service;
+pub mod users;
 pub mod wire;
 
 pub use service::{AuthConfig, AuthService, CaKey, Caller, SecondFactor};

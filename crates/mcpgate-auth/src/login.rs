@@ -144,17 +144,7 @@ impl AuthService {
                 "user {name} already exists"
             )));
         }
-        let token = crate::service::random_token()?;
-        let expires = unix_secs(self.now() + crate::service::INVITE_TTL);
-        let record = Token {
-            kind: TokenKind::Invite,
-            subject: Some(name.clone()),
-            expires,
-            scope: Default::default(),
-        };
-        self.store
-            .put(&token_key(&token), &to_json(&record)?)
-            .await?;
+        let (token, expires) = self.new_invite(name.as_str()).await?;
         self.emit(self.event(
             "resource.create",
             codes::RESOURCE_CREATE.1,
@@ -166,6 +156,23 @@ impl AuthService {
             ],
         ))
         .await?;
+        Ok((token, expires))
+    }
+
+    /// A single-use invite for user `name`.
+    pub(crate) async fn new_invite(&self, name: &str) -> Result<(String, i64)> {
+        let name = Name::new(name).map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        let token = crate::service::random_token()?;
+        let expires = unix_secs(self.now() + crate::service::INVITE_TTL);
+        let record = Token {
+            kind: TokenKind::Invite,
+            subject: Some(name),
+            expires,
+            scope: Default::default(),
+        };
+        self.store
+            .put(&token_key(&token), &to_json(&record)?)
+            .await?;
         Ok((token, expires))
     }
 
@@ -309,7 +316,7 @@ impl AuthService {
             traits: user.traits.clone(),
             ..self.claims(user.name.as_str(), IdentityKind::User, &user.roles)
         };
-        if let Some(lock) = self.lock_for(&claims).await? {
+        if let Some(lock) = self.lock_for(&claims, None).await? {
             return Err(AuthError::AccessDenied(format!(
                 "{} is locked: {}",
                 lock.target, lock.message

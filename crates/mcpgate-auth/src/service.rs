@@ -425,7 +425,7 @@ impl AuthService {
                 "host certificates cannot call the API".into(),
             ));
         }
-        if let Some(lock) = self.lock_for(&info.claims).await? {
+        if let Some(lock) = self.lock_for(&info.claims, Some(info.issued())).await? {
             return Err(AuthError::AccessDenied(format!(
                 "{} is locked: {}",
                 lock.target, lock.message

@@ -151,6 +151,15 @@ pub struct AddTokenRequest {
     pub scope: mcpgate_types::resource::AgentScope,
 }
 
+/// `admin users update`: what changes (absent: unchanged).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateUserRequest {
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    #[serde(default)]
+    pub traits: Option<BTreeMap<String, Vec<String>>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockRequest {
     pub target: mcpgate_types::resource::LockTarget,

@@ -398,7 +398,7 @@ async fn bot_certificates_expire_renew_by_generation_and_catch_copies() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("bot ci is locked"), "{e}");
-    assert!(auth.lock_for(&gen2.claims).await.unwrap().is_some());
+    assert!(auth.lock_for(&gen2.claims, None).await.unwrap().is_some());
     assert!(
         auth.bot_renew(&gen2, &k.public_key_pem(), None)
             .await
@@ -440,9 +440,9 @@ async fn bot_certificates_expire_renew_by_generation_and_catch_copies() {
     )
     .await
     .unwrap();
-    assert!(auth.lock_for(&other.claims).await.unwrap().is_some());
+    assert!(auth.lock_for(&other.claims, None).await.unwrap().is_some());
     env.clock.advance(Duration::from_secs(61));
-    assert!(auth.lock_for(&other.claims).await.unwrap().is_none());
+    assert!(auth.lock_for(&other.claims, None).await.unwrap().is_none());
 }
 
 #[tokio::test]

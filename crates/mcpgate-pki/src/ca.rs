@@ -49,7 +49,7 @@ impl std::fmt::Debug for CertAuthority {
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 /// Certificates start a minute early to tolerate clock skew between hosts.
-const BACKDATE: Duration = Duration::from_secs(60);
+pub const BACKDATE: Duration = Duration::from_secs(60);
 
 impl CertAuthority {
     /// Generates a new CA valid for ten years from `now`.

@@ -22,6 +22,12 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
+    /// When the certificate was issued (its validity starts a little earlier, for clock
+    /// skew), in Unix seconds.
+    pub fn issued(&self) -> i64 {
+        mcpgate_types::clock::unix_secs(self.not_before + crate::ca::BACKDATE)
+    }
+
     /// Parses a certificate issued by an mcpgate CA.
     pub fn parse(der: &[u8]) -> Result<CertInfo, PkiError> {
         let (_, cert) =

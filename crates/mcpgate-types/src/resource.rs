@@ -655,18 +655,29 @@ pub struct Lock {
     pub expires: Option<i64>,
     pub created: i64,
     pub created_by: String,
+    /// Unix seconds: the lock applies only to certificates issued before then (a user
+    /// reset or removed: their old certificates are void, a new login is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<i64>,
 }
 
 impl Lock {
-    /// Whether this lock applies, at `now`, to an identity with this kind, name and roles.
+    /// Whether this lock applies, at `now`, to an identity with this kind, name and roles
+    /// holding a certificate issued at `issued` (`None`: one about to be issued now).
     pub fn applies(
         &self,
         kind: crate::IdentityKind,
         name: &str,
         roles: &[String],
         now: i64,
+        issued: Option<i64>,
     ) -> bool {
         if self.expires.is_some_and(|e| e <= now) {
+            return false;
+        }
+        if let Some(before) = self.issued_before
+            && issued.is_none_or(|i| i >= before)
+        {
             return false;
         }
         match &self.target {
@@ -692,20 +703,34 @@ mod tests {
             expires,
             created: 0,
             created_by: "a".into(),
+            issued_before: None,
         };
         let roles = vec!["dev".to_string()];
-        assert!(lock(LockTarget::User("alice".into()), None).applies(U, "alice", &roles, 10));
+        let n = Some(5);
+        assert!(lock(LockTarget::User("alice".into()), None).applies(U, "alice", &roles, 10, n));
         assert!(
-            !lock(LockTarget::User("alice".into()), None).applies(B, "alice", &roles, 10),
+            !lock(LockTarget::User("alice".into()), None).applies(B, "alice", &roles, 10, n),
             "a bot named like a user is another identity"
         );
-        assert!(lock(LockTarget::Bot("ci".into()), Some(20)).applies(B, "ci", &[], 10));
+        assert!(lock(LockTarget::Bot("ci".into()), Some(20)).applies(B, "ci", &[], 10, n));
         assert!(
-            !lock(LockTarget::Bot("ci".into()), Some(20)).applies(B, "ci", &[], 20),
+            !lock(LockTarget::Bot("ci".into()), Some(20)).applies(B, "ci", &[], 20, n),
             "expired"
         );
-        assert!(lock(LockTarget::Role("dev".into()), None).applies(B, "ci", &roles, 10));
-        assert!(!lock(LockTarget::Role("ops".into()), None).applies(U, "alice", &roles, 10));
+        assert!(lock(LockTarget::Role("dev".into()), None).applies(B, "ci", &roles, 10, n));
+        assert!(!lock(LockTarget::Role("ops".into()), None).applies(U, "alice", &roles, 10, n));
+        // A lock on certificates issued before a time: older ones, not newer or new ones.
+        let reset = Lock {
+            issued_before: Some(8),
+            ..lock(LockTarget::User("alice".into()), None)
+        };
+        assert!(reset.applies(U, "alice", &roles, 10, Some(7)));
+        assert!(!reset.applies(U, "alice", &roles, 10, Some(8)));
+        assert!(
+            !reset.applies(U, "alice", &roles, 10, None),
+            "a login after the reset"
+        );
+        assert!(lock(LockTarget::User("alice".into()), None).applies(U, "alice", &roles, 10, None));
     }
 
     const GOOD: &str = "kind: role

@@ -74,6 +74,14 @@ impl Api {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
         self.call(Method::DELETE, path, None::<&()>).await
     }

@@ -1332,3 +1332,49 @@ fn a_client_that_sends_and_closes_still_gets_its_answers() {
         .unwrap_or_else(|| panic!("{answers:?}"));
     assert_eq!(call["result"]["content"][0]["text"], r#"{"late": true}"#);
 }
+
+#[test]
+fn updating_resetting_or_removing_a_user_voids_their_certificates() {
+    let e = cluster("users", "full");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    assert!(b.call("read_file", json!({})).get("result").is_some());
+    // Narrowed: the live session ends within seconds, saying why.
+    e.d.admin(&["users", "update", "alice", "--roles", "dev"])
+        .ok();
+    let note = b.recv();
+    assert!(
+        note["params"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("log in again"),
+        "{note}"
+    );
+    assert_eq!(b.close(), 1);
+    // The old certificate opens nothing; a new login carries the new roles.
+    let mut old = Bridge::open(&e.alice, "rec", &[]);
+    let (_, msg) = error_of(&old.request("initialize", json!({})));
+    assert!(msg.contains("log in again"), "{msg}");
+    drop(old);
+    let out = e.alice.login(&e.d, None, &[]).ok();
+    assert!(out.contains("(roles: dev)"), "{out}");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    assert_eq!(b.tools(), ["echo", "read_file", "slow"]);
+    b.close();
+    // Reset: a new invite, the old password no longer works.
+    let reset =
+        e.d.admin(&["users", "reset", "alice", "--format", "json"])
+            .ok();
+    let token: Value = serde_json::from_str(&reset).unwrap();
+    assert!(e.alice.login(&e.d, None, &[]).fails().contains("invalid"));
+    e.alice.signup(&e.d, token["token"].as_str().unwrap());
+    e.alice.login(&e.d, None, &[]).ok();
+    let ls = e.d.admin(&["users", "ls", "--format", "json"]).ok();
+    assert!(ls.contains("\"alice\""), "{ls}");
+    // Removed: their certificate is void at once.
+    e.d.admin(&["users", "rm", "alice"]).ok();
+    let mut gone = Bridge::open(&e.alice, "rec", &[]);
+    let (_, msg) = error_of(&gone.request("initialize", json!({})));
+    assert!(msg.contains("the user was removed"), "{msg}");
+}

@@ -171,6 +171,31 @@ enum UsersCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// List users.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Change a user's roles and/or traits. Their current certificates are void: they log in
+    /// again and get the new ones.
+    Update {
+        name: String,
+        /// Comma-separated role names (replacing the current ones).
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        /// Traits as key=value (replacing the current ones).
+        #[arg(long, value_delimiter = ',')]
+        traits: Option<Vec<String>>,
+    },
+    /// Forget a user's password and second factor, end their sessions, and print a new
+    /// single-use invite.
+    Reset {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a user (their certificates are void at once).
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,15 +298,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("Remove it with: mcpgate admin rm lock/{}", lock.id);
             Ok(())
         }
-        AdminCommand::Users {
-            command:
-                UsersCommand::Add {
-                    name,
-                    roles,
-                    traits,
-                    format,
-                },
-        } => add_user(&api, name, roles, &traits, format).await,
+        AdminCommand::Users { command } => users(&api, command).await,
         AdminCommand::Audit {
             command:
                 AuditCommand::Search {
@@ -597,13 +614,55 @@ async fn rm(api: &Api, target: &str, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn add_user(
-    api: &Api,
-    name: String,
-    roles: Vec<String>,
-    traits: &[String],
-    format: Format,
-) -> anyhow::Result<()> {
+async fn users(api: &Api, command: UsersCommand) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::Add {
+            name,
+            roles,
+            traits,
+            format,
+        } => add_user(api, name, roles, &traits, format).await,
+        UsersCommand::Ls { format } => get(api, "users", None, format).await,
+        UsersCommand::Rm { name } => rm(api, &format!("user/{name}"), false).await,
+        UsersCommand::Update {
+            name,
+            roles,
+            traits,
+        } => {
+            if roles.is_none() && traits.is_none() {
+                bail!("say what changes: --roles and/or --traits");
+            }
+            let traits = traits.map(|t| parse_traits(&t)).transpose()?;
+            let req = mcpgate_auth::wire::UpdateUserRequest { roles, traits };
+            let _: Value = api
+                .put(&format!("/v1/admin/users/{}", urlencode(&name)), &req)
+                .await?;
+            println!(
+                "User {name} updated; their current certificates are void: they log in again."
+            );
+            Ok(())
+        }
+        UsersCommand::Reset { name, format } => {
+            let resp: TokenResponse = api
+                .post(
+                    &format!("/v1/admin/users/{}/reset", urlencode(&name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            print_token(
+                &resp,
+                format,
+                &format!(
+                    "User {name} reset: password and second factor forgotten, sessions ended. Invite token"
+                ),
+                "Give it to them: mcpgate signup --invite <token> (then they log in again).",
+            )
+        }
+    }
+}
+
+/// `key=value` traits; a key repeated gives several values.
+fn parse_traits(traits: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for t in traits {
         let (k, v) = t
@@ -611,6 +670,17 @@ async fn add_user(
             .ok_or_else(|| anyhow!("invalid trait {t:?}: expected key=value"))?;
         map.entry(k.to_string()).or_default().push(v.to_string());
     }
+    Ok(map)
+}
+
+async fn add_user(
+    api: &Api,
+    name: String,
+    roles: Vec<String>,
+    traits: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
+    let map = parse_traits(traits)?;
     let resp: TokenResponse = api
         .post(
             "/v1/admin/users",
