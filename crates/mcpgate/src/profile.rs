@@ -113,9 +113,26 @@ pub fn read_identity(path: &Path) -> anyhow::Result<Identity> {
         .with_context(|| format!("{} is not a valid identity file", path.display()))
 }
 
-/// Removes the user's credentials; false if there were none.
+/// The profile logged in to now, or else the last one (kept by `logout`, without
+/// credentials): where and as whom to log in next, and the cluster's pin.
+pub fn load_remembered(dir: &Path) -> anyhow::Result<Option<Profile>> {
+    if let Some(p) = load_profile(dir)? {
+        return Ok(Some(p));
+    }
+    match std::fs::read(dir.join("last.json")) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Removes the user's credentials; false if there were none. The profile (proxy, user,
+/// pin; nothing secret) is kept as `last.json` for the next login.
 pub fn remove(dir: &Path) -> anyhow::Result<bool> {
     let mut any = false;
+    if dir.join("profile.json").exists() {
+        let _ = std::fs::rename(dir.join("profile.json"), dir.join("last.json"));
+        any = true;
+    }
     for name in ["identity", "profile.json"] {
         match std::fs::remove_file(dir.join(name)) {
             Ok(()) => any = true,

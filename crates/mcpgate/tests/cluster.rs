@@ -533,6 +533,15 @@ fn restart_keeps_state_and_expired_certificates_are_refused() {
         &[("MCPGATE_PROXY", std::path::Path::new(&https))],
     );
     assert_eq!(ls.code, 0, "{ls:?}");
+    // After logout, login remembers where, as whom and which pin.
+    assert!(bob.run(&["logout"], None).ok().contains("Logged out"));
+    let again = bob
+        .run(
+            &["login", "--password-stdin"],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .ok();
+    assert!(again.contains("as bob"), "{again}");
     let plain = bob.run(
         &["login", "--proxy", "http://127.0.0.1:1", "--user", "bob"],
         None,

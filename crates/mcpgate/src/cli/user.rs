@@ -86,7 +86,7 @@ fn first_contact(proxy: &str, pin: Option<&str>) -> anyhow::Result<(Api, String)
     if let Some(pin) = pin {
         return Ok((Api::pinned(proxy, pin)?, pin.to_string()));
     }
-    if let Some(p) = profile::load_profile(&profile::home()?)?.filter(|p| p.proxy == proxy) {
+    if let Some(p) = profile::load_remembered(&profile::home()?)?.filter(|p| p.proxy == proxy) {
         return Ok((Api::pinned(proxy, &p.ca_pin)?, p.ca_pin));
     }
     bail!(
@@ -131,7 +131,7 @@ pub async fn signup(args: SignupArgs) -> anyhow::Result<()> {
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let home = profile::home()?;
-    let previous = profile::load_profile(&home)?;
+    let previous = profile::load_remembered(&home)?;
     let proxy = args
         .proxy
         .or_else(|| previous.as_ref().map(|p| p.proxy.clone()))
