@@ -85,6 +85,11 @@ pub enum Command {
     Mcp(mcp::McpArgs),
     /// The machine identity agent for CI jobs and AI agents.
     Bot(bot::BotArgs),
+    /// Print a shell completion script: `source <(mcpgate completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Output format of commands that print data.
@@ -119,6 +124,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout => user::logout(),
         Command::Status(a) => user::status(a),
         Command::Mcp(a) => mcp::run(a).await,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "mcpgate", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Bot(a) => bot::run(a).await,
     }
 }

@@ -1006,3 +1006,28 @@ fn the_readme_quick_start_works_as_written() {
     }
     drop(daemon);
 }
+
+#[test]
+fn shell_completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completion", shell], None, &[]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout.contains("mcpgate") && out.stdout.contains("login"),
+            "{shell}"
+        );
+    }
+    let bash = run(&["completion", "bash"], None, &[]).stdout;
+    let mut check = Command::new("bash")
+        .args(["-n"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(bash.as_bytes())
+        .unwrap();
+    assert!(check.wait().unwrap().success(), "the bash script parses");
+}
