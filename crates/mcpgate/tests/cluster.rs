@@ -599,6 +599,10 @@ fn bad_configs_and_commands_fail_in_one_line() {
         );
         let err = run(&["start", "--config", path.to_str().unwrap()], None, &[]).fails();
         assert!(err.contains(want), "{err} should contain {want}");
+        assert!(
+            !s.path("d").exists(),
+            "a first start that failed ({want}) left a half-made data directory"
+        );
     }
     let err = run(
         &[

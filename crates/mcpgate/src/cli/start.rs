@@ -52,6 +52,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.proxy.listen = listen;
     }
+    // A first start that fails leaves no half-made data directory behind.
+    let mut fresh = Fresh {
+        dir: (!config.data_dir.exists()).then(|| config.data_dir.clone()),
+    };
     profile::private_dir(&config.data_dir)?;
     if !config.auth.enabled {
         if args.demo {
@@ -62,7 +66,11 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             .data_dir
             .canonicalize()
             .unwrap_or(config.data_dir.clone());
-        return super::agent::run(config, data_dir).await;
+        let result = super::agent::run(config, data_dir).await;
+        if result.is_ok() {
+            fresh.dir = None; // it ran: its identity and spool stay
+        }
+        return result;
     }
     let data_dir = config
         .data_dir
@@ -308,9 +316,24 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         auth.ca_pin()
     );
 
+    fresh.dir = None; // started: the data directory is the cluster's now
     super::shutdown().await;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// A data directory this start created, removed again if the start fails before the daemon
+/// is up.
+struct Fresh {
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Waits (up to 5 s) for the in-process agent's tunnel, so `start` reports ready only when
