@@ -88,6 +88,13 @@ fn agent_at(
     (Daemon::start_with(&cfg, data_dir), record)
 }
 
+/// An agent admitted with a plain token, serving recorder app `app`, once it is connected.
+fn connected_agent(e: &Env, name: &str, app: &str, tag: &str) -> Daemon {
+    let (d, _) = agent(e, name, app, &agent_token(&e.d), &marker(tag));
+    wait_for_agent(&e.d, name);
+    d
+}
+
 fn wait_for_agent(d: &Daemon, name: &str) {
     wait_agent(d, name, true, Duration::from_secs(10));
 }
@@ -282,14 +289,7 @@ fn several_agents_share_an_app_and_a_dead_one_gives_a_fast_clear_error() {
 #[test]
 fn a_lock_ends_a_session_on_a_remote_agent_within_five_seconds() {
     let e = gateway();
-    let (_edge, _) = agent(
-        &e,
-        "edge-l",
-        "remote-rec",
-        &agent_token(&e.d),
-        &marker("remotelock"),
-    );
-    wait_for_agent(&e.d, "edge-l");
+    let _edge = connected_agent(&e, "edge-l", "remote-rec", "remotelock");
     let mut b = Bridge::open(&e.alice, "remote-rec", &[]);
     b.initialize();
     assert!(b.call("echo", json!({})).get("result").is_some());
@@ -709,14 +709,7 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
 #[test]
 fn a_copied_agent_certificate_that_renews_after_the_original_locks_the_agent() {
     let e = gateway();
-    let (_edge, _) = agent(
-        &e,
-        "edge-c",
-        "copied-app",
-        &agent_token(&e.d),
-        &marker("copy"),
-    );
-    wait_for_agent(&e.d, "edge-c");
+    let _edge = connected_agent(&e, "edge-c", "copied-app", "copy");
     let copy =
         std::fs::read_to_string(e.s.path("edge-c-data").join("agent").join("identity")).unwrap();
     let renew = |identity: &str| {
@@ -761,8 +754,7 @@ fn a_copied_agent_certificate_that_renews_after_the_original_locks_the_agent() {
 #[test]
 fn a_removed_agent_loses_its_tunnel_and_its_name_can_be_admitted_again() {
     let e = gateway();
-    let (_edge, _) = agent(&e, "edge-rm", "rm-app", &agent_token(&e.d), &marker("rm"));
-    wait_for_agent(&e.d, "edge-rm");
+    let _edge = connected_agent(&e, "edge-rm", "rm-app", "rm");
     e.d.admin(&["rm", "agent/edge-rm"]).ok();
     wait_agent_gone(&e.d, "edge-rm", Duration::from_secs(5));
     let err = e.d.admin(&["rm", "agent/edge-rm"]).fails();
@@ -800,14 +792,7 @@ fn a_removed_agent_loses_its_tunnel_and_its_name_can_be_admitted_again() {
 #[test]
 fn a_static_app_name_an_agent_holds_never_becomes_a_cluster_app() {
     let e = gateway();
-    let (_edge, _) = agent(
-        &e,
-        "edge-h",
-        "payments",
-        &agent_token(&e.d),
-        &marker("hold"),
-    );
-    wait_for_agent(&e.d, "edge-h");
+    let _edge = connected_agent(&e, "edge-h", "payments", "hold");
     let app = "kind: app\nversion: v3\nmetadata: {name: payments, labels: {env: prod}}\nspec:\n  uri: mcp+stdio://\n  mcp: {command: pay-server, env: {PAY_KEY: \"${env:PAY_KEY}\"}}\n";
     let err =
         e.d.admin(&["create", "-f", e.s.write("pay.yaml", app).to_str().unwrap()])
