@@ -52,9 +52,20 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.proxy.listen = listen;
     }
-    // A first start that fails leaves no half-made data directory behind.
+    // A first start that fails leaves no half-made data directory behind — only where the
+    // whole cluster lives in it (SQLite, and the CA key file in it): a shared PostgreSQL
+    // store may already hold CA keys sealed with the key file, which must not be lost.
+    // (An agent-only daemon keeps its directory: once it has joined, its identity is the
+    // only way back in.)
+    let self_contained = config.auth.enabled
+        && config.storage.kind == crate::config::StorageKind::Sqlite
+        && config
+            .auth
+            .ca_key_file
+            .as_ref()
+            .is_none_or(|f| f.starts_with(&config.data_dir));
     let mut fresh = Fresh {
-        dir: (!config.data_dir.exists()).then(|| config.data_dir.clone()),
+        dir: (self_contained && !config.data_dir.exists()).then(|| config.data_dir.clone()),
     };
     profile::private_dir(&config.data_dir)?;
     if !config.auth.enabled {
@@ -66,11 +77,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             .data_dir
             .canonicalize()
             .unwrap_or(config.data_dir.clone());
-        let result = super::agent::run(config, data_dir).await;
-        if result.is_ok() {
-            fresh.dir = None; // it ran: its identity and spool stay
-        }
-        return result;
+        return super::agent::run(config, data_dir).await;
     }
     let data_dir = config
         .data_dir
