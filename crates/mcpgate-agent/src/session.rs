@@ -80,6 +80,8 @@ enum End {
     Upstream(String),
     /// The gateway ended it (a lock).
     Cut(String),
+    /// The client finished sending, and answers it waited for did not come in time.
+    Unanswered,
 }
 
 impl Agent {
@@ -385,7 +387,7 @@ impl Session<'_> {
                     _ = drained => End::Client,
                     end = &mut answers => end,
                     reason = &mut locks => End::Cut(reason),
-                    _ = tokio::time::sleep(DRAIN) => End::Client,
+                    _ = tokio::time::sleep(DRAIN) => End::Unanswered,
                 }
             } else {
                 end
@@ -399,8 +401,10 @@ impl Session<'_> {
             }
             other => other,
         };
-        upstream.stop().await;
+        // The client hears first and is let go; the server then gets its grace period.
         self.end(writer, end).await;
+        let _ = writer.lock().await.shutdown().await;
+        upstream.stop().await;
     }
 
     /// Why this identity is locked now, if it is (a lock that cannot be read counts as one:
@@ -767,6 +771,11 @@ impl Session<'_> {
                 format!("the MCP server of app {:?} {report}", self.app_name())
             }
             End::Cut(reason) => format!("access denied: {reason}; the session was ended"),
+            End::Unanswered => format!(
+                "the client finished sending and the MCP server of app {:?} did not answer within {}s",
+                self.app_name(),
+                DRAIN.as_secs()
+            ),
         };
         if !matches!(end, End::Client) {
             // The client hears why first (a client may stop reading once its requests are
@@ -811,6 +820,10 @@ impl Session<'_> {
             End::Upstream(_) => {
                 f.insert("reason".into(), Value::from(why));
                 codes::MCP_SESSION_FAILED
+            }
+            End::Unanswered => {
+                f.insert("reason".into(), Value::from(why));
+                codes::MCP_SESSION_END
             }
             End::Client => codes::MCP_SESSION_END,
         };

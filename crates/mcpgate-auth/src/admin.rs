@@ -213,15 +213,20 @@ impl AuthService {
             )));
         }
         let key = key_of(kind, name)?;
+        if kind == Kind::User {
+            crate::users::not_the_admin(name)?;
+            if self.store.get(&key).await?.is_none() {
+                return Err(AuthError::NotFound(format!("{kind} {name}")));
+            }
+            // Their certificates go with them (first: a failure here leaves the user, and
+            // `rm` can be run again).
+            self.void_certificates(caller, name, "the user was removed")
+                .await?;
+        }
         if !self.store.delete(&key).await? {
             return Err(AuthError::NotFound(format!("{kind} {name}")));
         }
         self.bump_epoch();
-        if kind == Kind::User {
-            // Their certificates go with them.
-            self.void_certificates(caller, name, "the user was removed")
-                .await?;
-        }
         let (t, code) = if kind == Kind::Lock {
             codes::LOCK_DELETE
         } else {

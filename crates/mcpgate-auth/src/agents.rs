@@ -371,7 +371,11 @@ impl AuthService {
 
     /// Whether the agent presenting these claims may hold a tunnel now: issued to an agent,
     /// registered, its newest generation, not locked.
-    pub async fn agent_standing(&self, claims: &Claims) -> Result<Standing> {
+    ///
+    /// `established`: the certificate of a tunnel already open, which the agent re-dials
+    /// only shortly before it expires — the generation before the newest is good for it;
+    /// anything new (a tunnel, an API call) needs the newest.
+    pub async fn agent_standing(&self, claims: &Claims, established: bool) -> Result<Standing> {
         let name = claims.name.as_str();
         if claims.kind != IdentityKind::Host || !claims.roles.iter().any(|r| r == AGENT_ROLE) {
             return Ok(Standing::Refused(format!(
@@ -391,9 +395,8 @@ impl AuthService {
         // The certificate a live tunnel was dialled with stays good after the agent renews
         // (it re-dials before that one expires): the newest generation or the one before.
         // A copy renewing out of turn is caught at renewal.
-        if claims.generation != record.generation
-            && claims.generation.saturating_add(1) != record.generation
-        {
+        let previous = established && claims.generation.saturating_add(1) == record.generation;
+        if claims.generation != record.generation && !previous {
             return Ok(Standing::Refused(format!(
                 "agent {name} presented certificate generation {}, older than the newest ({})",
                 claims.generation, record.generation
@@ -454,7 +457,7 @@ impl AuthService {
 
     /// The cluster apps an agent's scope admits (with their `env` references): no others.
     pub async fn apps_for(&self, agent: &CertInfo) -> Result<Vec<App>> {
-        let Standing::Good(record) = self.agent_standing(&agent.claims).await? else {
+        let Standing::Good(record) = self.agent_standing(&agent.claims, false).await? else {
             return Ok(Vec::new());
         };
         Ok(self

@@ -391,7 +391,7 @@ fn host(s: &AppState, conn: &ConnInfo) -> Result<mcpgate_pki::CertInfo, ApiError
 /// agent reads what sessions need and ships events. (Renewal checks its own, stricter way.)
 async fn agent(s: &AppState, conn: &ConnInfo) -> Result<mcpgate_pki::CertInfo, ApiError> {
     let info = host(s, conn)?;
-    match s.auth.agent_standing(&info.claims).await? {
+    match s.auth.agent_standing(&info.claims, false).await? {
         crate::agents::Standing::Good(_) => Ok(info),
         crate::agents::Standing::Refused(why) => Err(ApiError(AuthError::AccessDenied(why))),
     }

@@ -108,6 +108,7 @@ impl AuthService {
         traits: std::collections::BTreeMap<String, Vec<String>>,
     ) -> Result<(String, i64)> {
         caller.require("user", "create")?;
+        crate::users::not_the_admin(name)?;
         let name = Name::new(name).map_err(|e| AuthError::BadRequest(e.to_string()))?;
         if roles.is_empty() {
             return Err(AuthError::BadRequest(
@@ -134,6 +135,7 @@ impl AuthService {
             totp_secret: None,
             last_otp_step: 0,
             created: unix_secs(self.now()),
+            invite: None,
         };
         if !self
             .store
@@ -145,6 +147,7 @@ impl AuthService {
             )));
         }
         let (token, expires) = self.new_invite(name.as_str()).await?;
+        self.bind_invite(name.as_str(), &token).await?;
         self.emit(self.event(
             "resource.create",
             codes::RESOURCE_CREATE.1,
@@ -176,6 +179,30 @@ impl AuthService {
         Ok((token, expires))
     }
 
+    /// Makes `token` the one invite that may sign user `name` up.
+    pub(crate) async fn bind_invite(&self, name: &str, token: &str) -> Result<()> {
+        let key = user_key(name);
+        for _ in 0..8 {
+            let old = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| AuthError::NotFound(format!("user {name}")))?;
+            let mut user: User = from_json(&old)?;
+            user.invite = Some(token_key(token));
+            if self
+                .store
+                .compare_and_swap(&key, &old, &to_json(&user)?)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(AuthError::Internal(
+            "the user kept changing; try again".into(),
+        ))
+    }
+
     /// Uses an invite: sets the password and, when required, enrols TOTP.
     pub async fn signup(&self, invite: &str, password: &str) -> Result<SignupResponse> {
         if password.chars().count() < MIN_PASSWORD {
@@ -193,6 +220,16 @@ impl AuthService {
         let key = user_key(name.as_str());
         let old = self.store.get(&key).await?.ok_or(AuthError::InvalidToken)?;
         let mut user: User = from_json(&old)?;
+        // Only the newest invite signs up (a user from before invites were bound: only
+        // while they have no password yet).
+        let ours = match &user.invite {
+            Some(bound) => *bound == token_key(invite),
+            None => user.password_hash.is_none(),
+        };
+        if !ours {
+            return Err(AuthError::InvalidToken);
+        }
+        user.invite = None;
         user.password_hash = Some(hash);
         let mut otp_uri = None;
         if self.config.second_factor == SecondFactor::Otp {

@@ -11,8 +11,19 @@ use mcpgate_types::audit::codes;
 use mcpgate_types::clock::unix_secs;
 use mcpgate_types::resource::{Lock, LockTarget, User, UserView};
 
-use crate::service::{USER_TTL, from_json, random_token, role_key, to_json, user_key};
+use crate::service::{ADMIN_NAME, USER_TTL, from_json, random_token, role_key, to_json, user_key};
 use crate::{AuthError, AuthService, Caller, Result};
+
+/// The local admin identity shares no name with a user account: voiding "its" certificates
+/// would lock the admin out of every admin command.
+pub(crate) fn not_the_admin(name: &str) -> Result<()> {
+    if name == ADMIN_NAME {
+        return Err(AuthError::BadRequest(format!(
+            "{ADMIN_NAME:?} is the local admin identity, not a user account"
+        )));
+    }
+    Ok(())
+}
 
 impl AuthService {
     /// `admin users update NAME`: new roles and/or traits, from the next login.
@@ -24,6 +35,7 @@ impl AuthService {
         traits: Option<BTreeMap<String, Vec<String>>>,
     ) -> Result<UserView> {
         caller.require("user", "update")?;
+        not_the_admin(name)?;
         if let Some(roles) = &roles {
             if roles.is_empty() {
                 return Err(AuthError::BadRequest(
@@ -63,6 +75,7 @@ impl AuthService {
     /// certificates (ending their sessions) and returns a new single-use invite.
     pub async fn reset_user(&self, caller: &Caller, name: &str) -> Result<(String, i64)> {
         caller.require("user", "update")?;
+        not_the_admin(name)?;
         self.change_user(name, |u| {
             u.password_hash = None;
             u.totp_secret = None;
@@ -73,7 +86,10 @@ impl AuthService {
             .await?;
         self.audit_user(caller, codes::RESOURCE_UPDATE, name, "reset")
             .await?;
-        self.new_invite(name).await
+        let (token, expires) = self.new_invite(name).await?;
+        // Older invites of this user are void from now on.
+        self.bind_invite(name, &token).await?;
+        Ok((token, expires))
     }
 
     /// Voids the certificates a user holds now (after `admin rm user/NAME` too).

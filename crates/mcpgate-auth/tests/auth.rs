@@ -476,3 +476,42 @@ async fn ca_private_keys_are_sealed_in_the_storage() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_renewed_agent_keeps_its_open_tunnel_but_its_old_certificate_opens_nothing_new() {
+    use mcpgate_auth::agents::Standing;
+    use mcpgate_types::resource::{AgentScope, TokenKind};
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    let scope = AgentScope {
+        apps: vec!["rec".into()],
+        ..Default::default()
+    };
+    let (token, _) = auth
+        .add_token(&adm, TokenKind::Agent, None, Some("edge"), scope)
+        .await
+        .unwrap();
+    let k = key();
+    let first = auth
+        .agent_join(&token, "edge", &k.public_key_pem(), &[])
+        .await
+        .unwrap();
+    let der = mcpgate_pki::identity::certs_from_pem(&first.cert).unwrap();
+    let gen1 = mcpgate_pki::CertInfo::parse(&der[0]).unwrap();
+    assert_eq!(gen1.claims.generation, 1);
+    let good = |s: Standing| matches!(s, Standing::Good(_));
+    assert!(good(
+        auth.agent_standing(&gen1.claims, false).await.unwrap()
+    ));
+    // It renews: generation 2.
+    auth.agent_renew(&gen1, &key().public_key_pem())
+        .await
+        .unwrap();
+    // The tunnel it dialled with generation 1 stays up until it re-dials...
+    assert!(good(auth.agent_standing(&gen1.claims, true).await.unwrap()));
+    // ...but generation 1 opens no new tunnel and makes no API call (a copy would).
+    assert!(!good(
+        auth.agent_standing(&gen1.claims, false).await.unwrap()
+    ));
+}

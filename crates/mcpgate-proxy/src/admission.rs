@@ -13,9 +13,13 @@ use crate::tunnels::{Admission, BoxFuture};
 pub struct ByAuth(pub Arc<AuthService>);
 
 impl Admission for ByAuth {
-    fn standing<'a>(&'a self, agent: &'a Claims) -> BoxFuture<'a, Result<AgentScope, String>> {
+    fn standing<'a>(
+        &'a self,
+        agent: &'a Claims,
+        established: bool,
+    ) -> BoxFuture<'a, Result<AgentScope, String>> {
         Box::pin(async move {
-            match self.0.agent_standing(agent).await {
+            match self.0.agent_standing(agent, established).await {
                 Ok(Standing::Good(record)) => Ok(record.scope),
                 Ok(Standing::Refused(why)) => Err(why),
                 // Fail closed: an agent whose standing cannot be read gets no tunnel.

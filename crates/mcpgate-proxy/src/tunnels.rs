@@ -32,8 +32,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What the proxy asks the cluster about agents (the auth service; a fake in tests).
 pub trait Admission: Send + Sync {
     /// The scope of the agent with these certificate claims if it may hold a tunnel now
-    /// (issued to an agent, registered, newest generation, not locked), else why not.
-    fn standing<'a>(&'a self, agent: &'a Claims) -> BoxFuture<'a, Result<AgentScope, String>>;
+    /// (issued to an agent, registered, newest generation — or the one before for a tunnel
+    /// already `established` — not locked), else why not.
+    fn standing<'a>(
+        &'a self,
+        agent: &'a Claims,
+        established: bool,
+    ) -> BoxFuture<'a, Result<AgentScope, String>>;
     /// The cluster's apps (`admin create`), whose labels an agent's scope is matched with.
     fn cluster_apps(&self) -> BoxFuture<'_, Vec<App>>;
     /// Records that `agent` announced `app` outside its scope.
@@ -97,7 +102,10 @@ impl Tunnels {
 
     /// Whether the agent of `tunnel` is in good standing now (asked again, not cached).
     pub async fn standing(&self, tunnel: &Tunnel) -> Result<(), String> {
-        self.admission.standing(&tunnel.claims).await.map(|_| ())
+        self.admission
+            .standing(&tunnel.claims, true)
+            .await
+            .map(|_| ())
     }
 
     /// The connected agents, one entry per agent (however many tunnels it holds).
@@ -183,7 +191,7 @@ impl Tunnels {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let scope = match self.admission.standing(&claims).await {
+        let scope = match self.admission.standing(&claims, false).await {
             Ok(scope) => scope,
             Err(why) => {
                 tracing::warn!(%addr, "tunnel refused: {why}");
@@ -286,7 +294,7 @@ impl Tunnels {
                         tracing::warn!(agent = %tunnel.agent, "agent certificate expired: closing its tunnel");
                         break;
                     }
-                    match self.admission.standing(&claims).await {
+                    match self.admission.standing(&claims, true).await {
                         Ok(scope) => {
                             *tunnel.scope.lock().unwrap_or_else(|p| p.into_inner()) = scope;
                             self.update(&tunnel, last.clone(), &mut refused).await;
@@ -416,7 +424,11 @@ mod tests {
     struct Everyone;
 
     impl Admission for Everyone {
-        fn standing<'a>(&'a self, _: &'a Claims) -> BoxFuture<'a, Result<AgentScope, String>> {
+        fn standing<'a>(
+            &'a self,
+            _: &'a Claims,
+            _: bool,
+        ) -> BoxFuture<'a, Result<AgentScope, String>> {
             Box::pin(async { Ok(AgentScope::everything()) })
         }
         fn cluster_apps(&self) -> BoxFuture<'_, Vec<App>> {

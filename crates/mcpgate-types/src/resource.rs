@@ -489,6 +489,10 @@ pub struct User {
     #[serde(default)]
     pub last_otp_step: u64,
     pub created: i64,
+    /// The store key of the one invite that may sign this user up (the newest), cleared
+    /// when used: an older or leaked invite cannot replace their credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
 }
 
 /// What `admin get users` shows: never a hash or a secret.

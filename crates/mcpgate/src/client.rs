@@ -331,7 +331,13 @@ pub fn proxy_addr(text: &str) -> Result<String, String> {
     if t.contains('/') || t.is_empty() {
         return Err(format!("{text:?} is not a proxy address (HOST[:PORT])"));
     }
-    let addr = if host_of(t).is_some() {
+    let bare_ipv6 = !t.starts_with('[') && t.matches(':').count() > 1;
+    let addr = if bare_ipv6 {
+        if t.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{text:?} is not a proxy address (HOST[:PORT])"));
+        }
+        format!("[{t}]:{DEFAULT_PORT}")
+    } else if host_of(t).is_some() {
         t.to_string()
     } else if (t.starts_with('[') && t.ends_with(']')) || !t.contains(':') {
         format!("{t}:{DEFAULT_PORT}")
@@ -343,7 +349,9 @@ pub fn proxy_addr(text: &str) -> Result<String, String> {
 
 pub fn host_of(addr: &str) -> Option<String> {
     if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split_once("]:").map(|(h, _)| h.to_string());
+        let (host, port) = rest.split_once("]:")?;
+        port.parse::<u16>().ok()?;
+        return Some(host.to_string());
     }
     let (host, port) = addr.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
@@ -365,10 +373,18 @@ mod tests {
             ("127.0.0.1:3080", "127.0.0.1:3080"),
             ("[::1]", "[::1]:3080"),
             ("[::1]:4000", "[::1]:4000"),
+            ("::1", "[::1]:3080"),
         ] {
             assert_eq!(proxy_addr(given).as_deref(), Ok(want), "{given}");
         }
-        for bad in ["http://gate", "gate:port", "https://gate/path", "", "a:b:c"] {
+        for bad in [
+            "http://gate",
+            "gate:port",
+            "https://gate/path",
+            "",
+            "a:b:c",
+            "[::1]:abc",
+        ] {
             assert!(proxy_addr(bad).is_err(), "{bad}");
         }
     }

@@ -391,7 +391,7 @@ where
                 return Ended::Client;
             }
         };
-        let (pending, why, normal) = {
+        let (pending, why) = {
             let mut w = lock();
             let why = w.why.take();
             // The client finished and the gateway closed without a word: a normal end
@@ -404,7 +404,7 @@ where
                 .or(ended)
                 .unwrap_or_else(|| "the gateway closed the connection".to_string());
             w.ended = Some(format!("mcpgate: the session ended: {why}"));
-            (std::mem::take(&mut w.pending), why, normal)
+            (std::mem::take(&mut w.pending), why)
         };
         let message = format!("mcpgate: the session ended: {why}");
         let mut ids: Vec<String> = pending.into_iter().collect();
@@ -412,9 +412,7 @@ where
         for id in ids {
             say(error_line(Some(&id), code::INTERNAL_ERROR, &message)).await;
         }
-        if normal {
-            return Ended::Client;
-        }
+        // Requests left unanswered are a failure even when the client had finished.
         eprintln!("error: the session ended: {why}");
         Ended::Session
     };
