@@ -137,7 +137,8 @@ async fn signup(
     State(s): State<AppState>,
     Json(req): Json<SignupRequest>,
 ) -> ApiResult<SignupResponse> {
-    Ok(Json(s.auth.signup(&req.invite, &req.password).await?))
+    let totp = req.totp_secret.as_deref().zip(req.otp.as_deref());
+    Ok(Json(s.auth.signup(&req.invite, &req.password, totp).await?))
 }
 
 async fn login(

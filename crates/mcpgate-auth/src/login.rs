@@ -93,6 +93,24 @@ pub fn otp_step(secret_b32: &str, code: &str, now: SystemTime) -> Option<u64> {
         .find(|step| t.generate(step * TOTP_STEP) == code)
 }
 
+/// The `otpauth://` URI authenticator apps take (as a QR code or a link).
+pub fn otp_uri_for(cluster: &str, user: &str, secret_b32: &str) -> String {
+    format!(
+        "otpauth://totp/{cluster}:{user}?secret={secret_b32}&issuer={cluster}&algorithm=SHA1&digits=6&period={TOTP_STEP}"
+    )
+}
+
+/// A new random TOTP secret (20 bytes), base32.
+pub fn new_otp_secret() -> Result<String> {
+    let mut secret = [0u8; 20];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| AuthError::Internal("no randomness".into()))?;
+    match Secret::Raw(secret.to_vec()).to_encoded() {
+        Secret::Encoded(b32) => Ok(b32),
+        Secret::Raw(_) => Err(AuthError::Internal("TOTP secret encoding".into())),
+    }
+}
+
 /// The current TOTP code for a base32 secret (for tests and tooling).
 pub fn otp_code(secret_b32: &str, now: SystemTime) -> Result<String> {
     Ok(totp(secret_b32)?.generate(unix_secs(now).max(0) as u64))
@@ -204,12 +222,56 @@ impl AuthService {
     }
 
     /// Uses an invite: sets the password and, when required, enrols TOTP.
-    pub async fn signup(&self, invite: &str, password: &str) -> Result<SignupResponse> {
+    ///
+    /// With a second factor, `totp` is the secret the person enrolled in their authenticator
+    /// and a code it shows now: the account is active only once a code has confirmed the
+    /// enrolment (checked before the invite is used, so a mistake does not burn it).
+    pub async fn signup(
+        &self,
+        invite: &str,
+        password: &str,
+        totp: Option<(&str, &str)>,
+    ) -> Result<SignupResponse> {
         if password.chars().count() < MIN_PASSWORD {
             return Err(AuthError::BadRequest(format!(
                 "the password must be at least {MIN_PASSWORD} characters"
             )));
         }
+        // The invite must be good before anything else is asked of it.
+        match self.store.get(&token_key(invite)).await? {
+            Some(bytes) => {
+                let t: Token = from_json(&bytes)?;
+                if t.kind != TokenKind::Invite || t.expires <= unix_secs(self.now()) {
+                    return Err(AuthError::InvalidToken);
+                }
+            }
+            None => return Err(AuthError::InvalidToken),
+        }
+        let confirmed = match (self.config.second_factor, totp) {
+            (SecondFactor::Off, _) => None,
+            (SecondFactor::Otp, None) => {
+                return Err(AuthError::BadRequest(
+                    "this cluster requires a second factor: enrol the secret in an authenticator app and confirm with a code it shows (mcpgate signup asks for one)".into(),
+                ));
+            }
+            (SecondFactor::Otp, Some((secret, code))) => {
+                let secret = secret.trim().to_ascii_uppercase();
+                let strong = Secret::Encoded(secret.clone())
+                    .to_bytes()
+                    .is_ok_and(|b| b.len() >= 16);
+                if !strong {
+                    return Err(AuthError::BadRequest(
+                        "the TOTP secret must be base32 of at least 16 bytes".into(),
+                    ));
+                }
+                let step = otp_step(&secret, code.trim(), self.now()).ok_or_else(|| {
+                    AuthError::BadRequest(
+                        "the code does not match the secret: check the authenticator (and its clock) and try again".into(),
+                    )
+                })?;
+                Some((secret, step))
+            }
+        };
         // Hash before taking the token, so a failure here does not burn the invite.
         let pw = password.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
@@ -232,19 +294,11 @@ impl AuthService {
         user.invite = None;
         user.password_hash = Some(hash);
         let mut otp_uri = None;
-        if self.config.second_factor == SecondFactor::Otp {
-            let mut secret = [0u8; 20];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-                .map_err(|_| AuthError::Internal("no randomness".into()))?;
-            let Secret::Encoded(b32) = Secret::Raw(secret.to_vec()).to_encoded() else {
-                return Err(AuthError::Internal("TOTP secret encoding".into()));
-            };
-            otp_uri = Some(format!(
-                "otpauth://totp/{c}:{u}?secret={b32}&issuer={c}&algorithm=SHA1&digits=6&period={TOTP_STEP}",
-                c = self.cluster(),
-                u = name
-            ));
+        if let Some((b32, _step)) = confirmed {
+            otp_uri = Some(otp_uri_for(self.cluster(), name.as_str(), &b32));
             user.totp_secret = Some(b32);
+            // The code that confirmed the enrolment may still log in once (the person logs
+            // in right after signing up, within the same 30 s); it is then used up.
             user.last_otp_step = 0;
         }
         if !self

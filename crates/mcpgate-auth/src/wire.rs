@@ -15,6 +15,12 @@ pub struct Ping {
 pub struct SignupRequest {
     pub invite: String,
     pub password: String,
+    /// The TOTP secret (base32) the person enrolled in their authenticator, and a code it
+    /// shows now: a cluster with a second factor activates the account only with both.
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+    #[serde(default)]
+    pub otp: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

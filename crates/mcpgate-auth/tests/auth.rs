@@ -111,24 +111,45 @@ async fn invite_signup_login_with_totp() {
 
     assert!(
         matches!(
-            auth.signup(&invite, "short").await,
+            auth.signup(&invite, "short", None).await,
             Err(AuthError::BadRequest(_))
         ),
         "weak password refused"
     );
-    let signup = auth.signup(&invite, "correct horse battery").await.unwrap();
+    // The second factor is confirmed with a code before the account is active; a wrong
+    // code or none is refused and leaves the invite usable.
+    let secret = mcpgate_auth::login::new_otp_secret().unwrap();
+    let code = otp_code(&secret, env.clock.now()).unwrap();
+    for bad in [
+        None,
+        Some((secret.as_str(), "000000")),
+        Some(("AAAA", code.as_str())),
+    ] {
+        assert!(
+            matches!(
+                auth.signup(&invite, "correct horse battery", bad).await,
+                Err(AuthError::BadRequest(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let signup = auth
+        .signup(&invite, "correct horse battery", Some((&secret, &code)))
+        .await
+        .unwrap();
     let uri = signup.otp_uri.expect("TOTP enrolled");
     assert!(uri.starts_with("otpauth://totp/test.local:alice?secret="));
     assert!(
         matches!(
-            auth.signup(&invite, "correct horse battery").await,
+            auth.signup(&invite, "correct horse battery", Some((&secret, &code)))
+                .await,
             Err(AuthError::InvalidToken)
         ),
         "invite is single-use"
     );
 
     let k = key();
-    let secret = secret_of(&uri);
+    assert_eq!(secret_of(&uri), secret);
     // Password alone is not enough.
     let e = auth
         .login(&login_req("alice", "correct horse battery", None, &k), None)
@@ -209,7 +230,7 @@ async fn wrong_passwords_are_indistinguishable_and_rate_limited() {
         .await
         .unwrap();
     assert!(
-        auth.signup(&invite, "bob's long password")
+        auth.signup(&invite, "bob's long password", None)
             .await
             .unwrap()
             .otp_uri

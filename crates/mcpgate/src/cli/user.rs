@@ -23,9 +23,16 @@ pub struct SignupArgs {
     /// The cluster's CA pin (printed by `mcpgate start`), checked before anything is sent.
     #[arg(long)]
     ca_pin: Option<String>,
-    /// Read the password from the first line of standard input.
+    /// Read the password from the first line of standard input (and, with a second factor,
+    /// the confirming code from the second).
     #[arg(long)]
     password_stdin: bool,
+    /// Enrol this TOTP secret (base32) instead of a new one, e.g. from a password manager.
+    #[arg(long)]
+    otp_secret: Option<String>,
+    /// A code the authenticator shows now, confirming the enrolment.
+    #[arg(long)]
+    otp: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,19 +105,75 @@ pub async fn signup(args: SignupArgs) -> anyhow::Result<()> {
     let (api, pin) = first_contact(&args.proxy, args.ca_pin.as_deref())?;
     // Check the pin before asking for or sending a password.
     let ping: Ping = api.get("/v1/ping").await?;
-    let password = read_password(args.password_stdin, "New password: ")?;
-    if !args.password_stdin {
-        let again = read_password(false, "Repeat the password: ")?;
-        if again != password {
-            bail!("the passwords do not match");
+    // With --password-stdin: the password on the first line, the code on the second.
+    let mut piped = args.password_stdin.then(|| std::io::stdin().lock().lines());
+    let password = match piped.as_mut() {
+        Some(lines) => {
+            let line = lines
+                .next()
+                .transpose()
+                .context("cannot read the password from standard input")?
+                .unwrap_or_default();
+            if line.is_empty() {
+                bail!("the password is empty");
+            }
+            line
         }
+        None => {
+            let password = read_password(false, "New password: ")?;
+            let again = read_password(false, "Repeat the password: ")?;
+            if again != password {
+                bail!("the passwords do not match");
+            }
+            password
+        }
+    };
+    let min = mcpgate_auth::login::MIN_PASSWORD;
+    if password.chars().count() < min {
+        bail!("the password must be at least {min} characters");
     }
+    // A second factor is enrolled, shown, and confirmed with a code before the account is
+    // active.
+    let totp = if ping.second_factor == "otp" {
+        let secret = match &args.otp_secret {
+            Some(s) => s.trim().to_ascii_uppercase(),
+            None => mcpgate_auth::login::new_otp_secret()?,
+        };
+        if args.otp_secret.is_none() {
+            show_enrolment(&ping.cluster, &secret);
+        }
+        let code = match (&args.otp, piped.as_mut()) {
+            (Some(code), _) => code.clone(),
+            (None, Some(lines)) => lines
+                .next()
+                .transpose()
+                .context("cannot read the code from standard input")?
+                .filter(|c| !c.trim().is_empty())
+                .ok_or_else(|| {
+                    anyhow!("confirm the second factor: pass --otp-secret and --otp, or put the code on the second line of standard input")
+                })?,
+            (None, None) => {
+                print!("Code from your authenticator: ");
+                std::io::Write::flush(&mut std::io::stdout())?;
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the code")?;
+                line
+            }
+        };
+        Some((secret, code.trim().to_string()))
+    } else {
+        None
+    };
     let resp: SignupResponse = api
         .post(
             "/v1/signup",
             &SignupRequest {
                 invite: args.invite.clone(),
                 password,
+                totp_secret: totp.as_ref().map(|(s, _)| s.clone()),
+                otp: totp.as_ref().map(|(_, c)| c.clone()),
             },
         )
         .await?;
@@ -119,14 +182,31 @@ pub async fn signup(args: SignupArgs) -> anyhow::Result<()> {
         resp.user, ping.cluster
     );
     if let Some(uri) = &resp.otp_uri {
-        println!("Add this account to your authenticator app (TOTP), then log in with its code:");
-        println!("  {uri}");
+        println!(
+            "Second factor confirmed; log in with the codes your authenticator shows ({uri})."
+        );
     }
     println!(
         "Next: mcpgate login --proxy {} --user {} --ca-pin {pin}",
         args.proxy, resp.user
     );
     Ok(())
+}
+
+/// Shows a new TOTP secret: as a QR code to scan, and as text to type.
+fn show_enrolment(cluster: &str, secret: &str) {
+    let uri = mcpgate_auth::login::otp_uri_for(cluster, "mcpgate", secret);
+    println!(
+        "Add this account to your authenticator app (TOTP): scan the code, or type the secret."
+    );
+    if let Ok(qr) = qrcode::QrCode::new(uri.as_bytes()) {
+        let art = qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        println!("{art}");
+    }
+    println!("  secret: {secret}");
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {

@@ -229,8 +229,12 @@ impl Person {
         run(args, stdin, &[("MCPGATE_HOME", &self.home)])
     }
 
-    /// Signs up with an invite; returns the TOTP secret if one was enrolled.
+    /// Signs up with an invite (enrolling a TOTP secret of the test's own and confirming it
+    /// with a code, when the cluster asks for a second factor); returns the secret if one
+    /// was enrolled.
     pub fn signup(&self, d: &Daemon, invite: &str) -> Option<String> {
+        let secret = mcpgate_auth::login::new_otp_secret().expect("secret");
+        let code = current_code(&secret);
         let out = self
             .run(
                 &[
@@ -242,13 +246,15 @@ impl Person {
                     "--invite",
                     invite,
                     "--password-stdin",
+                    "--otp-secret",
+                    &secret,
+                    "--otp",
+                    &code,
                 ],
                 Some(&format!("{PASSWORD}\n")),
             )
             .ok();
-        out.split("secret=")
-            .nth(1)
-            .map(|s| s.split('&').next().unwrap_or_default().to_string())
+        out.contains("Second factor confirmed").then_some(secret)
     }
 
     pub fn login(&self, d: &Daemon, secret: Option<&str>, extra: &[&str]) -> Out {
