@@ -64,7 +64,7 @@ fn start_prints_the_pin_and_admin_status_agrees() {
     let status = d.admin(&["status"]).ok();
     assert!(status.contains("Cluster:  e2e.local"), "{status}");
     assert!(
-        status.contains(&format!("CA pin (host): {}", d.pin)),
+        status.contains(&format!("CA pin:   {}   (for --ca-pin)", d.pin)),
         "{status}"
     );
     assert!(status.contains("Services: auth, proxy"), "{status}");

@@ -339,8 +339,12 @@ async fn status(api: &Api, format: Format) -> anyhow::Result<()> {
     }
     println!("Cluster:  {}", s.cluster);
     println!("Version:  {}", s.version);
-    for (kind, pin) in &s.ca_pins {
-        println!("CA pin ({kind}): {pin}");
+    // One pin is the pin (what --ca-pin and ca_pins take); the user CA's only identifies it.
+    if let Some(pin) = s.ca_pins.get("host") {
+        println!("CA pin:   {pin}   (for --ca-pin)");
+    }
+    if let Some(user) = s.ca_pins.get("user") {
+        println!("User CA:  {user}   (identifies the CA of user certificates; not a --ca-pin)");
     }
     println!("Services: {}", s.services.join(", "));
     println!("Storage:  {}", s.storage);
