@@ -266,6 +266,24 @@ fn invite_signup_totp_login_status_logout() {
         Some(&format!("{PASSWORD}\n")),
     );
     assert!(out.fails().contains("does not match the CA pin"));
+    // The user CA's fingerprint taken for the pin by mistake: the same clear refusal.
+    let status: serde_json::Value =
+        serde_json::from_str(&d.admin(&["status", "--format", "json"]).ok()).unwrap();
+    let user_pin = status["ca_pins"]["user"].as_str().unwrap().to_string();
+    let mistaken = alice.run(
+        &[
+            "signup",
+            "--proxy",
+            &d.addr,
+            "--ca-pin",
+            &user_pin,
+            "--invite",
+            &token,
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(mistaken.fails().contains("does not match the CA pin"));
     let weak = alice.run(
         &[
             "signup",
