@@ -188,7 +188,16 @@ impl ServerCertVerifier for PinnedVerifier {
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+        // A pinned CA that did not sign the proxy's certificate (the user CA's fingerprint
+        // given for the pin, say) is the same mistake as any other wrong pin.
+        inner
+            .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                    rustls::Error::General(PIN_MISMATCH.into())
+                }
+                e => e,
+            })
     }
 
     fn verify_tls12_signature(
