@@ -74,14 +74,37 @@ pub struct Stored {
     pub identity: Identity,
 }
 
+/// Saves the profile as the current one, and a copy under `clusters/CLUSTER/`: a person
+/// logged in to several clusters sees them all in `mcpgate status`.
 pub fn save(dir: &Path, profile: &Profile, identity: &Identity) -> anyhow::Result<()> {
-    private_dir(dir)?;
-    write_private(&dir.join("identity"), identity.to_pem().as_bytes())?;
-    write_private(
-        &dir.join("profile.json"),
-        &serde_json::to_vec_pretty(profile)?,
-    )?;
+    for dir in [dir.to_path_buf(), cluster_dir(dir, &profile.cluster)] {
+        private_dir(&dir)?;
+        write_private(&dir.join("identity"), identity.to_pem().as_bytes())?;
+        write_private(
+            &dir.join("profile.json"),
+            &serde_json::to_vec_pretty(profile)?,
+        )?;
+    }
     Ok(())
+}
+
+fn cluster_dir(dir: &Path, cluster: &str) -> PathBuf {
+    dir.join("clusters").join(cluster)
+}
+
+/// Every cluster profile saved at login (the current one among them), by cluster name.
+pub fn all(dir: &Path) -> Vec<Stored> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("clusters")) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        if let Ok(Some(stored)) = load(&entry.path()) {
+            out.push(stored);
+        }
+    }
+    out.sort_by(|a, b| a.profile.cluster.cmp(&b.profile.cluster));
+    out
 }
 
 pub fn load_profile(dir: &Path) -> anyhow::Result<Option<Profile>> {
@@ -129,6 +152,9 @@ pub fn load_remembered(dir: &Path) -> anyhow::Result<Option<Profile>> {
 /// pin; nothing secret) is kept as `last.json` for the next login.
 pub fn remove(dir: &Path) -> anyhow::Result<bool> {
     let mut any = false;
+    if let Ok(Some(current)) = load_profile(dir) {
+        let _ = std::fs::remove_dir_all(cluster_dir(dir, &current.cluster));
+    }
     if dir.join("profile.json").exists() {
         let _ = std::fs::rename(dir.join("profile.json"), dir.join("last.json"));
         any = true;

@@ -1060,3 +1060,41 @@ fn shell_completions_for_bash_zsh_and_fish() {
         .unwrap();
     assert!(check.wait().unwrap().success(), "the bash script parses");
 }
+
+#[test]
+fn status_lists_every_cluster_a_person_logged_in_to() {
+    let s = Scratch::new();
+    let one = Daemon::start(&s, "one", "auth: {second_factor: off}\n");
+    let data = s.path("two-data");
+    let cfg = s.write(
+        "two.yaml",
+        &format!(
+            "version: v1\ncluster_name: other.local\ndata_dir: {}\nauth: {{second_factor: off}}\nproxy:\n  listen: 127.0.0.1:0\n",
+            data.display()
+        ),
+    );
+    let two = Daemon::start_with(&cfg, data);
+    for d in [&one, &two] {
+        d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+            .ok();
+    }
+    let carol = Person::new(&s, "carol");
+    carol.signup(&one, &invite(&one, "carol", "dev"));
+    carol.login(&one, None, &[]).ok();
+    carol.signup(&two, &invite(&two, "carol", "dev"));
+    carol.login(&two, None, &[]).ok();
+    let status: serde_json::Value =
+        serde_json::from_str(&carol.run(&["status", "--format", "json"], None).ok()).unwrap();
+    assert_eq!(status["cluster"], "other.local");
+    assert_eq!(status["other_clusters"][0]["cluster"], "e2e.local");
+    assert_eq!(status["other_clusters"][0]["valid"], true);
+    let text = carol.run(&["status"], None).ok();
+    assert!(text.contains("Also:     cluster e2e.local"), "{text}");
+    // Logging out of the current cluster leaves the other.
+    carol.run(&["logout"], None).ok();
+    carol.login(&one, None, &[]).ok();
+    let status: serde_json::Value =
+        serde_json::from_str(&carol.run(&["status", "--format", "json"], None).ok()).unwrap();
+    assert_eq!(status["cluster"], "e2e.local");
+    assert_eq!(status["other_clusters"].as_array().unwrap().len(), 0);
+}

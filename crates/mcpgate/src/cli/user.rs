@@ -322,6 +322,21 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let claims = &stored.identity.info.claims;
     let expires = unix_secs(stored.identity.info.not_after);
     let valid = stored.identity.info.valid_at(SystemTime::now());
+    // Other clusters this person logged in to (their certificates kept per cluster).
+    let now = SystemTime::now();
+    let others: Vec<serde_json::Value> = profile::all(&home)
+        .into_iter()
+        .filter(|o| o.profile.cluster != stored.profile.cluster)
+        .map(|o| {
+            serde_json::json!({
+                "proxy": o.profile.proxy,
+                "cluster": o.profile.cluster,
+                "user": o.identity.info.claims.name,
+                "expires": rfc3339(unix_secs(o.identity.info.not_after)),
+                "valid": o.identity.info.valid_at(now),
+            })
+        })
+        .collect();
     if args.format != Format::Text {
         print_data(
             &serde_json::json!({
@@ -333,6 +348,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                 "traits": claims.traits,
                 "expires": rfc3339(expires),
                 "valid": valid,
+                "other_clusters": others,
             }),
             args.format,
         )?;
@@ -345,6 +361,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("Cluster:  {}", stored.profile.cluster);
     println!("User:     {}", claims.name);
     println!("Roles:    {}", claims.roles.join(", "));
+    for o in &others {
+        println!(
+            "Also:     cluster {} at {} as {} ({} {})",
+            o["cluster"].as_str().unwrap_or_default(),
+            o["proxy"].as_str().unwrap_or_default(),
+            o["user"].as_str().unwrap_or_default(),
+            if o["valid"] == true {
+                "valid until"
+            } else {
+                "EXPIRED at"
+            },
+            o["expires"].as_str().unwrap_or_default()
+        );
+    }
     if valid {
         let left = stored
             .identity
