@@ -855,6 +855,14 @@ fn every_data_command_prints_json_and_yaml() {
             "{args:?} printed JSON for yaml:\n{yaml}"
         );
     }
+    // The audit stream as JSON Lines, by its own name too.
+    let jsonl = d
+        .admin(&["audit", "search", "--since", "1h", "--format", "jsonl"])
+        .ok();
+    assert!(jsonl.lines().count() > 1);
+    for line in jsonl.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
     // A role someone holds is not removed by accident.
     let err = d.admin(&["rm", "role/dev"]).fails();
     assert!(err.contains("role dev is held by user alice"), "{err}");

@@ -219,9 +219,20 @@ enum AuditCommand {
         /// At most this many (the newest).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// `json` and `jsonl` print one event per line (JSON Lines, for streaming).
         #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        format: AuditFormat,
     },
+}
+
+/// Output of `audit search`: the event stream is JSON Lines in both JSON spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+enum AuditFormat {
+    #[default]
+    Text,
+    Json,
+    Jsonl,
+    Yaml,
 }
 
 /// Connects as an admin: `-i` with `--proxy`, else the data dir's admin identity, else the
@@ -707,18 +718,18 @@ async fn add_user(
     )
 }
 
-async fn audit(api: &Api, q: &AuditQuery, format: Format) -> anyhow::Result<()> {
+async fn audit(api: &Api, q: &AuditQuery, format: AuditFormat) -> anyhow::Result<()> {
     let events: Vec<AuditEvent> = api.post("/v1/admin/audit/search", q).await?;
     match format {
         // One JSON object per line (DESIGN §5): a stream a reader can take line by line.
-        Format::Json => {
+        AuditFormat::Json | AuditFormat::Jsonl => {
             for e in &events {
                 println!("{}", serde_json::to_string(e)?);
             }
             return Ok(());
         }
-        Format::Yaml => return print_data(&events, format),
-        Format::Text => {}
+        AuditFormat::Yaml => return print_data(&events, Format::Yaml),
+        AuditFormat::Text => {}
     }
     for e in &events {
         let mut extra: Vec<String> = e
