@@ -192,7 +192,8 @@ impl AuthService {
         }
     }
 
-    async fn audit_change(
+    /// Records a change of a `what` resource named `name` by `caller`.
+    pub(crate) async fn audit_change(
         &self,
         caller: &Caller,
         (kind, code): (&str, &str),

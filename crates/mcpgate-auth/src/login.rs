@@ -199,26 +199,10 @@ impl AuthService {
 
     /// Makes `token` the one invite that may sign user `name` up.
     pub(crate) async fn bind_invite(&self, name: &str, token: &str) -> Result<()> {
-        let key = user_key(name);
-        for _ in 0..8 {
-            let old = self
-                .store
-                .get(&key)
-                .await?
-                .ok_or_else(|| AuthError::NotFound(format!("user {name}")))?;
-            let mut user: User = from_json(&old)?;
-            user.invite = Some(token_key(token));
-            if self
-                .store
-                .compare_and_swap(&key, &old, &to_json(&user)?)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(AuthError::Internal(
-            "the user kept changing; try again".into(),
-        ))
+        let bound = token_key(token);
+        self.change_user(name, |u| u.invite = Some(bound.clone()))
+            .await
+            .map(|_| ())
     }
 
     /// Uses an invite: sets the password and, when required, enrols TOTP.

@@ -3,7 +3,6 @@
 //! before now, lapsing when the last of those would have expired): a person whose roles
 //! were narrowed, or whose credentials may be compromised, does not keep the old ones.
 
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 use mcpgate_store::Store;
@@ -66,7 +65,8 @@ impl AuthService {
             "the user's roles or traits changed; log in again",
         )
         .await?;
-        self.audit_user(caller, codes::RESOURCE_UPDATE, name, "update")
+        // (The lock that voids their certificates says what changed.)
+        self.audit_change(caller, codes::RESOURCE_UPDATE, "user", name)
             .await?;
         Ok(UserView::from(&user))
     }
@@ -84,7 +84,7 @@ impl AuthService {
         .await?;
         self.void_certificates(caller, name, "the user's credentials were reset")
             .await?;
-        self.audit_user(caller, codes::RESOURCE_UPDATE, name, "reset")
+        self.audit_change(caller, codes::RESOURCE_UPDATE, "user", name)
             .await?;
         let (token, expires) = self.new_invite(name).await?;
         // Older invites of this user are void from now on.
@@ -108,7 +108,8 @@ impl AuthService {
         self.store_lock(&lock, &caller.info.claims).await
     }
 
-    async fn change_user(&self, name: &str, change: impl Fn(&mut User)) -> Result<User> {
+    /// Applies `change` to the stored user, again if another writer got there first.
+    pub(crate) async fn change_user(&self, name: &str, change: impl Fn(&mut User)) -> Result<User> {
         let key = user_key(name);
         for _ in 0..8 {
             let old = self
@@ -129,26 +130,5 @@ impl AuthService {
         Err(AuthError::Internal(
             "the user kept changing; try again".into(),
         ))
-    }
-
-    async fn audit_user(
-        &self,
-        caller: &Caller,
-        (kind, code): (&str, &str),
-        name: &str,
-        change: &str,
-    ) -> Result<()> {
-        self.emit(self.event(
-            kind,
-            code,
-            &caller.info.claims,
-            true,
-            [
-                ("kind", Value::from("user")),
-                ("name", Value::from(name)),
-                ("change", Value::from(change)),
-            ],
-        ))
-        .await
     }
 }
