@@ -143,8 +143,6 @@ pub struct Pending {
     /// The tool, resource or prompt it is about.
     pub subject: Option<(Subject, String)>,
     pub started: Instant,
-    /// Whether a successful answer is left out of the audit log.
-    pub quiet: bool,
     /// Whether its event was stored before forwarding.
     pub durable: bool,
     /// Set by [`Gate::confirm`] when the shell forwards it: an "answer" that comes before
@@ -405,7 +403,6 @@ impl Gate {
                 client_id: id.get().to_string(),
                 subject: subject.clone(),
                 started: now,
-                quiet,
                 durable,
                 confirmed: false,
                 filter,
