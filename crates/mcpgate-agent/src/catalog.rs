@@ -24,9 +24,12 @@ const MAX_ANNOTATIONS: usize = 2048;
 /// How long a survey may take (an `npx` server may download itself first).
 const SURVEY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The tools of each app, by name.
+/// The tools of each app, by name, and the apps already surveyed (once per agent).
 #[derive(Debug, Default)]
-pub struct Catalog(std::sync::Mutex<BTreeMap<String, BTreeMap<String, Value>>>);
+pub struct Catalog(
+    std::sync::Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
+    std::sync::Mutex<std::collections::BTreeSet<String>>,
+);
 
 impl Catalog {
     /// Adds what a `tools/list` answer of `app` named (later answers update entries).
@@ -46,6 +49,17 @@ impl Catalog {
             }
             known.insert(name.to_string(), summary(tool));
         }
+    }
+
+    /// Whether `app` still needs a survey: no `tools/list` of it seen, none tried yet.
+    /// Marks it as tried.
+    pub fn needs_survey(&self, app: &str) -> bool {
+        !self.knows(app)
+            && self
+                .1
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(app.to_string())
     }
 
     /// Whether a `tools/list` of `app` has been seen.

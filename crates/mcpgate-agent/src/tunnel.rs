@@ -133,9 +133,8 @@ impl Agent {
             }
             announce
         };
-        let mut surveyed = std::collections::HashSet::new();
         let mut announced = now(self.clone(), name.clone()).await;
-        self.clone().survey(&announced.apps, &mut surveyed);
+        self.clone().survey(&announced.apps);
         if to.send(&announced).await.is_err() {
             return;
         }
@@ -150,7 +149,7 @@ impl Agent {
             epoch = now_epoch;
             last = tokio::time::Instant::now();
             let current = now(self.clone(), name.clone()).await;
-            self.clone().survey(&current.apps, &mut surveyed);
+            self.clone().survey(&current.apps);
             if current != announced {
                 announced = current;
                 if to.send(&announced).await.is_err() {
@@ -160,16 +159,12 @@ impl Agent {
         }
     }
 
-    /// Lists the tools of each app no session has listed yet, once per app, in the
-    /// background: the next announcement carries them.
-    fn survey(
-        self: Arc<Self>,
-        apps: &[mcpgate_types::resource::App],
-        surveyed: &mut std::collections::HashSet<String>,
-    ) {
+    /// Lists the tools of each app no session has listed yet, once per app and agent, in
+    /// the background: the next announcement carries them.
+    fn survey(self: Arc<Self>, apps: &[mcpgate_types::resource::App]) {
         for app in apps {
             let name = app.metadata.name.to_string();
-            if self.catalog.knows(&name) || !surveyed.insert(name.clone()) {
+            if !self.catalog.needs_survey(&name) {
                 continue;
             }
             let (agent, app) = (self.clone(), app.clone());

@@ -193,7 +193,9 @@ impl Upstream {
     /// Stops the process group: SIGINT, then SIGKILL after [`GRACE`].
     pub async fn stop(mut self) {
         drop(self.stdin.take());
-        let Some(group) = self.group else { return };
+        let Some(group) = self.group.take() else {
+            return;
+        };
         let _ = killpg(group, Signal::SIGINT);
         if tokio::time::timeout(GRACE, self.child.wait())
             .await
@@ -203,6 +205,16 @@ impl Upstream {
             let _ = self.child.wait().await;
         } else {
             // The leader exited; make sure nothing it started lingers in its group.
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Upstream {
+    /// An upstream dropped without `stop` (its task aborted, the daemon shutting down): its
+    /// whole process group goes, not only the leader `kill_on_drop` would take.
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
             let _ = killpg(group, Signal::SIGKILL);
         }
     }
