@@ -327,7 +327,12 @@ impl AuthService {
     }
 
     /// A lock the cluster places itself (a copied credential).
-    async fn system_lock(&self, target: LockTarget, message: &str, by: &Claims) -> Result<()> {
+    pub(crate) async fn system_lock(
+        &self,
+        target: LockTarget,
+        message: &str,
+        by: &Claims,
+    ) -> Result<()> {
         let lock = Lock {
             id: random_token()?[..16].to_string(),
             target,

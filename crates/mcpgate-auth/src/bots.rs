@@ -31,7 +31,8 @@ pub(crate) fn lock_key(id: &str) -> String {
 }
 
 impl AuthService {
-    async fn check_roles(&self, roles: &[String]) -> Result<()> {
+    /// At least one role, each of them existing.
+    pub(crate) async fn check_roles(&self, roles: &[String]) -> Result<()> {
         if roles.is_empty() {
             return Err(AuthError::BadRequest(
                 "at least one role is needed (--roles)".into(),
@@ -307,22 +308,14 @@ impl AuthService {
                     ],
                 ))
                 .await?;
-                let lock = Lock {
-                    id: random_token()?[..16].to_string(),
-                    target: LockTarget::Bot(name.to_string()),
-                    message: format!(
-                        "certificate generation {presented} presented after {} was issued: the credential may be copied",
-                        bot.generation
-                    ),
-                    expires: None,
-                    created: unix_secs(self.now()),
-                    created_by: "mcpgate".into(),
-                    issued_before: None,
-                };
-                self.store_lock(&lock, &claims).await?;
+                let message = format!(
+                    "certificate generation {presented} presented after {} was issued: the credential may be copied",
+                    bot.generation
+                );
+                self.system_lock(LockTarget::Bot(name.to_string()), &message, &claims)
+                    .await?;
                 return Err(AuthError::AccessDenied(format!(
-                    "bot {name} is locked: {}",
-                    lock.message
+                    "bot {name} is locked: {message}"
                 )));
             }
             if let Some(lock) = self.lock_for(&self.bot_claims(&bot, 0), None).await? {

@@ -10,7 +10,7 @@ use mcpgate_types::audit::codes;
 use mcpgate_types::clock::unix_secs;
 use mcpgate_types::resource::{Lock, LockTarget, User, UserView};
 
-use crate::service::{ADMIN_NAME, USER_TTL, from_json, random_token, role_key, to_json, user_key};
+use crate::service::{ADMIN_NAME, USER_TTL, from_json, random_token, to_json, user_key};
 use crate::{AuthError, AuthService, Caller, Result};
 
 /// The local admin identity shares no name with a user account: voiding "its" certificates
@@ -36,18 +36,7 @@ impl AuthService {
         caller.require("user", "update")?;
         not_the_admin(name)?;
         if let Some(roles) = &roles {
-            if roles.is_empty() {
-                return Err(AuthError::BadRequest(
-                    "a user needs at least one role".into(),
-                ));
-            }
-            for role in roles {
-                if self.store.get(&role_key(role)).await?.is_none() {
-                    return Err(AuthError::BadRequest(format!(
-                        "role {role:?} does not exist"
-                    )));
-                }
-            }
+            self.check_roles(roles).await?;
         }
         let user = self
             .change_user(name, |u| {

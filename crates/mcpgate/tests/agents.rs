@@ -30,16 +30,8 @@ struct Env {
 
 fn gateway() -> Env {
     let s = Scratch::new();
-    let d = Daemon::start(&s, "gate", "auth: {second_factor: off}\n");
-    d.admin(&[
-        "create",
-        "-f",
-        s.write("roles.yaml", ROLES).to_str().unwrap(),
-    ])
-    .ok();
-    let alice = Person::new(&s, "alice");
-    alice.signup(&d, &invite(&d, "alice", "dev"));
-    alice.login(&d, None, &[]).ok();
+    let d = gateway_daemon(&s, "", ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "dev");
     Env { s, d, alice }
 }
 
@@ -473,21 +465,8 @@ fn gateway_with_rec(m: &str) -> (Env, PathBuf) {
     let s = Scratch::new();
     let record = s.path("local-record.jsonl");
     std::fs::write(&record, "").unwrap();
-    let apps = recorder_app("rec", "{env: dev}", &record, m);
-    let d = Daemon::start(
-        &s,
-        "gate",
-        &format!("auth: {{second_factor: off}}\nagent:\n  apps:\n{apps}"),
-    );
-    d.admin(&[
-        "create",
-        "-f",
-        s.write("roles.yaml", ROLES).to_str().unwrap(),
-    ])
-    .ok();
-    let alice = Person::new(&s, "alice");
-    alice.signup(&d, &invite(&d, "alice", "dev"));
-    alice.login(&d, None, &[]).ok();
+    let d = gateway_daemon(&s, &recorder_app("rec", "{env: dev}", &record, m), ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "dev");
     (Env { s, d, alice }, record)
 }
 

@@ -32,18 +32,11 @@ fn cluster(tag: &str) -> Env {
     let s = Scratch::new();
     let record = s.path("record.jsonl");
     std::fs::write(&record, "").unwrap();
-    let apps = recorder_app("rec", "{env: dev}", &record, &marker(tag));
-    let d = Daemon::start(
+    let d = gateway_daemon(
         &s,
-        "gate",
-        &format!("auth: {{second_factor: off}}\nagent:\n  apps:\n{apps}"),
+        &recorder_app("rec", "{env: dev}", &record, &marker(tag)),
+        ROLES,
     );
-    d.admin(&[
-        "create",
-        "-f",
-        s.write("roles.yaml", ROLES).to_str().unwrap(),
-    ])
-    .ok();
     Env { s, d, record }
 }
 

@@ -92,9 +92,7 @@ fn cluster(tag: &str, roles: &str) -> Env {
         s.write("roles.yaml", ROLES).to_str().unwrap(),
     ])
     .ok();
-    let alice = Person::new(&s, "alice");
-    alice.signup(&d, &invite(&d, "alice", roles));
-    alice.login(&d, None, &[]).ok();
+    let alice = Person::admitted(&s, &d, "alice", roles);
     Env {
         s,
         d,
@@ -400,23 +398,17 @@ fn the_python_sdk_lists_and_calls_through_the_gateway() {
     };
     let e = cluster("sdk", "dev");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk_client.py");
-    let out = std::process::Command::new(python)
-        .args([
+    let v = python_json(
+        &python,
+        &[
             script,
             BIN,
             "everything",
             "echo",
             r#"{"message": "through the gate"}"#,
-        ])
-        .env("MCPGATE_HOME", &e.alice.home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &e.alice.home,
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["server"], "mcp-servers/everything");
     assert_eq!(v["tools"], json!(["echo", "get-env", "get-sum"]));
     assert_eq!(v["text"], json!(["Echo: through the gate"]));
@@ -688,20 +680,8 @@ fn the_2026_sdk_client_and_server_work_through_the_gateway() {
     let apps = format!(
         "    - name: modern\n      labels: {{env: dev}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{server}\"]}}\n"
     );
-    let d = Daemon::start(
-        &s,
-        "gate",
-        &format!("auth: {{second_factor: off}}\nagent:\n  apps:\n{apps}"),
-    );
-    d.admin(&[
-        "create",
-        "-f",
-        s.write("roles.yaml", ROLES).to_str().unwrap(),
-    ])
-    .ok();
-    let alice = Person::new(&s, "alice");
-    alice.signup(&d, &invite(&d, "alice", "full"));
-    alice.login(&d, None, &[]).ok();
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "full");
     let client = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/modern_client.py"
@@ -1088,23 +1068,17 @@ fn the_python_sdk_sees_only_allowed_resources_and_prompts() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/sdk_resources.py"
     );
-    let out = std::process::Command::new(python)
-        .args([
+    let v = python_json(
+        &python,
+        &[
             script,
             BIN,
             r#"["mcp", "connect", "everything"]"#,
             r#"["demo://resource/dynamic/text/1", "demo://resource/dynamic/blob/1", "demo://resource/static/document/features.md"]"#,
             r#"["simple-prompt", "args-prompt"]"#,
-        ])
-        .env("MCPGATE_HOME", &e.alice.home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &e.alice.home,
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let docs: Vec<String> = [
         "architecture",
         "extension",

@@ -276,9 +276,53 @@ impl Person {
         self.run(&args, Some(&format!("{PASSWORD}\n")))
     }
 
+    /// A person invited with `roles`, signed up and logged in (a cluster without a second
+    /// factor).
+    pub fn admitted(scratch: &Scratch, d: &Daemon, name: &str, roles: &str) -> Person {
+        let p = Person::new(scratch, name);
+        p.signup(d, &invite(d, name, roles));
+        p.login(d, None, &[]).ok();
+        p
+    }
+
     pub fn identity(&self) -> PathBuf {
         self.home.join("identity")
     }
+}
+
+/// A daemon without a second factor whose agent serves `apps` (YAML list items, may be
+/// empty), with the roles of `roles_yaml` created.
+pub fn gateway_daemon(s: &Scratch, apps: &str, roles_yaml: &str) -> Daemon {
+    let agent = if apps.is_empty() {
+        String::new()
+    } else {
+        format!("agent:\n  apps:\n{apps}")
+    };
+    let d = Daemon::start(s, "gate", &format!("auth: {{second_factor: off}}\n{agent}"));
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", roles_yaml)
+            .to_str()
+            .expect("utf-8 path"),
+    ])
+    .ok();
+    d
+}
+
+/// Runs a Python MCP client fixture; asserts it succeeded and returns the JSON it printed.
+pub fn python_json(python: &str, args: &[&str], home: &Path) -> serde_json::Value {
+    let out = Command::new(python)
+        .args(args)
+        .env("MCPGATE_HOME", home)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
 
 /// The TOTP code for `secret` now.
