@@ -149,6 +149,8 @@ pub struct Pending {
     /// is not one (only a server guessing the next id could send it).
     confirmed: bool,
     filter: Filter,
+    /// The client's id as the value it denotes (its key in the by-client table).
+    key: IdKey,
 }
 
 /// How a request ended.
@@ -395,7 +397,7 @@ impl Gate {
                 | "completion/complete"
         );
         let quiet = QUIET.contains(&method);
-        self.by_client.insert(key, gid);
+        self.by_client.insert(key.clone(), gid);
         self.pending.insert(
             gid,
             Pending {
@@ -406,6 +408,7 @@ impl Gate {
                 durable,
                 confirmed: false,
                 filter,
+                key,
             },
         );
         Step {
@@ -449,7 +452,7 @@ impl Gate {
                 (Some(bytes), Some(gid)) => {
                     let request = self.pending.remove(&gid);
                     if let Some(r) = &request {
-                        self.forget_client_id(&r.client_id);
+                        self.by_client.remove(&r.key);
                     }
                     Step {
                         verdict: Verdict::Forward(Out::Bytes(bytes)),
@@ -505,17 +508,8 @@ impl Gate {
     /// Forgets a request whose event could not be stored: it was not forwarded.
     pub fn abandon(&mut self, gid: u64) -> Option<Pending> {
         let p = self.pending.remove(&gid)?;
-        self.forget_client_id(&p.client_id);
+        self.by_client.remove(&p.key);
         Some(p)
-    }
-
-    fn forget_client_id(&mut self, raw: &str) {
-        if let Some(key) = serde_json::from_str::<&RawValue>(raw)
-            .ok()
-            .and_then(IdKey::of)
-        {
-            self.by_client.remove(&key);
-        }
     }
 
     /// Decides about one message from the server (one line, without its newline).
@@ -561,7 +555,7 @@ impl Gate {
             step.dropped = Some("an answer to no pending request");
             return;
         };
-        self.forget_client_id(&request.client_id);
+        self.by_client.remove(&request.key);
         let outcome = match (env.error, env.result) {
             (Some(e), _) => Outcome::Error(
                 serde_json::from_str::<Value>(e.get())

@@ -320,10 +320,9 @@ where
                 }
                 Ok(Line::Eof) | Err(_) => break,
             }
-            let id = mcpgate_mcp::parse(&buf, &limits)
-                .ok()
-                .filter(|env| env.kind == mcpgate_mcp::Kind::Request)
-                .and_then(|env| env.id)
+            let id = Peek::of(&buf)
+                .filter(|p| p.method.is_some())
+                .and_then(|p| p.id)
                 .map(|id| id.get().to_string());
             // Either the request waits for an answer that the end of the session will give,
             // or the session is over and it gets that answer now.
@@ -361,28 +360,29 @@ where
         let mut input = BufReader::with_capacity(64 << 10, from_proxy);
         let mut buf = Vec::with_capacity(4096);
         // The agent passes on server messages of up to 64 MiB.
-        let upstream = mcpgate_mcp::Limits {
-            max_bytes: 128 << 20,
-            max_depth: 128,
-        };
+        let max = 128 << 20;
         let ended = loop {
-            match read_line(&mut input, &mut buf, upstream.max_bytes).await {
+            match read_line(&mut input, &mut buf, max).await {
                 Ok(Line::Ok | Line::TooLong) => {}
                 Ok(Line::Eof) => break None,
                 Err(e) => break Some(format!("the connection to the proxy failed: {e}")),
             }
-            if let Ok(env) = mcpgate_mcp::parse(&buf, &upstream) {
-                match (env.kind, env.id, env.method) {
-                    (mcpgate_mcp::Kind::Response, Some(id), _) => {
-                        lock().pending.remove(id.get());
-                    }
-                    (mcpgate_mcp::Kind::Notification, _, Some("notifications/message")) => {
-                        if let Some(why) = gateway_message(&buf) {
-                            lock().why = Some(why);
-                        }
-                    }
-                    _ => {}
+            match Peek::of(&buf) {
+                Some(Peek {
+                    id: Some(id),
+                    method: None,
+                }) => {
+                    lock().pending.remove(id.get());
                 }
+                Some(Peek {
+                    id: None,
+                    method: Some(m),
+                }) if m == "notifications/message" => {
+                    if let Some(why) = gateway_message(&buf) {
+                        lock().why = Some(why);
+                    }
+                }
+                _ => {}
             }
             buf.push(b'\n');
             let mut out = stdout.lock().await;
@@ -427,6 +427,23 @@ where
         }
         // The client finished sending: the gateway's answers may still be coming.
         _ = &mut up => down.await,
+    }
+}
+
+/// What the bridge reads of a message: its id and method, nothing else (the gateway checks
+/// messages in full; the bridge only keeps account of what is waiting). Everything else is
+/// skipped without being kept.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    method: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> Peek<'a> {
+    fn of(line: &'a [u8]) -> Option<Peek<'a>> {
+        serde_json::from_slice(line).ok()
     }
 }
 
