@@ -521,16 +521,8 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
         recorded_text(&local_record).matches("tools/call").count(),
         20
     );
-    let mut b = Bridge::open(&e.alice, "sneaky", &[]);
-    let r = b.request("initialize", json!({}));
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not found"),
-        "{r}"
-    );
-    drop(b);
+    let err = Bridge::refused(&e.alice, "sneaky");
+    assert!(err.contains("not found"), "{err}");
     let denied = audit(&e.d, &["--type", "agent.announce.denied"]);
     for app in ["rec", "sneaky"] {
         assert!(
@@ -663,15 +655,8 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
     );
     assert_eq!(own.close(), 1, "a cut session's bridge exits non-zero");
     // From the lock on, no new session is routed to it, tunnel or not.
-    let mut b = Bridge::open(&e.alice, "edge-app", &[]);
-    let r = b.request("initialize", json!({}));
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not found"),
-        "{r}"
-    );
+    let err = Bridge::refused(&e.alice, "edge-app");
+    assert!(err.contains("not found"), "{err}");
     // Its tunnel is gone within about a second.
     wait_agent_gone(&e.d, "rogue", Duration::from_secs(3));
     // Nor does its certificate read or ship anything any more.

@@ -752,15 +752,8 @@ fn an_app_created_with_admin_create_is_served_without_a_restart() {
     }
     // Removed, it is no longer served.
     e.d.admin(&["rm", "app/dyn"]).ok();
-    let mut b = Bridge::open(&e.alice, "dyn", &[]);
-    let r = b.request("initialize", json!({}));
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not found"),
-        "{r}"
-    );
+    let err = Bridge::refused(&e.alice, "dyn");
+    assert!(err.contains("not found"), "{err}");
 }
 
 #[test]

@@ -475,6 +475,17 @@ impl Bridge {
         }
     }
 
+    /// Opens a session to `app` and returns the error its `initialize` gets
+    /// (panics if it gets none): what a person sees for an app they cannot reach.
+    pub fn refused(person: &Person, app: &str) -> String {
+        let mut b = Bridge::open(person, app, &[]);
+        let r = b.request("initialize", serde_json::json!({}));
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("initialize was not refused: {r}"))
+            .to_string()
+    }
+
     pub fn initialize(&mut self) -> serde_json::Value {
         let r = self.request("initialize", serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e-raw", "version": "1"}}));
         self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
