@@ -64,6 +64,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--sessions", type=int, default=100, help="idle sessions held open to measure memory per session")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mcpgate-bench-")
     record = os.path.join(tmp, "record.jsonl")
@@ -130,14 +131,29 @@ agent:
         gated.close()
         rate = args.rounds * args.calls / t_gated
         report.append(f"| {label} | {statistics.median(d_all):.0f} | {statistics.median(g_all):.0f} | {statistics.median(diffs):.0f} | {p99(g_all) - p99(d_all):.0f} | {rate:.0f} |")
+    # Memory: the daemon's resident set with N more idle, initialized sessions open
+    # (the upstream processes are their own and not counted).
+    def rss_kib():
+        with open(f"/proc/{daemon.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
+    warm = Client([BIN, "mcp", "connect", "fast"], env=env).start()
+    before = rss_kib()
+    idle = [Client([BIN, "mcp", "connect", "fast"], env=env).start() for _ in range(args.sessions)]
+    for c in idle:  # every session has been through the gate and back
+        c.timed_call("echo", {"message": "hi"})
+    per_session = (rss_kib() - before) / args.sessions
+    for c in idle + [warm]:
+        c.close()
     daemon.terminate()
     daemon.wait(timeout=10)
     text = "\n".join([
-        f"# mcpgate latency, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores",
-        f"{args.rounds} interleaved rounds x {args.calls} sequential `tools/call echo` per path; audit on (SQLite, synchronous=FULL).",
+        f"# mcpgate latency and memory, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores",
+        f"{args.rounds} interleaved rounds x {args.calls} sequential `tools/call echo` per path; audit on (SQLite, synchronous=normal, the default).",
         "The Python client's own cost is in both paths and cancels out in the paired difference.",
         "",
         *report,
+        "",
+        f"Memory: {per_session:.0f} KiB of daemon RSS per open session ({args.sessions} idle sessions after one call each; upstream processes not counted).",
         "",
     ])
     print(text)
