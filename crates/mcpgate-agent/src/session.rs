@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use mcpgate_mcp::answer::error_line;
-use mcpgate_mcp::gate::{AppRules, Audit, Done, Nothing, Out, Outcome, Pending, Verdict};
+use mcpgate_mcp::gate::{AppRules, Audit, Done, Out, Outcome, Pending, Verdict};
 use mcpgate_mcp::{Envelope, Gate, Kind, Rules, code};
 use mcpgate_pki::CertInfo;
 use mcpgate_policy::{AppDecision, Policy, Subject};
@@ -219,7 +219,8 @@ impl Rules for SessionRules<'_> {
     fn decide(&self, subject: Subject, value: &str) -> Result<(), String> {
         match self {
             SessionRules::App(r) => r.decide(subject, value),
-            SessionRules::Nothing(reason) => Nothing(reason).decide(subject, value),
+            // Allows nothing: fail closed.
+            SessionRules::Nothing(reason) => Err(reason.clone()),
         }
     }
 }
@@ -582,19 +583,9 @@ impl Session<'_> {
                     self.emit(self.event(codes::MCP_REQUEST_DENIED, false, f))
                         .await;
                 }
-                Audit::Notification(env) => {
-                    let mut f = Map::new();
-                    f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
-                    f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
-                    self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
-                        .await;
-                }
+                Audit::Notification(env) => self.notified(&env).await,
                 Audit::Cancelled { env, gid, request } => {
-                    let mut f = Map::new();
-                    f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
-                    f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
-                    self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
-                        .await;
+                    self.notified(&env).await;
                     // The request it cancels ends here.
                     let draft = self.state().drafts.remove(&gid);
                     if let Some(mut ev) = draft {
@@ -604,11 +595,7 @@ impl Session<'_> {
                             request.started.elapsed(),
                         );
                         ev.fields.insert("outcome".into(), Value::from("cancelled"));
-                        if request.durable {
-                            self.agent.journal.complete(ev).await;
-                        } else {
-                            self.emit(ev).await;
-                        }
+                        self.close(ev, request.durable).await;
                     }
                 }
                 Audit::Denied {
@@ -729,17 +716,31 @@ impl Session<'_> {
         }
     }
 
+    /// Records a client notification (`mcp.notification`).
+    async fn notified(&self, env: &Envelope<'_>) {
+        let mut f = Map::new();
+        f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
+        f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
+        self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
+            .await;
+    }
+
+    /// Ends a request's event: through the journal when its pending event was begun there.
+    async fn close(&self, ev: AuditEvent, durable: bool) {
+        if durable {
+            self.agent.journal.complete(ev).await;
+        } else {
+            self.emit(ev).await;
+        }
+    }
+
     /// Records how an answered request ended.
     async fn completed(&self, done: Done) {
         let draft = self.state().drafts.remove(&done.gid);
         match draft {
             Some(mut ev) => {
                 Self::finish(&mut ev, &done.outcome, done.duration);
-                if done.request.durable {
-                    self.agent.journal.complete(ev).await;
-                } else {
-                    self.emit(ev).await;
-                }
+                self.close(ev, done.request.durable).await;
             }
             // A quiet request (ping, lists): only a failure is recorded.
             None => {

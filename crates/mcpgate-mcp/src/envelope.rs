@@ -540,16 +540,7 @@ impl<'de, const N: usize> Visitor<'de> for PickVisitor<N> {
             let known = check_key::<A::Error>(&key, &self.keys)?;
             seen.insert::<A::Error>(key)?;
             match known {
-                Some(i) => {
-                    let raw = map.next_value::<&'de RawValue>()?;
-                    let mut de = serde_json::Deserializer::from_str(raw.get());
-                    Check {
-                        depth: self.depth.saturating_sub(1),
-                    }
-                    .deserialize(&mut de)
-                    .map_err(|e| de::Error::custom(json_error(e).message))?;
-                    out[i] = Some(raw);
-                }
+                Some(i) => out[i] = Some(checked_raw(&mut map, self.depth)?),
                 None => map.next_value_seed(Check {
                     depth: self.depth.saturating_sub(1),
                 })?,

@@ -49,15 +49,6 @@ impl Rules for AppRules<'_> {
     }
 }
 
-/// Rules that allow nothing (a policy that cannot be evaluated: fail closed).
-pub struct Nothing<'a>(pub &'a str);
-
-impl Rules for Nothing<'_> {
-    fn decide(&self, _: Subject, _: &str) -> Result<(), String> {
-        Err(self.0.to_string())
-    }
-}
-
 /// Requests one session may have waiting for the server; more are refused (memory bound).
 pub const MAX_IN_FLIGHT: usize = 1024;
 
@@ -558,30 +549,27 @@ impl Gate {
         self.by_client.remove(&request.key);
         let outcome = match (env.error, env.result) {
             (Some(e), _) => Outcome::Error(
-                serde_json::from_str::<Value>(e.get())
-                    .ok()
-                    .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+                fields::<ErrorObject>(e)
+                    .and_then(|e| e.message)
                     .unwrap_or_else(|| "error".to_string()),
             ),
-            (None, Some(r)) if request.method == "tools/call" && is_tool_error(r) => {
+            (None, Some(r))
+                if request.method == "tools/call"
+                    && fields::<ToolResult>(r).is_some_and(|r| r.is_error == Some(true)) =>
+            {
                 Outcome::ToolError
             }
             _ => Outcome::Ok,
         };
-        if request.filter == Filter::List("tools")
-            && let Some(result) = env.result
-        {
-            step.offered = serde_json::from_str::<Value>(result.get())
-                .ok()
-                .and_then(|mut v| v.get_mut("tools").map(Value::take))
-                .and_then(|t| match t {
-                    Value::Array(tools) => Some(tools),
-                    _ => None,
-                });
-        }
         step.verdict = match (request.filter, env.result) {
             (Filter::List(list), Some(result)) => {
-                match filter_lists(result, list, rules) {
+                let tree = serde_json::from_str::<Value>(result.get()).ok();
+                if list == "tools" {
+                    step.offered = tree
+                        .as_ref()
+                        .and_then(|v| v.get("tools")?.as_array().cloned());
+                }
+                match tree.and_then(|v| filter_lists(v, list, rules)) {
                     Some(filtered) => Verdict::Forward(Out::Bytes(
                         format!(
                             "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{filtered}}}\n",
@@ -718,13 +706,9 @@ impl Gate {
 /// the bridge take those as the gateway's word (why a session ended).
 fn poses_as_gateway(env: &Envelope<'_>) -> bool {
     env.params
-        .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
-        .and_then(|v| {
-            v.get("logger")
-                .and_then(Value::as_str)
-                .map(|l| l == "mcpgate")
-        })
-        .unwrap_or(false)
+        .and_then(fields::<LogParams>)
+        .and_then(|p| p.logger)
+        .is_some_and(|l| l == "mcpgate")
 }
 
 /// The tool, resource or prompt a request is about, if its method is one the gate decides.
@@ -885,11 +869,35 @@ fn splice(line: &[u8], part: &RawValue, value: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn is_tool_error(result: &RawValue) -> bool {
-    let Ok(v) = serde_json::from_str::<Value>(result.get()) else {
-        return false;
-    };
-    v.get("isError").and_then(Value::as_bool).unwrap_or(false)
+/// The fields `T` names, read from a JSON object without building a tree of the rest (serde
+/// skips it). What that read refuses (a duplicate key) is read into a tree first, the last
+/// key winning, as a client reads it. `None` if the value is not such an object.
+fn fields<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Option<T> {
+    // A struct would also read an array, by position.
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok().or_else(|| {
+        let tree: Value = serde_json::from_str(raw.get()).ok()?;
+        serde_json::from_value(tree).ok()
+    })
+}
+
+/// The one field of a `tools/call` result the audit reads.
+#[derive(serde::Deserialize)]
+struct ToolResult {
+    #[serde(rename = "isError")]
+    is_error: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorObject {
+    message: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct LogParams {
+    logger: Option<String>,
 }
 
 /// The lists the gateway filters: where in a result, the key that names an entry, and what
@@ -904,8 +912,7 @@ const LISTS: [(&str, &str, Subject); 4] = [
 /// `result` with only the allowed entries of every list it holds, as JSON; `None` if
 /// `result[required]` is not a list, or another list is not one. Entries without a string
 /// name are removed.
-fn filter_lists(result: &RawValue, required: &str, rules: &dyn Rules) -> Option<String> {
-    let mut v: Value = serde_json::from_str(result.get()).ok()?;
+fn filter_lists(mut v: Value, required: &str, rules: &dyn Rules) -> Option<String> {
     v.get(required)?.as_array()?;
     // A list under a key a case-insensitive client would read as one (`Tools`, `tooľs`…)
     // is not the gateway's to pass unfiltered.
@@ -1275,6 +1282,9 @@ mod tests {
         // A server cannot speak as the gateway.
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"error","logger":"mcpgate","data":"fake"}}"#).is_none());
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","logger":"srv","data":"ok"}}"#).is_some());
+        // Nor by naming the logger twice (a client reads the last) or with escapes.
+        assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","logger":"srv","logger":"mcpgate","data":"fake"}}"#).is_none());
+        assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","logger":"mcp\u0067ate","data":"fake"}}"#).is_none());
         // An answer to nothing from the server is dropped.
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","id":77,"result":{}}"#).is_none());
     }
