@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mcpgate_types::Clock;
+use mcpgate_types::identity::Assertion;
 use mcpgate_types::resource::{App, Lock, Role};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -28,4 +29,11 @@ pub trait Cluster: Send + Sync {
     fn apps(&self) -> BoxFuture<'_, Result<Vec<App>, String>>;
     /// Locks in force.
     fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>>;
+    /// The cluster-signed identity assertion for session `session` (routed to this agent)
+    /// to the app at `audience`, sent to HTTP upstreams.
+    fn assertion<'a>(
+        &'a self,
+        session: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<Assertion, String>>;
 }

@@ -8,11 +8,13 @@
 //!   (`interrupted` after a crash), ship (agents on other hosts).
 //! - [`cluster`]: what the agent needs from its cluster (roles, apps, locks), implemented by
 //!   the binary for the auth service in-process or over the proxy's API.
-//! - [`upstream`]: stdio child processes; [`secrets`]: `${env:..}`/`${file:..}` on this host;
+//! - [`upstream`]: stdio child processes; [`http`]: Streamable HTTP and SSE upstreams as
+//!   line streams, with server-side credentials and the caller's identity assertion; [`secrets`]: `${env:..}`/`${file:..}` on this host;
 //!   [`redact`]: audit parameters without secrets; [`lines`]: bounded line framing.
 
 pub mod catalog;
 pub mod cluster;
+pub mod http;
 pub mod journal;
 pub mod lines;
 pub mod redact;

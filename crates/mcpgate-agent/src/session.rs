@@ -24,9 +24,10 @@ use mcpgate_types::resource::App;
 use mcpgate_types::{AuditEvent, Claims};
 
 use crate::Agent;
+use crate::http::HttpUpstream;
 use crate::lines::{Line, read_line};
 use crate::redact::audit_params;
-use crate::upstream::Upstream;
+use crate::upstream::{StartError, Upstream};
 
 /// Who is connecting, as the proxy saw it. The agent verifies the certificate again itself.
 #[derive(Debug, Clone)]
@@ -70,6 +71,12 @@ struct Session<'a> {
     addr: String,
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
+}
+
+/// The upstream of a session.
+enum Running {
+    Stdio(Box<Upstream>),
+    Http(HttpUpstream),
 }
 
 /// Why a session ended.
@@ -331,25 +338,21 @@ impl Session<'_> {
             .await;
             return;
         }
-        let Some(cmd) = self
-            .app
-            .spec
-            .mcp
-            .as_ref()
-            .filter(|_| self.app.spec.uri.starts_with("mcp+stdio://"))
-        else {
-            self.refuse_session(
-                reader,
-                writer,
-                &format!(
-                    "app {:?}: only stdio apps are served by this version",
-                    self.app_name()
-                ),
+        let started = if self.app.spec.uri.starts_with("mcp+stdio://") {
+            match self.app.spec.mcp.as_ref() {
+                Some(cmd) => Upstream::start(self.app_name(), cmd).map(|u| Running::Stdio(Box::new(u))),
+                None => Err(StartError::Http("a stdio app needs mcp.command".into())),
+            }
+        } else {
+            HttpUpstream::start(
+                &self.app,
+                self.agent.cluster.clone(),
+                &self.id,
+                UPSTREAM_MAX,
             )
-            .await;
-            return;
+            .map(Running::Http)
         };
-        let mut upstream = match Upstream::start(self.app_name(), cmd) {
+        let mut upstream = match started {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(app = self.app_name(), error = %e, "upstream did not start");
@@ -365,38 +368,24 @@ impl Session<'_> {
                 return;
             }
         };
-        let mut up_out = BufReader::with_capacity(64 << 10, upstream.take_stdout());
-        let end = {
-            let mut up_in = upstream.take_stdin();
-            let answers = self.upstream_loop(&mut up_out, writer);
-            let locks = self.watch_locks();
-            tokio::pin!(answers, locks);
-            let end = tokio::select! {
-                end = self.client_loop(reader, writer, &mut up_in) => end,
-                end = &mut answers => end,
-                reason = &mut locks => End::Cut(reason),
-            };
-            // A client that finished sending (`printf '...' | mcpgate mcp connect`) still
-            // gets the answers it waits for, for a while; the server's input stays open.
-            if matches!(end, End::Client) && self.state().gate.in_flight() > 0 {
-                let drained = async {
-                    while self.state().gate.in_flight() > 0 {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                };
-                tokio::select! {
-                    _ = drained => End::Client,
-                    end = &mut answers => end,
-                    reason = &mut locks => End::Cut(reason),
-                    _ = tokio::time::sleep(DRAIN) => End::Unanswered,
-                }
-            } else {
-                end
+        let end = match &mut upstream {
+            Running::Stdio(u) => {
+                let mut up_out = BufReader::with_capacity(64 << 10, u.take_stdout());
+                self.pump(reader, writer, &mut u.take_stdin(), &mut up_out)
+                    .await
+            }
+            Running::Http(u) => {
+                let (up_out, mut up_in) = tokio::io::split(u.take_io());
+                let mut up_out = BufReader::with_capacity(64 << 10, up_out);
+                self.pump(reader, writer, &mut up_in, &mut up_out).await
             }
         };
         let end = match end {
             End::Upstream(_) => {
-                let report = upstream.exit_report(Duration::from_millis(500)).await;
+                let report = match &mut upstream {
+                    Running::Stdio(u) => u.exit_report(Duration::from_millis(500)).await,
+                    Running::Http(u) => u.exit_report(),
+                };
                 tracing::warn!(app = self.app_name(), session = %self.id, "the MCP server {report}");
                 End::Upstream(report)
             }
@@ -405,7 +394,51 @@ impl Session<'_> {
         // The client hears first and is let go; the server then gets its grace period.
         self.end(writer, end).await;
         let _ = writer.lock().await.shutdown().await;
-        upstream.stop().await;
+        match upstream {
+            Running::Stdio(u) => u.stop().await,
+            Running::Http(u) => u.stop().await,
+        }
+    }
+
+    /// Moves messages both ways until the session ends, and says why it did.
+    async fn pump<R, W, UI, UO>(
+        &self,
+        reader: &mut BufReader<R>,
+        writer: &tokio::sync::Mutex<W>,
+        up_in: &mut UI,
+        up_out: &mut BufReader<UO>,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        UI: AsyncWrite + Unpin,
+        UO: AsyncRead + Unpin,
+    {
+        let answers = self.upstream_loop(up_out, writer);
+        let locks = self.watch_locks();
+        tokio::pin!(answers, locks);
+        let end = tokio::select! {
+            end = self.client_loop(reader, writer, up_in) => end,
+            end = &mut answers => end,
+            reason = &mut locks => End::Cut(reason),
+        };
+        // A client that finished sending (`printf '...' | mcpgate mcp connect`) still
+        // gets the answers it waits for, for a while; the server's input stays open.
+        if matches!(end, End::Client) && self.state().gate.in_flight() > 0 {
+            let drained = async {
+                while self.state().gate.in_flight() > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::select! {
+                _ = drained => End::Client,
+                end = &mut answers => end,
+                reason = &mut locks => End::Cut(reason),
+                _ = tokio::time::sleep(DRAIN) => End::Unanswered,
+            }
+        } else {
+            end
+        }
     }
 
     /// Why this identity is locked now, if it is (a lock that cannot be read counts as one:
@@ -524,15 +557,16 @@ impl Session<'_> {
         );
     }
 
-    async fn client_loop<R, W>(
+    async fn client_loop<R, W, U>(
         &self,
         reader: &mut BufReader<R>,
         writer: &tokio::sync::Mutex<W>,
-        up: &mut tokio::process::ChildStdin,
+        up: &mut U,
     ) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
+        U: AsyncWrite + Unpin,
     {
         let limits = self.agent.limits;
         let mut buf = Vec::with_capacity(4096);
@@ -660,9 +694,9 @@ impl Session<'_> {
 
     /// Moves the server's messages to the client until the server closes its output
     /// (`End::Upstream`) or the client cannot be written to (`End::Client`).
-    async fn upstream_loop<W: AsyncWrite + Unpin>(
+    async fn upstream_loop<U: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &self,
-        up: &mut BufReader<tokio::process::ChildStdout>,
+        up: &mut BufReader<U>,
         writer: &tokio::sync::Mutex<W>,
     ) -> End {
         let mut buf = Vec::with_capacity(4096);

@@ -43,6 +43,9 @@ pub enum StartError {
     Secret(#[from] SecretError),
     #[error("host user {0:?} does not exist")]
     NoSuchUser(String),
+    /// An HTTP app that cannot be used as configured.
+    #[error("{0}")]
+    Http(String),
     #[error("cannot start {command:?}: {error}")]
     Spawn {
         command: String,

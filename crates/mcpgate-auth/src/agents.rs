@@ -40,7 +40,7 @@ fn claim_key(app: &str) -> String {
     format!("app-claims/{app}")
 }
 
-fn session_key(id: &str) -> String {
+pub(crate) fn session_key(id: &str) -> String {
     format!("sessions/{id}")
 }
 
@@ -63,6 +63,9 @@ pub struct SessionRecord {
     pub app: String,
     /// Unix microseconds.
     pub opened: i64,
+    /// When the caller's certificate expires (Unix seconds): no assertion outlives it.
+    #[serde(default)]
+    pub expires: Option<i64>,
 }
 
 /// What the auth service says of an agent that presents its certificate now.
@@ -488,9 +491,11 @@ impl AuthService {
         &self,
         id: &str,
         agent: &str,
-        user: &Claims,
+        user: &CertInfo,
         app: &str,
     ) -> Result<()> {
+        let expires = mcpgate_types::clock::unix_secs(user.not_after);
+        let user = &user.claims;
         // What the agent may learn from now on: this identity's roles and locks.
         let identity = format!("{}/{}", user.kind.as_str(), user.name);
         self.store
@@ -506,6 +511,7 @@ impl AuthService {
             roles: user.roles.clone(),
             app: app.to_string(),
             opened: unix_micros(self.now()),
+            expires: Some(expires),
         };
         Ok(self.store.put(&session_key(id), &to_json(&record)?).await?)
     }

@@ -64,6 +64,8 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/agent/apps", get(agent_apps))
         .route("/v1/agent/locks", get(agent_locks))
         .route("/v1/agent/events", post(agent_events))
+        .route("/v1/agent/assertion", post(agent_assertion))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/bot/renew", post(bot_renew))
         .route("/v1/admin/audit/search", post(search))
         .fallback(not_found)
@@ -442,6 +444,25 @@ async fn agent_locks(
 ) -> ApiResult<Vec<mcpgate_types::resource::Lock>> {
     let info = agent(&s, &conn).await?;
     Ok(Json(s.auth.locks_for(&info).await?))
+}
+
+async fn agent_assertion(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<crate::wire::AssertionRequest>,
+) -> ApiResult<mcpgate_types::identity::Assertion> {
+    let info = agent(&s, &conn).await?;
+    AuthService::require_agent(&info)?;
+    Ok(Json(
+        s.auth
+            .assertion(&info.claims.name, &req.session, &req.audience)
+            .await?,
+    ))
+}
+
+/// The keys that verify identity assertions; public.
+async fn jwks(State(s): State<AppState>) -> ApiResult<serde_json::Value> {
+    Ok(Json(s.auth.jwks().await?))
 }
 
 async fn agent_events(

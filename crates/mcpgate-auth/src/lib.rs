@@ -5,12 +5,14 @@
 //! - [`login`]: invites, signup, password and TOTP login, rate limits.
 //! - [`admin`]: `admin create/get/rm`, users, audit search, status.
 //! - [`api`]: the HTTPS API (axum) the proxy serves; one function maps errors to statuses.
+//! - [`jwt`]: identity assertions for HTTP upstreams, and the keys that verify them.
 //! - [`wire`]: request and response bodies shared with the CLI.
 
 pub mod admin;
 pub mod agents;
 pub mod api;
 pub mod bots;
+pub mod jwt;
 pub mod login;
 pub mod service;
 pub mod users;

@@ -74,7 +74,7 @@ impl CaKey {
     }
 
     /// Encrypts `plain`, bound to `label`: base64(nonce ‖ ciphertext ‖ tag).
-    fn seal(&self, label: &str, plain: &[u8]) -> Result<String> {
+    pub(crate) fn seal(&self, label: &str, plain: &[u8]) -> Result<String> {
         use base64::Engine;
         use ring::rand::SecureRandom;
         let mut nonce = [0u8; 12];
@@ -95,7 +95,7 @@ impl CaKey {
     }
 
     /// Decrypts what [`Self::seal`] produced for the same `label`.
-    fn open(&self, label: &str, sealed: &str) -> Result<Vec<u8>> {
+    pub(crate) fn open(&self, label: &str, sealed: &str) -> Result<Vec<u8>> {
         use base64::Engine;
         let wrong = || {
             AuthError::BadRequest(

@@ -198,3 +198,11 @@ pub struct RenewRequest {
     #[serde(default)]
     pub ttl_secs: Option<u64>,
 }
+
+/// An agent asking for the identity assertion of a session routed to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssertionRequest {
+    pub session: String,
+    /// The app's URI, as the agent calls it.
+    pub audience: String,
+}

@@ -8,10 +8,15 @@
 //!   pending-request tables (gateway ids for every forwarded request), tools, resources and
 //!   prompts gated by the caller's rules, list answers filtered, refusals as JSON-RPC errors.
 //! - [`answer`]: JSON-RPC error lines.
+//! - [`headers`]: the HTTP headers that mirror a message (`Mcp-Method`, `Mcp-Name`), checked
+//!   against the body and written from it.
+//! - [`sse`]: server-sent events, decoded as they arrive and encoded, for Streamable HTTP.
 
 pub mod answer;
 pub mod envelope;
 pub mod gate;
+pub mod headers;
+pub mod sse;
 
 pub use envelope::{Envelope, EnvelopeError, Kind, Limits, parse};
 pub use gate::{Gate, Rules};

@@ -158,9 +158,7 @@ async fn mcp(
     let certs = conn.peer.as_deref().cloned().unwrap_or_default();
     let who =
         match mcpgate_pki::tls::peer_identity(Some(&certs), &routes.cluster, routes.clock.now()) {
-            Ok(info) if matches!(info.claims.kind, IdentityKind::User | IdentityKind::Bot) => {
-                info.claims
-            }
+            Ok(info) if matches!(info.claims.kind, IdentityKind::User | IdentityKind::Bot) => info,
             Ok(_) => {
                 let e = "only user and bot certificates may open MCP sessions";
                 write

@@ -42,3 +42,11 @@ pub struct Claims {
     /// The cluster that issued the certificate.
     pub cluster: String,
 }
+
+/// A signed identity assertion (a JWT) for an HTTP upstream, and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assertion {
+    pub token: String,
+    /// Unix seconds.
+    pub expires: i64,
+}

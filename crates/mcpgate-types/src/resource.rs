@@ -207,6 +207,9 @@ pub struct AppSpec {
     pub mcp: Option<McpCommand>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// How an `https` upstream's certificate is verified (the system's CAs by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl AppSpec {
@@ -232,8 +235,44 @@ impl AppSpec {
             .mcp
             .as_ref()
             .is_some_and(|m| !m.command.trim().is_empty());
-        if self.uri.starts_with("mcp+stdio://") && !has_command {
-            return Err("a stdio app needs mcp.command".into());
+        if self.uri.starts_with("mcp+stdio://") {
+            if !has_command {
+                return Err("a stdio app needs mcp.command".into());
+            }
+            return Ok(());
+        }
+        // An HTTP app: a host, no credentials in the URI (they belong in rewrite.headers,
+        // which stay on the agent), and no command.
+        let rest = self
+            .uri
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() || authority.contains(char::is_whitespace) {
+            return Err(format!("uri {:?} has no host", self.uri));
+        }
+        if authority.contains('@') {
+            return Err(format!(
+                "uri {:?} holds credentials: put them in rewrite.headers as ${{env:..}} or ${{file:..}} references",
+                self.uri
+            ));
+        }
+        if self.mcp.is_some() {
+            return Err("an HTTP app takes no mcp command: the agent connects to its uri".into());
+        }
+        for h in self.rewrite.iter().flat_map(|r| &r.headers) {
+            let Some((name, _)) = h.split_once(':') else {
+                return Err(format!("rewrite header {h:?} must be \"Name: value\""));
+            };
+            let name = name.trim();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                return Err(format!("rewrite header {h:?} has an invalid name"));
+            }
         }
         Ok(())
     }
@@ -259,6 +298,20 @@ pub struct McpCommand {
 pub struct Rewrite {
     #[serde(default)]
     pub headers: Vec<String>,
+}
+
+/// How the agent verifies an HTTPS upstream's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// A PEM file of CA certificates, on the agent's host, trusted for this upstream instead
+    /// of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Accept any certificate: anyone on the network path can then read and change the
+    /// traffic, credentials included. Never outside a test.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// A resource read from a file.

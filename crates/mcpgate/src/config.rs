@@ -97,6 +97,8 @@ pub struct StaticApp {
     pub uri: String,
     pub mcp: Option<McpCommand>,
     pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub tls: Option<mcpgate_types::resource::UpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +259,7 @@ impl Config {
                     uri: a.uri.clone(),
                     mcp: a.mcp.clone(),
                     rewrite: a.rewrite.clone(),
+                    tls: a.tls.clone(),
                 },
             })
             .collect()

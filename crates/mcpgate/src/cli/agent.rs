@@ -14,6 +14,7 @@ use mcpgate_auth::wire::{CertResponse, JoinRequest, RenewRequest};
 use mcpgate_pki::Identity;
 use mcpgate_pki::tls;
 use mcpgate_store::{AnyStore, SqliteStore};
+use mcpgate_types::identity::Assertion;
 use mcpgate_types::resource::{App, Lock, Role};
 use mcpgate_types::{AuditEvent, Clock, SystemClock};
 use rustls::pki_types::CertificateDer;
@@ -147,6 +148,22 @@ impl Cluster for Remote {
                     .map_err(|e| format!("{e:#}"))
             };
             self.locks.get("", fetch).await
+        })
+    }
+    fn assertion<'a>(
+        &'a self,
+        session: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<Assertion, String>> {
+        Box::pin(async move {
+            let req = mcpgate_auth::wire::AssertionRequest {
+                session: session.to_string(),
+                audience: audience.to_string(),
+            };
+            self.api()?
+                .post("/v1/agent/assertion", &req)
+                .await
+                .map_err(|e| format!("{e:#}"))
         })
     }
 }

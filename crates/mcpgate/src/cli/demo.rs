@@ -39,6 +39,7 @@ pub fn app() -> anyhow::Result<App> {
                 run_as_host_user: None,
             }),
             rewrite: None,
+            tls: None,
         },
     })
 }

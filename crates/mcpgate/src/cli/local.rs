@@ -9,6 +9,7 @@ use mcpgate_agent::cluster::BoxFuture;
 use mcpgate_auth::AuthService;
 use mcpgate_store::Store;
 use mcpgate_types::Clock;
+use mcpgate_types::identity::Assertion;
 use mcpgate_types::resource::{App, Lock, Role};
 
 /// The auth service in this process.
@@ -47,5 +48,17 @@ impl Cluster for Local {
     }
     fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>> {
         Box::pin(async move { self.0.locks().await.map_err(|e| e.to_string()) })
+    }
+    fn assertion<'a>(
+        &'a self,
+        session: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<Assertion, String>> {
+        Box::pin(async move {
+            self.0
+                .assertion(super::start::LOCAL_AGENT, session, audience)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

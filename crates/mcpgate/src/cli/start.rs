@@ -37,7 +37,7 @@ const PROXY_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lifetime of the in-process agent's host certificate (a new one at every reconnection).
 const AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The name of the agent inside `mcpgate start`.
-const LOCAL_AGENT: &str = "local";
+pub(crate) const LOCAL_AGENT: &str = "local";
 /// Lifetime of the admin identity in the data dir; renewed at half-life.
 const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
 

@@ -574,3 +574,52 @@ pub fn marker(tag: &str) -> String {
             .unwrap_or(0)
     )
 }
+
+/// Calls the proxy's HTTPS API as the holder of `identity` (PEM text); returns the status
+/// and the JSON body.
+pub fn api_as(
+    d: &Daemon,
+    identity: &str,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let id = mcpgate_pki::Identity::parse(identity).unwrap();
+        let config = mcpgate_pki::tls::client_config(
+            &id.ca_certs,
+            Some(&id),
+            std::sync::Arc::new(mcpgate_types::SystemClock),
+            &[mcpgate_pki::tls::ALPN_HTTP1],
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
+        let host = d.addr.rsplit_once(':').unwrap().0.to_string();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let body = body.to_string();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: mcpgate\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    })
+}

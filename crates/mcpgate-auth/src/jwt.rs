@@ -1,0 +1,219 @@
+//! Identity assertions for HTTP upstreams: a short-lived JWT (ES256) the cluster signs for
+//! one MCP session, naming its caller (`sub`, `kind`, `roles`) and the app (`aud`), which an
+//! agent sends as `Mcpgate-Jwt-Assertion`. Keys live in the storage (private halves sealed
+//! like the CAs'); every key not retired for longer than an assertion lives is published at
+//! `/.well-known/jwks.json`, so a rotation never invalidates an assertion in flight.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+
+use mcpgate_store::Store;
+use mcpgate_types::clock::unix_secs;
+use mcpgate_types::identity::Assertion;
+
+use crate::agents::SessionRecord;
+use crate::service::{AuthService, from_json, to_json};
+use crate::{AuthError, Result};
+
+/// The longest an assertion lives (never past the caller's certificate).
+pub const ASSERTION_TTL: Duration = Duration::from_secs(10 * 60);
+const KEYS: &str = "jwt/keys/";
+const CURRENT: &str = "jwt/current";
+
+/// A signing key as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    /// The PKCS#8 document, sealed with the CA key.
+    sealed: String,
+    /// The public point's coordinates, base64url.
+    x: String,
+    y: String,
+    created: i64,
+    /// When it stopped signing (Unix seconds).
+    #[serde(default)]
+    retired: Option<i64>,
+}
+
+fn label(kid: &str) -> String {
+    format!("mcpgate-jwt-key:{kid}")
+}
+
+impl AuthService {
+    /// The signing key in use, created on first use (by whichever instance gets there first).
+    async fn signing_key(&self) -> Result<(String, EcdsaKeyPair)> {
+        let kid = match self.store.get(CURRENT).await? {
+            Some(kid) => String::from_utf8_lossy(&kid).into_owned(),
+            None => {
+                let kid = self.new_key().await?;
+                if !self.store.create(CURRENT, kid.as_bytes()).await? {
+                    // Another instance made one first: use it (ours stays unused, retired).
+                    self.retire(&kid).await?;
+                }
+                let current = self.store.get(CURRENT).await?.unwrap_or_default();
+                String::from_utf8_lossy(&current).into_owned()
+            }
+        };
+        let stored: StoredKey = from_json(
+            &self
+                .store
+                .get(&format!("{KEYS}{kid}"))
+                .await?
+                .ok_or_else(|| AuthError::Internal(format!("JWT key {kid} is missing")))?,
+        )?;
+        let pkcs8 = self.config.ca_key.open(&label(&kid), &stored.sealed)?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &pkcs8,
+            &SystemRandom::new(),
+        )
+        .map_err(|_| AuthError::Internal("the JWT key cannot be read".into()))?;
+        Ok((kid, pair))
+    }
+
+    /// Stores a new key pair, not yet in use; returns its id.
+    async fn new_key(&self) -> Result<String> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| AuthError::Internal("cannot generate a JWT key".into()))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|_| AuthError::Internal("cannot generate a JWT key".into()))?;
+        // An uncompressed point: 0x04 ‖ x ‖ y.
+        let point = pair.public_key().as_ref();
+        let (x, y) = point[1..].split_at(32);
+        let kid = mcpgate_types::audit::random_id();
+        let stored = StoredKey {
+            sealed: self.config.ca_key.seal(&label(&kid), pkcs8.as_ref())?,
+            kid: kid.clone(),
+            x: B64.encode(x),
+            y: B64.encode(y),
+            created: unix_secs(self.now()),
+            retired: None,
+        };
+        self.store
+            .put(&format!("{KEYS}{kid}"), &to_json(&stored)?)
+            .await?;
+        Ok(kid)
+    }
+
+    async fn retire(&self, kid: &str) -> Result<()> {
+        let key = format!("{KEYS}{kid}");
+        if let Some(bytes) = self.store.get(&key).await? {
+            let mut stored: StoredKey = from_json(&bytes)?;
+            stored.retired.get_or_insert(unix_secs(self.now()));
+            self.store.put(&key, &to_json(&stored)?).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts signing with a new key; the old one stays published until every assertion it
+    /// signed has expired. Returns the new key's id.
+    pub async fn rotate_jwt_key(&self) -> Result<String> {
+        let old = self.store.get(CURRENT).await?;
+        let kid = self.new_key().await?;
+        self.store.put(CURRENT, kid.as_bytes()).await?;
+        if let Some(old) = old {
+            self.retire(&String::from_utf8_lossy(&old)).await?;
+        }
+        Ok(kid)
+    }
+
+    /// The public keys an upstream verifies assertions with (RFC 7517).
+    pub async fn jwks(&self) -> Result<Value> {
+        // Make sure there is one to publish before anything is signed.
+        self.signing_key().await?;
+        let now = unix_secs(self.now());
+        let mut keys = Vec::new();
+        for (_, bytes) in self.store.list(KEYS).await? {
+            let k: StoredKey = from_json(&bytes)?;
+            if k.retired
+                .is_some_and(|r| r + ASSERTION_TTL.as_secs() as i64 + 60 < now)
+            {
+                continue;
+            }
+            keys.push(json!({"kty": "EC", "crv": "P-256", "x": k.x, "y": k.y,
+                "kid": k.kid, "use": "sig", "alg": "ES256"}));
+        }
+        Ok(json!({ "keys": keys }))
+    }
+
+    /// The assertion for session `session`, asked for by `agent` (the agent the proxy routed
+    /// it to; any other is refused): its caller, roles and app as the proxy recorded them,
+    /// for `audience` (the app's URI), valid for [`ASSERTION_TTL`] and never past the
+    /// caller's certificate.
+    pub async fn assertion(&self, agent: &str, session: &str, audience: &str) -> Result<Assertion> {
+        let refused =
+            || AuthError::AccessDenied(format!("session {session:?} is not routed to this agent"));
+        let record: SessionRecord =
+            match self.store.get(&crate::agents::session_key(session)).await? {
+                Some(bytes) => from_json(&bytes)?,
+                None => return Err(refused()),
+            };
+        if record.agent != agent {
+            return Err(refused());
+        }
+        let now = self.now();
+        let mut expires = now + ASSERTION_TTL;
+        if let Some(cert) = record.expires {
+            expires = expires.min(SystemTime::UNIX_EPOCH + Duration::from_secs(cert.max(0) as u64));
+        }
+        if expires <= now {
+            return Err(AuthError::Unauthenticated(
+                "the caller's certificate has expired".into(),
+            ));
+        }
+        // A cluster app's audience is its registered URI; an agent's own (static) app is
+        // known by the agent that holds it.
+        let registered = self
+            .all_apps()
+            .await?
+            .into_iter()
+            .find(|a| a.metadata.name.as_str() == record.app);
+        let aud = match registered {
+            Some(app) if app.spec.uri == audience => app.spec.uri,
+            None if self.app_holder(&record.app).await?.as_deref() == Some(agent) => {
+                audience.to_string()
+            }
+            _ => {
+                return Err(AuthError::AccessDenied(format!(
+                    "{audience:?} is not the URI of app {:?}",
+                    record.app
+                )));
+            }
+        };
+        let (kid, pair) = self.signing_key().await?;
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+        let claims = json!({
+            "iss": self.cluster(),
+            "sub": record.user,
+            "kind": record.user_kind.as_str(),
+            "roles": record.roles,
+            "aud": aud,
+            "app": record.app,
+            "session": session,
+            "iat": unix_secs(now),
+            "nbf": unix_secs(now) - 60,
+            "exp": unix_secs(expires),
+            "jti": mcpgate_types::audit::random_id(),
+        });
+        let mut token = format!(
+            "{}.{}",
+            B64.encode(to_json(&header)?),
+            B64.encode(to_json(&claims)?)
+        );
+        let sig = pair
+            .sign(&SystemRandom::new(), token.as_bytes())
+            .map_err(|_| AuthError::Internal("signing failed".into()))?;
+        token.push('.');
+        token.push_str(&B64.encode(sig.as_ref()));
+        Ok(Assertion {
+            token,
+            expires: unix_secs(expires),
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! HTTP upstreams end to end: a client on `mcpgate mcp connect` reaches MCP servers that
+//! speak Streamable HTTP (a recording fixture, and npm's server-everything) and the legacy
+//! HTTP+SSE transport, with the same policy and audit as stdio, the app's credentials added
+//! on the agent, and the caller named by a cluster-signed assertion the upstream can verify.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: remote}
+spec:
+  allow:
+    app_labels: {env: remote}
+    mcp: {tools: [echo, stream_echo, headers, forget_sessions, get-sum, trigger-long-running-operation]}
+  deny:
+    mcp: {tools: ['*delete*']}
+";
+
+/// A child process killed when the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the recording HTTP MCP server; returns it and its port.
+fn http_recorder(record: &Path) -> (Server, u16) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/http_recorder.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .env("RECORD_FILE", record)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().unwrap();
+    (Server(child), port)
+}
+
+/// The requests the recorder received.
+fn requests(record: &Path) -> Vec<Value> {
+    std::fs::read_to_string(record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn text(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {answer}"))
+        .to_string()
+}
+
+/// Checks an ES256 JWT against the cluster's published keys; returns its claims.
+fn verified_claims(d: &Daemon, identity: &str, token: &str) -> Value {
+    let (status, jwks) = api_as(d, identity, "GET", "/.well-known/jwks.json", &Value::Null);
+    assert_eq!(status, 200, "{jwks}");
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a compact JWS: {token}");
+    let header: Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .unwrap_or_else(|| panic!("kid {} is not in the JWKS {jwks}", header["kid"]));
+    let mut point = vec![4u8];
+    point.extend(B64.decode(key["x"].as_str().unwrap()).unwrap());
+    point.extend(B64.decode(key["y"].as_str().unwrap()).unwrap());
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+        .verify(signed.as_bytes(), &B64.decode(parts[2]).unwrap())
+        .expect("the assertion's signature verifies against the JWKS");
+    serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap()
+}
+
+#[test]
+fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
+    let s = Scratch::new();
+    let record = s.path("http-record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let (_server, port) = http_recorder(&record);
+    let token = s.write("upstream-token", "ghp-e2e-upstream-7c1f\n");
+    let uri = format!("mcp+http://127.0.0.1:{port}/mcp");
+    let apps = format!(
+        "    - name: remote\n      labels: {{env: remote}}\n      uri: {uri}\n      rewrite:\n        headers: [\"Authorization: Bearer ${{file:{}}}\", \"X-Team: blue\"]\n",
+        token.display()
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let mut b = Bridge::open(&alice, "remote", &[]);
+    let init = b.initialize();
+    assert_eq!(
+        init["result"]["serverInfo"]["name"], "http-recorder",
+        "{init}"
+    );
+    assert_eq!(
+        b.tools(),
+        ["echo", "forget_sessions", "headers", "stream_echo"],
+        "the allowed tools of the HTTP server, delete_all filtered out"
+    );
+    assert_eq!(
+        text(&b.call("echo", json!({"say": "hi"}))),
+        r#"{"say": "hi"}"#
+    );
+
+    // An answer streamed as server-sent events: the progress notification, then the answer
+    // (sent across several data lines), arrive as lines.
+    b.send(r#"{"jsonrpc":"2.0","id":"s1","method":"tools/call","params":{"name":"stream_echo","arguments":{"n":1},"_meta":{"progressToken":"tok"}}}"#);
+    let progress = b.recv();
+    assert_eq!(progress["method"], "notifications/progress", "{progress}");
+    assert_eq!(progress["params"]["progressToken"], "tok");
+    let streamed = b.answer(&json!("s1"));
+    assert_eq!(text(&streamed), r#"{"n": 1}"#);
+
+    // A denied tool is answered by the gateway and never reaches the server.
+    let denied = b.call("delete_all", json!({}));
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("access denied")
+    );
+
+    // What the server saw: the app's credential (resolved on the agent), the mirror headers,
+    // the session, and the caller's assertion.
+    let seen: Value = serde_json::from_str(&text(&b.call("headers", json!({})))).unwrap();
+    assert_eq!(seen["authorization"], "Bearer ghp-e2e-upstream-7c1f");
+    assert_eq!(seen["x-team"], "blue");
+    assert_eq!(seen["mcp-method"], "tools/call");
+    assert_eq!(seen["mcp-name"], "headers");
+    assert_eq!(seen["mcp-protocol-version"], "2025-06-18");
+    assert!(
+        seen["mcp-session-id"]
+            .as_str()
+            .is_some_and(|v| v.len() == 32)
+    );
+    let identity = std::fs::read_to_string(alice.identity()).unwrap();
+    let claims = verified_claims(
+        &d,
+        &identity,
+        seen["mcpgate-jwt-assertion"].as_str().unwrap(),
+    );
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["kind"], "user");
+    assert_eq!(claims["roles"], json!(["remote"]));
+    assert_eq!(claims["aud"], uri.as_str());
+    assert_eq!(claims["iss"], "e2e.local");
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!(
+        (1..=600).contains(&lifetime),
+        "at most 10 minutes: {lifetime}"
+    );
+
+    // The server forgets its sessions (a restart): the gateway initialises again with the
+    // client's own initialize, and the call goes through.
+    assert_eq!(text(&b.call("forget_sessions", json!({}))), "forgotten");
+    assert_eq!(
+        text(&b.call("echo", json!({"again": true}))),
+        r#"{"again": true}"#
+    );
+    assert_eq!(b.close(), 0);
+
+    let reqs = requests(&record);
+    let bodies: Vec<&str> = reqs.iter().filter_map(|r| r["body"].as_str()).collect();
+    assert!(
+        !bodies.iter().any(|b| b.contains("delete_all")),
+        "the denied call never reached the server"
+    );
+    assert_eq!(
+        bodies
+            .iter()
+            .filter(|b| b.contains("\"initialize\""))
+            .count(),
+        2,
+        "one initialize, and one more after the server forgot the session"
+    );
+    let delete = wait_for(|| {
+        requests(&record)
+            .into_iter()
+            .find(|r| r["method"] == "DELETE")
+    });
+    assert!(
+        delete["headers"]["mcp-session-id"].is_string(),
+        "the session is ended upstream"
+    );
+    for r in &reqs {
+        assert!(
+            r["headers"]["mcpgate-jwt-assertion"].is_string(),
+            "every request names the caller: {r}"
+        );
+    }
+
+    // The same audit as stdio: the calls, the denial, with the app's name.
+    let calls = audit(&d, &["--app", "remote", "--tool", "echo"]);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["user"], "alice");
+    let denials = audit(&d, &["--app", "remote", "--decision", "deny"]);
+    assert!(
+        denials.iter().any(|e| e["tool"] == "delete_all"),
+        "{denials:?}"
+    );
+    let log = d
+        .admin(&["audit", "search", "--since", "1h", "--format", "json"])
+        .ok();
+    assert!(
+        !log.contains("ghp-e2e-upstream-7c1f"),
+        "the credential is not in the audit log"
+    );
+}
+
+#[test]
+fn an_unreachable_http_upstream_answers_each_request_with_an_error() {
+    let s = Scratch::new();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let apps = format!(
+        "    - name: gone\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let mut b = Bridge::open(&alice, "gone", &[]);
+    let init = b.request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}));
+    let message = init["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("app \"gone\"") && message.contains("cannot be reached"),
+        "{init}"
+    );
+    // The session goes on: the next request gets its own answer.
+    let again = b.request("tools/list", json!({}));
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached")
+    );
+    assert_eq!(b.close(), 0);
+}
+
+#[test]
+fn server_everything_over_streamable_http_and_sse() {
+    let Some(everything) = needs("MCPGATE_TEST_EVERYTHING") else {
+        return;
+    };
+    let s = Scratch::new();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (http_port, sse_port) = (free(), free());
+    let start = |mode: &str, port: u16| {
+        Server(
+            Command::new("node")
+                .args([everything.as_str(), mode])
+                .env("PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _http = start("streamableHttp", http_port);
+    let _sse = start("sse", sse_port);
+    for port in [http_port, sse_port] {
+        wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    }
+    let apps = format!(
+        "    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{http_port}/mcp\n    - name: everything-sse\n      labels: {{env: remote}}\n      uri: mcp+sse+http://127.0.0.1:{sse_port}/sse\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    for app in ["everything-http", "everything-sse"] {
+        let mut b = Bridge::open(&alice, app, &[]);
+        let init = b.initialize();
+        assert_eq!(
+            init["result"]["serverInfo"]["name"], "mcp-servers/everything",
+            "{app}: {init}"
+        );
+        assert_eq!(
+            b.tools(),
+            ["echo", "get-sum", "trigger-long-running-operation"],
+            "{app}: exactly the allowed tools"
+        );
+        assert_eq!(
+            text(&b.call("echo", json!({"message": "hi"}))),
+            "Echo: hi",
+            "{app}"
+        );
+        assert_eq!(
+            text(&b.call("get-sum", json!({"a": 2, "b": 3}))),
+            "The sum of 2 and 3 is 5.",
+            "{app}"
+        );
+        // Progress notifications reach the client before the answer.
+        b.send(r#"{"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"trigger-long-running-operation","arguments":{"duration":0.3,"steps":3},"_meta":{"progressToken":"p1"}}}"#);
+        let mut progress = 0;
+        let answer = loop {
+            let m = b.recv();
+            if m["method"] == "notifications/progress" {
+                assert_eq!(m["params"]["progressToken"], "p1");
+                progress += 1;
+            } else if m["id"] == "long" {
+                break m;
+            }
+        };
+        assert!(answer["result"].is_object(), "{app}: {answer}");
+        assert_eq!(progress, 3, "{app}: one progress notification per step");
+        let denied = b.call("get-env", json!({}));
+        assert!(
+            denied["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("access denied"),
+            "{app}: {denied}"
+        );
+        assert_eq!(b.close(), 0, "{app}");
+        let started = audit(&d, &["--app", app, "--type", "mcp.session.start"]);
+        assert_eq!(started.len(), 1, "{app}: {started:?}");
+    }
+}
+
+/// Polls `f` every 20 ms for up to 20 s.
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
