@@ -340,7 +340,9 @@ impl Session<'_> {
         }
         let started = if self.app.spec.uri.starts_with("mcp+stdio://") {
             match self.app.spec.mcp.as_ref() {
-                Some(cmd) => Upstream::start(self.app_name(), cmd).map(|u| Running::Stdio(Box::new(u))),
+                Some(cmd) => {
+                    Upstream::start(self.app_name(), cmd).map(|u| Running::Stdio(Box::new(u)))
+                }
                 None => Err(StartError::Http("a stdio app needs mcp.command".into())),
             }
         } else {

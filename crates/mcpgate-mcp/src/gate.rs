@@ -854,8 +854,9 @@ fn deny<'m>(
     }
 }
 
-/// `line` with the raw JSON `value` in place of `part` (a slice of `line`), plus a newline.
-fn splice(line: &[u8], part: &RawValue, value: &str) -> Option<Vec<u8>> {
+/// `line` with the raw JSON `value` in place of `part` (a slice of `line`, such as a parsed
+/// envelope's `id`), plus a newline.
+pub fn splice(line: &[u8], part: &RawValue, value: &str) -> Option<Vec<u8>> {
     let start = (part.get().as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
     let end = start.checked_add(part.get().len())?;
     if line.get(start..end)? != part.get().as_bytes() {

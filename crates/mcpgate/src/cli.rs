@@ -5,6 +5,7 @@ mod agent;
 mod bot;
 mod config;
 mod demo;
+mod endpoint;
 mod local;
 mod mcp;
 mod start;

@@ -361,3 +361,269 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `mcpgate mcp proxy APP` run by `person`; killed when dropped.
+struct LocalEndpoint {
+    server: Server,
+    url: String,
+}
+
+impl LocalEndpoint {
+    fn start(person: &Person, app: &str) -> LocalEndpoint {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpgate"))
+            .args(["mcp", "proxy", app, "--listen", "127.0.0.1:0"])
+            .env("MCPGATE_HOME", &person.home)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut url)
+            .unwrap();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        LocalEndpoint {
+            server: Server(child),
+            url: url.trim().to_string(),
+        }
+    }
+}
+
+/// What an HTTP answer held: status, headers (lower-case names), and its JSON-RPC messages
+/// (the JSON body, or each event's data).
+struct Answer {
+    status: u16,
+    headers: String,
+    messages: Vec<Value>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_string())
+        })
+    }
+
+    /// The one answer (a message with a result or an error).
+    fn answer(&self) -> &Value {
+        self.messages
+            .iter()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or_else(|| panic!("no answer among {:?}", self.messages))
+    }
+}
+
+/// Sends an HTTP request with curl (a real client); `headers` as `Name: value`.
+fn curl(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> Answer {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "-X", method, "--max-time", "30"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        cmd.args(["--data-binary", b]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text}"));
+    let messages = if body.trim_start().starts_with('{') {
+        vec![serde_json::from_str(body.trim()).unwrap()]
+    } else {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    };
+    Answer {
+        status,
+        headers: head.to_string(),
+        messages,
+    }
+}
+
+const JSON: &str = "Content-Type: application/json";
+const ACCEPT: &str = "Accept: application/json, text/event-stream";
+
+#[test]
+fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credentials() {
+    let s = Scratch::new();
+    let record = s.path("http-record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let (_server, port) = http_recorder(&record);
+    let token = s.write("upstream-token", "ghp-e2e-upstream-7c1f\n");
+    let apps = format!(
+        "    - name: remote\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n      rewrite:\n        headers: [\"Authorization: Bearer ${{file:{}}}\"]\n",
+        token.display()
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let ep = LocalEndpoint::start(&alice, "remote");
+    let url = ep.url.as_str();
+
+    // The client's own credentials go nowhere.
+    let creds = [
+        "Authorization: Bearer client-token-leak",
+        "Cookie: sid=client-cookie-leak",
+    ];
+    let init = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, creds[0], creds[1]],
+        Some(
+            r#"{"jsonrpc":"2.0","id":"init-1","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#,
+        ),
+    );
+    assert_eq!(init.status, 200, "{:?}", init.messages);
+    assert_eq!(
+        init.answer()["id"],
+        "init-1",
+        "the client's id comes back as written"
+    );
+    assert_eq!(
+        init.answer()["result"]["serverInfo"]["name"],
+        "http-recorder"
+    );
+    let sid = init.header("mcp-session-id").expect("a session id");
+    let sid_h = format!("Mcp-Session-Id: {sid}");
+    let note = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h],
+        Some(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+    );
+    assert_eq!(note.status, 202);
+
+    let list = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h],
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    );
+    let names: Vec<&str> = list.answer()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["echo", "stream_echo", "headers", "forget_sessions"],
+        "delete_all is filtered"
+    );
+
+    let call = |name: &str, extra: &[&str]| {
+        let mut h = vec![JSON, ACCEPT, sid_h.as_str(), creds[0], creds[1]];
+        h.extend_from_slice(extra);
+        curl(
+            "POST",
+            url,
+            &h,
+            Some(&format!(
+                r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+            )),
+        )
+    };
+    let seen: Value = serde_json::from_str(&text(call("headers", &[]).answer())).unwrap();
+    assert_eq!(
+        seen["authorization"], "Bearer ghp-e2e-upstream-7c1f",
+        "the app's credential, not the client's"
+    );
+    assert!(seen.get("cookie").is_none(), "{seen}");
+    let denied = call("delete_all", &[]);
+    assert!(
+        denied.answer()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("access denied")
+    );
+
+    // Mirror headers that disagree with the body are refused before any decision.
+    let lying = call("delete_all", &["Mcp-Method: tools/call", "Mcp-Name: echo"]);
+    assert_eq!(lying.status, 400);
+    assert!(
+        lying.answer()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Mcp-Name")
+    );
+    let agreeing = call("echo", &["Mcp-Method: tools/call", "Mcp-Name: echo"]);
+    assert_eq!(agreeing.status, 200);
+    assert_eq!(text(agreeing.answer()), "{}");
+
+    // DNS rebinding: a foreign Host or Origin is refused.
+    let rebound = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h, "Host: evil.example"],
+        Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
+    );
+    assert_eq!(rebound.status, 403);
+    let foreign = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h, "Origin: https://evil.example"],
+        Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
+    );
+    assert_eq!(foreign.status, 403);
+    // Unknown sessions and requests without one.
+    let unknown = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, "Mcp-Session-Id: nope"],
+        Some(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#),
+    );
+    assert_eq!(unknown.status, 404);
+    let sessionless = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT],
+        Some(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#),
+    );
+    assert_eq!(sessionless.status, 400);
+    // A bad body gets a JSON-RPC error; the session goes on.
+    let bad = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h],
+        Some(r#"{"jsonrpc":"2.0","id":4,"Method":"tools/list"}"#),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.answer()["error"]["code"].as_i64().unwrap() < 0);
+    assert_eq!(curl("DELETE", url, &[&sid_h], None).status, 200);
+    assert_eq!(
+        curl(
+            "POST",
+            url,
+            &[JSON, ACCEPT, &sid_h],
+            Some(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#)
+        )
+        .status,
+        404
+    );
+
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    assert!(!recorded.contains("client-token-leak") && !recorded.contains("client-cookie-leak"));
+    assert!(
+        !recorded.contains("delete_all\""),
+        "no denied call reached the server"
+    );
+    let events = audit(&d, &["--app", "remote", "--decision", "deny"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["tool"] == "delete_all" && e["user"] == "alice"),
+        "{events:?}"
+    );
+    drop(ep.server);
+
+    // Loopback only.
+    let out = alice.run(&["mcp", "proxy", "remote", "--listen", "0.0.0.0:0"], None);
+    let err = out.fails();
+    assert!(err.contains("loopback only"), "{err}");
+}

@@ -43,6 +43,16 @@ enum McpCommand {
         #[command(flatten)]
         who: Who,
     },
+    /// Serve app NAME to HTTP-only MCP clients at http://LISTEN/mcp (Streamable HTTP, both
+    /// protocol eras), through the gateway as your identity. Loopback only.
+    Proxy {
+        name: String,
+        /// Loopback address to listen on; port 0 picks a free port (the URL is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Print, or merge into the client's config file, the entry that reaches NAME (or --all).
     Config {
         name: Option<String>,
@@ -67,7 +77,7 @@ enum McpCommand {
 
 /// An identity file and proxy, or the logged-in profile.
 #[derive(Debug, Clone, clap::Args)]
-struct Who {
+pub(super) struct Who {
     /// Identity file (from `mcpgate bot` or a copy of ~/.mcpgate/identity).
     #[arg(short = 'i', long)]
     identity: Option<PathBuf>,
@@ -78,7 +88,7 @@ struct Who {
 }
 
 impl Who {
-    fn resolve(&self) -> anyhow::Result<(Identity, String)> {
+    pub(super) fn resolve(&self) -> anyhow::Result<(Identity, String)> {
         let stored = match &self.identity {
             Some(path) => Some((profile::read_identity(path)?, None)),
             None => profile::load(&profile::home()?)?.map(|s| (s.identity, Some(s.profile.proxy))),
@@ -99,6 +109,9 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     match args.command {
         McpCommand::Ls { who, format } => ls(&who, format).await,
         McpCommand::Connect { name, who } => connect(&name, &who).await,
+        McpCommand::Proxy { name, listen, who } => {
+            super::endpoint::serve(&name, listen, &who).await
+        }
         McpCommand::Config {
             name,
             all,
@@ -448,7 +461,7 @@ impl<'a> Peek<'a> {
 }
 
 /// The text of a `notifications/message` from the gateway itself (logger `mcpgate`).
-fn gateway_message(line: &[u8]) -> Option<String> {
+pub(super) fn gateway_message(line: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     let p = v.get("params")?;
     if p.get("logger")?.as_str()? != "mcpgate" {
@@ -459,7 +472,7 @@ fn gateway_message(line: &[u8]) -> Option<String> {
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 
-async fn open(name: &str, who: &Who) -> anyhow::Result<BufReader<Stream>> {
+pub(super) async fn open(name: &str, who: &Who) -> anyhow::Result<BufReader<Stream>> {
     let (identity, proxy) = who.resolve()?;
     if !identity.info.valid_at(std::time::SystemTime::now()) {
         bail!("your certificate has expired; run `mcpgate login` again");

@@ -1,0 +1,646 @@
+//! `mcpgate mcp proxy NAME --listen 127.0.0.1:PORT`: a local Streamable HTTP endpoint at
+//! `/mcp` for clients that speak only HTTP, in front of the same gateway session the stdio
+//! bridge opens. Loopback only (whoever reaches it acts as the identity it holds), with `Host`
+//! and `Origin` checked against DNS rebinding.
+//!
+//! - Session era (2025-03-26 … 2025-11-25): each `initialize` opens a gateway session of its
+//!   own, named to the client by `Mcp-Session-Id`; `GET` opens its server stream, `DELETE`
+//!   ends it.
+//! - 2026-07-28 (no session; the version in each request's `_meta`): requests share one
+//!   gateway session, where each is decided and audited on its own.
+//!
+//! A request's answer streams back as server-sent events (its progress and the server's
+//! requests first); ids are the endpoint's own on the gateway side, so clients that reuse
+//! ids never collide. Only the body crosses: no header of the client's — `Authorization`,
+//! cookies — goes anywhere. `Mcp-Method`/`Mcp-Name` must agree with the body (400 if not).
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
+
+use mcpgate_agent::lines::{Line, read_line};
+use mcpgate_mcp::answer::error_line;
+use mcpgate_mcp::{Envelope, Kind, Limits, code, headers, sse};
+
+use super::mcp::{Who, gateway_message, open};
+
+type Body = BoxBody<Bytes, Infallible>;
+type Tunnel = tokio::io::BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// The largest message a client may POST.
+const MAX_BODY: usize = 4 << 20;
+/// Answers from the gateway may be larger (files, images).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// Serves app `name` at `http://LISTEN/mcp` until interrupted.
+pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        bail!(
+            "--listen {listen}: the endpoint acts as your identity for whoever reaches it, so it listens on loopback only (127.0.0.1 or [::1])"
+        );
+    }
+    // Fail now, not at the first request, when there is no identity.
+    who.resolve()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let endpoint = Arc::new(Endpoint {
+        app: name.to_string(),
+        who: who.clone(),
+        port: addr.port(),
+        sessions: Mutex::new(HashMap::new()),
+        stateless: tokio::sync::Mutex::new(None),
+    });
+    println!("http://{addr}/mcp");
+    eprintln!("mcpgate: serving app {name:?} at http://{addr}/mcp (Ctrl-C to stop)");
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+struct Endpoint {
+    app: String,
+    who: Who,
+    port: u16,
+    /// Session-era sessions by their `Mcp-Session-Id`.
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// The session 2026-07-28 requests share, opened at the first.
+    stateless: tokio::sync::Mutex<Option<Arc<Session>>>,
+}
+
+/// One gateway session.
+struct Session {
+    id: String,
+    to_gateway: tokio::sync::Mutex<WriteHalf<Tunnel>>,
+    routes: Mutex<Routes>,
+}
+
+#[derive(Default)]
+struct Routes {
+    next: u64,
+    /// Requests waiting for their answer, by the id the gateway sees.
+    waiting: HashMap<u64, Waiter>,
+    /// The server stream a client opened with GET.
+    listener: Option<mpsc::Sender<Bytes>>,
+    /// Why the gateway ended the session, once it has.
+    ended: Option<String>,
+}
+
+struct Waiter {
+    /// The id as the client wrote it.
+    client_id: String,
+    /// Its `_meta.progressToken`, raw, to route progress to it.
+    progress: Option<String>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Session {
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn send(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut w = self.to_gateway.lock().await;
+        w.write_all(line).await?;
+        w.flush().await
+    }
+
+    /// Delivers one message from the gateway to the stream it belongs to.
+    fn deliver(&self, line: &[u8]) {
+        let limits = Limits {
+            max_bytes: MAX_ANSWER,
+            max_depth: 128,
+        };
+        let Ok(env) = mcpgate_mcp::parse(line, &limits) else {
+            tracing::warn!("dropped a message from the gateway that does not parse");
+            return;
+        };
+        if env.kind == Kind::Response {
+            let gid = env.id.and_then(|i| i.get().parse::<u64>().ok());
+            let Some(waiter) = gid.and_then(|g| self.routes().waiting.remove(&g)) else {
+                return;
+            };
+            let Some(id) = env.id else { return };
+            if let Some(restored) = mcpgate_mcp::gate::splice(line, id, &waiter.client_id) {
+                let _ = waiter.tx.try_send(event(&restored));
+            }
+            return;
+        }
+        if let Some(why) = gateway_message(line) {
+            self.routes().ended = Some(why);
+        }
+        let bytes = event(line);
+        let token = progress_token(&env);
+        let mut routes = self.routes();
+        let target = token
+            .and_then(|t| {
+                routes
+                    .waiting
+                    .values()
+                    .find(|w| w.progress.as_deref() == Some(t))
+            })
+            .map(|w| w.tx.clone())
+            .or_else(|| routes.listener.clone().filter(|l| !l.is_closed()))
+            .or_else(|| {
+                routes
+                    .waiting
+                    .iter()
+                    .max_by_key(|(g, _)| **g)
+                    .map(|(_, w)| w.tx.clone())
+            });
+        if target.is_none() {
+            routes.listener = None;
+        }
+        drop(routes);
+        if let Some(tx) = target {
+            let _ = tx.try_send(bytes);
+        }
+    }
+
+    /// The gateway closed the session: every waiting request gets an error saying why.
+    fn close(&self) {
+        let mut routes = self.routes();
+        let why = routes
+            .ended
+            .clone()
+            .unwrap_or_else(|| "the gateway closed the session".into());
+        for (_, w) in routes.waiting.drain() {
+            let line = error_line(Some(&w.client_id), code::INTERNAL_ERROR, &why);
+            let _ = w.tx.try_send(event(&line));
+        }
+        routes.listener = None;
+        routes.ended.get_or_insert(why);
+    }
+}
+
+/// One server-sent event carrying `line`.
+fn event(line: &[u8]) -> Bytes {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    Bytes::from(sse::encode(None, line))
+}
+
+/// `params.progressToken` of a progress notification, raw.
+fn progress_token<'a>(env: &Envelope<'a>) -> Option<&'a str> {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "progressToken", borrow)]
+        token: Option<&'a RawValue>,
+    }
+    let p: P<'a> = serde_json::from_str(env.params?.get()).ok()?;
+    p.token.map(RawValue::get)
+}
+
+/// `params._meta.progressToken` of a request, raw.
+fn request_progress_token(env: &Envelope<'_>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "_meta", borrow)]
+        meta: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct M<'a> {
+        #[serde(rename = "progressToken", borrow)]
+        token: Option<&'a RawValue>,
+    }
+    let p: P = serde_json::from_str(env.params?.get()).ok()?;
+    let m: M = serde_json::from_str(p.meta?.get()).ok()?;
+    m.token.map(|t| t.get().to_string())
+}
+
+/// A response body fed by a channel; when it is dropped before its request was answered
+/// (the client went away), the request is cancelled at the gateway.
+struct Events {
+    rx: mpsc::Receiver<Bytes>,
+    pending: Option<(Arc<Session>, u64)>,
+}
+
+impl hyper::body::Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let Some((session, gid)) = self.pending.take() else {
+            return;
+        };
+        if session.routes().waiting.remove(&gid).is_none() {
+            return;
+        }
+        let note = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":{gid},\"reason\":\"the HTTP client went away\"}}}}\n"
+        );
+        tokio::spawn(async move {
+            let _ = session.send(note.as_bytes()).await;
+        });
+    }
+}
+
+fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// A JSON-RPC error with an HTTP status.
+fn rpc_error(status: StatusCode, id: Option<&str>, code: i64, message: &str) -> Response<Body> {
+    let mut r = plain(status, error_line(id, code, message));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+impl Endpoint {
+    async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+        if let Err(why) = self.check_origin(req.headers()) {
+            return rpc_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
+        }
+        if req.uri().path() != "/mcp" {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "not found: the MCP endpoint is /mcp\n",
+            );
+        }
+        match *req.method() {
+            Method::POST => self.post(req).await,
+            Method::GET => self.listen(req.headers()),
+            Method::DELETE => self.delete(req.headers()).await,
+            _ => {
+                let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "");
+                r.headers_mut()
+                    .insert("allow", HeaderValue::from_static("GET, POST, DELETE"));
+                r
+            }
+        }
+    }
+
+    /// Refuses requests a web page could make through DNS rebinding: the `Host` must be this
+    /// loopback endpoint, and an `Origin`, when sent, a loopback one.
+    fn check_origin(&self, h: &HeaderMap) -> Result<(), String> {
+        let loopback = |host: &str| {
+            let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+                if p.chars().all(|c| c.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            });
+            matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+        };
+        let host = h.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let port_ok = host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p == self.port.to_string());
+        if !loopback(host) || !port_ok {
+            return Err(format!("Host {host:?} is not this endpoint"));
+        }
+        if let Some(origin) = h.get(ORIGIN) {
+            let o = origin.to_str().unwrap_or("");
+            let rest = o
+                .strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .unwrap_or("");
+            if !loopback(rest) {
+                return Err(format!("Origin {o:?} may not use this endpoint"));
+            }
+        }
+        Ok(())
+    }
+
+    fn session_of(&self, h: &HeaderMap) -> Result<Option<Arc<Session>>, Response<Body>> {
+        let Some(id) = h.get(headers::SESSION_ID) else {
+            return Ok(None);
+        };
+        let id = id.to_str().unwrap_or("");
+        match self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            Some(s) => Ok(Some(s.clone())),
+            None => Err(rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                code::INVALID_REQUEST,
+                "unknown or ended session: initialize again",
+            )),
+        }
+    }
+
+    async fn post(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let h = &parts.headers;
+        let json = h
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return rpc_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                None,
+                code::INVALID_REQUEST,
+                "Content-Type must be application/json",
+            );
+        }
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    code::INVALID_REQUEST,
+                    &format!("message larger than {MAX_BODY} bytes"),
+                );
+            }
+        };
+        let env = match mcpgate_mcp::parse(&body, &Limits::default()) {
+            Ok(env) => env,
+            Err(e) => {
+                return rpc_error(StatusCode::BAD_REQUEST, e.id.as_deref(), e.code, &e.message);
+            }
+        };
+        let id = env.id.map(RawValue::get);
+        let stateless = headers::meta_protocol_version(&env).is_some();
+        let header = |name: &str| h.get(name).map(HeaderValue::as_bytes);
+        if let Err(why) = headers::check(
+            &env,
+            header(headers::METHOD),
+            header(headers::NAME),
+            stateless,
+        ) {
+            return rpc_error(StatusCode::BAD_REQUEST, id, code::INVALID_REQUEST, &why);
+        }
+        let is_init = env.method == Some("initialize");
+        let session = match self.session_of(h) {
+            Err(r) => return r,
+            Ok(Some(s)) => s,
+            Ok(None) if is_init => match self.open().await {
+                Ok(s) => {
+                    self.sessions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(s.id.clone(), s.clone());
+                    s
+                }
+                Err(e) => {
+                    return rpc_error(
+                        StatusCode::OK,
+                        id,
+                        code::INVALID_REQUEST,
+                        &format!("mcpgate: {e:#}"),
+                    );
+                }
+            },
+            Ok(None) if stateless => match self.shared().await {
+                Ok(s) => s,
+                Err(e) => {
+                    return rpc_error(
+                        StatusCode::OK,
+                        id,
+                        code::INVALID_REQUEST,
+                        &format!("mcpgate: {e:#}"),
+                    );
+                }
+            },
+            Ok(None) => {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    id,
+                    code::INVALID_REQUEST,
+                    "the Mcp-Session-Id header is required: initialize first",
+                );
+            }
+        };
+        if let Some(why) = session.routes().ended.clone() {
+            self.forget(&session.id);
+            return rpc_error(StatusCode::NOT_FOUND, id, code::INVALID_REQUEST, &why);
+        }
+        if env.kind != Kind::Request {
+            let line = self.outgoing_note(&session, &env, &body);
+            return match session.send(&line).await {
+                Ok(()) => plain(StatusCode::ACCEPTED, ""),
+                Err(_) => rpc_error(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    code::INVALID_REQUEST,
+                    "the gateway session ended",
+                ),
+            };
+        }
+        // A request: it gets an id of the endpoint's own, and its answer a stream.
+        let Some(raw_id) = env.id else {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::INVALID_REQUEST,
+                "a request needs an id",
+            );
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let gid = {
+            let mut routes = session.routes();
+            routes.next += 1;
+            let gid = routes.next;
+            routes.waiting.insert(
+                gid,
+                Waiter {
+                    client_id: raw_id.get().to_string(),
+                    progress: request_progress_token(&env),
+                    tx,
+                },
+            );
+            gid
+        };
+        let Some(line) = mcpgate_mcp::gate::splice(&body, raw_id, &gid.to_string()) else {
+            session.routes().waiting.remove(&gid);
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                id,
+                code::INVALID_REQUEST,
+                "unreadable id",
+            );
+        };
+        if session.send(&line).await.is_err() {
+            session.routes().waiting.remove(&gid);
+            return rpc_error(
+                StatusCode::NOT_FOUND,
+                id,
+                code::INVALID_REQUEST,
+                "the gateway session ended",
+            );
+        }
+        let events = Events {
+            rx,
+            pending: Some((session.clone(), gid)),
+        };
+        let mut r = Response::new(events.boxed());
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-cache"));
+        if is_init && let Ok(v) = HeaderValue::from_str(&session.id) {
+            r.headers_mut().insert(headers::SESSION_ID, v);
+        }
+        r
+    }
+
+    /// A client notification or answer as the gateway gets it: a cancellation names the
+    /// endpoint's id of the request.
+    fn outgoing_note(&self, session: &Session, env: &Envelope<'_>, body: &[u8]) -> Vec<u8> {
+        let mut line = body.to_vec();
+        if env.method == Some("notifications/cancelled")
+            && let Some(rid) = env.request_id
+        {
+            let gid = session
+                .routes()
+                .waiting
+                .iter()
+                .find(|(_, w)| w.client_id == rid.get())
+                .map(|(g, _)| *g);
+            if let Some(spliced) =
+                gid.and_then(|g| mcpgate_mcp::gate::splice(body, rid, &g.to_string()))
+            {
+                return spliced;
+            }
+        }
+        line.push(b'\n');
+        line
+    }
+
+    /// The server stream of a session-era session.
+    fn listen(&self, h: &HeaderMap) -> Response<Body> {
+        let wants = h
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        if !wants {
+            return plain(
+                StatusCode::NOT_ACCEPTABLE,
+                "Accept must include text/event-stream\n",
+            );
+        }
+        let session = match self.session_of(h) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    code::INVALID_REQUEST,
+                    "the Mcp-Session-Id header is required",
+                );
+            }
+            Err(r) => return r,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        {
+            let mut routes = session.routes();
+            if routes.listener.as_ref().is_some_and(|l| !l.is_closed()) {
+                return plain(
+                    StatusCode::CONFLICT,
+                    "this session's stream is already open\n",
+                );
+            }
+            routes.listener = Some(tx);
+        }
+        let mut r = Response::new(Events { rx, pending: None }.boxed());
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r
+    }
+
+    async fn delete(&self, h: &HeaderMap) -> Response<Body> {
+        match self.session_of(h) {
+            Ok(Some(s)) => {
+                self.forget(&s.id);
+                let _ = s.to_gateway.lock().await.shutdown().await;
+                plain(StatusCode::OK, "")
+            }
+            Ok(None) => plain(
+                StatusCode::BAD_REQUEST,
+                "the Mcp-Session-Id header is required\n",
+            ),
+            Err(r) => r,
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// The session 2026-07-28 requests share (opened again if the gateway ended it).
+    async fn shared(&self) -> anyhow::Result<Arc<Session>> {
+        let mut slot = self.stateless.lock().await;
+        if let Some(s) = slot.as_ref()
+            && s.routes().ended.is_none()
+        {
+            return Ok(s.clone());
+        }
+        let s = self.open().await?;
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Opens a gateway session and starts delivering what it sends.
+    async fn open(&self) -> anyhow::Result<Arc<Session>> {
+        let tunnel = open(&self.app, &self.who).await?;
+        let (mut from_gateway, to_gateway) = tokio::io::split(tunnel);
+        let session = Arc::new(Session {
+            id: mcpgate_types::audit::random_id(),
+            to_gateway: tokio::sync::Mutex::new(to_gateway),
+            routes: Mutex::new(Routes::default()),
+        });
+        let s = session.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut from_gateway);
+            let mut buf = Vec::new();
+            loop {
+                match read_line(&mut reader, &mut buf, MAX_ANSWER).await {
+                    Ok(Line::Ok) => s.deliver(&buf),
+                    Ok(Line::TooLong) => continue,
+                    Ok(Line::Eof) | Err(_) => break,
+                }
+            }
+            s.close();
+        });
+        Ok(session)
+    }
+}
