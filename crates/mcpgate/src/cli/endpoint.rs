@@ -285,6 +285,20 @@ fn rpc_error(status: StatusCode, id: Option<&str>, code: i64, message: &str) -> 
     r
 }
 
+/// A request named a session this endpoint does not have (never had, or ended).
+struct Unknown;
+
+impl Unknown {
+    fn answer(self) -> Response<Body> {
+        rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            code::INVALID_REQUEST,
+            "unknown or ended session: initialize again",
+        )
+    }
+}
+
 impl Endpoint {
     async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         if let Err(why) = self.check_origin(req.headers()) {
@@ -342,7 +356,8 @@ impl Endpoint {
         Ok(())
     }
 
-    fn session_of(&self, h: &HeaderMap) -> Result<Option<Arc<Session>>, Response<Body>> {
+    /// The session a request names, if it names one; `Err` if that session is unknown.
+    fn session_of(&self, h: &HeaderMap) -> Result<Option<Arc<Session>>, Unknown> {
         let Some(id) = h.get(headers::SESSION_ID) else {
             return Ok(None);
         };
@@ -354,12 +369,7 @@ impl Endpoint {
             .get(id)
         {
             Some(s) => Ok(Some(s.clone())),
-            None => Err(rpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                code::INVALID_REQUEST,
-                "unknown or ended session: initialize again",
-            )),
+            None => Err(Unknown),
         }
     }
 
@@ -408,7 +418,7 @@ impl Endpoint {
         }
         let is_init = env.method == Some("initialize");
         let session = match self.session_of(h) {
-            Err(r) => return r,
+            Err(Unknown) => return Unknown.answer(),
             Ok(Some(s)) => s,
             Ok(None) if is_init => match self.open().await {
                 Ok(s) => {
@@ -565,7 +575,7 @@ impl Endpoint {
                     "the Mcp-Session-Id header is required",
                 );
             }
-            Err(r) => return r,
+            Err(Unknown) => return Unknown.answer(),
         };
         let (tx, rx) = mpsc::channel(64);
         {
@@ -595,7 +605,7 @@ impl Endpoint {
                 StatusCode::BAD_REQUEST,
                 "the Mcp-Session-Id header is required\n",
             ),
-            Err(r) => r,
+            Err(Unknown) => Unknown.answer(),
         }
     }
 
