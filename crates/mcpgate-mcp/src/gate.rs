@@ -932,6 +932,13 @@ fn filter_lists(mut v: Value, required: &str, rules: &dyn Rules) -> Option<Strin
                 .is_some_and(|name| rules.decide(subject, name).is_ok())
         });
     }
+    // Filtered for one caller, the list is no longer everyone's (2026-07-28 caching): a
+    // shared cache must not serve it to another identity.
+    if let Some(scope) = v.get_mut("cacheScope")
+        && scope != "private"
+    {
+        *scope = Value::from("private");
+    }
     serde_json::to_string(&v).ok()
 }
 
@@ -1466,6 +1473,17 @@ mod tests {
         let result = out["result"].as_object().unwrap();
         let keys: Vec<&str> = result.keys().map(String::as_str).collect();
         assert_eq!(keys, ["tools", "nextCursor"], "{out}");
+    }
+
+    #[test]
+    fn a_filtered_list_is_never_passed_on_as_public() {
+        let mut g = gate();
+        let (fwd, _) = client(&mut g, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        let gid = fwd.unwrap()["id"].clone();
+        let out = server(&mut g, &format!(r#"{{"jsonrpc":"2.0","id":{gid},"result":{{"tools":[{{"name":"echo"}}],"ttlMs":60000,"cacheScope":"public","resultType":"complete"}}}}"#)).unwrap();
+        assert_eq!(out["result"]["cacheScope"], "private", "{out}");
+        assert_eq!(out["result"]["ttlMs"], 60000, "the rest is kept");
+        assert_eq!(out["result"]["resultType"], "complete");
     }
 
     #[test]
