@@ -271,30 +271,8 @@ fn server_everything_over_streamable_http_and_sse() {
         return;
     };
     let s = Scratch::new();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (http_port, sse_port) = (free(), free());
-    let start = |mode: &str, port: u16| {
-        Server(
-            Command::new("node")
-                .args([everything.as_str(), mode])
-                .env("PORT", port.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let _http = start("streamableHttp", http_port);
-    let _sse = start("sse", sse_port);
-    for port in [http_port, sse_port] {
-        wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    }
+    let (_http, http_port) = everything_http(&everything, "streamableHttp");
+    let (_sse, sse_port) = everything_http(&everything, "sse");
     let apps = format!(
         "    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{http_port}/mcp\n    - name: everything-sse\n      labels: {{env: remote}}\n      uri: mcp+sse+http://127.0.0.1:{sse_port}/sse\n"
     );
@@ -626,4 +604,138 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
     let out = alice.run(&["mcp", "proxy", "remote", "--listen", "0.0.0.0:0"], None);
     let err = out.fails();
     assert!(err.contains("loopback only"), "{err}");
+}
+
+/// Starts server-everything in `mode` (`streamableHttp` or `sse`) on a free port; returns it
+/// and the port once it accepts connections.
+fn everything_http(everything: &str, mode: &str) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server(
+        Command::new("node")
+            .args([everything, mode])
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    (server, port)
+}
+
+#[test]
+fn the_python_sdk_over_http_reaches_stdio_and_http_apps_through_mcp_proxy() {
+    let (Some(python), Some(everything)) = (
+        needs("MCPGATE_TEST_PYTHON"),
+        needs("MCPGATE_TEST_EVERYTHING"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let (_upstream, port) = everything_http(&everything, "streamableHttp");
+    let apps = format!(
+        "    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk_client.py");
+    for app in ["everything-stdio", "everything-http"] {
+        let ep = LocalEndpoint::start(&alice, app);
+        let v = python_json(
+            &python,
+            &[script, &ep.url, "-", "echo", r#"{"message": "over HTTP"}"#],
+            &alice.home,
+        );
+        assert_eq!(v["server"], "mcp-servers/everything", "{app}: {v}");
+        assert_eq!(
+            v["tools"],
+            json!(["echo", "get-sum", "trigger-long-running-operation"]),
+            "{app}"
+        );
+        assert_eq!(v["text"], json!(["Echo: over HTTP"]), "{app}");
+        let denied = python_json(
+            &python,
+            &[script, &ep.url, "-", "get-env", "{}"],
+            &alice.home,
+        );
+        assert!(
+            denied["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("access denied"),
+            "{app}: {denied}"
+        );
+        let calls = audit(&d, &["--tool", "echo", "--app", app]);
+        assert_eq!(calls.len(), 1, "{app}: {calls:?}");
+        assert_eq!(calls[0]["params"]["arguments"]["message"], "over HTTP");
+    }
+}
+
+#[test]
+fn the_2026_sdk_over_http_through_mcp_proxy_to_stdio_and_http_servers() {
+    let Some(python) = needs("MCPGATE_TEST_MCP2_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let server = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/modern_server.py"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _upstream = Server(
+        Command::new(&python)
+            .args([server, "http", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let apps = format!(
+        "    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{server}\"]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
+    );
+    let roles = "kind: role\nversion: v8\nmetadata: {name: remote}\nspec:\n  allow:\n    app_labels: {env: remote}\n    mcp: {tools: ['*']}\n  deny:\n    mcp: {tools: ['*delete*']}\n";
+    let d = gateway_daemon(&s, &apps, roles);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/modern_client.py"
+    );
+    let bin = env!("CARGO_BIN_EXE_mcpgate");
+    for app in ["modern-stdio", "modern-http"] {
+        let ep = LocalEndpoint::start(&alice, app);
+        // Over HTTP through the local endpoint, and over stdio through the bridge.
+        for args in [vec![client, ep.url.as_str()], vec![client, bin, app]] {
+            let v = python_json(&python, &args, &alice.home);
+            assert_eq!(v["tools"], json!(["echo"]), "{app} {args:?}: {v}");
+            assert_eq!(v["echo"], "modern: hello", "{app}");
+            assert!(
+                v["denied"].as_str().unwrap().contains("access denied"),
+                "{app}: {v}"
+            );
+            assert_eq!(
+                v["cache_scope"], "private",
+                "{app}: the server said public; the list was filtered for alice"
+            );
+        }
+        let calls = audit(&d, &["--tool", "echo", "--app", app]);
+        assert_eq!(
+            calls.len(),
+            2,
+            "{app}: every request audited on its own: {calls:?}"
+        );
+        let requests = audit(&d, &["--app", app, "--type", "mcp.session.request"]);
+        assert!(
+            requests.iter().any(|e| e["method"] == "server/discover"),
+            "{app}: the discovery probe passed and was audited: {requests:?}"
+        );
+    }
 }
