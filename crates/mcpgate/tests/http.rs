@@ -739,3 +739,127 @@ fn the_2026_sdk_over_http_through_mcp_proxy_to_stdio_and_http_servers() {
         );
     }
 }
+
+/// Runs the official conformance suite (server mode) against `url` for `spec`; returns each
+/// scenario's (passed, failed) counts as it printed them.
+fn conformance(
+    url: &str,
+    spec: &str,
+    out: &Path,
+) -> std::collections::BTreeMap<String, (u32, u32)> {
+    let (suite, node_bin) = (
+        std::env::var("MCPGATE_TEST_CONFORMANCE").unwrap(),
+        std::env::var("MCPGATE_TEST_NODE22_BIN").unwrap(),
+    );
+    let path = format!("{node_bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let run = Command::new(format!("{node_bin}/node"))
+        .args([
+            suite.as_str(),
+            "server",
+            "--url",
+            url,
+            "--spec-version",
+            spec,
+            "-o",
+        ])
+        .arg(out)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout);
+    let mut scenarios = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("✓ ").or_else(|| line.strip_prefix("✗ ")) else {
+            continue;
+        };
+        let Some((name, counts)) = rest.split_once(": ") else {
+            continue;
+        };
+        let nums: Vec<u32> = counts
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [passed, failed, ..] = nums[..] {
+            scenarios.insert(name.to_string(), (passed, failed));
+        }
+    }
+    assert!(
+        !scenarios.is_empty(),
+        "the suite printed no scenario for {url}:\n{text}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    scenarios
+}
+
+#[test]
+fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_directly() {
+    let (Some(everything), Some(python), Some(_), Some(_)) = (
+        needs("MCPGATE_TEST_EVERYTHING"),
+        needs("MCPGATE_TEST_MCP2_PYTHON"),
+        needs("MCPGATE_TEST_CONFORMANCE"),
+        needs("MCPGATE_TEST_NODE22_BIN"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let (_everything, everything_port) = everything_http(&everything, "streamableHttp");
+    let modern = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/modern_server.py"
+    );
+    let modern_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _modern = Server(
+        Command::new(&python)
+            .args([modern, "http", &modern_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", modern_port)).ok());
+    let apps = format!(
+        "    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
+    );
+    let roles = "kind: role\nversion: v8\nmetadata: {name: remote}\nspec:\n  allow:\n    app_labels: {env: remote}\n    mcp: {tools: ['*'], resources: ['*'], prompts: ['*']}\n";
+    let d = gateway_daemon(&s, &apps, roles);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let runs = [
+        (
+            "2025-11-25",
+            everything_port,
+            ["everything-http", "everything-stdio"],
+        ),
+        ("2026-07-28", modern_port, ["modern-http", "modern-stdio"]),
+    ];
+    for (spec, port, apps) in runs {
+        let direct = conformance(
+            &format!("http://127.0.0.1:{port}/mcp"),
+            spec,
+            &s.path(&format!("direct-{spec}")),
+        );
+        let total = |r: &std::collections::BTreeMap<String, (u32, u32)>| {
+            r.values().fold((0, 0), |(p, f), (a, b)| (p + a, f + b))
+        };
+        let (p, f) = total(&direct);
+        println!("{spec} directly: {p} checks passed, {f} failed");
+        for app in apps {
+            let ep = LocalEndpoint::start(&alice, app);
+            let through = conformance(&ep.url, spec, &s.path(&format!("{app}-{spec}")));
+            let (tp, tf) = total(&through);
+            println!("{spec} through mcp proxy to {app}: {tp} checks passed, {tf} failed");
+            for (scenario, (passed, failed)) in &direct {
+                if *failed == 0 {
+                    assert_eq!(
+                        through.get(scenario).map(|(_, f)| *f),
+                        Some(0),
+                        "{spec}, {app}: {scenario} passes directly ({passed} checks) but not through the gateway: {through:?}"
+                    );
+                }
+            }
+        }
+    }
+}
