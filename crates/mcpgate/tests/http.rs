@@ -38,6 +38,11 @@ impl Drop for Server {
 
 /// Starts the recording HTTP MCP server; returns it and its port.
 fn http_recorder(record: &Path) -> (Server, u16) {
+    http_recorder_with(record, &[])
+}
+
+/// The recording server with more environment (`TLS_CERT`, `TLS_KEY` for HTTPS).
+fn http_recorder_with(record: &Path, env: &[(&str, &Path)]) -> (Server, u16) {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/http_recorder.py"
@@ -45,6 +50,7 @@ fn http_recorder(record: &Path) -> (Server, u16) {
     let mut child = Command::new("python3")
         .arg(script)
         .env("RECORD_FILE", record)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -862,4 +868,77 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
             }
         }
     }
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files in the scratch folder:
+/// (CA certificate, server certificate, server key).
+fn tls_files(s: &Scratch) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca.pem(), &ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (
+        s.write("upstream-ca.pem", &ca.pem()),
+        s.write("upstream-cert.pem", &leaf.pem()),
+        s.write("upstream-key.pem", &key.serialize_pem()),
+    )
+}
+
+#[test]
+fn an_https_upstream_is_verified_and_an_unverifiable_one_refused() {
+    let s = Scratch::new();
+    let record = s.path("https-record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let (ca, cert, key) = tls_files(&s);
+    let (_server, port) = http_recorder_with(&record, &[("TLS_CERT", &cert), ("TLS_KEY", &key)]);
+    let uri = format!("mcp+https://127.0.0.1:{port}/mcp");
+    let apps = format!(
+        "    - name: pinned\n      labels: {{env: remote}}\n      uri: {uri}\n      tls: {{ca_file: \"{}\"}}\n    - name: unverified\n      labels: {{env: remote}}\n      uri: {uri}\n    - name: skip-verify\n      labels: {{env: remote}}\n      uri: {uri}\n      tls: {{insecure_skip_verify: true}}\n",
+        ca.display()
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    // Verified against the app's CA file.
+    let mut b = Bridge::open(&alice, "pinned", &[]);
+    assert_eq!(
+        b.initialize()["result"]["serverInfo"]["name"],
+        "http-recorder"
+    );
+    assert_eq!(text(&b.call("echo", json!({"tls": 1}))), r#"{"tls": 1}"#);
+    assert_eq!(b.close(), 0);
+    // The system's CAs do not know this server: fail closed, and say why.
+    let mut b = Bridge::open(&alice, "unverified", &[]);
+    let refused = b.request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}));
+    let message = refused["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("cannot be reached") && message.contains("certificate"),
+        "{refused}"
+    );
+    assert_eq!(b.close(), 0);
+    // Only an app that names the danger skips verification.
+    let mut b = Bridge::open(&alice, "skip-verify", &[]);
+    assert_eq!(
+        b.initialize()["result"]["serverInfo"]["name"],
+        "http-recorder"
+    );
+    assert_eq!(b.close(), 0);
+    let initializes = requests(&record)
+        .iter()
+        .filter(|r| {
+            r["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("\"initialize\""))
+        })
+        .count();
+    assert_eq!(initializes, 2, "the unverified server never got a request");
 }
