@@ -1370,3 +1370,155 @@ fn updating_resetting_or_removing_a_user_voids_their_certificates() {
     let (_, msg) = error_of(&gone.request("initialize", json!({})));
     assert!(msg.contains("the user was removed"), "{msg}");
 }
+
+/// A read-only role over real servers with write tools: `@modelcontextprotocol/server-filesystem`
+/// (npm) and `mcp-server-git` (PyPI).
+const READ_ONLY: &str = "kind: role
+version: v8
+metadata: {name: read-only}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: ['read_*', 'list_*', 'search_*', 'get_*', directory_tree, git_status, git_log, git_show, git_branch, '^git_diff.*$']}
+  deny:
+    mcp: {tools: ['write_*', 'edit_*', 'create_*', 'move_*', git_commit, git_add, git_reset, git_checkout, git_create_branch]}
+";
+
+#[test]
+fn real_servers_with_a_read_only_role_read_and_never_write() {
+    let (Some(filesystem), Some(python)) = (
+        needs("MCPGATE_TEST_FILESYSTEM"),
+        needs("MCPGATE_TEST_SERVERS_PYTHON"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let files = s.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("notes.txt"), "quarterly numbers\n").unwrap();
+    let repo = s.path("repo");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.email=e2e@example.com",
+                "-c",
+                "user.name=e2e",
+                "-C",
+            ])
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-qm", "the first commit"]);
+    std::fs::write(repo.join("README"), "changed\n").unwrap();
+    let apps = format!(
+        "    - name: files\n      labels: {{env: dev}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{filesystem}\", \"{}\"]}}\n    - name: git\n      labels: {{env: dev}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [-m, mcp_server_git, --repository, \"{}\"]}}\n",
+        files.display(),
+        repo.display()
+    );
+    let d = gateway_daemon(&s, &apps, READ_ONLY);
+    let alice = Person::admitted(&s, &d, "alice", "read-only");
+
+    let mut b = Bridge::open(&alice, "files", &[]);
+    b.initialize();
+    let tools = b.tools();
+    assert!(tools.contains(&"read_text_file".to_string()), "{tools:?}");
+    for write in ["write_file", "edit_file", "create_directory", "move_file"] {
+        assert!(
+            !tools.contains(&write.to_string()),
+            "{write} is hidden: {tools:?}"
+        );
+    }
+    let notes = files.join("notes.txt").display().to_string();
+    let read = b.call("read_text_file", json!({"path": notes}));
+    assert_eq!(
+        read["result"]["content"][0]["text"], "quarterly numbers\n",
+        "{read}"
+    );
+    let write = b.call(
+        "write_file",
+        json!({"path": notes, "content": "overwritten"}),
+    );
+    assert!(
+        write["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("access denied"),
+        "{write}"
+    );
+    assert_eq!(b.close(), 0);
+    assert_eq!(
+        std::fs::read_to_string(files.join("notes.txt")).unwrap(),
+        "quarterly numbers\n"
+    );
+
+    let mut b = Bridge::open(&alice, "git", &[]);
+    b.initialize();
+    let tools = b.tools();
+    assert!(
+        tools.contains(&"git_log".to_string()) && !tools.contains(&"git_commit".to_string()),
+        "{tools:?}"
+    );
+    let repo_path = repo.display().to_string();
+    let log = b.call("git_log", json!({"repo_path": repo_path}));
+    assert!(
+        log["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("the first commit"),
+        "{log}"
+    );
+    let diff = b.call("git_diff_unstaged", json!({"repo_path": repo_path}));
+    assert!(
+        diff["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("+changed"),
+        "{diff}"
+    );
+    for (tool, args) in [
+        (
+            "git_add",
+            json!({"repo_path": repo_path, "files": ["README"]}),
+        ),
+        (
+            "git_commit",
+            json!({"repo_path": repo_path, "message": "sneaky"}),
+        ),
+    ] {
+        let r = b.call(tool, args);
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("access denied"),
+            "{tool}: {r}"
+        );
+    }
+    assert_eq!(b.close(), 0);
+    assert_eq!(
+        git(&["rev-list", "--count", "HEAD"]).trim(),
+        "1",
+        "nothing was committed"
+    );
+    assert_eq!(
+        git(&["diff", "--cached", "--name-only"]).trim(),
+        "",
+        "nothing was staged"
+    );
+    let denied = audit(&d, &["--decision", "deny"]);
+    let tools: Vec<&str> = denied.iter().filter_map(|e| e["tool"].as_str()).collect();
+    assert_eq!(tools, ["write_file", "git_add", "git_commit"], "{denied:?}");
+}
