@@ -66,6 +66,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/agent/events", post(agent_events))
         .route("/v1/agent/assertion", post(agent_assertion))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/admin/jwt/rotate", post(rotate_jwt))
         .route("/v1/bot/renew", post(bot_renew))
         .route("/v1/admin/audit/search", post(search))
         .fallback(not_found)
@@ -458,6 +459,15 @@ async fn agent_assertion(
             .assertion(&info.claims.name, &req.session, &req.audience)
             .await?,
     ))
+}
+
+async fn rotate_jwt(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<serde_json::Value> {
+    let c = caller(&s, &conn).await?;
+    let kid = s.auth.rotate_jwt(&c).await?;
+    Ok(Json(serde_json::json!({ "kid": kid })))
 }
 
 /// The keys that verify identity assertions; public.

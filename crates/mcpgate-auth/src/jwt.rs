@@ -111,6 +111,20 @@ impl AuthService {
         Ok(())
     }
 
+    /// `admin jwt rotate`: checks the caller may update the cluster, rotates, audits.
+    pub async fn rotate_jwt(&self, caller: &crate::Caller) -> Result<String> {
+        caller.require("cluster", "update")?;
+        let kid = self.rotate_jwt_key().await?;
+        self.audit_change(
+            caller,
+            mcpgate_types::audit::codes::RESOURCE_UPDATE,
+            "jwt_key",
+            &kid,
+        )
+        .await?;
+        Ok(kid)
+    }
+
     /// Starts signing with a new key; the old one stays published until every assertion it
     /// signed has expired. Returns the new key's id.
     pub async fn rotate_jwt_key(&self) -> Result<String> {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use mcpgate_auth::login::otp_code;
 use mcpgate_auth::wire::LoginRequest;
 use mcpgate_auth::{AuthConfig, AuthError, AuthService, Caller, SecondFactor};
-use mcpgate_store::{AnyStore, SqliteStore};
+use mcpgate_store::{AnyStore, SqliteStore, Store};
 use mcpgate_types::resource::Kind;
 use mcpgate_types::{AuditQuery, Clock, FakeClock, Name};
 
@@ -535,4 +535,45 @@ async fn a_renewed_agent_keeps_its_open_tunnel_but_its_old_certificate_opens_not
     assert!(!good(
         auth.agent_standing(&gen1.claims, false).await.unwrap()
     ));
+}
+
+#[tokio::test]
+async fn a_rotated_assertion_key_stays_published_while_its_assertions_live() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    let kids = |jwks: serde_json::Value| {
+        let mut k: Vec<String> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    let first = kids(auth.jwks().await.unwrap());
+    assert_eq!(first.len(), 1, "a key exists before anything is signed");
+    let second = auth.rotate_jwt(&adm).await.unwrap();
+    let both = kids(auth.jwks().await.unwrap());
+    assert!(
+        both.contains(&first[0]) && both.contains(&second),
+        "overlap: {both:?}"
+    );
+    env.clock
+        .advance(mcpgate_auth::jwt::ASSERTION_TTL + Duration::from_secs(120));
+    assert_eq!(
+        kids(auth.jwks().await.unwrap()),
+        vec![second],
+        "then the old key goes"
+    );
+    let changes = auth
+        .store()
+        .search_events(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.fields.get("kind").and_then(|k| k.as_str()) == Some("jwt_key"))
+        .count();
+    assert_eq!(changes, 1, "the rotation is audited");
 }

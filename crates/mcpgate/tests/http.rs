@@ -221,6 +221,21 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
         );
     }
 
+    // A rotated key signs the next session's assertion; both keys are published.
+    let rotated: Value =
+        serde_json::from_str(&d.admin(&["jwt", "rotate", "--format", "json"]).ok()).unwrap();
+    let mut b = Bridge::open(&alice, "remote", &[]);
+    b.initialize();
+    let seen: Value = serde_json::from_str(&text(&b.call("headers", json!({})))).unwrap();
+    let token = seen["mcpgate-jwt-assertion"].as_str().unwrap();
+    let header: Value =
+        serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["kid"], rotated["kid"]);
+    assert_eq!(verified_claims(&d, &identity, token)["sub"], "alice");
+    let (_, jwks) = api_as(&d, &identity, "GET", "/.well-known/jwks.json", &Value::Null);
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    assert_eq!(b.close(), 0);
+
     // The same audit as stdio: the calls, the denial, with the app's name.
     let calls = audit(&d, &["--app", "remote", "--tool", "echo"]);
     assert_eq!(calls.len(), 2, "{calls:?}");

@@ -68,6 +68,12 @@ enum AdminCommand {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// The keys that sign the identity assertions HTTP upstreams receive
+    /// (Mcpgate-Jwt-Assertion; published at /.well-known/jwks.json).
+    Jwt {
+        #[command(subcommand)]
+        command: JwtCommand,
+    },
     /// Lock a user, bot, role or agent: no new certificates or sessions; live sessions end
     /// (a locked agent's tunnels close).
     #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "bot", "role", "agent"])))]
@@ -124,6 +130,16 @@ enum BotsCommand {
     },
     /// Remove a bot.
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum JwtCommand {
+    /// Sign new assertions with a new key; the old key stays published until what it signed
+    /// has expired.
+    Rotate {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +288,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Rm { target, force } => rm(&api, &target, force).await,
         AdminCommand::Bots { command } => bots(&api, command).await,
         AdminCommand::Tokens { command } => tokens(&api, command).await,
+        AdminCommand::Jwt {
+            command: JwtCommand::Rotate { format },
+        } => {
+            let v: serde_json::Value = api
+                .post("/v1/admin/jwt/rotate", &serde_json::json!({}))
+                .await?;
+            if format != Format::Text {
+                return print_data(&v, format);
+            }
+            println!(
+                "Identity assertions are now signed with key {}; the previous key stays published until its assertions expire.",
+                v["kid"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
         AdminCommand::Lock {
             user,
             bot,
