@@ -181,19 +181,18 @@ impl AuthService {
                 "the caller's certificate has expired".into(),
             ));
         }
-        // A cluster app's audience is its registered URI; an agent's own (static) app is
-        // known by the agent that holds it.
+        // A cluster app's audience is its registered URI. Any other app the proxy routed to
+        // this agent is one of its own (static, admitted by its scope or claimed by it), whose
+        // URI it is the one to know.
         let registered = self
             .all_apps()
             .await?
             .into_iter()
             .find(|a| a.metadata.name.as_str() == record.app);
         let aud = match registered {
+            None => audience.to_string(),
             Some(app) if app.spec.uri == audience => app.spec.uri,
-            None if self.app_holder(&record.app).await?.as_deref() == Some(agent) => {
-                audience.to_string()
-            }
-            _ => {
+            Some(_) => {
                 return Err(AuthError::AccessDenied(format!(
                     "{audience:?} is not the URI of app {:?}",
                     record.app

@@ -551,6 +551,37 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
             "a forged {kind} was stored"
         );
     }
+    // Identity assertions: for a session routed to it, naming that session's caller; for a
+    // session routed to another agent, none.
+    let own_session = calls[0]["session_id"].clone();
+    let ask = |session: &Value| {
+        api_as(
+            &e.d,
+            &identity,
+            "POST",
+            "/v1/agent/assertion",
+            &json!({"session": session, "audience": "mcp+https://edge.example/mcp"}),
+        )
+    };
+    let (status, assertion) = ask(&own_session);
+    assert_eq!(status, 200, "{assertion}");
+    let claims = assertion["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&claims["sub"], &claims["app"]),
+        (&json!("alice"), &json!("edge-app"))
+    );
+    let (status, other) = ask(&local_session);
+    assert_eq!(status, 403, "{other}");
     // Its host certificate opens no MCP session.
     let out = run(
         &[
