@@ -957,3 +957,60 @@ fn an_https_upstream_is_verified_and_an_unverifiable_one_refused() {
         .count();
     assert_eq!(initializes, 2, "the unverified server never got a request");
 }
+
+#[test]
+fn the_mcp_inspector_cli_lists_and_calls_through_mcp_proxy() {
+    let Some(inspector) = needs("MCPGATE_TEST_INSPECTOR") else {
+        return;
+    };
+    let s = Scratch::new();
+    let record = s.path("inspector-record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let (_server, port) = http_recorder(&record);
+    let apps = format!(
+        "    - name: remote\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let ep = LocalEndpoint::start(&alice, "remote");
+    let inspect = |args: &[&str]| {
+        let out = Command::new("node")
+            .arg(&inspector)
+            .args(["--cli", &ep.url, "--transport", "http"])
+            .args(args)
+            .env("HOME", s.path("inspector-home"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, listed) = inspect(&["--method", "tools/list"]);
+    assert!(ok, "{listed}");
+    let v: Value = serde_json::from_str(&listed).unwrap_or_else(|e| panic!("{e}: {listed}"));
+    let names: Vec<&str> = v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "stream_echo", "headers", "forget_sessions"]);
+    let (ok, called) = inspect(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "echo",
+        "--tool-arg",
+        "say=hi",
+    ]);
+    assert!(ok && called.contains(r#"{\"say\": \"hi\"}"#), "{called}");
+    let (_, denied) = inspect(&["--method", "tools/call", "--tool-name", "delete_all"]);
+    assert!(denied.contains("access denied"), "{denied}");
+    assert!(
+        !std::fs::read_to_string(&record)
+            .unwrap()
+            .contains("delete_all\"")
+    );
+}
