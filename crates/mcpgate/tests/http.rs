@@ -814,15 +814,36 @@ fn conformance(
 
 #[test]
 fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_directly() {
-    let (Some(everything), Some(python), Some(_), Some(_)) = (
+    let (Some(everything), Some(python), Some(python1), Some(_), Some(_)) = (
         needs("MCPGATE_TEST_EVERYTHING"),
         needs("MCPGATE_TEST_MCP2_PYTHON"),
+        needs("MCPGATE_TEST_PYTHON"),
         needs("MCPGATE_TEST_CONFORMANCE"),
         needs("MCPGATE_TEST_NODE22_BIN"),
     ) else {
         return;
     };
     let s = Scratch::new();
+    // The project's own fixture, written from the scenario list: every 2025 scenario's tools,
+    // resources and prompts, so sampling, elicitation, progress and logging cross the gateway.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/conformance_server.py"
+    );
+    let fixture_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _fixture = Server(
+        Command::new(&python1)
+            .args([fixture, "http", &fixture_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", fixture_port)).ok());
     let (_everything, everything_port) = everything_http(&everything, "streamableHttp");
     let modern = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -843,12 +864,17 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
     );
     wait_for(|| std::net::TcpStream::connect(("127.0.0.1", modern_port)).ok());
     let apps = format!(
-        "    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
+        "    - name: fixture-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture_port}/mcp\n    - name: fixture-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python1}\", args: [\"{fixture}\"]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
     );
     let roles = "kind: role\nversion: v8\nmetadata: {name: remote}\nspec:\n  allow:\n    app_labels: {env: remote}\n    mcp: {tools: ['*'], resources: ['*'], prompts: ['*']}\n";
     let d = gateway_daemon(&s, &apps, roles);
     let alice = Person::admitted(&s, &d, "alice", "remote");
     let runs = [
+        (
+            "2025-11-25",
+            fixture_port,
+            ["fixture-http", "fixture-stdio"],
+        ),
         (
             "2025-11-25",
             everything_port,
@@ -860,13 +886,16 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
         let direct = conformance(
             &format!("http://127.0.0.1:{port}/mcp"),
             spec,
-            &s.path(&format!("direct-{spec}")),
+            &s.path(&format!("direct-{spec}-{port}")),
         );
         let total = |r: &std::collections::BTreeMap<String, (u32, u32)>| {
             r.values().fold((0, 0), |(p, f), (a, b)| (p + a, f + b))
         };
         let (p, f) = total(&direct);
-        println!("{spec} directly: {p} checks passed, {f} failed");
+        println!(
+            "{spec} directly to the server of {}: {p} checks passed, {f} failed",
+            apps[0]
+        );
         for app in apps {
             let ep = LocalEndpoint::start(&alice, app);
             let through = conformance(&ep.url, spec, &s.path(&format!("{app}-{spec}")));
