@@ -570,6 +570,32 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
         Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
     );
     assert_eq!(foreign.status, 403);
+    // A page served from another local port is a foreign origin too; preflights get no grant.
+    let other_port = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h, "Origin: http://127.0.0.1:1"],
+        Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
+    );
+    assert_eq!(other_port.status, 403);
+    assert_eq!(
+        curl("OPTIONS", url, &["Origin: http://evil.example"], None).status,
+        403
+    );
+    // A pretty-printed body is one message (its newlines are only whitespace).
+    let pretty = curl(
+        "POST",
+        url,
+        &[JSON, ACCEPT, &sid_h],
+        Some("{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 9,\n  \"method\": \"tools/list\"\n}\n"),
+    );
+    assert_eq!(pretty.status, 200);
+    assert_eq!(pretty.answer()["id"], 9);
+    assert!(
+        pretty.answer()["result"]["tools"].is_array(),
+        "{:?}",
+        pretty.messages
+    );
     // Unknown sessions and requests without one.
     let unknown = curl(
         "POST",

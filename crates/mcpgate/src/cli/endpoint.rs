@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -41,8 +42,14 @@ use super::mcp::{Who, gateway_message, open};
 type Body = BoxBody<Bytes, Infallible>;
 type Tunnel = tokio::io::BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-/// The largest message a client may POST.
-const MAX_BODY: usize = 4 << 20;
+/// The largest message a client may POST (under the gateway's 4 MiB by the room an id of the
+/// endpoint's own may take).
+const MAX_BODY: usize = (4 << 20) - 64;
+/// Sessions one endpoint keeps open at most.
+const MAX_SESSIONS: usize = 256;
+/// A session-era session nobody used for this long (and with nothing waiting) is ended: a
+/// client that never sends DELETE does not keep a gateway session and a server process alive.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 /// Answers from the gateway may be larger (files, images).
 const MAX_ANSWER: usize = 64 << 20;
 
@@ -63,14 +70,23 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
         app: name.to_string(),
         who: who.clone(),
         port: addr.port(),
-        sessions: Mutex::new(HashMap::new()),
+        sessions: Arc::new(Mutex::new(HashMap::new())),
         stateless: tokio::sync::Mutex::new(None),
     });
+    tokio::spawn(reap(endpoint.sessions.clone()));
     println!("http://{addr}/mcp");
     eprintln!("mcpgate: serving app {name:?} at http://{addr}/mcp (Ctrl-C to stop)");
     loop {
         let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: serve the connections we have.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let _ = tcp.set_nodelay(true);
@@ -87,12 +103,34 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
     }
 }
 
+type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
+
+/// Ends session-era sessions idle for [`IDLE`], every minute.
+async fn reap(sessions: Sessions) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let idle: Vec<Arc<Session>> = {
+            let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<String> = map
+                .iter()
+                .filter(|(_, s)| s.idle() >= IDLE && s.routes().waiting.is_empty())
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for s in idle {
+            tracing::info!(session = %s.id, "ending an idle session");
+            let _ = s.to_gateway.lock().await.shutdown().await;
+        }
+    }
+}
+
 struct Endpoint {
     app: String,
     who: Who,
     port: u16,
     /// Session-era sessions by their `Mcp-Session-Id`.
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Sessions,
     /// The session 2026-07-28 requests share, opened at the first.
     stateless: tokio::sync::Mutex<Option<Arc<Session>>>,
 }
@@ -102,6 +140,7 @@ struct Session {
     id: String,
     to_gateway: tokio::sync::Mutex<WriteHalf<Tunnel>>,
     routes: Mutex<Routes>,
+    last_used: Mutex<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -118,14 +157,34 @@ struct Routes {
 struct Waiter {
     /// The id as the client wrote it.
     client_id: String,
-    /// Its `_meta.progressToken`, raw, to route progress to it.
+    /// Its `_meta.progressToken` as the client wrote it (the gateway sees one of the
+    /// endpoint's own, so clients sharing a session never collide).
     progress: Option<String>,
+    /// Progress and server requests on the way (dropped when the client does not read).
     tx: mpsc::Sender<Bytes>,
+    /// The answer: never dropped.
+    answer: tokio::sync::oneshot::Sender<Bytes>,
+}
+
+/// The progress token the gateway sees for request `gid`.
+fn token_of(gid: u64) -> String {
+    format!("\"mcpgate-progress-{gid}\"")
 }
 
 impl Session {
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn idle(&self) -> std::time::Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    fn used(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
     async fn send(&self, line: &[u8]) -> std::io::Result<()> {
@@ -151,25 +210,34 @@ impl Session {
             };
             let Some(id) = env.id else { return };
             if let Some(restored) = mcpgate_mcp::gate::splice(line, id, &waiter.client_id) {
-                let _ = waiter.tx.try_send(event(&restored));
+                let _ = waiter.answer.send(event(&restored));
             }
             return;
         }
         if let Some(why) = gateway_message(line) {
             self.routes().ended = Some(why);
         }
-        let bytes = event(line);
         let token = progress_token(&env);
-        let mut routes = self.routes();
-        let target = token
-            .and_then(|t| {
-                routes
-                    .waiting
-                    .values()
-                    .find(|w| w.progress.as_deref() == Some(t))
-            })
-            .map(|w| w.tx.clone())
-            .or_else(|| routes.listener.clone().filter(|l| !l.is_closed()))
+        let routes = self.routes();
+        // Progress goes to its request, with the client's own token back.
+        if let Some(t) = token
+            && let Some((tx, original)) = routes
+                .waiting
+                .iter()
+                .find(|(g, _)| token_of(**g) == t.get())
+                .map(|(_, w)| (w.tx.clone(), w.progress.clone()))
+        {
+            drop(routes);
+            let restored = original
+                .and_then(|o| mcpgate_mcp::gate::splice(line, t, &o))
+                .unwrap_or_else(|| line.to_vec());
+            let _ = tx.try_send(event(&restored));
+            return;
+        }
+        let target = routes
+            .listener
+            .clone()
+            .filter(|l| !l.is_closed())
             .or_else(|| {
                 routes
                     .waiting
@@ -177,12 +245,14 @@ impl Session {
                     .max_by_key(|(g, _)| **g)
                     .map(|(_, w)| w.tx.clone())
             });
-        if target.is_none() {
-            routes.listener = None;
-        }
         drop(routes);
-        if let Some(tx) = target {
-            let _ = tx.try_send(bytes);
+        match target {
+            Some(tx) => {
+                if tx.try_send(event(line)).is_err() {
+                    tracing::debug!("a client is not reading: dropped a server message");
+                }
+            }
+            None => tracing::debug!("no stream for a server message: dropped"),
         }
     }
 
@@ -195,7 +265,7 @@ impl Session {
             .unwrap_or_else(|| "the gateway closed the session".into());
         for (_, w) in routes.waiting.drain() {
             let line = error_line(Some(&w.client_id), code::INTERNAL_ERROR, &why);
-            let _ = w.tx.try_send(event(&line));
+            let _ = w.answer.send(event(&line));
         }
         routes.listener = None;
         routes.ended.get_or_insert(why);
@@ -208,19 +278,27 @@ fn event(line: &[u8]) -> Bytes {
     Bytes::from(sse::encode(None, line))
 }
 
+/// `body` with raw CR and LF as spaces: in valid JSON they can only be whitespace, and the
+/// gateway reads one message per line.
+fn one_line(body: &[u8]) -> Vec<u8> {
+    body.iter()
+        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+        .collect()
+}
+
 /// `params.progressToken` of a progress notification, raw.
-fn progress_token<'a>(env: &Envelope<'a>) -> Option<&'a str> {
+fn progress_token<'a>(env: &Envelope<'a>) -> Option<&'a RawValue> {
     #[derive(serde::Deserialize)]
     struct P<'a> {
         #[serde(rename = "progressToken", borrow)]
         token: Option<&'a RawValue>,
     }
     let p: P<'a> = serde_json::from_str(env.params?.get()).ok()?;
-    p.token.map(RawValue::get)
+    p.token
 }
 
 /// `params._meta.progressToken` of a request, raw.
-fn request_progress_token(env: &Envelope<'_>) -> Option<String> {
+fn request_progress_token<'a>(env: &Envelope<'a>) -> Option<&'a RawValue> {
     #[derive(serde::Deserialize)]
     struct P<'a> {
         #[serde(rename = "_meta", borrow)]
@@ -231,15 +309,19 @@ fn request_progress_token(env: &Envelope<'_>) -> Option<String> {
         #[serde(rename = "progressToken", borrow)]
         token: Option<&'a RawValue>,
     }
-    let p: P = serde_json::from_str(env.params?.get()).ok()?;
-    let m: M = serde_json::from_str(p.meta?.get()).ok()?;
-    m.token.map(|t| t.get().to_string())
+    let p: P<'a> = serde_json::from_str(env.params?.get()).ok()?;
+    let m: M<'a> = serde_json::from_str(p.meta?.get()).ok()?;
+    m.token
 }
 
-/// A response body fed by a channel; when it is dropped before its request was answered
-/// (the client went away), the request is cancelled at the gateway.
+/// A response body: the events of a request (progress, server requests) and then its
+/// answer, or the events of a session's server stream. When a request's body is dropped
+/// before its answer (the client went away), the request is cancelled at the gateway.
 struct Events {
     rx: mpsc::Receiver<Bytes>,
+    /// The answer of a request stream; `None` for a server stream, or once delivered.
+    answer: Option<tokio::sync::oneshot::Receiver<Bytes>>,
+    request: bool,
     pending: Option<(Arc<Session>, u64)>,
 }
 
@@ -247,10 +329,33 @@ impl hyper::body::Body for Events {
     type Data = Bytes;
     type Error = Infallible;
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(None) if !this.request => return Poll::Ready(None),
+            _ => {}
+        }
+        if !this.request {
+            return Poll::Pending;
+        }
+        let Some(answer) = this.answer.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(answer).poll(cx) {
+            Poll::Ready(Ok(b)) => {
+                this.answer = None;
+                this.pending = None;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(Err(_)) => {
+                this.answer = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -314,6 +419,8 @@ impl Endpoint {
             Method::POST => self.post(req).await,
             Method::GET => self.listen(req.headers()),
             Method::DELETE => self.delete(req.headers()).await,
+            // No cross-origin use: a preflight gets no CORS grant.
+            Method::OPTIONS => plain(StatusCode::FORBIDDEN, ""),
             _ => {
                 let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "");
                 r.headers_mut()
@@ -324,32 +431,22 @@ impl Endpoint {
     }
 
     /// Refuses requests a web page could make through DNS rebinding: the `Host` must be this
-    /// loopback endpoint, and an `Origin`, when sent, a loopback one.
+    /// endpoint (a loopback name and its port), and an `Origin`, when sent, this endpoint's
+    /// own.
     fn check_origin(&self, h: &HeaderMap) -> Result<(), String> {
-        let loopback = |host: &str| {
-            let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-                if p.chars().all(|c| c.is_ascii_digit()) {
-                    h
-                } else {
-                    host
-                }
-            });
-            matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+        let ours = |authority: &str| {
+            authority.rsplit_once(':').is_some_and(|(host, port)| {
+                matches!(host, "127.0.0.1" | "localhost" | "[::1]") && port == self.port.to_string()
+            })
         };
         let host = h.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let port_ok = host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p == self.port.to_string());
-        if !loopback(host) || !port_ok {
+        if !ours(host) {
             return Err(format!("Host {host:?} is not this endpoint"));
         }
         if let Some(origin) = h.get(ORIGIN) {
             let o = origin.to_str().unwrap_or("");
-            let rest = o
-                .strip_prefix("http://")
-                .or_else(|| o.strip_prefix("https://"))
-                .unwrap_or("");
-            if !loopback(rest) {
+            let authority = o.strip_prefix("http://").unwrap_or("");
+            if !ours(authority) {
                 return Err(format!("Origin {o:?} may not use this endpoint"));
             }
         }
@@ -389,7 +486,7 @@ impl Endpoint {
             );
         }
         let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
+            Ok(b) => one_line(&b.to_bytes()),
             Err(_) => {
                 return rpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -420,6 +517,16 @@ impl Endpoint {
         let session = match self.session_of(h) {
             Err(Unknown) => return Unknown.answer(),
             Ok(Some(s)) => s,
+            Ok(None) if is_init && self.session_count() >= MAX_SESSIONS => {
+                return rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    id,
+                    code::INTERNAL_ERROR,
+                    &format!(
+                        "this endpoint already has {MAX_SESSIONS} sessions open: end one (DELETE) first"
+                    ),
+                );
+            }
             Ok(None) if is_init => match self.open().await {
                 Ok(s) => {
                     self.sessions
@@ -461,8 +568,12 @@ impl Endpoint {
             self.forget(&session.id);
             return rpc_error(StatusCode::NOT_FOUND, id, code::INVALID_REQUEST, &why);
         }
+        session.used();
         if env.kind != Kind::Request {
-            let line = self.outgoing_note(&session, &env, &body);
+            let Some(line) = self.outgoing_note(&session, &env, &body) else {
+                // A cancellation of nothing this client waits for goes nowhere.
+                return plain(StatusCode::ACCEPTED, "");
+            };
             return match session.send(&line).await {
                 Ok(()) => plain(StatusCode::ACCEPTED, ""),
                 Err(_) => rpc_error(
@@ -483,6 +594,8 @@ impl Endpoint {
             );
         };
         let (tx, rx) = mpsc::channel(64);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let token = request_progress_token(&env);
         let gid = {
             let mut routes = session.routes();
             routes.next += 1;
@@ -491,19 +604,29 @@ impl Endpoint {
                 gid,
                 Waiter {
                     client_id: raw_id.get().to_string(),
-                    progress: request_progress_token(&env),
+                    progress: token.map(|t| t.get().to_string()),
                     tx,
+                    answer,
                 },
             );
             gid
         };
-        let Some(line) = mcpgate_mcp::gate::splice(&body, raw_id, &gid.to_string()) else {
+        // The gateway sees the endpoint's id, and the endpoint's progress token.
+        let line = mcpgate_mcp::gate::splice(&body, raw_id, &gid.to_string()).and_then(|line| {
+            if token.is_none() {
+                return Some(line);
+            }
+            let again = mcpgate_mcp::parse(&line, &Limits::default()).ok()?;
+            let t = request_progress_token(&again)?;
+            mcpgate_mcp::gate::splice(&line, t, &token_of(gid))
+        });
+        let Some(line) = line else {
             session.routes().waiting.remove(&gid);
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 id,
                 code::INVALID_REQUEST,
-                "unreadable id",
+                "unreadable id or progress token",
             );
         };
         if session.send(&line).await.is_err() {
@@ -517,6 +640,8 @@ impl Endpoint {
         }
         let events = Events {
             rx,
+            answer: Some(answered),
+            request: true,
             pending: Some((session.clone(), gid)),
         };
         let mut r = Response::new(events.boxed());
@@ -531,26 +656,21 @@ impl Endpoint {
     }
 
     /// A client notification or answer as the gateway gets it: a cancellation names the
-    /// endpoint's id of the request.
-    fn outgoing_note(&self, session: &Session, env: &Envelope<'_>, body: &[u8]) -> Vec<u8> {
-        let mut line = body.to_vec();
-        if env.method == Some("notifications/cancelled")
-            && let Some(rid) = env.request_id
-        {
+    /// endpoint's id of the request; one of nothing this session waits for is `None`.
+    fn outgoing_note(&self, session: &Session, env: &Envelope<'_>, body: &[u8]) -> Option<Vec<u8>> {
+        if env.method == Some("notifications/cancelled") {
+            let rid = env.request_id?;
             let gid = session
                 .routes()
                 .waiting
                 .iter()
                 .find(|(_, w)| w.client_id == rid.get())
-                .map(|(g, _)| *g);
-            if let Some(spliced) =
-                gid.and_then(|g| mcpgate_mcp::gate::splice(body, rid, &g.to_string()))
-            {
-                return spliced;
-            }
+                .map(|(g, _)| *g)?;
+            return mcpgate_mcp::gate::splice(body, rid, &gid.to_string());
         }
+        let mut line = body.to_vec();
         line.push(b'\n');
-        line
+        Some(line)
     }
 
     /// The server stream of a session-era session.
@@ -580,15 +700,23 @@ impl Endpoint {
         let (tx, rx) = mpsc::channel(64);
         {
             let mut routes = session.routes();
-            if routes.listener.as_ref().is_some_and(|l| !l.is_closed()) {
-                return plain(
-                    StatusCode::CONFLICT,
-                    "this session's stream is already open\n",
-                );
+            if routes.ended.is_some() {
+                drop(routes);
+                self.forget(&session.id);
+                return Unknown.answer();
             }
+            // The newest stream wins: a client reconnecting after a half-dead connection is
+            // not locked out by it.
             routes.listener = Some(tx);
         }
-        let mut r = Response::new(Events { rx, pending: None }.boxed());
+        session.used();
+        let events = Events {
+            rx,
+            answer: None,
+            request: false,
+            pending: None,
+        };
+        let mut r = Response::new(events.boxed());
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         r
@@ -607,6 +735,13 @@ impl Endpoint {
             ),
             Err(Unknown) => Unknown.answer(),
         }
+    }
+
+    fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     fn forget(&self, id: &str) {
@@ -637,8 +772,10 @@ impl Endpoint {
             id: mcpgate_types::audit::random_id(),
             to_gateway: tokio::sync::Mutex::new(to_gateway),
             routes: Mutex::new(Routes::default()),
+            last_used: Mutex::new(std::time::Instant::now()),
         });
         let s = session.clone();
+        let sessions = self.sessions.clone();
         tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(&mut from_gateway);
             let mut buf = Vec::new();
@@ -650,6 +787,10 @@ impl Endpoint {
                 }
             }
             s.close();
+            sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s.id);
         });
         Ok(session)
     }
