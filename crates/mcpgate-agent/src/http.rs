@@ -39,8 +39,11 @@ use crate::upstream::StartError;
 
 /// The header that carries the identity assertion.
 pub const ASSERTION_HEADER: &str = "mcpgate-jwt-assertion";
-/// How long a request to the upstream may take to start answering.
+/// How long connecting to the upstream may take, and a resumed or re-initialising request
+/// to start answering. (A tool call itself may take as long as it takes: the client cancels.)
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests in flight to the upstream per session, at most.
+const IN_FLIGHT: usize = 32;
 /// How often a broken event stream is resumed before its request fails.
 const RESUMES: usize = 3;
 /// Headers the app's `rewrite.headers` may not set: the gateway owns them.
@@ -84,6 +87,10 @@ struct Shared {
     out: mpsc::Sender<Vec<u8>>,
     /// Set once: why the upstream can no longer be used.
     end: Mutex<Option<String>>,
+    /// Held while an expired upstream session is initialised again.
+    reinit: tokio::sync::Mutex<()>,
+    /// The server-initiated stream's task.
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     ended: Notify,
     max: usize,
 }
@@ -100,7 +107,6 @@ struct State {
     post_url: Option<Uri>,
     /// Whether the server-initiated stream was tried.
     listening: bool,
-    reinitialised: bool,
 }
 
 impl HttpUpstream {
@@ -162,6 +168,8 @@ impl HttpUpstream {
             state: Mutex::new(State::default()),
             out,
             end: Mutex::new(None),
+            reinit: tokio::sync::Mutex::new(()),
+            listener: Mutex::new(None),
             ended: Notify::new(),
             max,
         });
@@ -195,7 +203,7 @@ impl HttpUpstream {
     /// Ends the upstream session (DELETE, for the session-era revisions) and every request
     /// still in flight.
     pub async fn stop(self) {
-        self.task.abort();
+        self.abort();
         if self.shared.state().session_id.is_none() {
             return;
         }
@@ -208,6 +216,28 @@ impl HttpUpstream {
             self.shared.client.request(req).await.ok()
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+    }
+}
+
+impl HttpUpstream {
+    fn abort(&self) {
+        self.task.abort();
+        if let Some(l) = self
+            .shared
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            l.abort();
+        }
+    }
+}
+
+impl Drop for HttpUpstream {
+    /// Dropped without `stop` (the session's task aborted): nothing it started lives on.
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
@@ -340,6 +370,7 @@ async fn run(
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) {
     let mut posts = JoinSet::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let reader = async {
         if shared.legacy && !legacy_connect(&shared, &mut posts).await {
             return;
@@ -356,7 +387,21 @@ async fn run(
             if msg.method.as_deref() == Some("initialize") {
                 shared.state().initialize = Some(buf.clone());
             }
-            posts.spawn(post(shared.clone(), msg));
+            if msg.id.is_none() {
+                // Notifications and answers go in order (`notifications/initialized` before
+                // the next request; a cancellation after what it cancels).
+                post(shared.clone(), msg).await;
+            } else {
+                // Requests run side by side, so a long call blocks nothing, up to a bound.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let shared = shared.clone();
+                posts.spawn(async move {
+                    post(shared, msg).await;
+                    drop(permit);
+                });
+            }
             // Reap what finished, so the set does not grow with the session.
             while posts.try_join_next().is_some() {}
         }
@@ -400,9 +445,11 @@ async fn post(shared: Arc<Shared>, msg: Msg) {
     loop {
         match post_once(&shared, &msg).await {
             Ok(()) => return,
-            Err(PostError::Expired) if !retried && msg.method.as_deref() != Some("initialize") => {
+            Err(PostError::Expired(sent))
+                if !retried && msg.method.as_deref() != Some("initialize") =>
+            {
                 retried = true;
-                if let Err(e) = reinitialise(&shared).await {
+                if let Err(e) = reinitialise(&shared, &sent).await {
                     let why = format!(
                         "ended its session (HTTP 404) and could not be initialised again: {e}"
                     );
@@ -416,7 +463,7 @@ async fn post(shared: Arc<Shared>, msg: Msg) {
                     return;
                 }
             }
-            Err(PostError::Expired) => {
+            Err(PostError::Expired(_)) => {
                 let why = "ended its session (HTTP 404)".to_string();
                 shared
                     .answer_error(
@@ -441,8 +488,8 @@ async fn post(shared: Arc<Shared>, msg: Msg) {
 }
 
 enum PostError {
-    /// 404 on a request that carried an upstream session id.
-    Expired,
+    /// 404 on a request that carried this upstream session id.
+    Expired(HeaderValue),
     /// Anything else, said as the end of a sentence about the server.
     Failed(String),
 }
@@ -487,19 +534,17 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
     {
         h.insert(headers::PROTOCOL_VERSION, v);
     }
-    let had_session = h.contains_key(headers::SESSION_ID);
-    let resp = tokio::time::timeout(CONNECT_TIMEOUT, shared.client.request(req))
+    let sent_session = h.get(headers::SESSION_ID).cloned();
+    let resp = shared
+        .client
+        .request(req)
         .await
-        .map_err(|_| {
-            PostError::Failed(format!(
-                "did not answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
         .map_err(|e| PostError::Failed(format!("cannot be reached: {}", error_chain(&e))))?;
     let status = resp.status();
-    if status == StatusCode::NOT_FOUND && had_session {
-        return Err(PostError::Expired);
+    if status == StatusCode::NOT_FOUND
+        && let Some(sent) = sent_session
+    {
+        return Err(PostError::Expired(sent));
     }
     if msg.method.as_deref() == Some("initialize") && status.is_success() {
         let mut st = shared.state();
@@ -519,6 +564,11 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
             "answered HTTP {}",
             status.as_u16()
         )));
+    }
+    if status == StatusCode::ACCEPTED && msg.id.is_some() && !shared.legacy {
+        return Err(PostError::Failed(
+            "accepted a request (HTTP 202) without answering it".into(),
+        ));
     }
     if shared.legacy || status == StatusCode::ACCEPTED {
         // Legacy answers arrive on the event stream.
@@ -603,10 +653,10 @@ async fn stream(
             tracing::warn!(app = %shared.app, "an upstream event over {} bytes ended its stream", shared.max);
             break;
         }
+        if let Some(id) = decoder.last_id() {
+            *last_id = Some(id.to_string());
+        }
         for ev in events.drain(..) {
-            if ev.id.is_some() {
-                *last_id = ev.id.clone();
-            }
             if ev.event.as_deref().is_some_and(|e| e != "message") || ev.data.trim().is_empty() {
                 continue;
             }
@@ -636,7 +686,9 @@ fn listen(shared: Arc<Shared>) {
         }
         st.listening = true;
     }
-    tokio::spawn(async move {
+    let task_shared = shared.clone();
+    let task = tokio::spawn(async move {
+        let shared = task_shared;
         let mut last_id: Option<String> = None;
         for _ in 0..=RESUMES {
             let Ok(mut req) = shared.request(Method::GET, &shared.url, Bytes::new()).await else {
@@ -661,28 +713,40 @@ fn listen(shared: Arc<Shared>) {
             stream(&shared, resp.into_body(), None, &mut last_id).await;
         }
     });
+    if let Some(old) = shared
+        .listener
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(task)
+    {
+        old.abort();
+    }
 }
 
 /// Starts a new upstream session with the client's own `initialize` (its answer is not
-/// passed on: the client is already initialised) and `notifications/initialized`.
-async fn reinitialise(shared: &Arc<Shared>) -> Result<(), String> {
+/// passed on: the client is already initialised) and `notifications/initialized` — unless
+/// the session that expired (`expired`) was already replaced by a concurrent request.
+async fn reinitialise(shared: &Arc<Shared>, expired: &HeaderValue) -> Result<(), String> {
+    let _one_at_a_time = shared.reinit.lock().await;
     let init = {
-        let mut st = shared.state();
-        if st.reinitialised {
-            return Err("it expired again".into());
+        let st = shared.state();
+        if st.session_id.as_ref() != Some(expired) {
+            return Ok(());
         }
-        st.reinitialised = true;
-        st.session_id = None;
         st.initialize
             .clone()
             .ok_or("the client never initialised")?
     };
     tracing::info!(app = %shared.app, "the upstream session expired: initialising again");
-    let call = |body: Bytes| async move {
+    let call = |body: Bytes, session: Option<HeaderValue>| async move {
         let mut req = shared.request(Method::POST, &shared.url, body).await?;
-        req.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        req.headers_mut().insert(
+        let h = req.headers_mut();
+        h.remove(headers::SESSION_ID);
+        if let Some(sid) = session {
+            h.insert(headers::SESSION_ID, sid);
+        }
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
             ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
         );
@@ -695,12 +759,20 @@ async fn reinitialise(shared: &Arc<Shared>) -> Result<(), String> {
         }
         Ok(resp)
     };
-    let resp = call(Bytes::from(init)).await?;
-    shared.state().session_id = resp.headers().get(headers::SESSION_ID).cloned();
+    let resp = call(Bytes::from(init), None).await?;
+    let sid = resp.headers().get(headers::SESSION_ID).cloned();
     // Read the answer to its end (the connection is then reused); it is not passed on.
-    let _ = read_body(resp.into_body(), shared.max).await;
+    if let Ok(answer) = read_body(resp.into_body(), shared.max).await {
+        learn_version(shared, &answer);
+    }
     let note = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-    call(note).await?;
+    call(note, sid.clone()).await?;
+    {
+        let mut st = shared.state();
+        st.session_id = sid;
+        st.listening = false;
+    }
+    listen(shared.clone());
     Ok(())
 }
 
@@ -897,11 +969,15 @@ fn client(tls: &UpstreamTls) -> Result<HttpClient, StartError> {
         };
         builder.with_root_certificates(roots).with_no_client_auth()
     };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 

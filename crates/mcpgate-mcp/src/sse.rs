@@ -31,6 +31,8 @@ pub struct Decoder {
     /// Whether the last byte seen was a `\r` (a `\n` right after it ends nothing more).
     after_cr: bool,
     started: bool,
+    /// The last `id:` seen, dispatched or not (what a reconnection resumes from).
+    last_id: Option<String>,
 }
 
 impl Decoder {
@@ -43,7 +45,13 @@ impl Decoder {
             has_data: false,
             after_cr: false,
             started: false,
+            last_id: None,
         }
+    }
+
+    /// The last event id the stream set (also by an event without data).
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
     }
 
     /// Feeds bytes; every event they complete is pushed onto `out`.
@@ -107,7 +115,10 @@ impl Decoder {
             }
             b"event" => self.current.event = Some(value.into_owned()),
             // An id with NUL is ignored, as the standard says.
-            b"id" if !value.contains('\0') => self.current.id = Some(value.into_owned()),
+            b"id" if !value.contains('\0') => {
+                self.last_id = Some(value.to_string());
+                self.current.id = Some(value.into_owned());
+            }
             _ => {}
         }
     }
@@ -122,11 +133,11 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(id.as_bytes());
         out.push(b'\n');
     }
-    // JSON text may hold no raw newline inside strings; split anyway so any line stays a
-    // `data:` line.
+    // JSON text holds no raw CR or LF inside strings: any is whitespace. A lone CR would end
+    // an SSE line, so CRs become spaces; LFs start another `data:` line.
     for line in data.split(|&b| b == b'\n') {
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
         out.push(b'\n');
     }
     out.push(b'\n');
@@ -176,8 +187,21 @@ mod tests {
     }
 
     #[test]
-    fn an_event_without_data_is_not_dispatched() {
-        assert!(decode(&[b"event: ping\nid: 3\n\n"]).is_empty());
+    fn an_event_without_data_is_not_dispatched_but_its_id_counts() {
+        let mut d = Decoder::new(1 << 10);
+        let mut out = Vec::new();
+        d.feed(b"id: 1\ndata: x\n\nevent: ping\nid: 3\n\n", &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.last_id(), Some("3"));
+    }
+
+    #[test]
+    fn a_lone_carriage_return_cannot_split_an_event() {
+        let bytes = encode(None, b"{\"a\":\r1}");
+        let evs = decode(&[&bytes]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].data, "{\"a\": 1}");
     }
 
     #[test]

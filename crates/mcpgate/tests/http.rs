@@ -189,6 +189,12 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
         text(&b.call("echo", json!({"again": true}))),
         r#"{"again": true}"#
     );
+    // And again, later in the same session.
+    assert_eq!(text(&b.call("forget_sessions", json!({}))), "forgotten");
+    assert_eq!(
+        text(&b.call("echo", json!({"third": 3}))),
+        r#"{"third": 3}"#
+    );
     assert_eq!(b.close(), 0);
 
     let reqs = requests(&record);
@@ -202,8 +208,8 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
             .iter()
             .filter(|b| b.contains("\"initialize\""))
             .count(),
-        2,
-        "one initialize, and one more after the server forgot the session"
+        3,
+        "one initialize, and one more each time the server forgot the session"
     );
     let delete = wait_for(|| {
         requests(&record)
@@ -238,7 +244,7 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
 
     // The same audit as stdio: the calls, the denial, with the app's name.
     let calls = audit(&d, &["--app", "remote", "--tool", "echo"]);
-    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls.len(), 3, "{calls:?}");
     assert_eq!(calls[0]["user"], "alice");
     let denials = audit(&d, &["--app", "remote", "--decision", "deny"]);
     assert!(
