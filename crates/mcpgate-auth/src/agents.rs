@@ -66,6 +66,15 @@ pub struct SessionRecord {
     /// When the caller's certificate expires (Unix seconds): no assertion outlives it.
     #[serde(default)]
     pub expires: Option<i64>,
+    /// When it was issued (Unix seconds), for locks on certificates issued before a time.
+    #[serde(default)]
+    pub issued: Option<i64>,
+    /// The app's URI when the session opened: the audience of its assertions.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// When the session ended (Unix seconds): no assertion after that.
+    #[serde(default)]
+    pub closed: Option<i64>,
 }
 
 /// What the auth service says of an agent that presents its certificate now.
@@ -493,8 +502,10 @@ impl AuthService {
         agent: &str,
         user: &CertInfo,
         app: &str,
+        uri: Option<String>,
     ) -> Result<()> {
         let expires = mcpgate_types::clock::unix_secs(user.not_after);
+        let issued = user.issued();
         let user = &user.claims;
         // What the agent may learn from now on: this identity's roles and locks.
         let identity = format!("{}/{}", user.kind.as_str(), user.name);
@@ -512,8 +523,23 @@ impl AuthService {
             app: app.to_string(),
             opened: unix_micros(self.now()),
             expires: Some(expires),
+            issued: Some(issued),
+            uri,
+            closed: None,
         };
         Ok(self.store.put(&session_key(id), &to_json(&record)?).await?)
+    }
+
+    /// Records that session `id` ended (its events may still be shipped; no assertion is
+    /// made for it any more).
+    pub async fn close_session(&self, id: &str) -> Result<()> {
+        let key = session_key(id);
+        if let Some(bytes) = self.store.get(&key).await? {
+            let mut record: SessionRecord = from_json(&bytes)?;
+            record.closed = Some(mcpgate_types::clock::unix_secs(self.now()));
+            self.store.put(&key, &to_json(&record)?).await?;
+        }
+        Ok(())
     }
 
     /// The roles of `names` that identities of sessions routed to this agent hold: an agent

@@ -10,6 +10,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mcpgate_store::Store;
@@ -46,7 +47,7 @@ fn label(kid: &str) -> String {
 
 impl AuthService {
     /// The signing key in use, created on first use (by whichever instance gets there first).
-    async fn signing_key(&self) -> Result<(String, EcdsaKeyPair)> {
+    async fn signing_key(&self) -> Result<(String, Arc<EcdsaKeyPair>)> {
         let kid = match self.store.get(CURRENT).await? {
             Some(kid) => String::from_utf8_lossy(&kid).into_owned(),
             None => {
@@ -59,6 +60,15 @@ impl AuthService {
                 String::from_utf8_lossy(&current).into_owned()
             }
         };
+        if let Some((cached, pair)) = self
+            .jwt_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && *cached == kid
+        {
+            return Ok((kid, pair.clone()));
+        }
         let stored: StoredKey = from_json(
             &self
                 .store
@@ -73,6 +83,8 @@ impl AuthService {
             &SystemRandom::new(),
         )
         .map_err(|_| AuthError::Internal("the JWT key cannot be read".into()))?;
+        let pair = Arc::new(pair);
+        *self.jwt_key.lock().unwrap_or_else(|p| p.into_inner()) = Some((kid.clone(), pair.clone()));
         Ok((kid, pair))
     }
 
@@ -128,22 +140,35 @@ impl AuthService {
     /// Starts signing with a new key; the old one stays published until every assertion it
     /// signed has expired. Returns the new key's id.
     pub async fn rotate_jwt_key(&self) -> Result<String> {
-        let old = self.store.get(CURRENT).await?;
+        // Make sure there is a current key to replace.
+        let (old, _) = self.signing_key().await?;
         let kid = self.new_key().await?;
-        self.store.put(CURRENT, kid.as_bytes()).await?;
-        if let Some(old) = old {
-            self.retire(&String::from_utf8_lossy(&old)).await?;
+        if !self
+            .store
+            .compare_and_swap(CURRENT, old.as_bytes(), kid.as_bytes())
+            .await?
+        {
+            // Another rotation won: ours never signed anything.
+            self.retire(&kid).await?;
+            return Err(AuthError::BadRequest(
+                "the key was rotated at the same time; run it again if you still need to".into(),
+            ));
         }
+        self.retire(&old).await?;
         Ok(kid)
     }
 
     /// The public keys an upstream verifies assertions with (RFC 7517).
     pub async fn jwks(&self) -> Result<Value> {
-        // Make sure there is one to publish before anything is signed.
-        self.signing_key().await?;
+        let mut stored = self.store.list(KEYS).await?;
+        if stored.is_empty() {
+            // Make sure there is one to publish before anything is signed.
+            self.signing_key().await?;
+            stored = self.store.list(KEYS).await?;
+        }
         let now = unix_secs(self.now());
         let mut keys = Vec::new();
-        for (_, bytes) in self.store.list(KEYS).await? {
+        for (_, bytes) in stored {
             let k: StoredKey = from_json(&bytes)?;
             if k.retired
                 .is_some_and(|r| r + ASSERTION_TTL.as_secs() as i64 + 60 < now)
@@ -171,7 +196,28 @@ impl AuthService {
         if record.agent != agent {
             return Err(refused());
         }
+        if record.closed.is_some() {
+            return Err(AuthError::AccessDenied(format!(
+                "session {session:?} has ended"
+            )));
+        }
         let now = self.now();
+        let now_secs = unix_secs(now);
+        let lock = self.locks().await?.into_iter().find(|l| {
+            l.applies(
+                record.user_kind,
+                &record.user,
+                &record.roles,
+                now_secs,
+                record.issued,
+            )
+        });
+        if let Some(lock) = lock {
+            return Err(AuthError::AccessDenied(format!(
+                "{} is locked: {}",
+                lock.target, lock.message
+            )));
+        }
         let mut expires = now + ASSERTION_TTL;
         if let Some(cert) = record.expires {
             expires = expires.min(SystemTime::UNIX_EPOCH + Duration::from_secs(cert.max(0) as u64));
@@ -181,24 +227,30 @@ impl AuthService {
                 "the caller's certificate has expired".into(),
             ));
         }
-        // A cluster app's audience is its registered URI. Any other app the proxy routed to
-        // this agent is one of its own (static, admitted by its scope or claimed by it), whose
-        // URI it is the one to know.
-        let registered = self
-            .all_apps()
-            .await?
-            .into_iter()
-            .find(|a| a.metadata.name.as_str() == record.app);
-        let aud = match registered {
-            None => audience.to_string(),
-            Some(app) if app.spec.uri == audience => app.spec.uri,
-            Some(_) => {
-                return Err(AuthError::AccessDenied(format!(
-                    "{audience:?} is not the URI of app {:?}",
-                    record.app
-                )));
-            }
+        // The audience is the app's URI as the session recorded it when it opened (a
+        // cluster app's as registered, an agent's own app's as it announced it), never what
+        // the agent asks for now; and no app may borrow another registered app's URI.
+        let registered = self.all_apps().await?;
+        let uri = match (
+            &record.uri,
+            registered
+                .iter()
+                .find(|a| a.metadata.name.as_str() == record.app),
+        ) {
+            (_, Some(app)) => app.spec.uri.clone(),
+            (Some(uri), None) => uri.clone(),
+            (None, None) => return Err(refused()),
         };
+        let borrowed = registered
+            .iter()
+            .any(|a| a.spec.uri == uri && a.metadata.name.as_str() != record.app);
+        if uri != audience || borrowed {
+            return Err(AuthError::AccessDenied(format!(
+                "{audience:?} is not the URI of app {:?}",
+                record.app
+            )));
+        }
+        let aud = uri;
         let (kid, pair) = self.signing_key().await?;
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
         let claims = json!({

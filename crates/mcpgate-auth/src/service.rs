@@ -210,6 +210,8 @@ pub struct AuthService {
     pub(crate) limiter: Mutex<RateLimiter>,
     /// Bumped on every change to roles, users or apps, so caches of policies know to reload.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// The assertion signing key in use, opened once (by key id).
+    pub(crate) jwt_key: Mutex<Option<(String, Arc<ring::signature::EcdsaKeyPair>)>>,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -250,6 +252,7 @@ impl AuthService {
             host_ca,
             limiter: Mutex::new(RateLimiter::default()),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            jwt_key: Mutex::new(None),
         };
         // Presets are created once; an admin may change `access` afterwards.
         let (presets, _) = mcpgate_types::resource::parse_resources("presets", PRESETS)

@@ -577,3 +577,50 @@ async fn a_rotated_assertion_key_stays_published_while_its_assertions_live() {
         .count();
     assert_eq!(changes, 1, "the rotation is audited");
 }
+
+#[tokio::test]
+async fn an_assertion_is_made_only_for_a_live_unlocked_session_and_its_apps_uri() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    let alice = auth
+        .admin_identity(Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .info;
+    let uri = "mcp+https://tools.example/mcp";
+    auth.open_session("s1", "edge", &alice, "tools", Some(uri.into()))
+        .await
+        .unwrap();
+    let a = auth.assertion("edge", "s1", uri).await.unwrap();
+    let now = mcpgate_types::clock::unix_secs(env.clock.now());
+    assert!(a.expires > now && a.expires <= now + 600, "{}", a.expires);
+    for (agent, audience) in [
+        ("other-agent", uri),
+        ("edge", "mcp+https://bank.example/mcp"),
+    ] {
+        let err = auth.assertion(agent, "s1", audience).await.unwrap_err();
+        assert!(
+            matches!(err, AuthError::AccessDenied(_)),
+            "{agent} {audience}: {err}"
+        );
+    }
+    // Locked: none.
+    auth.lock(
+        &adm,
+        mcpgate_types::resource::LockTarget::User(alice.claims.name.clone()),
+        None,
+        "incident",
+    )
+    .await
+    .unwrap();
+    let err = auth.assertion("edge", "s1", uri).await.unwrap_err();
+    assert!(err.to_string().contains("incident"), "{err}");
+    // Ended: none.
+    auth.open_session("s2", "edge", &alice, "tools", Some(uri.into()))
+        .await
+        .unwrap();
+    auth.close_session("s2").await.unwrap();
+    let err = auth.assertion("edge", "s2", uri).await.unwrap_err();
+    assert!(err.to_string().contains("ended"), "{err}");
+}

@@ -196,9 +196,15 @@ async fn mcp(
     // The session is recorded as routed to this agent before it opens: the agent may
     // ship events of this session and no other (fail closed if it cannot be recorded).
     let session = mcpgate_types::audit::random_id();
+    // The app's URI: a cluster app's as registered, an agent's own as it announced it (the
+    // audience of the caller's assertions in this session).
+    let uri = cluster_app
+        .as_ref()
+        .map(|a| a.spec.uri.clone())
+        .or_else(|| Tunnels::announced_uri(&tunnel, &hello.app));
     if let Err(e) = routes
         .auth
-        .open_session(&session, &tunnel.agent, &who, &hello.app)
+        .open_session(&session, &tunnel.agent, &who, &hello.app, uri)
         .await
     {
         tracing::error!(error = %e, "cannot record a session");
@@ -213,7 +219,7 @@ async fn mcp(
         app: hello.app,
         addr: conn.addr,
         certs: mcpgate_wire::encode_certs(&certs),
-        session: Some(session),
+        session: Some(session.clone()),
     };
     let (mut from_agent, mut to_agent) = match tunnel.open(&meta).await {
         Ok(stream) => stream,
@@ -249,7 +255,11 @@ async fn mcp(
         let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": format!("the session was ended: {why}")}});
         let _ = write.write_all(format!("{note}\n").as_bytes()).await;
     }
-    // Close the client's stream cleanly (TLS close_notify): the session is over.
+    // Close the client's stream cleanly (TLS close_notify): the session is over, and its
+    // agent gets no more assertions for it.
     let _ = write.shutdown().await;
+    if let Err(e) = routes.auth.close_session(&session).await {
+        tracing::warn!(error = %e, "cannot record a session's end");
+    }
     Ok(())
 }

@@ -100,6 +100,17 @@ impl Tunnels {
         Some(serving[i].clone())
     }
 
+    /// The URI of `app` as the agent of `tunnel` announced it (its own, static apps).
+    pub fn announced_uri(tunnel: &Tunnel, app: &str) -> Option<String> {
+        tunnel
+            .apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.metadata.name.as_str() == app)
+            .map(|a| a.spec.uri.clone())
+    }
+
     /// Whether the agent of `tunnel` is in good standing now (asked again, not cached).
     pub async fn standing(&self, tunnel: &Tunnel) -> Result<(), String> {
         self.admission

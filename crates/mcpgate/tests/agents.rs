@@ -551,19 +551,20 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
             "a forged {kind} was stored"
         );
     }
-    // Identity assertions: for a session routed to it, naming that session's caller; for a
-    // session routed to another agent, none.
+    // Identity assertions: for a session routed to it, naming that session's caller, for the
+    // app's URI as announced when the session opened and no other; for a session routed to
+    // another agent, none.
     let own_session = calls[0]["session_id"].clone();
-    let ask = |session: &Value| {
+    let ask = |session: &Value, audience: &str| {
         api_as(
             &e.d,
             &identity,
             "POST",
             "/v1/agent/assertion",
-            &json!({"session": session, "audience": "mcp+https://edge.example/mcp"}),
+            &json!({"session": session, "audience": audience}),
         )
     };
-    let (status, assertion) = ask(&own_session);
+    let (status, assertion) = ask(&own_session, "mcp+stdio://");
     assert_eq!(status, 200, "{assertion}");
     let claims = assertion["token"]
         .as_str()
@@ -577,11 +578,13 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
     )
     .unwrap();
     assert_eq!(
-        (&claims["sub"], &claims["app"]),
-        (&json!("alice"), &json!("edge-app"))
+        (&claims["sub"], &claims["app"], &claims["aud"]),
+        (&json!("alice"), &json!("edge-app"), &json!("mcp+stdio://"))
     );
-    let (status, other) = ask(&local_session);
-    assert_eq!(status, 403, "{other}");
+    let (status, other) = ask(&own_session, "mcp+https://api.githubcopilot.com/mcp/");
+    assert_eq!(status, 403, "another audience: {other}");
+    let (status, other) = ask(&local_session, "mcp+stdio://");
+    assert_eq!(status, 403, "another agent's session: {other}");
     // Its host certificate opens no MCP session.
     let out = run(
         &[
