@@ -768,7 +768,15 @@ fn the_2026_sdk_over_http_through_mcp_proxy_to_stdio_and_http_servers() {
         // Over HTTP through the local endpoint, and over stdio through the bridge.
         for args in [vec![client, ep.url.as_str()], vec![client, bin, app]] {
             let v = python_json(&python, &args, &alice.home);
-            assert_eq!(v["tools"], json!(["echo"]), "{app} {args:?}: {v}");
+            assert_eq!(
+                v["tools"],
+                json!(["approve", "echo"]),
+                "{app} {args:?}: {v}"
+            );
+            assert_eq!(
+                v["approved"], "approved release: {'yes': True}",
+                "{app}: {v}"
+            );
             assert_eq!(v["echo"], "modern: hello", "{app}");
             assert!(
                 v["denied"].as_str().unwrap().contains("access denied"),
@@ -779,6 +787,16 @@ fn the_2026_sdk_over_http_through_mcp_proxy_to_stdio_and_http_servers() {
                 "{app}: the server said public; the list was filtered for alice"
             );
         }
+        // The multi-round-trip call and its retry: each decided and audited on its own.
+        let rounds = audit(&d, &["--tool", "approve", "--app", app]);
+        assert_eq!(rounds.len(), 4, "{app}: two rounds per client: {rounds:?}");
+        assert!(rounds.iter().all(|e| e["decision"] == "allow"));
+        assert!(
+            rounds
+                .iter()
+                .any(|e| e["params"]["inputResponses"].is_object()),
+            "{app}: the retry carries the responses: {rounds:?}"
+        );
         let calls = audit(&d, &["--tool", "echo", "--app", app]);
         assert_eq!(
             calls.len(),

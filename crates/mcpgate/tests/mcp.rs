@@ -697,7 +697,8 @@ fn the_2026_sdk_client_and_server_work_through_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["tools"], json!(["echo"]), "{v}");
+    assert_eq!(v["tools"], json!(["approve", "echo"]), "{v}");
+    assert_eq!(v["approved"], "approved release: {'yes': True}", "{v}");
     assert_eq!(v["echo"], "modern: hello");
     assert!(
         v["denied"].as_str().unwrap().contains("access denied"),
