@@ -21,6 +21,10 @@ pub const PROTOCOL_VERSION: &str = "mcp-protocol-version";
 pub const SESSION_ID: &str = "mcp-session-id";
 /// The `_meta` key of a 2026-07-28 request's protocol version.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key of a 2026-07-28 request's client capabilities.
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// The first revision without sessions (versions are dates: they compare as text).
+pub const STATELESS_SINCE: &str = "2026-07-28";
 
 const SENTINEL: (&str, &str) = ("=?base64?", "?=");
 
@@ -115,6 +119,17 @@ pub fn meta_protocol_version<'a>(env: &Envelope<'a>) -> Option<Cow<'a, str>> {
     let [meta] = pick(env.params?, ["_meta"], 8).ok()?;
     let [version] = pick(meta?, [META_PROTOCOL_VERSION], 8).ok()?;
     string(version?)
+}
+
+/// Whether a request's `params._meta` holds the client's capabilities (an object).
+pub fn meta_has_capabilities(env: &Envelope<'_>) -> bool {
+    let Some(params) = env.params else {
+        return false;
+    };
+    let Ok([Some(meta)]) = pick(params, ["_meta"], 8) else {
+        return false;
+    };
+    matches!(pick(meta, [META_CLIENT_CAPABILITIES], 8), Ok([Some(c)]) if c.get().starts_with('{'))
 }
 
 #[cfg(test)]

@@ -831,8 +831,10 @@ fn conformance(
             url,
             "--spec-version",
             spec,
-            "-o",
         ])
+        // Every scenario of the revision, pending ones included (server-stateless, caching,
+        // http-header-validation, input-required-result-*), not only the "active" suite.
+        .args(["--suite", "all", "-o"])
         .arg(out)
         .env("PATH", path)
         .output()
@@ -860,6 +862,32 @@ fn conformance(
         String::from_utf8_lossy(&run.stderr)
     );
     scenarios
+}
+
+/// The failed checks of `scenario` in a suite run's output folder, as `id: message`.
+fn failed_checks(out: &Path, scenario: &str) -> Vec<String> {
+    let prefix = format!("server-{scenario}-");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // `server-NAME-TIME`: the rest must be the time, not a longer scenario's name.
+        if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let checks: Value = std::fs::read_to_string(entry.path().join("checks.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        for c in checks.as_array().into_iter().flatten() {
+            if c["status"] == "FAILURE" {
+                found.push(format!("{}: {}", c["id"], c["errorMessage"]));
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -951,6 +979,18 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
             let through = conformance(&ep.url, spec, &s.path(&format!("{app}-{spec}")));
             let (tp, tf) = total(&through);
             println!("{spec} through mcp proxy to {app}: {tp} checks passed, {tf} failed");
+            let out = s.path(&format!("{app}-{spec}"));
+            for (scenario, counts) in &through {
+                if direct.get(scenario) != Some(counts) {
+                    println!(
+                        "  {scenario}: directly {:?}, through {counts:?}",
+                        direct.get(scenario)
+                    );
+                    for why in failed_checks(&out, scenario) {
+                        println!("    through: {why}");
+                    }
+                }
+            }
             for (scenario, (passed, failed)) in &direct {
                 if *failed == 0 {
                     assert_eq!(

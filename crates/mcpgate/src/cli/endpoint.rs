@@ -210,7 +210,7 @@ impl Session {
             };
             let Some(id) = env.id else { return };
             if let Some(restored) = mcpgate_mcp::gate::splice(line, id, &waiter.client_id) {
-                let _ = waiter.answer.send(event(&restored));
+                let _ = waiter.answer.send(raw(&restored));
             }
             return;
         }
@@ -231,7 +231,7 @@ impl Session {
             let restored = original
                 .and_then(|o| mcpgate_mcp::gate::splice(line, t, &o))
                 .unwrap_or_else(|| line.to_vec());
-            let _ = tx.try_send(event(&restored));
+            let _ = tx.try_send(raw(&restored));
             return;
         }
         let target = routes
@@ -248,7 +248,7 @@ impl Session {
         drop(routes);
         match target {
             Some(tx) => {
-                if tx.try_send(event(line)).is_err() {
+                if tx.try_send(raw(line)).is_err() {
                     tracing::debug!("a client is not reading: dropped a server message");
                 }
             }
@@ -265,18 +265,105 @@ impl Session {
             .unwrap_or_else(|| "the gateway closed the session".into());
         for (_, w) in routes.waiting.drain() {
             let line = error_line(Some(&w.client_id), code::INTERNAL_ERROR, &why);
-            let _ = w.answer.send(event(&line));
+            let _ = w.answer.send(raw(&line));
         }
         routes.listener = None;
         routes.ended.get_or_insert(why);
     }
 }
 
-/// One server-sent event carrying `line`.
-fn event(line: &[u8]) -> Bytes {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    Bytes::from(sse::encode(None, line))
+/// A message as the endpoint passes it on: one JSON text, without its newline.
+fn raw(line: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(line.strip_suffix(b"\n").unwrap_or(line))
 }
+
+/// One server-sent event carrying the message `json`.
+fn event(json: &[u8]) -> Bytes {
+    Bytes::from(sse::encode(None, json))
+}
+
+/// The HTTP status a 2026-07-28 answer travels with: what its error says about the request.
+fn status_of(answer: &[u8]) -> StatusCode {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<Code>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: i64,
+    }
+    match serde_json::from_slice::<Answer>(answer) {
+        Ok(Answer {
+            error: Some(Code { code }),
+        }) => match code {
+            code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+            HEADER_MISMATCH | MISSING_CAPABILITY | UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        },
+        _ => StatusCode::OK,
+    }
+}
+
+/// Methods the 2026-07-28 revision removed.
+const REMOVED: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Checks a 2026-07-28 request before anything is forwarded: its `_meta` names the protocol
+/// version (the one the header names, if it names one) and the client's capabilities, and
+/// its method exists in this revision.
+fn stateless_request(
+    env: &Envelope<'_>,
+    meta_version: Option<&str>,
+    header_version: Option<&str>,
+) -> Result<(), (StatusCode, i64, String)> {
+    let method = env.method.unwrap_or_default();
+    if REMOVED.contains(&method) {
+        return Err((
+            StatusCode::NOT_FOUND,
+            code::METHOD_NOT_FOUND,
+            format!("method not found: {method} does not exist since protocol 2026-07-28"),
+        ));
+    }
+    let Some(meta) = meta_version else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            code::INVALID_PARAMS,
+            format!(
+                "a request needs params._meta[\"{}\"]",
+                headers::META_PROTOCOL_VERSION
+            ),
+        ));
+    };
+    if header_version.is_some_and(|h| h != meta) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            "the MCP-Protocol-Version header does not match the request's _meta".into(),
+        ));
+    }
+    if !headers::meta_has_capabilities(env) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            code::INVALID_PARAMS,
+            format!(
+                "a request needs params._meta[\"{}\"]",
+                headers::META_CLIENT_CAPABILITIES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// 2026-07-28 error codes: a header that disagrees with the body, a capability the client did
+/// not declare, a protocol version the server does not speak.
+const HEADER_MISMATCH: i64 = -32020;
+const MISSING_CAPABILITY: i64 = -32021;
+const UNSUPPORTED_VERSION: i64 = -32022;
 
 /// `body` with raw CR and LF as spaces: in valid JSON they can only be whitespace, and the
 /// gateway reads one message per line.
@@ -318,6 +405,8 @@ fn request_progress_token<'a>(env: &Envelope<'a>) -> Option<&'a RawValue> {
 /// answer, or the events of a session's server stream. When a request's body is dropped
 /// before its answer (the client went away), the request is cancelled at the gateway.
 struct Events {
+    /// A message already taken from `rx` (while deciding between JSON and a stream).
+    first: Option<Bytes>,
     rx: mpsc::Receiver<Bytes>,
     /// The answer of a request stream; `None` for a server stream, or once delivered.
     answer: Option<tokio::sync::oneshot::Receiver<Bytes>>,
@@ -333,8 +422,11 @@ impl hyper::body::Body for Events {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if let Some(b) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(event(&b)))));
+        }
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(event(&b))))),
             Poll::Ready(None) if !this.request => return Poll::Ready(None),
             _ => {}
         }
@@ -348,7 +440,7 @@ impl hyper::body::Body for Events {
             Poll::Ready(Ok(b)) => {
                 this.answer = None;
                 this.pending = None;
-                Poll::Ready(Some(Ok(Frame::data(b))))
+                Poll::Ready(Some(Ok(Frame::data(event(&b)))))
             }
             Poll::Ready(Err(_)) => {
                 this.answer = None;
@@ -503,7 +595,14 @@ impl Endpoint {
             }
         };
         let id = env.id.map(RawValue::get);
-        let stateless = headers::meta_protocol_version(&env).is_some();
+        let meta_version = headers::meta_protocol_version(&env);
+        let header_version = h
+            .get(headers::PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok());
+        // 2026-07-28 and later: the version in each request's `_meta` (or announced by the
+        // header); no initialize, no session.
+        let stateless =
+            meta_version.is_some() || header_version.is_some_and(|v| v >= headers::STATELESS_SINCE);
         let header = |name: &str| h.get(name).map(HeaderValue::as_bytes);
         if let Err(why) = headers::check(
             &env,
@@ -511,7 +610,14 @@ impl Endpoint {
             header(headers::NAME),
             stateless,
         ) {
-            return rpc_error(StatusCode::BAD_REQUEST, id, code::INVALID_REQUEST, &why);
+            return rpc_error(StatusCode::BAD_REQUEST, id, HEADER_MISMATCH, &why);
+        }
+        if stateless && env.kind == Kind::Request {
+            if let Err((status, code, why)) =
+                stateless_request(&env, meta_version.as_deref(), header_version)
+            {
+                return rpc_error(status, id, code, &why);
+            }
         }
         let is_init = env.method == Some("initialize");
         let session = match self.session_of(h) {
@@ -638,17 +744,71 @@ impl Endpoint {
                 "the gateway session ended",
             );
         }
-        let events = Events {
+        let mut events = Events {
+            first: None,
             rx,
             answer: Some(answered),
             request: true,
             pending: Some((session.clone(), gid)),
         };
-        let mut r = Response::new(events.boxed());
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        r.headers_mut()
-            .insert("cache-control", HeaderValue::from_static("no-cache"));
+        // The answer alone goes back as JSON, with the HTTP status that says what it is (for
+        // 2026-07-28: 404 for an unknown method, 400 for a refused version or capability);
+        // anything before it (progress, a server request) makes the answer a stream.
+        let answered = {
+            let Some(answer) = events.answer.as_mut() else {
+                return rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    id,
+                    code::INTERNAL_ERROR,
+                    "no answer",
+                );
+            };
+            let first = tokio::select! {
+                biased;
+                m = events.rx.recv() => Ok(m),
+                a = &mut *answer => Err(a),
+            };
+            match first {
+                Ok(Some(m)) => {
+                    events.first = Some(m);
+                    None
+                }
+                Ok(None) => Some(answer.await),
+                Err(a) => Some(a),
+            }
+        };
+        let mut r = match answered {
+            None => {
+                let mut r = Response::new(events.boxed());
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                r.headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("no-cache"));
+                r
+            }
+            Some(Ok(answer)) => {
+                events.answer = None;
+                events.pending = None;
+                let status = if stateless {
+                    status_of(&answer)
+                } else {
+                    StatusCode::OK
+                };
+                let mut r = plain(status, answer);
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            Some(Err(_)) => {
+                events.pending = None;
+                return rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    id,
+                    code::INTERNAL_ERROR,
+                    "the gateway session ended before the answer",
+                );
+            }
+        };
         if is_init && let Ok(v) = HeaderValue::from_str(&session.id) {
             r.headers_mut().insert(headers::SESSION_ID, v);
         }
@@ -711,6 +871,7 @@ impl Endpoint {
         }
         session.used();
         let events = Events {
+            first: None,
             rx,
             answer: None,
             request: false,
