@@ -612,12 +612,12 @@ impl Endpoint {
         ) {
             return rpc_error(StatusCode::BAD_REQUEST, id, HEADER_MISMATCH, &why);
         }
-        if stateless && env.kind == Kind::Request {
-            if let Err((status, code, why)) =
+        if stateless
+            && env.kind == Kind::Request
+            && let Err((status, code, why)) =
                 stateless_request(&env, meta_version.as_deref(), header_version)
-            {
-                return rpc_error(status, id, code, &why);
-            }
+        {
+            return rpc_error(status, id, code, &why);
         }
         let is_init = env.method == Some("initialize");
         let session = match self.session_of(h) {
