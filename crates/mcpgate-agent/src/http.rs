@@ -107,6 +107,8 @@ struct State {
     post_url: Option<Uri>,
     /// Whether the server-initiated stream was tried.
     listening: bool,
+    /// Per tool, the arguments its schema asks to mirror as `Mcp-Param-*` headers.
+    params: std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 impl HttpUpstream {
@@ -329,6 +331,8 @@ struct Msg {
     name: Option<String>,
     /// The protocol version a 2026-07-28 request names in its `_meta`.
     meta_version: Option<String>,
+    /// `params.arguments` of a `tools/call`.
+    arguments: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Msg {
@@ -349,6 +353,7 @@ impl Msg {
                     method: mirror.as_ref().map(|m| m.method.to_string()),
                     name: mirror.and_then(|m| m.name).map(|n| n.into_owned()),
                     meta_version: headers::meta_protocol_version(&env).map(|v| v.into_owned()),
+                    arguments: env.arguments.map(|a| a.to_owned()),
                     body,
                 }
             }
@@ -358,6 +363,7 @@ impl Msg {
                 method: None,
                 name: None,
                 meta_version: None,
+                arguments: None,
             },
         }
     }
@@ -534,6 +540,20 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
     {
         h.insert(headers::PROTOCOL_VERSION, v);
     }
+    // The arguments the tool's schema asks to see as headers, written from the body.
+    if msg.method.as_deref() == Some("tools/call")
+        && let Some(name) = msg.name.as_deref()
+    {
+        let declared = shared.state().params.get(name).cloned().unwrap_or_default();
+        for (header, value) in headers::param_values(msg.arguments.as_deref(), &declared) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(header.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                h.insert(k, v);
+            }
+        }
+    }
     let sent_session = h.get(headers::SESSION_ID).cloned();
     let resp = shared
         .client
@@ -576,7 +596,7 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
     }
     if is_sse {
         let mut last_id = None;
-        let answered = stream(shared, resp.into_body(), msg.id.as_deref(), &mut last_id).await;
+        let answered = stream(shared, resp.into_body(), Some(msg), &mut last_id).await;
         if !answered && msg.id.is_some() {
             resume(shared, msg, last_id).await?;
         }
@@ -590,9 +610,7 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
             }
             return Ok(());
         }
-        if msg.method.as_deref() == Some("initialize") {
-            learn_version(shared, &body);
-        }
+        learn(shared, msg, &body);
         shared.send(body).await;
     }
     if msg.method.as_deref() == Some("initialize") {
@@ -625,7 +643,7 @@ async fn resume(
         if !resp.status().is_success() {
             break;
         }
-        if stream(shared, resp.into_body(), msg.id.as_deref(), &mut last_id).await {
+        if stream(shared, resp.into_body(), Some(msg), &mut last_id).await {
             return Ok(());
         }
     }
@@ -634,13 +652,15 @@ async fn resume(
     ))
 }
 
-/// Delivers the messages of an event stream; whether the answer to `id` was among them.
+/// Delivers the messages of an event stream; whether the answer to `msg` (when one is
+/// awaited) was among them.
 async fn stream(
     shared: &Arc<Shared>,
     mut body: hyper::body::Incoming,
-    id: Option<&str>,
+    msg: Option<&Msg>,
     last_id: &mut Option<String>,
 ) -> bool {
+    let id = msg.and_then(|m| m.id.as_deref());
     let mut decoder = Decoder::new(shared.max);
     let mut events: Vec<Event> = Vec::new();
     let mut answered = false;
@@ -663,8 +683,8 @@ async fn stream(
             let line = ev.data.into_bytes();
             if id.is_some() && answers(&line, id) {
                 answered = true;
-                if line.windows(17).any(|w| w == b"\"protocolVersion\"") {
-                    learn_version(shared, &line);
+                if let Some(msg) = msg {
+                    learn(shared, msg, &line);
                 }
             }
             shared.send(line).await;
@@ -876,6 +896,43 @@ fn answers(line: &[u8], id: Option<&str>) -> bool {
     };
     mcpgate_mcp::parse(line, &limits)
         .is_ok_and(|e| e.kind == Kind::Response && e.id.map(|i| i.get()) == Some(id))
+}
+
+/// What an answer teaches the transport: the protocol version `initialize` negotiated, and
+/// the arguments each tool of a `tools/list` asks to see mirrored as `Mcp-Param-*` headers.
+fn learn(shared: &Shared, msg: &Msg, answer: &[u8]) {
+    match msg.method.as_deref() {
+        Some("initialize") => learn_version(shared, answer),
+        Some("tools/list") => {
+            #[derive(serde::Deserialize)]
+            struct Answer {
+                result: Option<Tools>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Tools {
+                tools: Vec<serde_json::Value>,
+            }
+            let Ok(Answer { result: Some(list) }) = serde_json::from_slice(answer) else {
+                return;
+            };
+            let mut st = shared.state();
+            for tool in list.tools {
+                let (Some(name), Some(schema)) = (
+                    tool.get("name").and_then(|n| n.as_str()),
+                    tool.get("inputSchema"),
+                ) else {
+                    continue;
+                };
+                let declared = headers::param_declarations(schema);
+                if declared.is_empty() {
+                    st.params.remove(name);
+                } else {
+                    st.params.insert(name.to_string(), declared);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Takes the negotiated protocol version from an `initialize` answer.

@@ -121,6 +121,56 @@ pub fn meta_protocol_version<'a>(env: &Envelope<'a>) -> Option<Cow<'a, str>> {
     string(version?)
 }
 
+/// `Mcp-Param-`: the prefix of the headers that mirror a tool's arguments.
+pub const PARAM_PREFIX: &str = "mcp-param-";
+
+/// The arguments a tool asks clients to mirror as headers: `(argument, header name)` for each
+/// top-level property of its `inputSchema` that carries `x-mcp-header` (a token name).
+pub fn param_declarations(input_schema: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(props) = input_schema.get("properties").and_then(|p| p.as_object()) else {
+        return Vec::new();
+    };
+    props
+        .iter()
+        .filter_map(|(arg, schema)| {
+            let name = schema.get("x-mcp-header")?.as_str()?;
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            token.then(|| (arg.clone(), name.to_string()))
+        })
+        .collect()
+}
+
+/// The header values a `tools/call`'s `arguments` give the declared parameters: strings,
+/// integers and booleans, encoded for a header; absent and null arguments give none.
+pub fn param_values(
+    arguments: Option<&serde_json::value::RawValue>,
+    declared: &[(String, String)],
+) -> Vec<(String, String)> {
+    let Some(args) = arguments.and_then(|a| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(a.get()).ok()
+    }) else {
+        return Vec::new();
+    };
+    declared
+        .iter()
+        .filter_map(|(arg, header)| {
+            let text = match args.get(arg)? {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+                _ => return None,
+            };
+            Some((
+                format!("{PARAM_PREFIX}{}", header.to_ascii_lowercase()),
+                encode(&text).into_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// Whether a request's `params._meta` holds the client's capabilities (an object).
 pub fn meta_has_capabilities(env: &Envelope<'_>) -> bool {
     let Some(params) = env.params else {
@@ -206,6 +256,26 @@ mod tests {
         // A name header on a message that targets nothing is a mismatch too.
         let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
         assert!(check(&env(list), Some(b"tools/list"), Some(b"x"), false).is_err());
+    }
+
+    #[test]
+    fn declared_arguments_become_param_headers() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "count": {"type": "integer", "x-mcp-header": "Count"},
+            "bad": {"type": "string", "x-mcp-header": "Bad Name"},
+            "plain": {"type": "string"}}});
+        let declared = param_declarations(&schema);
+        assert_eq!(declared.len(), 2, "{declared:?}");
+        let args = serde_json::value::RawValue::from_string(
+            r#"{"region":"eu-west ü","count":3,"plain":"x"}"#.into(),
+        )
+        .unwrap();
+        let mut values = param_values(Some(&args), &declared);
+        values.sort();
+        assert_eq!(values[0], ("mcp-param-count".into(), "3".into()));
+        assert_eq!(values[1].0, "mcp-param-region");
+        assert_eq!(decode(values[1].1.as_bytes()).as_deref(), Some("eu-west ü"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ metadata: {name: remote}
 spec:
   allow:
     app_labels: {env: remote}
-    mcp: {tools: [echo, stream_echo, headers, forget_sessions, get-sum, trigger-long-running-operation]}
+    mcp: {tools: [echo, stream_echo, headers, forget_sessions, deploy, get-sum, trigger-long-running-operation]}
   deny:
     mcp: {tools: ['*delete*']}
 ";
@@ -125,7 +125,13 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
     );
     assert_eq!(
         b.tools(),
-        ["echo", "forget_sessions", "headers", "stream_echo"],
+        [
+            "deploy",
+            "echo",
+            "forget_sessions",
+            "headers",
+            "stream_echo"
+        ],
         "the allowed tools of the HTTP server, delete_all filtered out"
     );
     assert_eq!(
@@ -141,6 +147,19 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
     assert_eq!(progress["params"]["progressToken"], "tok");
     let streamed = b.answer(&json!("s1"));
     assert_eq!(text(&streamed), r#"{"n": 1}"#);
+
+    // An argument the tool's schema declares `x-mcp-header` travels as a header too,
+    // written by the agent from the body.
+    assert!(b.call("deploy", json!({"region": "eu-west-1", "version": "7"}))["result"].is_object());
+    let deploy = requests(&record)
+        .into_iter()
+        .find(|r| r["body"].as_str().is_some_and(|b| b.contains("\"deploy\"")))
+        .unwrap();
+    assert_eq!(
+        deploy["headers"]["mcp-param-region"], "eu-west-1",
+        "{deploy}"
+    );
+    assert!(deploy["headers"].get("mcp-param-version").is_none());
 
     // A denied tool is answered by the gateway and never reaches the server.
     let denied = b.call("delete_all", json!({}));
@@ -518,7 +537,13 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
         .collect();
     assert_eq!(
         names,
-        ["echo", "stream_echo", "headers", "forget_sessions"],
+        [
+            "echo",
+            "stream_echo",
+            "headers",
+            "forget_sessions",
+            "deploy"
+        ],
         "delete_all is filtered"
     );
 
@@ -560,6 +585,52 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
     let agreeing = call("echo", &["Mcp-Method: tools/call", "Mcp-Name: echo"]);
     assert_eq!(agreeing.status, 200);
     assert_eq!(text(agreeing.answer()), "{}");
+
+    // A 2026-07-28 call whose Mcp-Param-* header disagrees with its arguments is refused
+    // before anything is decided or forwarded.
+    let stateless = r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"deploy","arguments":{"region":"eu-west-1"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let lying = curl(
+        "POST",
+        url,
+        &[
+            JSON,
+            ACCEPT,
+            "MCP-Protocol-Version: 2026-07-28",
+            "Mcp-Method: tools/call",
+            "Mcp-Name: deploy",
+            "Mcp-Param-Region: us-east-1",
+        ],
+        Some(stateless),
+    );
+    assert_eq!(lying.status, 400);
+    assert_eq!(
+        lying.answer()["error"]["code"],
+        -32020,
+        "{:?}",
+        lying.messages
+    );
+    assert!(
+        lying.answer()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mcp-param-region")
+    );
+    let unmirrored = curl(
+        "POST",
+        url,
+        &[
+            JSON,
+            ACCEPT,
+            "MCP-Protocol-Version: 2026-07-28",
+            "Mcp-Method: tools/call",
+            "Mcp-Name: deploy",
+        ],
+        Some(stateless),
+    );
+    assert_eq!(
+        unmirrored.status, 400,
+        "a declared argument must be mirrored"
+    );
 
     // DNS rebinding: a foreign Host or Origin is refused.
     let rebound = curl(
@@ -960,47 +1031,67 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
         ),
         ("2026-07-28", modern_port, ["modern-http", "modern-stdio"]),
     ];
-    for (spec, port, apps) in runs {
-        let direct = conformance(
-            &format!("http://127.0.0.1:{port}/mcp"),
-            spec,
-            &s.path(&format!("direct-{spec}-{port}")),
-        );
-        let total = |r: &std::collections::BTreeMap<String, (u32, u32)>| {
-            r.values().fold((0, 0), |(p, f), (a, b)| (p + a, f + b))
-        };
-        let (p, f) = total(&direct);
-        println!(
-            "{spec} directly to the server of {}: {p} checks passed, {f} failed",
-            apps[0]
-        );
-        for app in apps {
-            let ep = LocalEndpoint::start(&alice, app);
-            let through = conformance(&ep.url, spec, &s.path(&format!("{app}-{spec}")));
-            let (tp, tf) = total(&through);
-            println!("{spec} through mcp proxy to {app}: {tp} checks passed, {tf} failed");
-            let out = s.path(&format!("{app}-{spec}"));
-            for (scenario, counts) in &through {
-                if direct.get(scenario) != Some(counts) {
-                    println!(
-                        "  {scenario}: directly {:?}, through {counts:?}",
-                        direct.get(scenario)
+    // The three servers' runs go side by side (each suite run mostly waits on its server).
+    let total = |r: &std::collections::BTreeMap<String, (u32, u32)>| {
+        r.values().fold((0, 0), |(p, f), (a, b)| (p + a, f + b))
+    };
+    let reports: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|(spec, port, apps)| {
+                let (s, alice) = (&s, &alice);
+                scope.spawn(move || {
+                    let mut report = String::new();
+                    let direct = conformance(
+                        &format!("http://127.0.0.1:{port}/mcp"),
+                        spec,
+                        &s.path(&format!("direct-{spec}-{port}")),
                     );
-                    for why in failed_checks(&out, scenario) {
-                        println!("    through: {why}");
+                    let (p, f) = total(&direct);
+                    report += &format!(
+                        "{spec} directly to the server of {}: {p} checks passed, {f} failed\n",
+                        apps[0]
+                    );
+                    for app in apps {
+                        let ep = LocalEndpoint::start(alice, app);
+                        let out = s.path(&format!("{app}-{spec}"));
+                        let through = conformance(&ep.url, spec, &out);
+                        let (tp, tf) = total(&through);
+                        report += &format!(
+                            "{spec} through mcp proxy to {app}: {tp} checks passed, {tf} failed\n"
+                        );
+                        for (scenario, counts) in &through {
+                            if direct.get(scenario) != Some(counts) {
+                                report += &format!(
+                                    "  {scenario}: directly {:?}, through {counts:?}\n",
+                                    direct.get(scenario)
+                                );
+                                for why in failed_checks(&out, scenario) {
+                                    report += &format!("    through: {why}\n");
+                                }
+                            }
+                        }
+                        for (scenario, (passed, failed)) in &direct {
+                            if *failed == 0 {
+                                assert_eq!(
+                                    through.get(scenario).map(|(_, f)| *f),
+                                    Some(0),
+                                    "{spec}, {app}: {scenario} passes directly ({passed} checks) but not through the gateway:\n{report}"
+                                );
+                            }
+                        }
                     }
-                }
-            }
-            for (scenario, (passed, failed)) in &direct {
-                if *failed == 0 {
-                    assert_eq!(
-                        through.get(scenario).map(|(_, f)| *f),
-                        Some(0),
-                        "{spec}, {app}: {scenario} passes directly ({passed} checks) but not through the gateway: {through:?}"
-                    );
-                }
-            }
-        }
+                    report
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    for r in reports {
+        print!("{r}");
     }
 }
 
@@ -1115,7 +1206,16 @@ fn the_mcp_inspector_cli_lists_and_calls_through_mcp_proxy() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "stream_echo", "headers", "forget_sessions"]);
+    assert_eq!(
+        names,
+        [
+            "echo",
+            "stream_echo",
+            "headers",
+            "forget_sessions",
+            "deploy"
+        ]
+    );
     let (ok, called) = inspect(&[
         "--method",
         "tools/call",

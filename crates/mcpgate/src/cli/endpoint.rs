@@ -71,6 +71,7 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
         who: who.clone(),
         port: addr.port(),
         sessions: Arc::new(Mutex::new(HashMap::new())),
+        params: Arc::new(Mutex::new(HashMap::new())),
         stateless: tokio::sync::Mutex::new(None),
     });
     tokio::spawn(reap(endpoint.sessions.clone()));
@@ -104,6 +105,9 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
 }
 
 type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
+/// Per tool, the arguments its schema asks clients to mirror as `Mcp-Param-*` headers, as
+/// the app's `tools/list` answers said.
+type Params = Arc<Mutex<HashMap<String, Vec<(String, String)>>>>;
 
 /// Ends session-era sessions idle for [`IDLE`], every minute.
 async fn reap(sessions: Sessions) {
@@ -131,6 +135,7 @@ struct Endpoint {
     port: u16,
     /// Session-era sessions by their `Mcp-Session-Id`.
     sessions: Sessions,
+    params: Params,
     /// The session 2026-07-28 requests share, opened at the first.
     stateless: tokio::sync::Mutex<Option<Arc<Session>>>,
 }
@@ -141,6 +146,7 @@ struct Session {
     to_gateway: tokio::sync::Mutex<WriteHalf<Tunnel>>,
     routes: Mutex<Routes>,
     last_used: Mutex<std::time::Instant>,
+    params: Params,
 }
 
 #[derive(Default)]
@@ -164,6 +170,8 @@ struct Waiter {
     tx: mpsc::Sender<Bytes>,
     /// The answer: never dropped.
     answer: tokio::sync::oneshot::Sender<Bytes>,
+    /// A `tools/list`: its answer says which arguments are mirrored as headers.
+    lists_tools: bool,
 }
 
 /// The progress token the gateway sees for request `gid`.
@@ -209,6 +217,9 @@ impl Session {
                 return;
             };
             let Some(id) = env.id else { return };
+            if waiter.lists_tools {
+                self.learn_params(&env);
+            }
             if let Some(restored) = mcpgate_mcp::gate::splice(line, id, &waiter.client_id) {
                 let _ = waiter.answer.send(raw(&restored));
             }
@@ -253,6 +264,27 @@ impl Session {
                 }
             }
             None => tracing::debug!("no stream for a server message: dropped"),
+        }
+    }
+
+    /// Notes which arguments each listed tool asks to see mirrored as headers.
+    fn learn_params(&self, env: &Envelope<'_>) {
+        #[derive(serde::Deserialize)]
+        struct Tools {
+            tools: Vec<serde_json::Value>,
+        }
+        let Some(Ok(list)) = env.result.map(|r| serde_json::from_str::<Tools>(r.get())) else {
+            return;
+        };
+        let mut params = self.params.lock().unwrap_or_else(|p| p.into_inner());
+        for tool in list.tools {
+            let (Some(name), Some(schema)) = (
+                tool.get("name").and_then(|n| n.as_str()),
+                tool.get("inputSchema"),
+            ) else {
+                continue;
+            };
+            params.insert(name.to_string(), headers::param_declarations(schema));
         }
     }
 
@@ -619,6 +651,9 @@ impl Endpoint {
         {
             return rpc_error(status, id, code, &why);
         }
+        if stateless && let Err(why) = self.check_params(&env, h) {
+            return rpc_error(StatusCode::BAD_REQUEST, id, HEADER_MISMATCH, &why);
+        }
         let is_init = env.method == Some("initialize");
         let session = match self.session_of(h) {
             Err(Unknown) => return Unknown.answer(),
@@ -713,6 +748,7 @@ impl Endpoint {
                     progress: token.map(|t| t.get().to_string()),
                     tx,
                     answer,
+                    lists_tools: env.method == Some("tools/list"),
                 },
             );
             gid
@@ -813,6 +849,43 @@ impl Endpoint {
             r.headers_mut().insert(headers::SESSION_ID, v);
         }
         r
+    }
+
+    /// Checks the `Mcp-Param-*` headers of a 2026-07-28 `tools/call` against its arguments,
+    /// for the tools whose schema declared them (as far as a `tools/list` through this endpoint said):
+    /// each declared argument present must be mirrored exactly, and nothing else claimed.
+    fn check_params(&self, env: &Envelope<'_>, h: &HeaderMap) -> Result<(), String> {
+        let sent: Vec<(&str, &[u8])> = h
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with(headers::PARAM_PREFIX))
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        if env.method != Some("tools/call") {
+            return Ok(());
+        }
+        let Some(declared) = env.name.and_then(|n| {
+            self.params
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(n)
+                .cloned()
+        }) else {
+            return Ok(());
+        };
+        let want = headers::param_values(env.arguments, &declared);
+        for (name, value) in &want {
+            let got = sent.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            let (Some(got), Some(want)) = (got, headers::decode(value.as_bytes())) else {
+                return Err(format!("the {name} header is missing"));
+            };
+            if headers::decode(got) != Some(want) {
+                return Err(format!("the {name} header does not match the body"));
+            }
+        }
+        if let Some((k, _)) = sent.iter().find(|(k, _)| !want.iter().any(|(w, _)| w == k)) {
+            return Err(format!("the {k} header names no argument of the call"));
+        }
+        Ok(())
     }
 
     /// A client notification or answer as the gateway gets it: a cancellation names the
@@ -934,6 +1007,7 @@ impl Endpoint {
             to_gateway: tokio::sync::Mutex::new(to_gateway),
             routes: Mutex::new(Routes::default()),
             last_used: Mutex::new(std::time::Instant::now()),
+            params: self.params.clone(),
         });
         let s = session.clone();
         let sessions = self.sessions.clone();
