@@ -21,7 +21,7 @@ metadata: {name: remote}
 spec:
   allow:
     app_labels: {env: remote}
-    mcp: {tools: [echo, stream_echo, headers, forget_sessions, deploy, get-sum, trigger-long-running-operation]}
+    mcp: {tools: [echo, stream_echo, headers, forget_sessions, deploy, resumable, get-sum, trigger-long-running-operation]}
   deny:
     mcp: {tools: ['*delete*']}
 ";
@@ -130,6 +130,7 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
             "echo",
             "forget_sessions",
             "headers",
+            "resumable",
             "stream_echo"
         ],
         "the allowed tools of the HTTP server, delete_all filtered out"
@@ -160,6 +161,32 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
         "{deploy}"
     );
     assert!(deploy["headers"].get("mcp-param-version").is_none());
+
+    // A stream that breaks off before its answer is resumed with Last-Event-ID.
+    b.send(r#"{"jsonrpc":"2.0","id":"r","method":"tools/call","params":{"name":"resumable","arguments":{},"_meta":{"progressToken":"rt"}}}"#);
+    assert_eq!(b.recv()["method"], "notifications/progress");
+    assert_eq!(text(&b.answer(&json!("r"))), "resumed");
+    let resumed = requests(&record)
+        .into_iter()
+        .find(|r| r["method"] == "GET" && r["headers"]["last-event-id"].is_string())
+        .expect("a GET naming the last event");
+    assert!(
+        resumed["headers"]["last-event-id"]
+            .as_str()
+            .unwrap()
+            .starts_with("r1-")
+    );
+
+    // `_meta` (a trace context, say) reaches the server as the client wrote it.
+    let traced = r#"{"jsonrpc":"2.0","id":"t","method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}"#;
+    b.send(traced);
+    b.answer(&json!("t"));
+    assert!(
+        requests(&record).iter().any(|r| r["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("b7ad6b7169203331"))),
+        "the traceparent passes through"
+    );
 
     // A denied tool is answered by the gateway and never reaches the server.
     let denied = b.call("delete_all", json!({}));
@@ -263,7 +290,7 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
 
     // The same audit as stdio: the calls, the denial, with the app's name.
     let calls = audit(&d, &["--app", "remote", "--tool", "echo"]);
-    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
     assert_eq!(calls[0]["user"], "alice");
     let denials = audit(&d, &["--app", "remote", "--decision", "deny"]);
     assert!(
@@ -542,6 +569,7 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
             "stream_echo",
             "headers",
             "forget_sessions",
+            "resumable",
             "deploy"
         ],
         "delete_all is filtered"
@@ -1213,6 +1241,7 @@ fn the_mcp_inspector_cli_lists_and_calls_through_mcp_proxy() {
             "stream_echo",
             "headers",
             "forget_sessions",
+            "resumable",
             "deploy"
         ]
     );
