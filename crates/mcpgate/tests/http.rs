@@ -1262,3 +1262,41 @@ fn the_mcp_inspector_cli_lists_and_calls_through_mcp_proxy() {
             .contains("delete_all\"")
     );
 }
+
+#[test]
+fn the_2026_sdk_client_reaches_a_2025_server_through_connect_and_mcp_proxy() {
+    let (Some(python), Some(everything)) = (
+        needs("MCPGATE_TEST_MCP2_PYTHON"),
+        needs("MCPGATE_TEST_EVERYTHING"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let (_upstream, port) = everything_http(&everything, "streamableHttp");
+    let apps = format!(
+        "    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk2_call.py");
+    let bin = env!("CARGO_BIN_EXE_mcpgate");
+    for app in ["everything-stdio", "everything-http"] {
+        let ep = LocalEndpoint::start(&alice, app);
+        // Its server/discover probe gets "method not found" from a 2025 server; it then
+        // initialises, over stdio and over HTTP alike.
+        for target in [vec![bin, app], vec![ep.url.as_str(), "-"]] {
+            let mut args = vec![script];
+            args.extend(&target);
+            args.extend(["echo", r#"{"message": "from 2.x"}"#]);
+            let v = python_json(&python, &args, &alice.home);
+            assert_eq!(
+                v["tools"],
+                json!(["echo", "get-sum", "trigger-long-running-operation"]),
+                "{app} {target:?}: {v}"
+            );
+            assert_eq!(v["text"], "Echo: from 2.x", "{app} {target:?}");
+        }
+        let calls = audit(&d, &["--tool", "echo", "--app", app]);
+        assert_eq!(calls.len(), 2, "{app}: {calls:?}");
+    }
+}
