@@ -393,9 +393,10 @@ async fn run(
             if msg.method.as_deref() == Some("initialize") {
                 shared.state().initialize = Some(buf.clone());
             }
-            if msg.id.is_none() {
-                // Notifications and answers go in order (`notifications/initialized` before
-                // the next request; a cancellation after what it cancels).
+            if msg.id.is_none() || msg.method.as_deref() == Some("initialize") {
+                // In order: `initialize` completes (the upstream session exists) before
+                // anything else is sent, `notifications/initialized` before the next request,
+                // a cancellation after what it cancels.
                 post(shared.clone(), msg).await;
             } else {
                 // Requests run side by side, so a long call blocks nothing, up to a bound.
@@ -559,7 +560,7 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
         .client
         .request(req)
         .await
-        .map_err(|e| PostError::Failed(format!("cannot be reached: {}", error_chain(&e))))?;
+        .map_err(|e| PostError::Failed(unreachable(&shared.url, &e)))?;
     let status = resp.status();
     if status == StatusCode::NOT_FOUND
         && let Some(sent) = sent_session
@@ -580,8 +581,17 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
             shared.send(body).await;
             return Ok(());
         }
+        let said = excerpt(&body);
+        let hint = if status == StatusCode::NOT_FOUND {
+            format!(
+                " (is {} the server's MCP endpoint? check the app's uri)",
+                shared.url
+            )
+        } else {
+            String::new()
+        };
         return Err(PostError::Failed(format!(
-            "answered HTTP {}",
+            "answered HTTP {}{said}{hint}",
             status.as_u16()
         )));
     }
@@ -811,7 +821,7 @@ async fn legacy_connect(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) -> bool {
         .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     let resp = match tokio::time::timeout(CONNECT_TIMEOUT, shared.client.request(req)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return fail(format!("cannot be reached: {}", error_chain(&e))),
+        Ok(Err(e)) => return fail(unreachable(&shared.url, &e)),
         Err(_) => return fail("did not answer".into()),
     };
     if !resp.status().is_success() {
@@ -975,6 +985,37 @@ async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<Vec<u8
         }
     }
     Ok(out)
+}
+
+/// Why the upstream at `url` could not be reached, as the end of a sentence, with what to do
+/// about a certificate it was refused for.
+fn unreachable(url: &Uri, e: &dyn std::error::Error) -> String {
+    let chain = error_chain(e);
+    let hint = if chain.contains("CaUsedAsEndEntity") {
+        ": the server presents a CA certificate as its own; give it a certificate issued by a CA and name that CA in the app's tls.ca_file"
+    } else if chain.contains("UnknownIssuer") || chain.contains("invalid peer certificate") {
+        ": its certificate is not issued by a CA this agent trusts; name its CA in the app's tls.ca_file"
+    } else if chain.contains("NotValidForName") {
+        ": its certificate does not name this host; use the name it was issued for in the app's uri"
+    } else {
+        ""
+    };
+    format!("cannot be reached at {url}: {chain}{hint}")
+}
+
+/// A short, printable excerpt of an error body, for a message.
+fn excerpt(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
 }
 
 /// An error and its causes, as one line.

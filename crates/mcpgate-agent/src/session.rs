@@ -317,8 +317,13 @@ impl Session<'_> {
     {
         // A locked identity starts nothing.
         if let Some(reason) = self.lock_reason().await {
-            self.refuse_session(reader, writer, &format!("access denied: {reason}"))
-                .await;
+            self.refuse_session(
+                reader,
+                writer,
+                code::INVALID_PARAMS,
+                &format!("access denied: {reason}"),
+            )
+            .await;
             return;
         }
         // An app the roles cannot reach: every request is refused and audited; nothing starts.
@@ -333,6 +338,7 @@ impl Session<'_> {
             self.refuse_session(
                 reader,
                 writer,
+                code::INVALID_PARAMS,
                 &format!("access denied: app {:?}: {reason}", self.app_name()),
             )
             .await;
@@ -358,13 +364,16 @@ impl Session<'_> {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(app = self.app_name(), error = %e, "upstream did not start");
+                let verb = if self.app.spec.uri.starts_with("mcp+stdio://") {
+                    "could not be started"
+                } else {
+                    "cannot be used as configured"
+                };
                 self.refuse_session(
                     reader,
                     writer,
-                    &format!(
-                        "the MCP server of app {:?} could not be started: {e}",
-                        self.app_name()
-                    ),
+                    code::INTERNAL_ERROR,
+                    &format!("the MCP server of app {:?} {verb}: {e}", self.app_name()),
                 )
                 .await;
                 return;
@@ -472,6 +481,7 @@ impl Session<'_> {
         &self,
         reader: &mut BufReader<R>,
         writer: &tokio::sync::Mutex<W>,
+        code: i64,
         message: &str,
     ) where
         R: AsyncRead + Unpin,
@@ -489,10 +499,7 @@ impl Session<'_> {
             }
             let id = env.id.map(|i| i.get());
             self.emit(self.denied_event(&env, None, message)).await;
-            if write(writer, &error_line(id, code::INVALID_PARAMS, message))
-                .await
-                .is_err()
-            {
+            if write(writer, &error_line(id, code, message)).await.is_err() {
                 return;
             }
         }

@@ -227,24 +227,30 @@ impl AuthService {
                 "the caller's certificate has expired".into(),
             ));
         }
-        // The audience is the app's URI as the session recorded it when it opened (a
-        // cluster app's as registered, an agent's own app's as it announced it), never what
-        // the agent asks for now; and no app may borrow another registered app's URI.
+        // The audience is the app's URI: a cluster app's as registered (several apps may
+        // front one server); an agent's own app's as it announced it when the session opened,
+        // which may not be a registered app's (an agent cannot mint assertions for a server
+        // the cluster knows under another name).
         let registered = self.all_apps().await?;
-        let uri = match (
-            &record.uri,
-            registered
-                .iter()
-                .find(|a| a.metadata.name.as_str() == record.app),
-        ) {
-            (_, Some(app)) => app.spec.uri.clone(),
-            (Some(uri), None) => uri.clone(),
-            (None, None) => return Err(refused()),
-        };
-        let borrowed = registered
+        let uri = match registered
             .iter()
-            .any(|a| a.spec.uri == uri && a.metadata.name.as_str() != record.app);
-        if uri != audience || borrowed {
+            .find(|a| a.metadata.name.as_str() == record.app)
+        {
+            Some(app) => app.spec.uri.clone(),
+            None => {
+                let Some(uri) = record.uri.clone() else {
+                    return Err(refused());
+                };
+                if registered.iter().any(|a| a.spec.uri == uri) {
+                    return Err(AuthError::AccessDenied(format!(
+                        "app {:?} of this agent announced {uri:?}, the URI of a cluster app",
+                        record.app
+                    )));
+                }
+                uri
+            }
+        };
+        if uri != audience {
             return Err(AuthError::AccessDenied(format!(
                 "{audience:?} is not the URI of app {:?}",
                 record.app

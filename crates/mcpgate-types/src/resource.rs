@@ -258,6 +258,22 @@ impl AppSpec {
                 self.uri
             ));
         }
+        let port = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((_, "")) => None,
+                Some((_, rest)) => Some(rest.strip_prefix(':').unwrap_or(rest)),
+                None => return Err(format!("uri {:?} has an unclosed [", self.uri)),
+            },
+            None => authority.rsplit_once(':').map(|(_, p)| p),
+        };
+        if let Some(port) = port
+            && !port.parse::<u16>().is_ok_and(|p| p > 0)
+        {
+            return Err(format!(
+                "uri {:?}: {port:?} is not a port (1-65535)",
+                self.uri
+            ));
+        }
         if self.mcp.is_some() {
             return Err("an HTTP app takes no mcp command: the agent connects to its uri".into());
         }
@@ -901,5 +917,32 @@ spec:
         assert_eq!(Kind::parse("app"), Some(Kind::App));
         assert_eq!(Kind::parse("locks"), Some(Kind::Lock));
         assert_eq!(Kind::parse("widgets"), None);
+    }
+    #[test]
+    fn http_app_uris_are_checked() {
+        let spec = |uri: &str| AppSpec {
+            uri: uri.into(),
+            mcp: None,
+            rewrite: None,
+            tls: None,
+        };
+        for ok in [
+            "mcp+http://127.0.0.1:8080/mcp",
+            "mcp+https://api.example.com/mcp/",
+            "mcp+sse+http://[::1]:9000/sse",
+            "mcp+https://[::1]/mcp",
+        ] {
+            assert_eq!(spec(ok).check(), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("mcp+http://127.0.0.1:99999/mcp", "not a port"),
+            ("mcp+https://127.0.0.1:/mcp", "not a port"),
+            ("mcp+https:///mcp", "no host"),
+            ("mcp+https://user:pw@api.example.com/mcp", "credentials"),
+            ("http://api.example.com/mcp", "must start with"),
+        ] {
+            let err = spec(bad).check().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

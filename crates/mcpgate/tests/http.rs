@@ -273,6 +273,24 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
         );
     }
 
+    // A client that sends without waiting (`printf ... | mcpgate mcp connect`): initialize
+    // completes upstream before what follows it is sent.
+    for _ in 0..5 {
+        let mut p = Bridge::open(&alice, "remote", &[]);
+        p.send_bytes(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"pipe","version":"1"}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+            "\n"
+        ).as_bytes());
+        assert!(p.answer(&json!(1))["result"].is_object());
+        let listed = p.answer(&json!(2));
+        assert!(listed["result"]["tools"].is_array(), "{listed}");
+        assert_eq!(p.close(), 0);
+    }
+
     // A rotated key signs the next session's assertion; both keys are published.
     let rotated: Value =
         serde_json::from_str(&d.admin(&["jwt", "rotate", "--format", "json"]).ok()).unwrap();
@@ -751,6 +769,15 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
         "{events:?}"
     );
     drop(ep.server);
+
+    // An app you may not use is said at start, not inside the client.
+    let err = alice
+        .run(&["mcp", "proxy", "nosuchapp", "--listen", "0"], None)
+        .fails();
+    assert!(
+        err.contains("not available") && err.contains("mcp ls"),
+        "{err}"
+    );
 
     // Loopback only.
     let out = alice.run(&["mcp", "proxy", "remote", "--listen", "0.0.0.0:0"], None);
@@ -1298,5 +1325,42 @@ fn the_2026_sdk_client_reaches_a_2025_server_through_connect_and_mcp_proxy() {
         }
         let calls = audit(&d, &["--tool", "echo", "--app", app]);
         assert_eq!(calls.len(), 2, "{app}: {calls:?}");
+    }
+}
+
+#[test]
+fn two_cluster_apps_may_front_one_http_server() {
+    let s = Scratch::new();
+    let record = s.path("two-record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let (_server, port) = http_recorder(&record);
+    let d = Daemon::start(
+        &s,
+        "two",
+        "auth: {second_factor: off}\nagent:\n  resources:\n    - labels: {env: remote}\n",
+    );
+    let uri = format!("mcp+http://127.0.0.1:{port}/mcp");
+    let apps = format!(
+        "kind: app\nversion: v3\nmetadata: {{name: tools-ro, labels: {{env: remote}}}}\nspec: {{uri: \"{uri}\"}}\n---\nkind: app\nversion: v3\nmetadata: {{name: tools-rw, labels: {{env: remote}}}}\nspec: {{uri: \"{uri}\"}}\n---\n{ROLES}"
+    );
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("apps.yaml", &apps).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let identity = std::fs::read_to_string(alice.identity()).unwrap();
+    for app in ["tools-ro", "tools-rw"] {
+        let mut b = Bridge::open(&alice, app, &[]);
+        b.initialize();
+        let seen: Value = serde_json::from_str(&text(&b.call("headers", json!({})))).unwrap();
+        let claims = verified_claims(
+            &d,
+            &identity,
+            seen["mcpgate-jwt-assertion"].as_str().unwrap(),
+        );
+        assert_eq!((&claims["app"], &claims["aud"]), (&json!(app), &json!(uri)));
+        assert_eq!(b.close(), 0);
     }
 }

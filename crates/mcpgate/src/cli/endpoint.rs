@@ -49,7 +49,7 @@ const MAX_BODY: usize = (4 << 20) - 64;
 const MAX_SESSIONS: usize = 256;
 /// A session-era session nobody used for this long (and with nothing waiting) is ended: a
 /// client that never sends DELETE does not keep a gateway session and a server process alive.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+const IDLE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 /// Answers from the gateway may be larger (files, images).
 const MAX_ANSWER: usize = 64 << 20;
 
@@ -60,8 +60,18 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
             "--listen {listen}: the endpoint acts as your identity for whoever reaches it, so it listens on loopback only (127.0.0.1 or [::1])"
         );
     }
-    // Fail now, not at the first request, when there is no identity.
-    who.resolve()?;
+    // Fail now, not at the first request, without an identity or an app it may use.
+    let (identity, proxy) = who.resolve()?;
+    let apps: Vec<mcpgate_proxy::apps::AppView> =
+        crate::client::Api::with_identity(&proxy, &identity)?
+            .get("/v1/mcp/apps")
+            .await?;
+    if !apps.iter().any(|a| a.name == name) {
+        bail!(
+            "app {name:?} is not available to {}: `mcpgate mcp ls` lists the apps you may use",
+            identity.info.claims.name
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -109,15 +119,20 @@ type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
 /// the app's `tools/list` answers said.
 type Params = Arc<Mutex<HashMap<String, Vec<(String, String)>>>>;
 
-/// Ends session-era sessions idle for [`IDLE`], every minute.
+/// Ends session-era sessions idle for [`IDLE`] (no request, nothing waiting, no server
+/// stream open), every half minute.
 async fn reap(sessions: Sessions) {
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
         let idle: Vec<Arc<Session>> = {
             let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
             let ids: Vec<String> = map
                 .iter()
-                .filter(|(_, s)| s.idle() >= IDLE && s.routes().waiting.is_empty())
+                .filter(|(_, s)| {
+                    let routes = s.routes();
+                    let listening = routes.listener.as_ref().is_some_and(|l| !l.is_closed());
+                    s.idle() >= IDLE && routes.waiting.is_empty() && !listening
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.iter().filter_map(|id| map.remove(id)).collect()

@@ -47,8 +47,9 @@ enum McpCommand {
     /// protocol eras), through the gateway as your identity. Loopback only.
     Proxy {
         name: String,
-        /// Loopback address to listen on; port 0 picks a free port (the URL is printed).
-        #[arg(long, default_value = "127.0.0.1:0")]
+        /// Loopback address to listen on: HOST:PORT, localhost:PORT or a port alone; port 0
+        /// picks a free one (the URL is printed).
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = listen_addr)]
         listen: std::net::SocketAddr,
         #[command(flatten)]
         who: Who,
@@ -73,6 +74,22 @@ enum McpCommand {
     /// Serve the built-in demo MCP server on stdin/stdout (used by `start --demo`).
     #[command(hide = true)]
     DemoServer,
+}
+
+/// `--listen`: `HOST:PORT`, `localhost:PORT`, `[::1]:PORT` or a port alone (on 127.0.0.1).
+fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("{port:?} is not a port"))?;
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!("{text:?} is not an address to listen on: use 127.0.0.1:PORT or a port alone")
+    })
 }
 
 /// An identity file and proxy, or the logged-in profile.
