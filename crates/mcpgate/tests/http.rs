@@ -439,8 +439,13 @@ struct LocalEndpoint {
 
 impl LocalEndpoint {
     fn start(person: &Person, app: &str) -> LocalEndpoint {
+        LocalEndpoint::start_with(person, app, &[])
+    }
+
+    fn start_with(person: &Person, app: &str, extra: &[&str]) -> LocalEndpoint {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcpgate"))
             .args(["mcp", "proxy", app, "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("MCPGATE_HOME", &person.home)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -769,6 +774,45 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
         "{events:?}"
     );
     drop(ep.server);
+
+    // With --token-file only who holds the token may use the endpoint.
+    let token_file = s.path("endpoint-token");
+    let guarded = LocalEndpoint::start_with(
+        &alice,
+        "remote",
+        &["--token-file", token_file.to_str().unwrap()],
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let anonymous = curl("POST", &guarded.url, &[JSON, ACCEPT], Some(body));
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("www-authenticate").is_some());
+    let wrong = curl(
+        "POST",
+        &guarded.url,
+        &[JSON, ACCEPT, "Authorization: Bearer nope"],
+        Some(body),
+    );
+    assert_eq!(wrong.status, 401);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let holder = curl("POST", &guarded.url, &[JSON, ACCEPT, &bearer], Some(body));
+    assert_eq!(holder.status, 200);
+    assert_eq!(
+        holder.answer()["result"]["serverInfo"]["name"],
+        "http-recorder"
+    );
+    assert!(
+        !std::fs::read_to_string(&record)
+            .unwrap()
+            .contains(token.trim()),
+        "the token goes nowhere"
+    );
+    drop(guarded);
 
     // An app you may not use is said at start, not inside the client.
     let err = alice

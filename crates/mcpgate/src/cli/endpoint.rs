@@ -54,7 +54,12 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 const MAX_ANSWER: usize = 64 << 20;
 
 /// Serves app `name` at `http://LISTEN/mcp` until interrupted.
-pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<()> {
+pub async fn serve(
+    name: &str,
+    listen: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    who: &Who,
+) -> anyhow::Result<()> {
     if !listen.ip().is_loopback() {
         bail!(
             "--listen {listen}: the endpoint acts as your identity for whoever reaches it, so it listens on loopback only (127.0.0.1 or [::1])"
@@ -72,6 +77,7 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
             identity.info.claims.name
         );
     }
+    let token = token_file.map(bearer_token).transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -80,6 +86,7 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
         app: name.to_string(),
         who: who.clone(),
         port: addr.port(),
+        token,
         sessions: Arc::new(Mutex::new(HashMap::new())),
         params: Arc::new(Mutex::new(HashMap::new())),
         stateless: tokio::sync::Mutex::new(None),
@@ -112,6 +119,33 @@ pub async fn serve(name: &str, listen: SocketAddr, who: &Who) -> anyhow::Result<
                 .await;
         });
     }
+}
+
+/// The token in `path`, created (random, mode 0600) when the file does not exist.
+fn bearer_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => bail!("--token-file {}: the file is empty", path.display()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("--token-file {}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let token = format!(
+        "{}{}",
+        mcpgate_types::audit::random_id(),
+        mcpgate_types::audit::random_id()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("--token-file {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(token)
 }
 
 type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
@@ -148,6 +182,8 @@ struct Endpoint {
     app: String,
     who: Who,
     port: u16,
+    /// The bearer token every request must carry, when one is required.
+    token: Option<String>,
     /// Session-era sessions by their `Mcp-Session-Id`.
     sessions: Sessions,
     params: Params,
@@ -547,6 +583,32 @@ impl Endpoint {
     async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         if let Err(why) = self.check_origin(req.headers()) {
             return rpc_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
+        }
+        if let Some(token) = &self.token {
+            let sent = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // Compared in constant time: the token is the key to an identity.
+            let ok = sent.is_some_and(|s| {
+                s.len() == token.len()
+                    && s.bytes()
+                        .zip(token.bytes())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            });
+            if !ok {
+                let mut r = rpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    code::INVALID_REQUEST,
+                    "this endpoint needs Authorization: Bearer with the token of its --token-file",
+                );
+                r.headers_mut()
+                    .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+                return r;
+            }
         }
         if req.uri().path() != "/mcp" {
             return plain(

@@ -51,6 +51,10 @@ enum McpCommand {
         /// picks a free one (the URL is printed).
         #[arg(long, default_value = "127.0.0.1:0", value_parser = listen_addr)]
         listen: std::net::SocketAddr,
+        /// Require `Authorization: Bearer TOKEN` with the token in this file (created, mode
+        /// 0600, if missing): on a host other people use, only who can read it acts as you.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         who: Who,
     },
@@ -126,9 +130,12 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     match args.command {
         McpCommand::Ls { who, format } => ls(&who, format).await,
         McpCommand::Connect { name, who } => connect(&name, &who).await,
-        McpCommand::Proxy { name, listen, who } => {
-            super::endpoint::serve(&name, listen, &who).await
-        }
+        McpCommand::Proxy {
+            name,
+            listen,
+            token_file,
+            who,
+        } => super::endpoint::serve(&name, listen, token_file.as_deref(), &who).await,
         McpCommand::Config {
             name,
             all,
@@ -190,7 +197,11 @@ async fn ls(who: &Who, format: Format) -> anyhow::Result<()> {
                     println!("  {:<width$}  {description}{mark}", name(t));
                 }
             }
-            None => println!("  (its tools are not listed yet)"),
+            // A stdio server is asked when its agent starts; an HTTP one the first time a
+            // session lists its tools (asking it needs a caller to assert).
+            None => println!(
+                "  (its tools are not listed yet: they are once a session has listed them)"
+            ),
         }
         let allowed = if a.allowed_tools.is_empty() {
             "none".to_string()
