@@ -446,10 +446,11 @@ async fn run(
     }
 }
 
-/// Sends one message and delivers what comes back.
+/// Sends one message and delivers what comes back; a request that fails gets an error
+/// answer saying why, and an upstream session that cannot be restored ends the transport.
 async fn post(shared: Arc<Shared>, msg: Msg) {
     let mut retried = false;
-    loop {
+    let (why, fatal) = loop {
         match post_once(&shared, &msg).await {
             Ok(()) => return,
             Err(PostError::Expired(sent))
@@ -457,40 +458,26 @@ async fn post(shared: Arc<Shared>, msg: Msg) {
             {
                 retried = true;
                 if let Err(e) = reinitialise(&shared, &sent).await {
-                    let why = format!(
-                        "ended its session (HTTP 404) and could not be initialised again: {e}"
+                    break (
+                        format!(
+                            "ended its session (HTTP 404) and could not be initialised again: {e}"
+                        ),
+                        true,
                     );
-                    shared
-                        .answer_error(
-                            msg.id.as_deref(),
-                            &format!("the MCP server of app {:?} {why}", shared.app),
-                        )
-                        .await;
-                    shared.fail(why);
-                    return;
                 }
             }
-            Err(PostError::Expired(_)) => {
-                let why = "ended its session (HTTP 404)".to_string();
-                shared
-                    .answer_error(
-                        msg.id.as_deref(),
-                        &format!("the MCP server of app {:?} {why}", shared.app),
-                    )
-                    .await;
-                shared.fail(why);
-                return;
-            }
-            Err(PostError::Failed(why)) => {
-                shared
-                    .answer_error(
-                        msg.id.as_deref(),
-                        &format!("the MCP server of app {:?} {why}", shared.app),
-                    )
-                    .await;
-                return;
-            }
+            Err(PostError::Expired(_)) => break ("ended its session (HTTP 404)".to_string(), true),
+            Err(PostError::Failed(why)) => break (why, false),
         }
+    };
+    shared
+        .answer_error(
+            msg.id.as_deref(),
+            &format!("the MCP server of app {:?} {why}", shared.app),
+        )
+        .await;
+    if fatal {
+        shared.fail(why);
     }
 }
 
@@ -914,31 +901,18 @@ fn learn(shared: &Shared, msg: &Msg, answer: &[u8]) {
     match msg.method.as_deref() {
         Some("initialize") => learn_version(shared, answer),
         Some("tools/list") => {
-            #[derive(serde::Deserialize)]
-            struct Answer {
-                result: Option<Tools>,
-            }
-            #[derive(serde::Deserialize)]
-            struct Tools {
-                tools: Vec<serde_json::Value>,
-            }
-            let Ok(Answer { result: Some(list) }) = serde_json::from_slice(answer) else {
+            let Ok(env) = mcpgate_mcp::parse(
+                answer,
+                &Limits {
+                    max_bytes: usize::MAX,
+                    max_depth: 128,
+                },
+            ) else {
                 return;
             };
             let mut st = shared.state();
-            for tool in list.tools {
-                let (Some(name), Some(schema)) = (
-                    tool.get("name").and_then(|n| n.as_str()),
-                    tool.get("inputSchema"),
-                ) else {
-                    continue;
-                };
-                let declared = headers::param_declarations(schema);
-                if declared.is_empty() {
-                    st.params.remove(name);
-                } else {
-                    st.params.insert(name.to_string(), declared);
-                }
+            for (tool, declared) in env.result.map(headers::listed_params).unwrap_or_default() {
+                st.params.insert(tool, declared);
             }
         }
         _ => {}

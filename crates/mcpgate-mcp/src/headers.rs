@@ -143,6 +143,26 @@ pub fn param_declarations(input_schema: &serde_json::Value) -> Vec<(String, Stri
         .collect()
 }
 
+/// For each tool of a `tools/list` result, the arguments it asks to mirror as headers (an
+/// empty list for a tool that declares none, so a redefinition clears what it declared).
+pub fn listed_params(result: &serde_json::value::RawValue) -> Vec<(String, Vec<(String, String)>)> {
+    #[derive(serde::Deserialize)]
+    struct Tools {
+        tools: Vec<serde_json::Value>,
+    }
+    let Ok(list) = serde_json::from_str::<Tools>(result.get()) else {
+        return Vec::new();
+    };
+    list.tools
+        .iter()
+        .filter_map(|tool| {
+            let name = tool.get("name")?.as_str()?;
+            let schema = tool.get("inputSchema")?;
+            Some((name.to_string(), param_declarations(schema)))
+        })
+        .collect()
+}
+
 /// The header values a `tools/call`'s `arguments` give the declared parameters: strings,
 /// integers and booleans, encoded for a header; absent and null arguments give none.
 pub fn param_values(

@@ -26,6 +26,16 @@ spec:
     mcp: {tools: ['*delete*']}
 ";
 
+/// The recording server's tools the role `remote` allows, in the server's order.
+const RECORDER_TOOLS: [&str; 6] = [
+    "echo",
+    "stream_echo",
+    "headers",
+    "forget_sessions",
+    "resumable",
+    "deploy",
+];
+
 /// A child process killed when the test ends.
 struct Server(Child);
 
@@ -585,18 +595,7 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "echo",
-            "stream_echo",
-            "headers",
-            "forget_sessions",
-            "resumable",
-            "deploy"
-        ],
-        "delete_all is filtered"
-    );
+    assert_eq!(names, RECORDER_TOOLS, "delete_all is filtered");
 
     let call = |name: &str, extra: &[&str]| {
         let mut h = vec![JSON, ACCEPT, sid_h.as_str(), creds[0], creds[1]];
@@ -683,29 +682,21 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
         "a declared argument must be mirrored"
     );
 
-    // DNS rebinding: a foreign Host or Origin is refused.
-    let rebound = curl(
-        "POST",
-        url,
-        &[JSON, ACCEPT, &sid_h, "Host: evil.example"],
-        Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
-    );
-    assert_eq!(rebound.status, 403);
-    let foreign = curl(
-        "POST",
-        url,
-        &[JSON, ACCEPT, &sid_h, "Origin: https://evil.example"],
-        Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
-    );
-    assert_eq!(foreign.status, 403);
-    // A page served from another local port is a foreign origin too; preflights get no grant.
-    let other_port = curl(
-        "POST",
-        url,
-        &[JSON, ACCEPT, &sid_h, "Origin: http://127.0.0.1:1"],
-        Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
-    );
-    assert_eq!(other_port.status, 403);
+    // DNS rebinding: a foreign Host or Origin is refused, a page served from another local
+    // port included; preflights get no grant.
+    for foreign in [
+        "Host: evil.example",
+        "Origin: https://evil.example",
+        "Origin: http://127.0.0.1:1",
+    ] {
+        let r = curl(
+            "POST",
+            url,
+            &[JSON, ACCEPT, &sid_h, foreign],
+            Some(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#),
+        );
+        assert_eq!(r.status, 403, "{foreign}");
+    }
     assert_eq!(
         curl("OPTIONS", url, &["Origin: http://evil.example"], None).status,
         403
@@ -850,6 +841,39 @@ fn everything_http(everything: &str, mode: &str) -> (Server, u16) {
     (server, port)
 }
 
+/// A cluster serving server-everything as `everything-stdio` and, run over Streamable HTTP,
+/// as `everything-http`; alice has the role `remote`.
+fn everything_both_ways(everything: &str) -> (Scratch, Server, Daemon, Person) {
+    let s = Scratch::new();
+    let (upstream, port) = everything_http(everything, "streamableHttp");
+    let apps = format!(
+        "    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    let alice = Person::admitted(&s, &d, "alice", "remote");
+    (s, upstream, d, alice)
+}
+
+/// Starts a Python fixture server (`SCRIPT http PORT`) on a free port; returns it and the port
+/// once it accepts connections.
+fn python_http(python: &str, script: &str) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server(
+        Command::new(python)
+            .args([script, "http", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    (server, port)
+}
+
 #[test]
 fn the_python_sdk_over_http_reaches_stdio_and_http_apps_through_mcp_proxy() {
     let (Some(python), Some(everything)) = (
@@ -858,13 +882,7 @@ fn the_python_sdk_over_http_reaches_stdio_and_http_apps_through_mcp_proxy() {
     ) else {
         return;
     };
-    let s = Scratch::new();
-    let (_upstream, port) = everything_http(&everything, "streamableHttp");
-    let apps = format!(
-        "    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
-    );
-    let d = gateway_daemon(&s, &apps, ROLES);
-    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let (_s, _upstream, d, alice) = everything_both_ways(&everything);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk_client.py");
     for app in ["everything-stdio", "everything-http"] {
         let ep = LocalEndpoint::start(&alice, app);
@@ -908,20 +926,7 @@ fn the_2026_sdk_over_http_through_mcp_proxy_to_stdio_and_http_servers() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/modern_server.py"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _upstream = Server(
-        Command::new(&python)
-            .args([server, "http", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let (_upstream, port) = python_http(&python, server);
     let apps = format!(
         "    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{server}\"]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
     );
@@ -1078,39 +1083,13 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/conformance_server.py"
     );
-    let fixture_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _fixture = Server(
-        Command::new(&python1)
-            .args([fixture, "http", &fixture_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", fixture_port)).ok());
+    let (_fixture, fixture_port) = python_http(&python1, fixture);
     let (_everything, everything_port) = everything_http(&everything, "streamableHttp");
     let modern = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/modern_server.py"
     );
-    let modern_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _modern = Server(
-        Command::new(&python)
-            .args([modern, "http", &modern_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", modern_port)).ok());
+    let (_modern, modern_port) = python_http(&python, modern);
     let apps = format!(
         "    - name: fixture-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture_port}/mcp\n    - name: fixture-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python1}\", args: [\"{fixture}\"]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
     );
@@ -1305,17 +1284,7 @@ fn the_mcp_inspector_cli_lists_and_calls_through_mcp_proxy() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "echo",
-            "stream_echo",
-            "headers",
-            "forget_sessions",
-            "resumable",
-            "deploy"
-        ]
-    );
+    assert_eq!(names, RECORDER_TOOLS, "delete_all is filtered");
     let (ok, called) = inspect(&[
         "--method",
         "tools/call",
@@ -1342,13 +1311,7 @@ fn the_2026_sdk_client_reaches_a_2025_server_through_connect_and_mcp_proxy() {
     ) else {
         return;
     };
-    let s = Scratch::new();
-    let (_upstream, port) = everything_http(&everything, "streamableHttp");
-    let apps = format!(
-        "    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
-    );
-    let d = gateway_daemon(&s, &apps, ROLES);
-    let alice = Person::admitted(&s, &d, "alice", "remote");
+    let (_s, _upstream, d, alice) = everything_both_ways(&everything);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk2_call.py");
     let bin = env!("CARGO_BIN_EXE_mcpgate");
     for app in ["everything-stdio", "everything-http"] {

@@ -320,23 +320,11 @@ impl Session {
 
     /// Notes which arguments each listed tool asks to see mirrored as headers.
     fn learn_params(&self, env: &Envelope<'_>) {
-        #[derive(serde::Deserialize)]
-        struct Tools {
-            tools: Vec<serde_json::Value>,
-        }
-        let Some(Ok(list)) = env.result.map(|r| serde_json::from_str::<Tools>(r.get())) else {
-            return;
-        };
-        let mut params = self.params.lock().unwrap_or_else(|p| p.into_inner());
-        for tool in list.tools {
-            let (Some(name), Some(schema)) = (
-                tool.get("name").and_then(|n| n.as_str()),
-                tool.get("inputSchema"),
-            ) else {
-                continue;
-            };
-            params.insert(name.to_string(), headers::param_declarations(schema));
-        }
+        let listed = env.result.map(headers::listed_params).unwrap_or_default();
+        self.params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(listed);
     }
 
     /// The gateway closed the session: every waiting request gets an error saying why.
