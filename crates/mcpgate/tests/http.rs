@@ -1084,6 +1084,13 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
         "/tests/fixtures/conformance_server.py"
     );
     let (_fixture, fixture_port) = python_http(&python1, fixture);
+    // Its 2026-07-28 sibling on the Python SDK 2.x: the multi-round-trip scenarios
+    // (input_required with elicitation, sampling and roots, request state, several rounds).
+    let fixture26 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/conformance_server_2026.py"
+    );
+    let (_fixture26, fixture26_port) = python_http(&python, fixture26);
     let (_everything, everything_port) = everything_http(&everything, "streamableHttp");
     let modern = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -1091,7 +1098,7 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
     );
     let (_modern, modern_port) = python_http(&python, modern);
     let apps = format!(
-        "    - name: fixture-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture_port}/mcp\n    - name: fixture-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python1}\", args: [\"{fixture}\"]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
+        "    - name: fixture26-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture26_port}/mcp\n    - name: fixture26-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{fixture26}\"]}}\n    - name: fixture-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture_port}/mcp\n    - name: fixture-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python1}\", args: [\"{fixture}\"]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
     );
     let roles = "kind: role\nversion: v8\nmetadata: {name: remote}\nspec:\n  allow:\n    app_labels: {env: remote}\n    mcp: {tools: ['*'], resources: ['*'], prompts: ['*']}\n";
     let d = gateway_daemon(&s, &apps, roles);
@@ -1108,6 +1115,11 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
             ["everything-http", "everything-stdio"],
         ),
         ("2026-07-28", modern_port, ["modern-http", "modern-stdio"]),
+        (
+            "2026-07-28",
+            fixture26_port,
+            ["fixture26-http", "fixture26-stdio"],
+        ),
     ];
     // The three servers' runs go side by side (each suite run mostly waits on its server).
     let total = |r: &std::collections::BTreeMap<String, (u32, u32)>| {
