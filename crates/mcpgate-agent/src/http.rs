@@ -125,31 +125,31 @@ impl HttpUpstream {
         } else if let Some(r) = app.spec.uri.strip_prefix("mcp+") {
             (false, r)
         } else {
-            return Err(StartError::Http(format!(
+            return Err(StartError::Config(format!(
                 "uri {:?} is not HTTP",
                 app.spec.uri
             )));
         };
         let url: Uri = rest
             .parse()
-            .map_err(|e| StartError::Http(format!("uri {:?}: {e}", app.spec.uri)))?;
+            .map_err(|e| StartError::Config(format!("uri {:?}: {e}", app.spec.uri)))?;
         let mut extra = HeaderMap::new();
         for h in app.spec.rewrite.iter().flat_map(|r| &r.headers) {
             let (k, v) = h
                 .split_once(':')
-                .ok_or_else(|| StartError::Http(format!("rewrite header {h:?}: no ':'")))?;
+                .ok_or_else(|| StartError::Config(format!("rewrite header {h:?}: no ':'")))?;
             let name = HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| {
-                StartError::Http(format!("rewrite header {:?}: bad name", k.trim()))
+                StartError::Config(format!("rewrite header {:?}: bad name", k.trim()))
             })?;
             if OWNED.contains(&name.as_str()) {
-                return Err(StartError::Http(format!(
+                return Err(StartError::Config(format!(
                     "rewrite header {name} is set by the gateway"
                 )));
             }
             // Resolved on this host; an error names the reference, never a value.
             let value = secrets::resolve(v.trim())?;
             let value = HeaderValue::from_str(&value).map_err(|_| {
-                StartError::Http(format!(
+                StartError::Config(format!(
                     "rewrite header {name}: the value is not a valid header value"
                 ))
             })?;
@@ -1010,7 +1010,7 @@ fn client(tls: &UpstreamTls) -> Result<HttpClient, StartError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Http(e.to_string()))?;
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let config = if tls.insecure_skip_verify {
         tracing::warn!("tls.insecure_skip_verify: the upstream's certificate is not verified");
         builder
@@ -1021,17 +1021,17 @@ fn client(tls: &UpstreamTls) -> Result<HttpClient, StartError> {
         let roots = match &tls.ca_file {
             Some(path) => {
                 let pem = std::fs::read(path)
-                    .map_err(|e| StartError::Http(format!("tls.ca_file {path:?}: {e}")))?;
+                    .map_err(|e| StartError::Config(format!("tls.ca_file {path:?}: {e}")))?;
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
                     let cert: rustls_pki_types::CertificateDer<'static> =
-                        cert.map_err(|e| StartError::Http(format!("tls.ca_file {path:?}: {e}")))?;
+                        cert.map_err(|e| StartError::Config(format!("tls.ca_file {path:?}: {e}")))?;
                     roots
                         .add(cert)
-                        .map_err(|e| StartError::Http(format!("tls.ca_file {path:?}: {e}")))?;
+                        .map_err(|e| StartError::Config(format!("tls.ca_file {path:?}: {e}")))?;
                 }
                 if roots.is_empty() {
-                    return Err(StartError::Http(format!(
+                    return Err(StartError::Config(format!(
                         "tls.ca_file {path:?} holds no certificate"
                     )));
                 }

@@ -349,7 +349,7 @@ impl Session<'_> {
                 Some(cmd) => {
                     Upstream::start(self.app_name(), cmd).map(|u| Running::Stdio(Box::new(u)))
                 }
-                None => Err(StartError::Http("a stdio app needs mcp.command".into())),
+                None => Err(StartError::Config("a stdio app needs mcp.command".into())),
             }
         } else {
             HttpUpstream::start(

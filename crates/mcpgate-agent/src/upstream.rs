@@ -43,9 +43,9 @@ pub enum StartError {
     Secret(#[from] SecretError),
     #[error("host user {0:?} does not exist")]
     NoSuchUser(String),
-    /// An HTTP app that cannot be used as configured.
+    /// An app that cannot be used as configured (a bad URI, header or TLS setting).
     #[error("{0}")]
-    Http(String),
+    Config(String),
     #[error("cannot start {command:?}: {error}")]
     Spawn {
         command: String,
