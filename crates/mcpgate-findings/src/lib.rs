@@ -1,0 +1,505 @@
+//! Findings: what is unusual in the audit log, found as it is read in time order.
+//!
+//! Pure, like `mcpgate-policy`: audit events in, findings out, no I/O and no clock (each
+//! event's own time is the time). The [`Engine`]'s state is plain data (serde), so a reader
+//! of the log can save it with its cursor and go on after a restart, and a replay of the same
+//! events gives the same findings.
+//!
+//! Each detector learns what is usual per identity while the identity is young (its first
+//! [`Config::warmup`]) and reports only what departs from it afterwards:
+//! - [`Kind::FirstToolUse`]: an identity calls a tool it never called (with how many other
+//!   identities use it);
+//! - [`Kind::DenialBurst`]: many denials over several tools within minutes;
+//! - [`Kind::NewNetwork`]: calls from a network the identity never used;
+//! - [`Kind::NewArgumentValue`]: a new value of a key argument (path's folder, repo, URL host);
+//! - [`Kind::OffHoursWrite`]: a person's write call in an hour of the day they are never active;
+//! - [`Kind::ReadThenSend`]: a sensitive read, then an outbound call, in one session.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use mcpgate_types::AuditEvent;
+use mcpgate_types::IdentityKind;
+
+const HOUR: i64 = 3_600_000_000;
+const DAY: i64 = 24 * HOUR;
+const MINUTE: i64 = 60_000_000;
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    FirstToolUse,
+    DenialBurst,
+    NewNetwork,
+    NewArgumentValue,
+    OffHoursWrite,
+    ReadThenSend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+/// One finding: who, what, why (observed against usual), and the events that show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable: the same events give the same id on any replay.
+    pub id: String,
+    pub kind: Kind,
+    pub severity: Severity,
+    /// `user/NAME` or `bot/NAME`.
+    pub identity: String,
+    /// Unix microseconds of the event that raised it.
+    pub time: i64,
+    /// A sentence a person on call can act on.
+    pub explanation: String,
+    /// Ids of the audit events it rests on.
+    pub evidence: Vec<String>,
+}
+
+/// Thresholds. The defaults are what the product ships with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// How long an identity's behaviour is only learned from (µs).
+    pub warmup: i64,
+    /// Denials that make a burst, over at least `burst_tools` tools within `burst_window`.
+    pub burst_denials: usize,
+    pub burst_tools: usize,
+    pub burst_window: i64,
+    /// Calls of an identity before its active hours are known.
+    pub hours_after: u32,
+    /// How long after a sensitive read an outbound call in the same session is reported.
+    pub send_window: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            warmup: 7 * DAY,
+            burst_denials: 10,
+            burst_tools: 3,
+            burst_window: 5 * MINUTE,
+            hours_after: 100,
+            send_window: 30 * MINUTE,
+        }
+    }
+}
+
+/// What the detectors have learned, per identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Identity {
+    first_seen: i64,
+    tools: BTreeSet<String>,
+    networks: BTreeSet<String>,
+    /// `tool\u{0}argument` → values seen.
+    values: BTreeMap<String, BTreeSet<String>>,
+    /// Calls per hour of the day (UTC).
+    hours: [u32; 24],
+    /// Recent denials: (time, tool, event id).
+    denials: VecDeque<(i64, String, String)>,
+    /// When the last burst was reported.
+    burst_at: Option<i64>,
+}
+
+/// The engine's whole state: save it with the cursor of the last event read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    identities: BTreeMap<String, Identity>,
+    /// Per tool, the identities that call it.
+    users: BTreeMap<String, BTreeSet<String>>,
+    /// Per session, its last sensitive read: (time, event id, what).
+    reads: BTreeMap<String, (i64, String, String)>,
+}
+
+/// The detectors, fed events in time order.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub config: Config,
+    pub state: State,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Engine {
+        Engine {
+            config,
+            state: State::default(),
+        }
+    }
+
+    /// Resumes from a saved state.
+    pub fn resume(config: Config, state: State) -> Engine {
+        Engine { config, state }
+    }
+
+    /// Reads one event; returns what it shows that is unusual.
+    pub fn observe(&mut self, ev: &AuditEvent) -> Vec<Finding> {
+        let mut out = Vec::new();
+        if ev.kind != "mcp.session.request" {
+            return out;
+        }
+        let Some(call) = Call::of(ev) else {
+            return out;
+        };
+        let cfg = &self.config;
+        let who = call.identity.clone();
+        let known = self.state.identities.contains_key(&who);
+        let id = self
+            .state
+            .identities
+            .entry(who.clone())
+            .or_insert_with(|| Identity {
+                first_seen: call.time,
+                ..Default::default()
+            });
+        let learning = !known || call.time - id.first_seen < cfg.warmup;
+        let finding = |kind, severity, explanation: String, evidence: Vec<String>| Finding {
+            id: finding_id(kind, &who, &evidence),
+            kind,
+            severity,
+            identity: who.clone(),
+            time: call.time,
+            explanation,
+            evidence,
+        };
+
+        if call.denied {
+            id.denials
+                .push_back((call.time, call.tool.clone(), ev.id.clone()));
+            while id
+                .denials
+                .front()
+                .is_some_and(|(t, _, _)| call.time - t > cfg.burst_window)
+            {
+                id.denials.pop_front();
+            }
+            let tools: BTreeSet<&str> = id.denials.iter().map(|(_, t, _)| t.as_str()).collect();
+            let quiet = id
+                .burst_at
+                .is_none_or(|at| call.time - at > cfg.burst_window);
+            if id.denials.len() >= cfg.burst_denials && tools.len() >= cfg.burst_tools && quiet {
+                id.burst_at = Some(call.time);
+                let evidence = id.denials.iter().map(|(_, _, e)| e.clone()).collect();
+                out.push(finding(
+                    Kind::DenialBurst,
+                    Severity::High,
+                    format!(
+                        "{who} was denied {} times over {} tools in {} minutes ({}): someone may be probing what this identity can reach",
+                        id.denials.len(),
+                        tools.len(),
+                        cfg.burst_window / MINUTE,
+                        tools.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                    evidence,
+                ));
+            }
+            return out;
+        }
+
+        // Allowed calls teach and are judged.
+        let evidence = vec![ev.id.clone()];
+        let hour = ((call.time.rem_euclid(DAY)) / HOUR) as usize;
+        let total_hours: u32 = id.hours.iter().sum();
+        if !learning
+            && call.person
+            && call.writes
+            && total_hours >= cfg.hours_after
+            && id.hours[hour] == 0
+        {
+            out.push(finding(
+                Kind::OffHoursWrite,
+                Severity::Medium,
+                format!(
+                    "{who} called {} at {hour:02}:00 UTC, an hour in which they have made none of their {total_hours} calls",
+                    call.tool
+                ),
+                evidence.clone(),
+            ));
+        }
+        id.hours[hour] = id.hours[hour].saturating_add(1);
+
+        if let Some(net) = &call.network
+            && id.networks.insert(net.clone())
+            && !learning
+        {
+            out.push(finding(
+                Kind::NewNetwork,
+                Severity::Medium,
+                format!(
+                    "{who} called {} from {net}, a network it never used (it used {})",
+                    call.tool,
+                    id.networks
+                        .iter()
+                        .filter(|n| *n != net)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                evidence.clone(),
+            ));
+        }
+
+        let first_use = id.tools.insert(call.tool.clone());
+        let peers = self.state.users.entry(call.tool.clone()).or_default();
+        let others = peers.iter().filter(|p| **p != who).count();
+        let total = self.state.identities.len();
+        peers.insert(who.clone());
+        if first_use && !learning {
+            out.push(finding(
+                Kind::FirstToolUse,
+                if others == 0 { Severity::Medium } else { Severity::Low },
+                format!(
+                    "{who} called {} for the first time; {others} of the other {} identities use it",
+                    call.tool,
+                    total.saturating_sub(1)
+                ),
+                evidence.clone(),
+            ));
+        }
+        // Re-borrow: the maps above are done with.
+        let id = self
+            .state
+            .identities
+            .get_mut(&who)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+
+        for (arg, value) in &call.key_values {
+            let seen = id
+                .values
+                .entry(format!("{}\u{0}{arg}", call.tool))
+                .or_default();
+            // Judged once the tool is no longer new to this identity.
+            let judged = !learning && !first_use && !seen.is_empty();
+            if seen.insert(value.clone()) && judged {
+                out.push(finding(
+                    Kind::NewArgumentValue,
+                    Severity::Low,
+                    format!(
+                        "{who} called {} with {arg} {value}, a value it never used (it used {})",
+                        call.tool,
+                        seen.iter()
+                            .filter(|v| *v != value)
+                            .take(5)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    evidence.clone(),
+                ));
+            }
+        }
+
+        if let Some(session) = &call.session {
+            if let Some(what) = &call.sensitive_read {
+                self.state
+                    .reads
+                    .insert(session.clone(), (call.time, ev.id.clone(), what.clone()));
+            } else if call.sends
+                && let Some((at, read_id, what)) = self.state.reads.get(session)
+                && call.time - at <= cfg.send_window
+            {
+                out.push(finding(
+                    Kind::ReadThenSend,
+                    Severity::High,
+                    format!(
+                        "{who} read {what} and then called {}, which sends data out, in the same session",
+                        call.tool
+                    ),
+                    vec![read_id.clone(), ev.id.clone()],
+                ));
+                self.state.reads.remove(session);
+            }
+        }
+        out
+    }
+}
+
+/// What the detectors read of a request event.
+struct Call {
+    identity: String,
+    person: bool,
+    time: i64,
+    /// `app/tool` (or `app/resource:URI` for reads).
+    tool: String,
+    denied: bool,
+    writes: bool,
+    sends: bool,
+    sensitive_read: Option<String>,
+    network: Option<String>,
+    session: Option<String>,
+    key_values: Vec<(String, String)>,
+}
+
+impl Call {
+    fn of(ev: &AuditEvent) -> Option<Call> {
+        let f = &ev.fields;
+        let text = |k: &str| f.get(k).and_then(Value::as_str);
+        let app = text("app")?;
+        let (name, resource) = match (text("tool"), text("resource")) {
+            (Some(t), _) => (t.to_string(), None),
+            (None, Some(r)) => (format!("resource:{r}"), Some(r)),
+            _ => return None,
+        };
+        let lower = name.to_ascii_lowercase();
+        let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        let args = f
+            .get("params")
+            .and_then(|p| p.get("arguments"))
+            .and_then(Value::as_object);
+        let arg = |k: &str| args.and_then(|a| a.get(k)).and_then(Value::as_str);
+        let sensitive_read = resource
+            .map(str::to_string)
+            .or_else(|| {
+                has(&["read", "get", "cat", "show", "download"])
+                    .then(|| {
+                        arg("path")
+                            .filter(|p| sensitive_path(p))
+                            .map(str::to_string)
+                    })
+                    .flatten()
+            })
+            .filter(|what| sensitive_path(what) || what.starts_with("file:"));
+        let time = ev
+            .time
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default();
+        Some(Call {
+            identity: format!(
+                "{}/{}",
+                ev.user_kind.unwrap_or(IdentityKind::User).as_str(),
+                ev.user
+            ),
+            person: ev.user_kind.unwrap_or(IdentityKind::User) == IdentityKind::User,
+            time,
+            tool: format!("{app}/{name}"),
+            denied: text("decision") == Some("deny"),
+            writes: has(&[
+                "write", "create", "delete", "update", "remove", "push", "merge", "commit", "exec",
+                "run", "set", "move", "edit", "deploy",
+            ]),
+            sends: has(&[
+                "fetch", "http", "send", "post", "upload", "webhook", "email", "request",
+            ]) || arg("url").is_some(),
+            sensitive_read,
+            network: text("client_addr").and_then(network),
+            session: text("session_id").map(str::to_string),
+            key_values: key_values(args),
+        })
+    }
+}
+
+/// Whether a path looks like it holds secrets.
+fn sensitive_path(p: &str) -> bool {
+    let p = p.to_ascii_lowercase();
+    [
+        ".env",
+        "secret",
+        "credential",
+        "password",
+        "id_rsa",
+        ".ssh",
+        ".aws",
+        "token",
+        "passwd",
+        "shadow",
+        ".pem",
+        ".key",
+    ]
+    .iter()
+    .any(|s| p.contains(s))
+}
+
+/// The network of a client address: its /24 (IPv4) or /48 (IPv6).
+fn network(addr: &str) -> Option<String> {
+    let ip: std::net::IpAddr = addr
+        .parse::<std::net::SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| addr.parse())
+        .ok()?;
+    Some(match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    })
+}
+
+/// The key arguments of a call, reduced to what is worth comparing: a path's folder, a
+/// repository, a URL's host.
+fn key_values(args: Option<&serde_json::Map<String, Value>>) -> Vec<(String, String)> {
+    let Some(args) = args else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in args {
+        let Some(v) = v.as_str() else { continue };
+        let key = k.to_ascii_lowercase();
+        let value = match key.as_str() {
+            "path" | "file" | "filename" | "directory" | "dir" => match v.rsplit_once('/') {
+                Some(("", _)) => "/".to_string(),
+                Some((dir, _)) => dir.to_string(),
+                None => v.to_string(),
+            },
+            "repo" | "repository" | "owner" | "project" => v.to_string(),
+            "url" | "uri" | "endpoint" => match v.split_once("://") {
+                Some((_, rest)) => rest.split(['/', '?', '#']).next().unwrap_or("").to_string(),
+                None => continue,
+            },
+            _ => continue,
+        };
+        out.push((k.clone(), value));
+    }
+    out
+}
+
+/// A stable id: a hash (FNV-1a, 64-bit) of the kind, the identity and the evidence.
+fn finding_id(kind: Kind, who: &str, evidence: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(format!("{kind:?}").as_bytes());
+    eat(who.as_bytes());
+    for e in evidence {
+        eat(e.as_bytes());
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_and_key_values() {
+        assert_eq!(network("10.1.2.3:5555").as_deref(), Some("10.1.2.0/24"));
+        assert_eq!(
+            network("[2001:db8:1:2::5]:443").as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        let args =
+            serde_json::json!({"path": "/srv/docs/a.md", "url": "https://evil.example/x", "n": 3});
+        let mut kv = key_values(args.as_object());
+        kv.sort();
+        assert_eq!(
+            kv,
+            vec![
+                ("path".into(), "/srv/docs".into()),
+                ("url".into(), "evil.example".into())
+            ]
+        );
+    }
+}
