@@ -69,6 +69,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/admin/jwt/rotate", post(rotate_jwt))
         .route("/v1/bot/renew", post(bot_renew))
         .route("/v1/admin/audit/search", post(search))
+        .route("/v1/admin/audit/findings", post(findings))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(5 << 20))
         .with_state(AppState {
@@ -459,6 +460,15 @@ async fn agent_assertion(
             .assertion(&info.claims.name, &req.session, &req.audience)
             .await?,
     ))
+}
+
+async fn findings(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<crate::wire::FindingsRequest>,
+) -> ApiResult<Vec<mcpgate_findings::Finding>> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.audit_findings(&c, req.since_micros).await?))
 }
 
 async fn rotate_jwt(

@@ -206,3 +206,9 @@ pub struct AssertionRequest {
     /// The app's URI, as the agent calls it.
     pub audience: String,
 }
+
+/// `admin audit findings`: findings since this time (Unix microseconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FindingsRequest {
+    pub since_micros: i64,
+}

@@ -1523,3 +1523,59 @@ fn real_servers_with_a_read_only_role_read_and_never_write() {
     let tools: Vec<&str> = denied.iter().filter_map(|e| e["tool"].as_str()).collect();
     assert_eq!(tools, ["write_file", "git_add", "git_commit"], "{denied:?}");
 }
+
+#[test]
+fn a_burst_of_denials_is_a_finding_with_its_evidence() {
+    let e = cluster("findings", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    assert!(
+        e.d.admin(&["audit", "findings", "--since", "1h"])
+            .ok()
+            .contains("No findings.")
+    );
+    for i in 0..10 {
+        let tool = ["delete_all", "drop_db", "wipe_disk", "shutdown"][i % 4];
+        let r = b.call(tool, json!({}));
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("access denied")
+        );
+    }
+    assert_eq!(b.close(), 0);
+    let out =
+        e.d.admin(&["audit", "findings", "--since", "1h", "--format", "json"])
+            .ok();
+    let found: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "{out}");
+    let f = &found[0];
+    assert_eq!(
+        (&f["kind"], &f["severity"], &f["identity"]),
+        (&json!("denial_burst"), &json!("high"), &json!("user/alice"))
+    );
+    let denials: Vec<String> = audit(&e.d, &["--decision", "deny"])
+        .iter()
+        .map(|ev| ev["id"].as_str().unwrap().to_string())
+        .collect();
+    let evidence: Vec<String> = f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(evidence.len(), 10);
+    assert!(
+        evidence.iter().all(|id| denials.contains(id)),
+        "evidence points at the denials"
+    );
+    let text = e.d.admin(&["audit", "findings", "--since", "1h"]).ok();
+    assert!(
+        text.contains("HIGH") && text.contains("denied 10 times over 4 tools"),
+        "{text}"
+    );
+}

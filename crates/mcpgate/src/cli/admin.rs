@@ -239,6 +239,17 @@ enum AuditCommand {
         #[arg(long, value_enum, default_value_t)]
         format: AuditFormat,
     },
+    /// What is unusual in the MCP requests of a window (the 4 weeks before it teach what is
+    /// usual): first use of a tool, denial bursts, new networks, new argument values,
+    /// off-hours writes, a sensitive read followed by an outbound call.
+    Findings {
+        /// The window: findings newer than this (e.g. 1h, 2d).
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        since: std::time::Duration,
+        /// `json` prints one finding per line.
+        #[arg(long, value_enum, default_value_t)]
+        format: AuditFormat,
+    },
 }
 
 /// Output of `audit search`: the event stream is JSON Lines in both JSON spellings.
@@ -371,7 +382,51 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             };
             audit(&api, &q, format).await
         }
+        AdminCommand::Audit {
+            command: AuditCommand::Findings { since, format },
+        } => findings(&api, since, format).await,
     }
+}
+
+async fn findings(
+    api: &Api,
+    since: std::time::Duration,
+    format: AuditFormat,
+) -> anyhow::Result<()> {
+    let t = std::time::SystemTime::now()
+        .checked_sub(since)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let req = mcpgate_auth::wire::FindingsRequest {
+        since_micros: mcpgate_types::clock::unix_micros(t),
+    };
+    let found: Vec<serde_json::Value> = api.post("/v1/admin/audit/findings", &req).await?;
+    if format != AuditFormat::Text {
+        for f in &found {
+            println!("{f}");
+        }
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("No findings.");
+    }
+    for f in &found {
+        let text = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+        let micros = f["time"].as_i64().unwrap_or_default();
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64);
+        println!(
+            "{}  {:<6}  {:<18}  {}",
+            mcpgate_types::audit::rfc3339_micros::format(time),
+            text("severity").to_uppercase(),
+            text("kind"),
+            text("explanation")
+        );
+        let evidence = f["evidence"].as_array().map(Vec::len).unwrap_or_default();
+        println!(
+            "    evidence: {evidence} event(s), e.g. {}",
+            f["evidence"][0].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 async fn status(api: &Api, format: Format) -> anyhow::Result<()> {
