@@ -9,6 +9,9 @@
 //! [`Config::warmup`]) and reports only what departs from it afterwards:
 //! - [`Kind::FirstToolUse`]: an identity calls a tool it never called (with how many other
 //!   identities use it);
+//! - [`Kind::RareToolForRole`]: … and hardly anyone with the same roles uses that tool;
+//! - [`Kind::VolumeSpike`]: far more calls in an hour than the identity makes in that hour of
+//!   the week;
 //! - [`Kind::DenialBurst`]: many denials over several tools within minutes;
 //! - [`Kind::NewNetwork`]: calls from a network the identity never used;
 //! - [`Kind::NewArgumentValue`]: a new value of a key argument (path's folder, repo, URL host);
@@ -31,6 +34,8 @@ const MINUTE: i64 = 60_000_000;
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     FirstToolUse,
+    RareToolForRole,
+    VolumeSpike,
     DenialBurst,
     NewNetwork,
     NewArgumentValue,
@@ -76,6 +81,14 @@ pub struct Config {
     pub hours_after: u32,
     /// How long after a sensitive read an outbound call in the same session is reported.
     pub send_window: i64,
+    /// A tool used by fewer than this share of an identity's role peers (at least
+    /// `rare_peers` of them) is rare for the role.
+    pub rare_share: f64,
+    pub rare_peers: usize,
+    /// An hour with more calls than `spike_factor` × the identity's usual for that hour of the
+    /// week, plus `spike_margin`, is a spike.
+    pub spike_factor: u32,
+    pub spike_margin: u32,
 }
 
 impl Default for Config {
@@ -87,12 +100,16 @@ impl Default for Config {
             burst_window: 5 * MINUTE,
             hours_after: 100,
             send_window: 30 * MINUTE,
+            rare_share: 0.1,
+            rare_peers: 5,
+            spike_factor: 3,
+            spike_margin: 20,
         }
     }
 }
 
 /// What the detectors have learned, per identity.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Identity {
     first_seen: i64,
     tools: BTreeSet<String>,
@@ -105,6 +122,45 @@ struct Identity {
     denials: VecDeque<(i64, String, String)>,
     /// When the last burst was reported.
     burst_at: Option<i64>,
+    /// Its roles, sorted: who its peers are.
+    roles: Vec<String>,
+    /// Calls per hour of the week, summed over the weeks seen (hours before the current).
+    #[serde(with = "week")]
+    week: [u32; 168],
+    /// The hour being counted (hours since the epoch), its calls, whether it was reported.
+    hour_now: (i64, u32, bool),
+}
+
+/// `[u32; 168]` as a list (serde derives arrays up to 32 only).
+mod week {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u32; 168], s: S) -> Result<S::Ok, S::Error> {
+        v.as_slice().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u32; 168], D::Error> {
+        let v = Vec::<u32>::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("expected 168 hourly counts"))
+    }
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            first_seen: 0,
+            tools: Default::default(),
+            networks: Default::default(),
+            values: Default::default(),
+            hours: [0; 24],
+            denials: Default::default(),
+            burst_at: None,
+            roles: Vec::new(),
+            week: [0; 168],
+            hour_now: (0, 0, false),
+        }
+    }
 }
 
 /// The engine's whole state: save it with the cursor of the last event read.
@@ -158,6 +214,7 @@ impl Engine {
                 ..Default::default()
             });
         let learning = !known || call.time - id.first_seen < cfg.warmup;
+        id.roles = call.roles.clone();
         let finding = |kind, severity, explanation: String, evidence: Vec<String>| Finding {
             id: finding_id(kind, &who, &evidence),
             kind,
@@ -223,6 +280,33 @@ impl Engine {
         }
         id.hours[hour] = id.hours[hour].saturating_add(1);
 
+        // This hour's calls against the identity's usual for this hour of the week.
+        let hour_index = call.time.div_euclid(HOUR);
+        if id.hour_now.0 != hour_index {
+            let (previous, count, _) = id.hour_now;
+            if count > 0 {
+                let bin = week_bin(previous);
+                id.week[bin] = id.week[bin].saturating_add(count);
+            }
+            id.hour_now = (hour_index, 0, false);
+        }
+        id.hour_now.1 += 1;
+        let weeks = ((call.time - id.first_seen) / (7 * DAY)).max(1) as u32;
+        let usual = id.week[week_bin(hour_index)] / weeks;
+        let limit = usual * cfg.spike_factor + cfg.spike_margin;
+        if !learning && !id.hour_now.2 && id.hour_now.1 > limit {
+            id.hour_now.2 = true;
+            out.push(finding(
+                Kind::VolumeSpike,
+                Severity::Medium,
+                format!(
+                    "{who} made {} calls this hour; in this hour of the week it usually makes {usual}",
+                    id.hour_now.1
+                ),
+                evidence.clone(),
+            ));
+        }
+
         if let Some(net) = &call.network
             && id.networks.insert(net.clone())
             && !learning
@@ -245,21 +329,55 @@ impl Engine {
         }
 
         let first_use = id.tools.insert(call.tool.clone());
-        let peers = self.state.users.entry(call.tool.clone()).or_default();
-        let others = peers.iter().filter(|p| **p != who).count();
-        let total = self.state.identities.len();
-        peers.insert(who.clone());
+        let roles = id.roles.clone();
+        let users = self.state.users.entry(call.tool.clone()).or_default();
+        let others = users.iter().filter(|p| **p != who).count();
+        users.insert(who.clone());
         if first_use && !learning {
-            out.push(finding(
-                Kind::FirstToolUse,
-                if others == 0 { Severity::Medium } else { Severity::Low },
-                format!(
-                    "{who} called {} for the first time; {others} of the other {} identities use it",
-                    call.tool,
-                    total.saturating_sub(1)
-                ),
-                evidence.clone(),
-            ));
+            let total = self.state.identities.len();
+            // Its peers: the other identities with the same roles.
+            let peers: Vec<&String> = self
+                .state
+                .identities
+                .iter()
+                .filter(|(name, other)| **name != who && other.roles == roles)
+                .map(|(name, _)| name)
+                .collect();
+            let peers_using = peers
+                .iter()
+                .filter(|p| {
+                    self.state
+                        .users
+                        .get(&call.tool)
+                        .is_some_and(|u| u.contains(**p))
+                })
+                .count();
+            let rare = peers.len() >= cfg.rare_peers
+                && (peers_using as f64) < cfg.rare_share * peers.len() as f64;
+            out.push(if rare {
+                finding(
+                    Kind::RareToolForRole,
+                    Severity::Medium,
+                    format!(
+                        "{who} called {} for the first time; {peers_using} of the {} identities with its roles ({}) use it",
+                        call.tool,
+                        peers.len(),
+                        roles.join(", ")
+                    ),
+                    evidence.clone(),
+                )
+            } else {
+                finding(
+                    Kind::FirstToolUse,
+                    Severity::Low,
+                    format!(
+                        "{who} called {} for the first time; {others} of the other {} identities use it",
+                        call.tool,
+                        total.saturating_sub(1)
+                    ),
+                    evidence.clone(),
+                )
+            });
         }
         // Re-borrow: the maps above are done with.
         let id = self
@@ -322,6 +440,7 @@ impl Engine {
 /// What the detectors read of a request event.
 struct Call {
     identity: String,
+    roles: Vec<String>,
     person: bool,
     time: i64,
     /// `app/tool` (or `app/resource:URI` for reads).
@@ -369,7 +488,10 @@ impl Call {
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or_default();
+        let mut roles = ev.roles.clone();
+        roles.sort();
         Some(Call {
+            roles,
             identity: format!(
                 "{}/{}",
                 ev.user_kind.unwrap_or(IdentityKind::User).as_str(),
@@ -392,6 +514,11 @@ impl Call {
             key_values: key_values(args),
         })
     }
+}
+
+/// The hour of the week (0 = Thursday 00:00 UTC, the epoch's weekday; any fixed origin does).
+fn week_bin(hour_index: i64) -> usize {
+    hour_index.rem_euclid(168) as usize
 }
 
 /// Whether a path looks like it holds secrets.

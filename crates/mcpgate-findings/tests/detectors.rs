@@ -135,10 +135,14 @@ fn ordinary(people: &[Who], from: u64, days: u64, seed: u64, seq: &mut u64) -> V
             if person && !weekday {
                 continue;
             }
-            let tools: &[&str] = if who.role == "ops" {
-                &OPS_TOOLS
-            } else {
-                &DEV_TOOLS
+            // Half the developers also deploy.
+            let deployer = who.kind == IdentityKind::User
+                && who.role == "dev"
+                && who.name[1..].parse::<u32>().is_ok_and(|i| i <= 10);
+            let tools: Vec<&str> = match (who.role, deployer) {
+                ("ops", _) => OPS_TOOLS.to_vec(),
+                (_, true) => DEV_TOOLS.iter().copied().chain(["deploy"]).collect(),
+                _ => DEV_TOOLS.to_vec(),
             };
             let session = format!("s-{}-{day}", who.name);
             let calls = 12 + r.below(10);
@@ -210,11 +214,25 @@ fn each_injected_scenario_yields_exactly_its_finding() {
         Vec<(u64, &'static str, Value, bool, &'static str)>,
     );
     let scenarios: Vec<Scenario> = vec![
-        // A developer restarts a service: only ops people ever do.
+        // A developer deploys for the first time: many developers do.
         (
             Kind::FirstToolUse,
+            "u15",
+            vec![(at(d, 10, 0), "deploy", json!({}), false, "x0")],
+        ),
+        // A developer restarts a service: no developer ever does.
+        (
+            Kind::RareToolForRole,
             "u1",
             vec![(at(d, 10, 0), "restart_service", json!({}), false, "x1")],
+        ),
+        // Sixty searches in half an hour, against two or three an hour.
+        (
+            Kind::VolumeSpike,
+            "u7",
+            (0..60)
+                .map(|i| (at(d, 10, 0) + i * 30, "search", json!({}), false, "x7"))
+                .collect(),
         ),
         // Twelve denials over four tools in three minutes.
         (
