@@ -26,11 +26,6 @@ fn key_of(kind: Kind, name: &str) -> Result<String> {
     }
 }
 
-/// How much of the log before the window asked about the detectors read to learn what is usual.
-pub const FINDINGS_BASELINE: std::time::Duration = std::time::Duration::from_secs(28 * 24 * 3600);
-/// The most requests one findings run reads.
-const FINDINGS_REPLAY_MAX: u32 = 500_000;
-
 impl AuthService {
     /// `admin create -f`: validates every document, then writes them all. Existing
     /// resources are only replaced with `force`.
@@ -258,32 +253,6 @@ impl AuthService {
     ) -> Result<Vec<AuditEvent>> {
         caller.require("event", "list")?;
         Ok(self.store.search_events(query).await?)
-    }
-
-    /// `admin audit findings`: what the detectors find in the MCP requests since
-    /// `since_micros`, having first read the [`FINDINGS_BASELINE`] before it to learn what is
-    /// usual. The same log gives the same findings.
-    pub async fn audit_findings(
-        &self,
-        caller: &Caller,
-        since_micros: i64,
-    ) -> Result<Vec<mcpgate_findings::Finding>> {
-        caller.require("event", "list")?;
-        let query = AuditQuery {
-            since_micros: Some(since_micros - FINDINGS_BASELINE.as_micros() as i64),
-            kind: Some("mcp.session.request".into()),
-            limit: Some(FINDINGS_REPLAY_MAX),
-            ..Default::default()
-        };
-        let mut events = self.store.search_events(&query).await?;
-        // Newest first from the store; the detectors read in time order.
-        events.reverse();
-        let mut engine = mcpgate_findings::Engine::default();
-        Ok(events
-            .iter()
-            .flat_map(|e| engine.observe(e))
-            .filter(|f| f.time >= since_micros)
-            .collect())
     }
 
     /// `admin status`.

@@ -70,6 +70,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/bot/renew", post(bot_renew))
         .route("/v1/admin/audit/search", post(search))
         .route("/v1/admin/audit/findings", post(findings))
+        .route("/v1/admin/audit/findings/{id}", post(triage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(5 << 20))
         .with_state(AppState {
@@ -466,9 +467,19 @@ async fn findings(
     State(s): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
     Json(req): Json<crate::wire::FindingsRequest>,
-) -> ApiResult<Vec<mcpgate_findings::Finding>> {
+) -> ApiResult<Vec<crate::findings::Stored>> {
     let c = caller(&s, &conn).await?;
-    Ok(Json(s.auth.audit_findings(&c, req.since_micros).await?))
+    Ok(Json(s.auth.findings(&c, req.since_micros).await?))
+}
+
+async fn triage(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Json(req): Json<crate::wire::TriageRequest>,
+) -> ApiResult<crate::findings::Stored> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.triage(&c, &id, req.triage).await?))
 }
 
 async fn rotate_jwt(

@@ -5,6 +5,7 @@
 //! - [`login`]: invites, signup, password and TOTP login, rate limits.
 //! - [`admin`]: `admin create/get/rm`, users, audit search, status.
 //! - [`api`]: the HTTPS API (axum) the proxy serves; one function maps errors to statuses.
+//! - [`findings`]: the findings reader (a cursor over the audit log) and their triage.
 //! - [`jwt`]: identity assertions for HTTP upstreams, and the keys that verify them.
 //! - [`wire`]: request and response bodies shared with the CLI.
 
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod agents;
 pub mod api;
 pub mod bots;
+pub mod findings;
 pub mod jwt;
 pub mod login;
 pub mod service;

@@ -212,3 +212,9 @@ pub struct AssertionRequest {
 pub struct FindingsRequest {
     pub since_micros: i64,
 }
+
+/// `admin audit triage ID STATE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriageRequest {
+    pub triage: crate::findings::Triage,
+}

@@ -624,3 +624,85 @@ async fn an_assertion_is_made_only_for_a_live_unlocked_session_and_its_apps_uri(
     let err = auth.assertion("edge", "s2", uri).await.unwrap_err();
     assert!(err.to_string().contains("ended"), "{err}");
 }
+
+/// A denied `tools/call` by `user` at `secs` past a fixed instant.
+fn denial(id: &str, user: &str, secs: u64, tool: &str) -> mcpgate_types::AuditEvent {
+    let mut fields = serde_json::Map::new();
+    fields.insert("app".into(), "work".into());
+    fields.insert("tool".into(), tool.into());
+    fields.insert("decision".into(), "deny".into());
+    fields.insert("session_id".into(), "s".into());
+    mcpgate_types::AuditEvent {
+        id: id.into(),
+        time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs),
+        kind: "mcp.session.request".into(),
+        code: "MG5003W".into(),
+        cluster: "test".into(),
+        user: user.into(),
+        user_kind: Some(mcpgate_types::IdentityKind::User),
+        roles: vec!["dev".into()],
+        success: false,
+        fields,
+    }
+}
+
+/// Ten denials over four tools, 10 s apart, from `start`.
+fn burst(user: &str, start: u64, tag: &str) -> Vec<mcpgate_types::AuditEvent> {
+    (0..10)
+        .map(|i| {
+            denial(
+                &format!("{tag}{i}"),
+                user,
+                start + i * 10,
+                ["a", "b", "c", "d"][i as usize % 4],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn findings_are_read_once_from_a_cursor_kept_across_restarts_and_expected_ones_stay_quiet() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    auth.store()
+        .append_events(&burst("alice", 0, "a"))
+        .await
+        .unwrap();
+    let found = auth.findings(&adm, 0).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let first = &found[0];
+    assert_eq!(first.finding.identity, "user/alice");
+    assert_eq!(first.triage, mcpgate_auth::findings::Triage::Open);
+    // Read again: nothing new, nothing twice.
+    assert_eq!(auth.update_findings().await.unwrap(), 0);
+    assert_eq!(auth.findings(&adm, 0).await.unwrap().len(), 1);
+
+    // Marked expected: the same kind of thing from alice is no longer reported; bob's is.
+    let t = auth
+        .triage(
+            &adm,
+            &first.finding.id,
+            mcpgate_auth::findings::Triage::Expected,
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.triage, mcpgate_auth::findings::Triage::Expected);
+    auth.store()
+        .append_events(&burst("alice", 3600, "b"))
+        .await
+        .unwrap();
+    auth.store()
+        .append_events(&burst("bob", 3600, "c"))
+        .await
+        .unwrap();
+    drop(auth);
+
+    // A restart goes on from the cursor: only the new events are read.
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    let found = auth.findings(&adm, 0).await.unwrap();
+    let who: Vec<&str> = found.iter().map(|f| f.finding.identity.as_str()).collect();
+    assert_eq!(who, ["user/alice", "user/bob"], "{found:?}");
+    assert_eq!(found[0].triage, mcpgate_auth::findings::Triage::Expected);
+}

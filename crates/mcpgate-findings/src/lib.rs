@@ -60,6 +60,9 @@ pub struct Finding {
     pub severity: Severity,
     /// `user/NAME` or `bot/NAME`.
     pub identity: String,
+    /// What it is about — the tool, network or argument value — so that a person who marks
+    /// it as expected can have its repeats suppressed.
+    pub subject: String,
     /// Unix microseconds of the event that raised it.
     pub time: i64,
     /// A sentence a person on call can act on.
@@ -215,15 +218,17 @@ impl Engine {
             });
         let learning = !known || call.time - id.first_seen < cfg.warmup;
         id.roles = call.roles.clone();
-        let finding = |kind, severity, explanation: String, evidence: Vec<String>| Finding {
-            id: finding_id(kind, &who, &evidence),
-            kind,
-            severity,
-            identity: who.clone(),
-            time: call.time,
-            explanation,
-            evidence,
-        };
+        let finding =
+            |kind, severity, subject: String, explanation: String, evidence: Vec<String>| Finding {
+                id: finding_id(kind, &who, &evidence),
+                kind,
+                severity,
+                identity: who.clone(),
+                subject,
+                time: call.time,
+                explanation,
+                evidence,
+            };
 
         if call.denied {
             id.denials
@@ -245,6 +250,7 @@ impl Engine {
                 out.push(finding(
                     Kind::DenialBurst,
                     Severity::High,
+                    "denials".into(),
                     format!(
                         "{who} was denied {} times over {} tools in {} minutes ({}): someone may be probing what this identity can reach",
                         id.denials.len(),
@@ -271,6 +277,7 @@ impl Engine {
             out.push(finding(
                 Kind::OffHoursWrite,
                 Severity::Medium,
+                call.tool.clone(),
                 format!(
                     "{who} called {} at {hour:02}:00 UTC, an hour in which they have made none of their {total_hours} calls",
                     call.tool
@@ -299,6 +306,7 @@ impl Engine {
             out.push(finding(
                 Kind::VolumeSpike,
                 Severity::Medium,
+                "volume".into(),
                 format!(
                     "{who} made {} calls this hour; in this hour of the week it usually makes {usual}",
                     id.hour_now.1
@@ -314,6 +322,7 @@ impl Engine {
             out.push(finding(
                 Kind::NewNetwork,
                 Severity::Medium,
+                net.clone(),
                 format!(
                     "{who} called {} from {net}, a network it never used (it used {})",
                     call.tool,
@@ -358,6 +367,7 @@ impl Engine {
                 finding(
                     Kind::RareToolForRole,
                     Severity::Medium,
+                    call.tool.clone(),
                     format!(
                         "{who} called {} for the first time; {peers_using} of the {} identities with its roles ({}) use it",
                         call.tool,
@@ -370,6 +380,7 @@ impl Engine {
                 finding(
                     Kind::FirstToolUse,
                     Severity::Low,
+                    call.tool.clone(),
                     format!(
                         "{who} called {} for the first time; {others} of the other {} identities use it",
                         call.tool,
@@ -397,6 +408,7 @@ impl Engine {
                 out.push(finding(
                     Kind::NewArgumentValue,
                     Severity::Low,
+                    format!("{} {arg}={value}", call.tool),
                     format!(
                         "{who} called {} with {arg} {value}, a value it never used (it used {})",
                         call.tool,
@@ -424,6 +436,7 @@ impl Engine {
                 out.push(finding(
                     Kind::ReadThenSend,
                     Severity::High,
+                    call.tool.clone(),
                     format!(
                         "{who} read {what} and then called {}, which sends data out, in the same session",
                         call.tool

@@ -278,6 +278,22 @@ async fn audit<S: Store>(s: &S) {
         ["e5"],
         "limit keeps the newest"
     );
+    both.oldest = true;
+    assert_eq!(
+        ids(s.search_events(&both).await.unwrap()),
+        ["e4"],
+        "or, asked to, the oldest"
+    );
+    let forward = AuditQuery {
+        oldest: true,
+        limit: Some(3),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(s.search_events(&forward).await.unwrap()),
+        ["e1", "e2", "e3"],
+        "oldest first either way"
+    );
     assert!(
         s.search_events(&q(|q| q.user = Some("nobody".into())))
             .await

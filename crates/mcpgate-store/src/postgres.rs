@@ -203,12 +203,13 @@ impl Store for PostgresStore {
                 sql.push_str(&format!(" AND {col} = ${}", args.len()));
             }
         }
+        let order = if q.oldest { "ASC" } else { "DESC" };
         sql.push_str(&format!(
-            " ORDER BY time_us DESC, seq DESC LIMIT {}",
+            " ORDER BY time_us {order}, seq {order} LIMIT {}",
             q.limit.unwrap_or(DEFAULT_LIMIT)
         ));
         let c = self.client().await?;
         let rows = c.query(sql.as_str(), &args).await?;
-        decode_events(rows.into_iter().map(|r| r.get(0)).collect())
+        decode_events(rows.into_iter().map(|r| r.get(0)).collect(), !q.oldest)
     }
 }

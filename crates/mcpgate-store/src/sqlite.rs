@@ -244,8 +244,9 @@ impl Store for SqliteStore {
                         add(col, v.clone().into());
                     }
                 }
+                let order = if q.oldest { "ASC" } else { "DESC" };
                 sql.push_str(&format!(
-                    " ORDER BY time_us DESC, rowid DESC LIMIT {}",
+                    " ORDER BY time_us {order}, rowid {order} LIMIT {}",
                     q.limit.unwrap_or(DEFAULT_LIMIT)
                 ));
                 let mut stmt = c.prepare(&sql)?;
@@ -253,7 +254,7 @@ impl Store for SqliteStore {
                 rows.collect()
             })
             .await?;
-        decode_events(rows)
+        decode_events(rows, !query.oldest)
     }
 }
 
@@ -270,8 +271,11 @@ type OwnedRow = (
 );
 
 /// Decodes stored event JSON, newest-first rows into oldest-first events.
-pub(crate) fn decode_events(mut rows: Vec<String>) -> Result<Vec<AuditEvent>> {
-    rows.reverse();
+/// Events from their stored JSON, oldest first (`newest_first`: the rows came newest first).
+pub(crate) fn decode_events(mut rows: Vec<String>, newest_first: bool) -> Result<Vec<AuditEvent>> {
+    if newest_first {
+        rows.reverse();
+    }
     rows.iter()
         .map(|d| serde_json::from_str(d).map_err(|e| StoreError::Corrupt(e.to_string())))
         .collect()

@@ -1578,4 +1578,15 @@ fn a_burst_of_denials_is_a_finding_with_its_evidence() {
         text.contains("HIGH") && text.contains("denied 10 times over 4 tools"),
         "{text}"
     );
+    // Triage: expected, and so shown.
+    let id = f["id"].as_str().unwrap();
+    let said = e.d.admin(&["audit", "triage", id, "expected"]).ok();
+    assert!(said.contains("is now expected"), "{said}");
+    let again =
+        e.d.admin(&["audit", "findings", "--since", "1h", "--format", "json"])
+            .ok();
+    let f: Value = serde_json::from_str(again.lines().next().unwrap()).unwrap();
+    assert_eq!(f["triage"], "expected");
+    let bad = e.d.admin(&["audit", "triage", "nope", "expected"]).fails();
+    assert!(bad.contains("not found"), "{bad}");
 }

@@ -239,9 +239,9 @@ enum AuditCommand {
         #[arg(long, value_enum, default_value_t)]
         format: AuditFormat,
     },
-    /// What is unusual in the MCP requests of a window (the 4 weeks before it teach what is
-    /// usual): first use of a tool, denial bursts, new networks, new argument values,
-    /// off-hours writes, a sensitive read followed by an outbound call.
+    /// What is unusual in the MCP requests: first use of a tool (and one rare for the
+    /// identity's roles), call-volume spikes, denial bursts, new networks, new argument
+    /// values, off-hours writes by people, a sensitive read followed by an outbound call.
     Findings {
         /// The window: findings newer than this (e.g. 1h, 2d).
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
@@ -249,6 +249,13 @@ enum AuditCommand {
         /// `json` prints one finding per line.
         #[arg(long, value_enum, default_value_t)]
         format: AuditFormat,
+    },
+    /// Triage a finding: `acknowledged`, `expected` (its repeats are no longer reported) or
+    /// `open` again.
+    Triage {
+        id: String,
+        #[arg(value_parser = ["open", "acknowledged", "expected"])]
+        state: String,
     },
 }
 
@@ -379,12 +386,25 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 kind,
                 decision,
                 limit: Some(limit),
+                oldest: false,
             };
             audit(&api, &q, format).await
         }
         AdminCommand::Audit {
             command: AuditCommand::Findings { since, format },
         } => findings(&api, since, format).await,
+        AdminCommand::Audit {
+            command: AuditCommand::Triage { id, state },
+        } => {
+            let _: serde_json::Value = api
+                .post(
+                    &format!("/v1/admin/audit/findings/{id}"),
+                    &serde_json::json!({ "triage": state }),
+                )
+                .await?;
+            println!("Finding {id} is now {state}.");
+            Ok(())
+        }
     }
 }
 
@@ -422,7 +442,9 @@ async fn findings(
         );
         let evidence = f["evidence"].as_array().map(Vec::len).unwrap_or_default();
         println!(
-            "    evidence: {evidence} event(s), e.g. {}",
+            "    {}  {}  evidence: {evidence} event(s), e.g. {}",
+            text("id"),
+            text("triage"),
             f["evidence"][0].as_str().unwrap_or("-")
         );
     }

@@ -169,6 +169,16 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 .await?;
         }
     }
+    // The findings reader goes on through the log (one run counts when instances share it).
+    let reader = auth.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(mcpgate_auth::findings::INTERVAL).await;
+            if let Err(e) = reader.update_findings().await {
+                tracing::warn!(error = %e, "findings: the audit log could not be read");
+            }
+        }
+    });
     let mut services = vec!["auth".to_string(), "proxy".to_string()];
     let agent = if config.agent.enabled {
         // In-process, final audit events go straight to the audit log; pending ones live

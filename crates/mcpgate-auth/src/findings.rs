@@ -1,0 +1,173 @@
+//! Findings kept with the cluster: the detectors of `mcpgate-findings` read the audit log
+//! forward from a stored cursor, so each event is read once, a restart goes on where the last
+//! run stopped, and several auth instances on one PostgreSQL share one reader (a
+//! compare-and-swap decides whose run counts). Findings are stored with their triage: open,
+//! acknowledged, or expected — which suppresses its repeats (same kind, identity and subject).
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use mcpgate_findings::{Engine, Finding, State};
+use mcpgate_store::Store;
+use mcpgate_types::AuditQuery;
+use mcpgate_types::audit::codes;
+
+use crate::service::{AuthService, Caller, from_json, to_json};
+use crate::{AuthError, Result};
+
+const READER: &str = "findings/reader";
+const ITEMS: &str = "findings/items/";
+const EXPECTED: &str = "findings/expected/";
+/// Events read per batch.
+const BATCH: u32 = 5_000;
+/// How often the auth service reads on (`mcpgate start` runs it).
+pub const INTERVAL: Duration = Duration::from_secs(30);
+
+/// Where the reader is in the log, and what its detectors have learned.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reader {
+    /// The time of the last event read (Unix µs).
+    cursor: i64,
+    /// The ids read at exactly that time (events of one instant may come in several batches).
+    at_cursor: Vec<String>,
+    engine: State,
+}
+
+/// What a person made of a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Triage {
+    #[default]
+    Open,
+    Acknowledged,
+    /// Fine, and so are its repeats.
+    Expected,
+}
+
+/// A finding as stored, with its triage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    #[serde(flatten)]
+    pub finding: Finding,
+    pub triage: Triage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triaged_by: Option<String>,
+}
+
+fn expectation_key(f: &Finding) -> String {
+    // Names and subjects may hold any character: keep the key a plain path.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{:?}\u{0}{}\u{0}{}", f.kind, f.identity, f.subject).bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{EXPECTED}{h:016x}")
+}
+
+impl AuthService {
+    /// Reads the log forward from the stored cursor and stores what the detectors find (but
+    /// not repeats of what was marked expected). Returns how many findings it stored; 0 also
+    /// when another instance read concurrently (its run counts).
+    pub async fn update_findings(&self) -> Result<usize> {
+        let old = self.store.get(READER).await?;
+        let mut reader: Reader = match &old {
+            Some(bytes) => from_json(bytes)?,
+            None => Reader::default(),
+        };
+        let mut engine = Engine::resume(Default::default(), std::mem::take(&mut reader.engine));
+        let mut found = Vec::new();
+        loop {
+            let query = AuditQuery {
+                since_micros: Some(reader.cursor),
+                kind: Some("mcp.session.request".into()),
+                limit: Some(BATCH),
+                oldest: true,
+                ..Default::default()
+            };
+            let events = self.store.search_events(&query).await?;
+            let full = events.len() == BATCH as usize;
+            for ev in &events {
+                let t = mcpgate_types::clock::unix_micros(ev.time);
+                if t == reader.cursor && reader.at_cursor.contains(&ev.id) {
+                    continue;
+                }
+                if t > reader.cursor {
+                    reader.cursor = t;
+                    reader.at_cursor.clear();
+                }
+                reader.at_cursor.push(ev.id.clone());
+                found.extend(engine.observe(ev));
+            }
+            if !full {
+                break;
+            }
+        }
+        reader.engine = engine.state;
+        let new = to_json(&reader)?;
+        let won = match &old {
+            Some(old) => self.store.compare_and_swap(READER, old, &new).await?,
+            None => self.store.create(READER, &new).await?,
+        };
+        if !won {
+            return Ok(0);
+        }
+        let mut stored = 0;
+        for f in found {
+            if self.store.get(&expectation_key(&f)).await?.is_some() {
+                continue;
+            }
+            let item = Stored {
+                finding: f,
+                triage: Triage::Open,
+                triaged_by: None,
+            };
+            if self
+                .store
+                .create(&format!("{ITEMS}{}", item.finding.id), &to_json(&item)?)
+                .await?
+            {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// `admin audit findings`: the findings since `since_micros` (read up to now first),
+    /// oldest first.
+    pub async fn findings(&self, caller: &Caller, since_micros: i64) -> Result<Vec<Stored>> {
+        caller.require("event", "list")?;
+        self.update_findings().await?;
+        let mut out = Vec::new();
+        for (_, bytes) in self.store.list(ITEMS).await? {
+            let item: Stored = from_json(&bytes)?;
+            if item.finding.time >= since_micros {
+                out.push(item);
+            }
+        }
+        out.sort_by(|a, b| (a.finding.time, &a.finding.id).cmp(&(b.finding.time, &b.finding.id)));
+        Ok(out)
+    }
+
+    /// `admin audit triage ID acknowledged|expected|open`; `expected` also suppresses the
+    /// finding's repeats. Audited.
+    pub async fn triage(&self, caller: &Caller, id: &str, triage: Triage) -> Result<Stored> {
+        caller.require("event", "update")?;
+        let key = format!("{ITEMS}{id}");
+        let mut item: Stored = match self.store.get(&key).await? {
+            Some(bytes) => from_json(&bytes)?,
+            None => return Err(AuthError::NotFound(format!("finding {id:?}"))),
+        };
+        item.triage = triage;
+        item.triaged_by = Some(caller.name().to_string());
+        self.store.put(&key, &to_json(&item)?).await?;
+        let expectation = expectation_key(&item.finding);
+        if triage == Triage::Expected {
+            self.store.put(&expectation, id.as_bytes()).await?;
+        } else {
+            self.store.delete(&expectation).await?;
+        }
+        self.audit_change(caller, codes::RESOURCE_UPDATE, "finding", id)
+            .await?;
+        Ok(item)
+    }
+}
