@@ -1,7 +1,9 @@
 //! Findings kept with the cluster: the detectors of `mcpgate-findings` read the audit log
-//! forward from a stored cursor, so each event is read once, a restart goes on where the last
-//! run stopped, and several auth instances on one PostgreSQL share one reader (a
-//! compare-and-swap decides whose run counts). Findings are stored with their triage: open,
+//! forward in the order it was written, from a stored position, so each event is read once
+//! (also one stored late, like a remote agent's shipped batch or a long call's final event,
+//! whatever its time), a restart goes on where the last run stopped, and several auth
+//! instances on one PostgreSQL share one reader (a compare-and-swap decides whose run
+//! counts). Findings are stored with their triage: open,
 //! acknowledged, or expected — which suppresses its repeats (same kind, identity and subject).
 
 use serde::{Deserialize, Serialize};
@@ -9,7 +11,6 @@ use std::time::Duration;
 
 use mcpgate_findings::{Engine, Finding, State};
 use mcpgate_store::Store;
-use mcpgate_types::AuditQuery;
 use mcpgate_types::audit::codes;
 
 use crate::service::{AuthService, Caller, from_json, to_json};
@@ -23,13 +24,17 @@ const BATCH: u32 = 5_000;
 /// How often the auth service reads on (`mcpgate start` runs it).
 pub const INTERVAL: Duration = Duration::from_secs(30);
 
+/// How far back each run reads again, in positions: an event committed after a higher
+/// position was read (concurrent writers on PostgreSQL) is still found, once.
+const REREAD: i64 = 5_000;
+
 /// Where the reader is in the log, and what its detectors have learned.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Reader {
-    /// The time of the last event read (Unix µs).
+    /// The highest position read.
     cursor: i64,
-    /// The ids read at exactly that time (events of one instant may come in several batches).
-    at_cursor: Vec<String>,
+    /// The ids of the last events read (at most [`REREAD`]): what a re-read skips.
+    recent: std::collections::VecDeque<String>,
     engine: State,
 }
 
@@ -76,26 +81,23 @@ impl AuthService {
         };
         let mut engine = Engine::resume(Default::default(), std::mem::take(&mut reader.engine));
         let mut found = Vec::new();
+        let mut recent: std::collections::HashSet<String> = reader.recent.iter().cloned().collect();
+        let mut from = (reader.cursor - REREAD).max(0);
         loop {
-            let query = AuditQuery {
-                since_micros: Some(reader.cursor),
-                kind: Some("mcp.session.request".into()),
-                limit: Some(BATCH),
-                oldest: true,
-                ..Default::default()
-            };
-            let events = self.store.search_events(&query).await?;
+            let events = self.store.events_after(from, BATCH).await?;
             let full = events.len() == BATCH as usize;
-            for ev in &events {
-                let t = mcpgate_types::clock::unix_micros(ev.time);
-                if t == reader.cursor && reader.at_cursor.contains(&ev.id) {
+            for (position, ev) in &events {
+                from = from.max(*position);
+                if ev.kind != "mcp.session.request" || !recent.insert(ev.id.clone()) {
                     continue;
                 }
-                if t > reader.cursor {
-                    reader.cursor = t;
-                    reader.at_cursor.clear();
+                reader.cursor = reader.cursor.max(*position);
+                reader.recent.push_back(ev.id.clone());
+                if reader.recent.len() > REREAD as usize
+                    && let Some(old) = reader.recent.pop_front()
+                {
+                    recent.remove(&old);
                 }
-                reader.at_cursor.push(ev.id.clone());
                 found.extend(engine.observe(ev));
             }
             if !full {

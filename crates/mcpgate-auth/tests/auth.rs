@@ -706,3 +706,62 @@ async fn findings_are_read_once_from_a_cursor_kept_across_restarts_and_expected_
     assert_eq!(who, ["user/alice", "user/bob"], "{found:?}");
     assert_eq!(found[0].triage, mcpgate_auth::findings::Triage::Expected);
 }
+
+#[tokio::test]
+async fn findings_agree_on_sqlite_and_postgresql() {
+    let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: findings on PostgreSQL (set MCPGATE_TEST_POSTGRES_URL to run it)");
+        return;
+    };
+    // Two bursts, a quiet stretch, another burst; some of the same instant.
+    let mut events = burst("alice", 0, "a");
+    events.extend(burst("bob", 5, "b"));
+    events.extend(burst("alice", 7200, "c"));
+    events.push(denial("d0", "carol", 7200, "a"));
+    let env = Env::new();
+    let sqlite = env.open(SecondFactor::Off).await;
+    let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
+    let found = {
+        let store = Arc::new(AnyStore::Postgres(
+            mcpgate_store::PostgresStore::connect(&db_url)
+                .await
+                .unwrap(),
+        ));
+        let config = AuthConfig {
+            cluster: Name::new("test.local").unwrap(),
+            second_factor: SecondFactor::Off,
+            storage: "postgres".into(),
+            ca_key: env.key.clone(),
+        };
+        let pg = AuthService::open(store, Arc::new(env.clock.clone()), config)
+            .await
+            .unwrap();
+        let mut found = Vec::new();
+        for auth in [&sqlite, &pg] {
+            // Appended in two batches, read in between: the cursor carries over.
+            auth.store().append_events(&events[..15]).await.unwrap();
+            auth.update_findings().await.unwrap();
+            auth.store().append_events(&events[15..]).await.unwrap();
+            let adm = admin(auth).await;
+            let list: Vec<_> = auth
+                .findings(&adm, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.finding.id,
+                        s.finding.kind,
+                        s.finding.identity,
+                        s.finding.evidence,
+                    )
+                })
+                .collect();
+            found.push(list);
+        }
+        found
+    };
+    drop_db.await;
+    assert_eq!(found[0].len(), 3, "{:?}", found[0]);
+    assert_eq!(found[0], found[1], "SQLite and PostgreSQL agree");
+}

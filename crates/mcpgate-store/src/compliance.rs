@@ -278,22 +278,22 @@ async fn audit<S: Store>(s: &S) {
         ["e5"],
         "limit keeps the newest"
     );
-    both.oldest = true;
+    // Read forward in the order they were written, from a position.
+    let forward = s.events_after(0, 3).await.unwrap();
     assert_eq!(
-        ids(s.search_events(&both).await.unwrap()),
-        ["e4"],
-        "or, asked to, the oldest"
+        forward
+            .iter()
+            .map(|(_, e)| e.id.as_str())
+            .collect::<Vec<_>>(),
+        ["e1", "e2", "e3"]
     );
-    let forward = AuditQuery {
-        oldest: true,
-        limit: Some(3),
-        ..Default::default()
-    };
+    let rest = s.events_after(forward[2].0, 100).await.unwrap();
     assert_eq!(
-        ids(s.search_events(&forward).await.unwrap()),
-        ["e1", "e2", "e3"],
-        "oldest first either way"
+        rest.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(),
+        ["e4", "e5"],
+        "from after the last position read"
     );
+    assert!(rest[0].0 > forward[2].0 && rest[1].0 > rest[0].0);
     assert!(
         s.search_events(&q(|q| q.user = Some("nobody".into())))
             .await
@@ -320,4 +320,51 @@ async fn audit<S: Store>(s: &S) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// For tests on PostgreSQL: creates a uniquely named database at the server of `url`;
+/// returns its URL and a future that drops it.
+pub async fn fresh_postgres(url: &str) -> (String, impl std::future::Future<Output = ()>) {
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("MCPGATE_TEST_POSTGRES_URL={url} is set but unreachable: {e}"));
+    tokio::spawn(conn);
+    let name = format!(
+        "mcpgate_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let db_url = with_database(url, &name);
+    let drop = async move {
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    };
+    (db_url, drop)
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    // postgres://user@host:port/db?params -> same with db replaced
+    let (base, query) = url
+        .split_once('?')
+        .map(|(b, q)| (b, Some(q)))
+        .unwrap_or((url, None));
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }

@@ -71,6 +71,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<AuditEvent>>> + Send;
+    /// Up to `limit` events in the order they were written, each with its position, from
+    /// after position `after` (0: from the start): for reading the log forward. Positions
+    /// grow; one written in a transaction still open may appear after a higher one.
+    fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>>> + Send;
 }
 
 /// The exclusive upper bound of keys starting with `prefix` (keys are ASCII).
@@ -159,5 +167,8 @@ impl Store for AnyStore {
     }
     async fn search_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
         delegate!(self, s => s.search_events(query))
+    }
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
+        delegate!(self, s => s.events_after(after, limit))
     }
 }

@@ -203,13 +203,30 @@ impl Store for PostgresStore {
                 sql.push_str(&format!(" AND {col} = ${}", args.len()));
             }
         }
-        let order = if q.oldest { "ASC" } else { "DESC" };
         sql.push_str(&format!(
-            " ORDER BY time_us {order}, seq {order} LIMIT {}",
+            " ORDER BY time_us DESC, seq DESC LIMIT {}",
             q.limit.unwrap_or(DEFAULT_LIMIT)
         ));
         let c = self.client().await?;
         let rows = c.query(sql.as_str(), &args).await?;
-        decode_events(rows.into_iter().map(|r| r.get(0)).collect(), !q.oldest)
+        decode_events(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT seq, data FROM mcpgate_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &i64::from(limit)],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let data: String = r.get(1);
+                serde_json::from_str(&data)
+                    .map(|e| (r.get(0), e))
+                    .map_err(|e| crate::StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 }

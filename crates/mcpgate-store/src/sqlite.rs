@@ -244,9 +244,8 @@ impl Store for SqliteStore {
                         add(col, v.clone().into());
                     }
                 }
-                let order = if q.oldest { "ASC" } else { "DESC" };
                 sql.push_str(&format!(
-                    " ORDER BY time_us {order}, rowid {order} LIMIT {}",
+                    " ORDER BY time_us DESC, rowid DESC LIMIT {}",
                     q.limit.unwrap_or(DEFAULT_LIMIT)
                 ));
                 let mut stmt = c.prepare(&sql)?;
@@ -254,7 +253,28 @@ impl Store for SqliteStore {
                 rows.collect()
             })
             .await?;
-        decode_events(rows, !query.oldest)
+        decode_events(rows)
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
+        let rows: Vec<(i64, String)> = self
+            .run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT rowid, data FROM audit WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(rusqlite::params![after, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(seq, d)| {
+                serde_json::from_str(&d)
+                    .map(|e| (seq, e))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -271,11 +291,9 @@ type OwnedRow = (
 );
 
 /// Decodes stored event JSON, newest-first rows into oldest-first events.
-/// Events from their stored JSON, oldest first (`newest_first`: the rows came newest first).
-pub(crate) fn decode_events(mut rows: Vec<String>, newest_first: bool) -> Result<Vec<AuditEvent>> {
-    if newest_first {
-        rows.reverse();
-    }
+/// Events from their stored JSON (rows newest first), oldest first.
+pub(crate) fn decode_events(mut rows: Vec<String>) -> Result<Vec<AuditEvent>> {
+    rows.reverse();
     rows.iter()
         .map(|d| serde_json::from_str(d).map_err(|e| StoreError::Corrupt(e.to_string())))
         .collect()

@@ -51,7 +51,7 @@ async fn postgres_passes_the_suite() {
         eprintln!("SKIPPED: PostgreSQL compliance suite (set MCPGATE_TEST_POSTGRES_URL to run it)");
         return;
     };
-    let (db_url, drop_db) = fresh_database(&url).await;
+    let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
     {
         let store = Arc::new(PostgresStore::connect(&db_url).await.unwrap());
         compliance::run(store.clone()).await;
@@ -63,50 +63,4 @@ async fn postgres_passes_the_suite() {
         );
     }
     drop_db.await;
-}
-
-/// Creates a uniquely named database; returns its URL and a future that drops it.
-async fn fresh_database(url: &str) -> (String, impl std::future::Future<Output = ()>) {
-    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("MCPGATE_TEST_POSTGRES_URL={url} is set but unreachable: {e}"));
-    tokio::spawn(conn);
-    let name = format!(
-        "mcpgate_test_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let db_url = with_database(url, &name);
-    let drop = async move {
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
-    };
-    (db_url, drop)
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    // postgres://user@host:port/db?params -> same with db replaced
-    let (base, query) = url
-        .split_once('?')
-        .map(|(b, q)| (b, Some(q)))
-        .unwrap_or((url, None));
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{db}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }

@@ -121,13 +121,8 @@ pub struct AuditQuery {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub decision: Option<String>,
-    /// At most this many (default 1000): the newest ones, or with `oldest` the oldest ones.
-    /// Either way they come back oldest first.
+    /// Newest events first, at most this many (default 1000).
     pub limit: Option<u32>,
-    /// Keep the oldest events matching rather than the newest (for reading the log forward
-    /// from a cursor).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub oldest: bool,
 }
 
 /// RFC 3339 timestamps with microsecond precision: `2026-11-21T10:00:00.123456Z`.

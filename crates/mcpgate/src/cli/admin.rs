@@ -386,7 +386,6 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 kind,
                 decision,
                 limit: Some(limit),
-                oldest: false,
             };
             audit(&api, &q, format).await
         }
