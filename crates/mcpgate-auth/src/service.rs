@@ -153,6 +153,15 @@ spec:
       resources: ['{{internal.mcp_resources}}']
       prompts: ['{{internal.mcp_prompts}}']
     rules: [{resources: [cluster], verbs: [read]}]
+---
+kind: role
+version: v8
+metadata: {name: auditor, description: Read the audit log and its findings and see every resource; change nothing (preset)}
+spec:
+  allow:
+    rules:
+      - {resources: [event], verbs: [list, read]}
+      - {resources: [cluster, role, app, user, bot, token, lock, agent], verbs: [list, read]}
 ";
 
 /// The authenticated identity behind a request, with its roles compiled now.

@@ -88,7 +88,7 @@ fn resources_from_yaml_with_clear_errors_and_nothing_half_written() {
     let s = Scratch::new();
     let d = Daemon::start(&s, "a", "");
     let presets = role_names(&d);
-    assert_eq!(presets, ["access", "editor"]);
+    assert_eq!(presets, ["access", "auditor", "editor"]);
 
     // A misspelled deny field: error naming file, document, line, field; nothing written.
     let bad = s.write(

@@ -1587,6 +1587,32 @@ fn a_burst_of_denials_is_a_finding_with_its_evidence() {
             .ok();
     let f: Value = serde_json::from_str(again.lines().next().unwrap()).unwrap();
     assert_eq!(f["triage"], "expected");
+    // An auditor reads findings and the log, and changes nothing.
+    let auditor = Person::admitted(&e.s, &e.d, "audrey", "auditor");
+    let id_file = auditor.identity();
+    let as_auditor = |args: &[&str]| {
+        let mut all = vec![
+            "admin",
+            "-i",
+            id_file.to_str().unwrap(),
+            "--proxy",
+            &e.d.addr,
+        ];
+        all.extend_from_slice(args);
+        run(&all, None, &[])
+    };
+    assert!(
+        as_auditor(&["audit", "findings", "--since", "1h"])
+            .ok()
+            .contains("denied 10 times")
+    );
+    assert!(
+        as_auditor(&["audit", "search", "--since", "1h"])
+            .ok()
+            .contains("delete_all")
+    );
+    let refused = as_auditor(&["audit", "triage", id, "open"]).fails();
+    assert!(refused.contains("audrey may not update event"), "{refused}");
     let bad = e.d.admin(&["audit", "triage", "nope", "expected"]).fails();
     assert!(bad.contains("not found"), "{bad}");
 }
