@@ -83,14 +83,17 @@ impl AuthService {
         let mut found = Vec::new();
         let mut recent: std::collections::HashSet<String> = reader.recent.iter().cloned().collect();
         let mut from = (reader.cursor - REREAD).max(0);
+        let mut read_any = false;
         loop {
             let events = self.store.events_after(from, BATCH).await?;
             let full = events.len() == BATCH as usize;
             for (position, ev) in &events {
                 from = from.max(*position);
-                if ev.kind != "mcp.session.request" || !recent.insert(ev.id.clone()) {
+                if !recent.insert(ev.id.clone()) {
                     continue;
                 }
+                // Every event moves the position on, requests or not.
+                read_any = true;
                 reader.cursor = reader.cursor.max(*position);
                 reader.recent.push_back(ev.id.clone());
                 if reader.recent.len() > REREAD as usize
@@ -104,15 +107,12 @@ impl AuthService {
                 break;
             }
         }
-        reader.engine = engine.state;
-        let new = to_json(&reader)?;
-        let won = match &old {
-            Some(old) => self.store.compare_and_swap(READER, old, &new).await?,
-            None => self.store.create(READER, &new).await?,
-        };
-        if !won {
+        if !read_any {
+            // Nothing new: nothing to write.
             return Ok(0);
         }
+        // The findings are stored before the position moves past their events: a crash in
+        // between reads them again, and their ids (a hash of their evidence) make that a no-op.
         let mut stored = 0;
         for f in found {
             if self.store.get(&expectation_key(&f)).await?.is_some() {
@@ -131,7 +131,13 @@ impl AuthService {
                 stored += 1;
             }
         }
-        Ok(stored)
+        reader.engine = engine.state;
+        let new = to_json(&reader)?;
+        let won = match &old {
+            Some(old) => self.store.compare_and_swap(READER, old, &new).await?,
+            None => self.store.create(READER, &new).await?,
+        };
+        Ok(if won { stored } else { 0 })
     }
 
     /// `admin audit findings`: the findings since `since_micros` (read up to now first),
@@ -159,6 +165,17 @@ impl AuthService {
             Some(bytes) => from_json(&bytes)?,
             None => return Err(AuthError::NotFound(format!("finding {id:?}"))),
         };
+        // Nobody clears findings about themselves.
+        let me = format!(
+            "{}/{}",
+            caller.info.claims.kind.as_str(),
+            caller.info.claims.name
+        );
+        if item.finding.identity == me {
+            return Err(AuthError::AccessDenied(
+                "a finding about you is triaged by someone else".into(),
+            ));
+        }
         item.triage = triage;
         item.triaged_by = Some(caller.name().to_string());
         self.store.put(&key, &to_json(&item)?).await?;
@@ -168,8 +185,18 @@ impl AuthService {
         } else {
             self.store.delete(&expectation).await?;
         }
-        self.audit_change(caller, codes::RESOURCE_UPDATE, "finding", id)
-            .await?;
+        self.emit(self.event(
+            codes::RESOURCE_UPDATE.0,
+            codes::RESOURCE_UPDATE.1,
+            &caller.info.claims,
+            true,
+            [
+                ("kind", serde_json::Value::from("finding")),
+                ("name", serde_json::Value::from(id)),
+                ("triage", serde_json::to_value(triage).unwrap_or_default()),
+            ],
+        ))
+        .await?;
         Ok(item)
     }
 }

@@ -250,7 +250,7 @@ impl Engine {
                 out.push(finding(
                     Kind::DenialBurst,
                     Severity::High,
-                    "denials".into(),
+                    format!("denials of {}", tools.iter().copied().collect::<Vec<_>>().join(",")),
                     format!(
                         "{who} was denied {} times over {} tools in {} minutes ({}): someone may be probing what this identity can reach",
                         id.denials.len(),
@@ -298,15 +298,18 @@ impl Engine {
             id.hour_now = (hour_index, 0, false);
         }
         id.hour_now.1 += 1;
-        let weeks = ((call.time - id.first_seen) / (7 * DAY)).max(1) as u32;
+        // How many times this hour of the week has come round since the identity appeared.
+        let weeks = ((call.time - id.first_seen + 7 * DAY - 1) / (7 * DAY)).clamp(1, 10_000) as u32;
         let usual = id.week[week_bin(hour_index)] / weeks;
-        let limit = usual * cfg.spike_factor + cfg.spike_margin;
+        let limit = usual
+            .saturating_mul(cfg.spike_factor)
+            .saturating_add(cfg.spike_margin);
         if !learning && !id.hour_now.2 && id.hour_now.1 > limit {
             id.hour_now.2 = true;
             out.push(finding(
                 Kind::VolumeSpike,
                 Severity::Medium,
-                "volume".into(),
+                format!("calls in hour {} of the week", week_bin(hour_index)),
                 format!(
                     "{who} made {} calls this hour; in this hour of the week it usually makes {usual}",
                     id.hour_now.1
@@ -426,12 +429,17 @@ impl Engine {
 
         if let Some(session) = &call.session {
             if let Some(what) = &call.sensitive_read {
+                // Reads too old to pair with a send are forgotten as new ones come.
+                let window = cfg.send_window;
+                self.state
+                    .reads
+                    .retain(|_, (at, _, _)| call.time - *at <= window);
                 self.state
                     .reads
                     .insert(session.clone(), (call.time, ev.id.clone(), what.clone()));
             } else if call.sends
                 && let Some((at, read_id, what)) = self.state.reads.get(session)
-                && call.time - at <= cfg.send_window
+                && (0..=cfg.send_window).contains(&(call.time - at))
             {
                 out.push(finding(
                     Kind::ReadThenSend,
@@ -472,30 +480,41 @@ impl Call {
         let f = &ev.fields;
         let text = |k: &str| f.get(k).and_then(Value::as_str);
         let app = text("app")?;
+        // A resource counts by where it lives (scheme and host), not by each URI, so the
+        // state does not grow with every document read.
         let (name, resource) = match (text("tool"), text("resource")) {
             (Some(t), _) => (t.to_string(), None),
-            (None, Some(r)) => (format!("resource:{r}"), Some(r)),
+            (None, Some(r)) => (format!("resource:{}", resource_place(r)), Some(r)),
             _ => return None,
         };
-        let lower = name.to_ascii_lowercase();
-        let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        let words = words_of(&name);
+        let has = |list: &[&str]| words.iter().any(|w| list.contains(&w.as_str()));
         let args = f
             .get("params")
             .and_then(|p| p.get("arguments"))
             .and_then(Value::as_object);
-        let arg = |k: &str| args.and_then(|a| a.get(k)).and_then(Value::as_str);
-        let sensitive_read = resource
-            .map(str::to_string)
-            .or_else(|| {
-                has(&["read", "get", "cat", "show", "download"])
-                    .then(|| {
-                        arg("path")
-                            .filter(|p| sensitive_path(p))
-                            .map(str::to_string)
-                    })
-                    .flatten()
+        // A path under any argument name that says it is one (`path`, `file_path`, `file`…).
+        let path_arg = args.and_then(|a| {
+            a.iter()
+                .filter(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    k.ends_with("path") || k.ends_with("file") || k == "filename"
+                })
+                .find_map(|(_, v)| v.as_str())
+        });
+        let url_arg = args.is_some_and(|a| {
+            a.iter().any(|(k, v)| {
+                let k = k.to_ascii_lowercase();
+                (k.contains("url") || k == "endpoint" || k == "webhook")
+                    && v.as_str().is_some_and(|v| v.contains("://"))
             })
-            .filter(|what| sensitive_path(what) || what.starts_with("file:"));
+        });
+        let sensitive_read = match resource {
+            Some(r) => sensitive_path(r).then(|| r.to_string()),
+            None => has(&["read", "get", "cat", "show", "download", "open", "view"])
+                .then(|| path_arg.filter(|p| sensitive_path(p)).map(str::to_string))
+                .flatten(),
+        };
         let time = ev
             .time
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -516,11 +535,11 @@ impl Call {
             denied: text("decision") == Some("deny"),
             writes: has(&[
                 "write", "create", "delete", "update", "remove", "push", "merge", "commit", "exec",
-                "run", "set", "move", "edit", "deploy",
+                "execute", "run", "set", "move", "edit", "deploy", "drop", "insert", "put",
             ]),
             sends: has(&[
-                "fetch", "http", "send", "post", "upload", "webhook", "email", "request",
-            ]) || arg("url").is_some(),
+                "fetch", "http", "send", "post", "upload", "webhook", "email", "mail", "curl",
+            ]) || url_arg,
             sensitive_read,
             network: text("client_addr").and_then(network),
             session: text("session_id").map(str::to_string),
@@ -534,25 +553,70 @@ fn week_bin(hour_index: i64) -> usize {
     hour_index.rem_euclid(168) as usize
 }
 
-/// Whether a path looks like it holds secrets.
+/// The words of a tool name: `list_pull_requests`, `getSettings`, `read-file` → their words,
+/// lower case (so `post` is not found in `postgres`, nor `set` in `get_settings`).
+fn words_of(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_alphanumeric() {
+            if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower && !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        word.extend(c.to_lowercase());
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// Where a resource lives: its scheme and host (`file://`, `github://acme`).
+fn resource_place(uri: &str) -> String {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            format!("{scheme}://{host}")
+        }
+        None => uri.chars().take(64).collect(),
+    }
+}
+
+/// Whether a path (or URI) names a file that holds secrets: by its file name (`.env`,
+/// `id_rsa`, `credentials`, a key or certificate) or a secrets folder (`.ssh`, `.aws`).
 fn sensitive_path(p: &str) -> bool {
     let p = p.to_ascii_lowercase();
-    [
+    let name = p.rsplit('/').next().unwrap_or(&p);
+    let by_name = [
         ".env",
-        "secret",
-        "credential",
-        "password",
+        ".netrc",
+        ".npmrc",
+        ".pypirc",
         "id_rsa",
-        ".ssh",
-        ".aws",
-        "token",
-        "passwd",
+        "id_ed25519",
+        "credentials",
         "shadow",
-        ".pem",
-        ".key",
+        "passwd",
+        ".htpasswd",
     ]
-    .iter()
-    .any(|s| p.contains(s))
+    .contains(&name)
+        || name.starts_with(".env.")
+        || name.starts_with("secret")
+        || [".pem", ".key", ".p12", ".pfx", ".kdbx"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+    by_name
+        || ["/.ssh/", "/.aws/", "/.gnupg/", "/.kube/", "/secrets/"]
+            .iter()
+            .any(|d| p.contains(d))
 }
 
 /// The network of a client address: its /24 (IPv4) or /48 (IPv6).
@@ -585,11 +649,18 @@ fn key_values(args: Option<&serde_json::Map<String, Value>>) -> Vec<(String, Str
         let Some(v) = v.as_str() else { continue };
         let key = k.to_ascii_lowercase();
         let value = match key.as_str() {
-            "path" | "file" | "filename" | "directory" | "dir" => match v.rsplit_once('/') {
-                Some(("", _)) => "/".to_string(),
-                Some((dir, _)) => dir.to_string(),
-                None => v.to_string(),
-            },
+            k if k.ends_with("path")
+                || k.ends_with("file")
+                || k == "filename"
+                || k == "directory"
+                || k == "dir" =>
+            {
+                match v.rsplit_once('/') {
+                    Some(("", _)) => "/".to_string(),
+                    Some((dir, _)) => dir.to_string(),
+                    None => v.to_string(),
+                }
+            }
             "repo" | "repository" | "owner" | "project" => v.to_string(),
             "url" | "uri" | "endpoint" => match v.split_once("://") {
                 Some((_, rest)) => rest.split(['/', '?', '#']).next().unwrap_or("").to_string(),
@@ -622,6 +693,67 @@ fn finding_id(kind: Kind, who: &str, evidence: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_not_substrings_say_what_a_tool_does() {
+        assert_eq!(words_of("list_pull_requests"), ["list", "pull", "requests"]);
+        assert_eq!(words_of("getSettings"), ["get", "settings"]);
+        assert_eq!(words_of("postgres-query"), ["postgres", "query"]);
+        let call = |tool: &str, args: Value| {
+            let mut f = serde_json::Map::new();
+            f.insert("app".into(), "a".into());
+            f.insert("tool".into(), tool.into());
+            f.insert("params".into(), serde_json::json!({ "arguments": args }));
+            let ev = AuditEvent {
+                id: "e".into(),
+                time: std::time::SystemTime::UNIX_EPOCH,
+                kind: "mcp.session.request".into(),
+                code: String::new(),
+                cluster: String::new(),
+                user: "u".into(),
+                user_kind: None,
+                roles: vec![],
+                success: true,
+                fields: f,
+            };
+            Call::of(&ev).unwrap()
+        };
+        let c = call("list_pull_requests", serde_json::json!({}));
+        assert!(!c.sends && !c.writes);
+        assert!(!call("postgres_query", serde_json::json!({})).sends);
+        assert!(!call("get_settings", serde_json::json!({})).writes);
+        assert!(call("post_message", serde_json::json!({})).sends);
+        assert!(
+            call(
+                "search",
+                serde_json::json!({"callback_url": "https://x.example/h"})
+            )
+            .sends
+        );
+        assert!(
+            call(
+                "read_file",
+                serde_json::json!({"file_path": "/home/a/.env"})
+            )
+            .sensitive_read
+            .is_some()
+        );
+        for harmless in [
+            "/srv/models/tokenizer.json",
+            "/docs/password-policy.md",
+            "/app/keys.md",
+        ] {
+            assert!(!sensitive_path(harmless), "{harmless}");
+        }
+        for secret in [
+            "/home/a/.ssh/config",
+            "/etc/shadow",
+            "/x/server.key",
+            "/srv/.env.prod",
+        ] {
+            assert!(sensitive_path(secret), "{secret}");
+        }
+    }
 
     #[test]
     fn networks_and_key_values() {

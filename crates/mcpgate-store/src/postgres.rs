@@ -19,6 +19,7 @@ CREATE INDEX IF NOT EXISTS mcpgate_audit_time ON mcpgate_audit (time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_user ON mcpgate_audit (user_name, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_type ON mcpgate_audit (type, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_app ON mcpgate_audit (app, time_us);
+CREATE INDEX IF NOT EXISTS mcpgate_audit_seq ON mcpgate_audit (seq);
 ";
 
 /// PostgreSQL storage over one pipelined connection, reopened when it drops.
@@ -220,13 +221,19 @@ impl Store for PostgresStore {
                 &[&after, &i64::from(limit)],
             )
             .await?;
-        rows.into_iter()
-            .map(|r| {
+        // A row that does not decode is skipped (and said), not a reason to stop reading.
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
                 let data: String = r.get(1);
-                serde_json::from_str(&data)
-                    .map(|e| (r.get(0), e))
-                    .map_err(|e| crate::StoreError::Corrupt(e.to_string()))
+                match serde_json::from_str(&data) {
+                    Ok(e) => Some((r.get(0), e)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an audit row does not decode: skipped");
+                        None
+                    }
+                }
             })
-            .collect()
+            .collect())
     }
 }

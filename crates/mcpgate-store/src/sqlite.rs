@@ -268,13 +268,17 @@ impl Store for SqliteStore {
                 rows.collect()
             })
             .await?;
-        rows.into_iter()
-            .map(|(seq, d)| {
-                serde_json::from_str(&d)
-                    .map(|e| (seq, e))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+        // A row that does not decode is skipped (and said), not a reason to stop reading.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, d)| match serde_json::from_str(&d) {
+                Ok(e) => Some((seq, e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an audit row does not decode: skipped");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 }
 

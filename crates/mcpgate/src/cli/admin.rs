@@ -429,7 +429,15 @@ async fn findings(
         println!("No findings.");
     }
     for f in &found {
-        let text = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+        // Explanations quote tool names and arguments: attacker-chosen text, so no control
+        // characters reach the terminal.
+        let text = |k: &str| {
+            f[k].as_str()
+                .unwrap_or_default()
+                .chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect::<String>()
+        };
         let micros = f["time"].as_i64().unwrap_or_default();
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64);
         println!(
