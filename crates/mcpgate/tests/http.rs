@@ -766,6 +766,72 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
     );
     drop(ep.server);
 
+    // --allow-origin lets one web page in (the Inspector's web UI), with a CORS grant; others
+    // stay out.
+    let ui = LocalEndpoint::start_with(
+        &alice,
+        "remote",
+        &["--allow-origin", "http://localhost:6274"],
+    );
+    let preflight = curl(
+        "OPTIONS",
+        &ui.url,
+        &[
+            "Origin: http://localhost:6274",
+            "Access-Control-Request-Method: POST",
+        ],
+        None,
+    );
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin").as_deref(),
+        Some("http://localhost:6274")
+    );
+    assert!(
+        preflight
+            .header("access-control-allow-headers")
+            .unwrap()
+            .contains("mcp-session-id")
+    );
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"ui","version":"1"}}}"#;
+    let from_ui = curl(
+        "POST",
+        &ui.url,
+        &[JSON, ACCEPT, "Origin: http://localhost:6274"],
+        Some(body),
+    );
+    assert_eq!(from_ui.status, 200);
+    assert_eq!(
+        from_ui.header("access-control-allow-origin").as_deref(),
+        Some("http://localhost:6274")
+    );
+    assert!(
+        from_ui
+            .header("access-control-expose-headers")
+            .unwrap()
+            .contains("mcp-session-id")
+    );
+    let other = curl(
+        "POST",
+        &ui.url,
+        &[JSON, ACCEPT, "Origin: http://localhost:6275"],
+        Some(body),
+    );
+    assert_eq!(other.status, 403);
+    assert!(other.header("access-control-allow-origin").is_none());
+    assert_eq!(
+        curl("OPTIONS", &ui.url, &["Origin: http://localhost:6275"], None).status,
+        403
+    );
+    drop(ui);
+    let bad = alice
+        .run(
+            &["mcp", "proxy", "remote", "--allow-origin", "localhost:6274"],
+            None,
+        )
+        .fails();
+    assert!(bad.contains("SCHEME://HOST"), "{bad}");
+
     // With --token-file only who holds the token may use the endpoint.
     let token_file = s.path("endpoint-token");
     let guarded = LocalEndpoint::start_with(

@@ -58,8 +58,17 @@ pub async fn serve(
     name: &str,
     listen: SocketAddr,
     token_file: Option<&std::path::Path>,
+    allow_origins: &[String],
     who: &Who,
 ) -> anyhow::Result<()> {
+    for o in allow_origins {
+        let scheme_ok = o.starts_with("http://") || o.starts_with("https://");
+        if !scheme_ok || o.trim_end_matches('/').matches('/').count() != 2 {
+            bail!(
+                "--allow-origin {o:?}: an origin is SCHEME://HOST[:PORT], e.g. http://localhost:6274"
+            );
+        }
+    }
     if !listen.ip().is_loopback() {
         bail!(
             "--listen {listen}: the endpoint acts as your identity for whoever reaches it, so it listens on loopback only (127.0.0.1 or [::1])"
@@ -87,6 +96,10 @@ pub async fn serve(
         who: who.clone(),
         port: addr.port(),
         token,
+        allowed: allow_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_string())
+            .collect(),
         sessions: Arc::new(Mutex::new(HashMap::new())),
         params: Arc::new(Mutex::new(HashMap::new())),
         stateless: tokio::sync::Mutex::new(None),
@@ -184,6 +197,8 @@ struct Endpoint {
     port: u16,
     /// The bearer token every request must carry, when one is required.
     token: Option<String>,
+    /// Origins of web pages allowed to use the endpoint besides its own.
+    allowed: Vec<String>,
     /// Session-era sessions by their `Mcp-Session-Id`.
     sessions: Sessions,
     params: Params,
@@ -569,6 +584,48 @@ impl Unknown {
 
 impl Endpoint {
     async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+        // A web page of an origin given with --allow-origin (the Inspector's web UI, say)
+        // gets the CORS grant it needs; no other page gets any.
+        let cross = req
+            .headers()
+            .get(ORIGIN)
+            .filter(|o| {
+                o.to_str()
+                    .is_ok_and(|o| self.allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+            })
+            .cloned();
+        let preflight = req.method() == Method::OPTIONS;
+        let mut r = if preflight && cross.is_some() && self.check_origin(req.headers()).is_ok() {
+            let mut r = plain(StatusCode::NO_CONTENT, "");
+            let h = r.headers_mut();
+            h.insert(
+                "access-control-allow-methods",
+                HeaderValue::from_static("GET, POST, DELETE"),
+            );
+            h.insert(
+                "access-control-allow-headers",
+                HeaderValue::from_static(
+                    "authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, mcp-param-*",
+                ),
+            );
+            h.insert("access-control-max-age", HeaderValue::from_static("600"));
+            r
+        } else {
+            self.route(req).await
+        };
+        if let Some(origin) = cross {
+            let h = r.headers_mut();
+            h.insert("access-control-allow-origin", origin);
+            h.insert(
+                "access-control-expose-headers",
+                HeaderValue::from_static("mcp-session-id, www-authenticate"),
+            );
+            h.insert(http::header::VARY, HeaderValue::from_static("origin"));
+        }
+        r
+    }
+
+    async fn route(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         if let Err(why) = self.check_origin(req.headers()) {
             return rpc_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
         }
@@ -608,7 +665,7 @@ impl Endpoint {
             Method::POST => self.post(req).await,
             Method::GET => self.listen(req.headers()),
             Method::DELETE => self.delete(req.headers()).await,
-            // No cross-origin use: a preflight gets no CORS grant.
+            // A preflight from any origin not allowed gets no CORS grant.
             Method::OPTIONS => plain(StatusCode::FORBIDDEN, ""),
             _ => {
                 let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "");
@@ -635,7 +692,7 @@ impl Endpoint {
         if let Some(origin) = h.get(ORIGIN) {
             let o = origin.to_str().unwrap_or("");
             let authority = o.strip_prefix("http://").unwrap_or("");
-            if !ours(authority) {
+            if !ours(authority) && !self.allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) {
                 return Err(format!("Origin {o:?} may not use this endpoint"));
             }
         }

@@ -55,6 +55,10 @@ enum McpCommand {
         /// 0600, if missing): on a host other people use, only who can read it acts as you.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Also accept requests from web pages of this origin (repeatable), e.g.
+        /// http://localhost:6274 for the MCP Inspector's web UI: such a page acts as you too.
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origins: Vec<String>,
         #[command(flatten)]
         who: Who,
     },
@@ -134,8 +138,11 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
             name,
             listen,
             token_file,
+            allow_origins,
             who,
-        } => super::endpoint::serve(&name, listen, token_file.as_deref(), &who).await,
+        } => {
+            super::endpoint::serve(&name, listen, token_file.as_deref(), &allow_origins, &who).await
+        }
         McpCommand::Config {
             name,
             all,
