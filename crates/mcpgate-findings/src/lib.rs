@@ -673,19 +673,30 @@ fn key_values(args: Option<&serde_json::Map<String, Value>>) -> Vec<(String, Str
     out
 }
 
-/// A stable id: a hash (FNV-1a, 64-bit) of the kind, the identity and the evidence.
+/// A stable id: a digest of the kind, the identity and the evidence.
 fn finding_id(kind: Kind, who: &str, evidence: &[String]) -> String {
+    let kind = format!("{kind:?}");
+    let mut parts = vec![kind.as_str(), who];
+    parts.extend(evidence.iter().map(String::as_str));
+    digest(&parts)
+}
+
+impl Finding {
+    /// What makes another finding a repeat of this one (same kind, identity and subject), as
+    /// a plain token: names and subjects may hold any character.
+    pub fn repeat_key(&self) -> String {
+        digest(&[&format!("{:?}", self.kind), &self.identity, &self.subject])
+    }
+}
+
+/// FNV-1a (64-bit) over the parts, each ended by a NUL, as hex: stable across runs and builds.
+fn digest(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for &x in b {
-            h ^= u64::from(x);
+    for part in parts {
+        for &b in part.as_bytes().iter().chain(&[0]) {
+            h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-    };
-    eat(format!("{kind:?}").as_bytes());
-    eat(who.as_bytes());
-    for e in evidence {
-        eat(e.as_bytes());
     }
     format!("{h:016x}")
 }

@@ -26,6 +26,24 @@ spec:
     mcp: {tools: ['*delete*']}
 ";
 
+/// The path of a fixture file of these tests.
+macro_rules! fixture {
+    ($name:literal) => {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $name)
+    };
+}
+
+/// One MCP server as two apps of label env=remote: `NAME-stdio`, run by the agent as
+/// `COMMAND ARGS...`, and `NAME-http`, the same server already serving Streamable HTTP on
+/// `port` (YAML list items for `gateway_daemon`).
+fn stdio_and_http(name: &str, command: &str, args: &[&str], port: u16) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "    - name: {name}-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{command}\", args: [{}]}}\n    - name: {name}-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n",
+        args.join(", ")
+    )
+}
+
 /// The recording server's tools the role `remote` allows, in the server's order.
 const RECORDER_TOOLS: [&str; 6] = [
     "echo",
@@ -53,10 +71,7 @@ fn http_recorder(record: &Path) -> (Server, u16) {
 
 /// The recording server with more environment (`TLS_CERT`, `TLS_KEY` for HTTPS).
 fn http_recorder_with(record: &Path, env: &[(&str, &Path)]) -> (Server, u16) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/http_recorder.py"
-    );
+    let script = fixture!("http_recorder.py");
     let mut child = Command::new("python3")
         .arg(script)
         .env("RECORD_FILE", record)
@@ -912,9 +927,7 @@ fn everything_http(everything: &str, mode: &str) -> (Server, u16) {
 fn everything_both_ways(everything: &str) -> (Scratch, Server, Daemon, Person) {
     let s = Scratch::new();
     let (upstream, port) = everything_http(everything, "streamableHttp");
-    let apps = format!(
-        "    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
-    );
+    let apps = stdio_and_http("everything", "node", &[everything, "stdio"], port);
     let d = gateway_daemon(&s, &apps, ROLES);
     let alice = Person::admitted(&s, &d, "alice", "remote");
     (s, upstream, d, alice)
@@ -949,7 +962,7 @@ fn the_python_sdk_over_http_reaches_stdio_and_http_apps_through_mcp_proxy() {
         return;
     };
     let (_s, _upstream, d, alice) = everything_both_ways(&everything);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk_client.py");
+    let script = fixture!("sdk_client.py");
     for app in ["everything-stdio", "everything-http"] {
         let ep = LocalEndpoint::start(&alice, app);
         let v = python_json(
@@ -988,21 +1001,13 @@ fn the_2026_sdk_over_http_through_mcp_proxy_to_stdio_and_http_servers() {
         return;
     };
     let s = Scratch::new();
-    let server = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/modern_server.py"
-    );
+    let server = fixture!("modern_server.py");
     let (_upstream, port) = python_http(&python, server);
-    let apps = format!(
-        "    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{server}\"]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{port}/mcp\n"
-    );
+    let apps = stdio_and_http("modern", &python, &[server], port);
     let roles = "kind: role\nversion: v8\nmetadata: {name: remote}\nspec:\n  allow:\n    app_labels: {env: remote}\n    mcp: {tools: ['*']}\n  deny:\n    mcp: {tools: ['*delete*']}\n";
     let d = gateway_daemon(&s, &apps, roles);
     let alice = Person::admitted(&s, &d, "alice", "remote");
-    let client = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/modern_client.py"
-    );
+    let client = fixture!("modern_client.py");
     let bin = env!("CARGO_BIN_EXE_mcpgate");
     for app in ["modern-stdio", "modern-http"] {
         let ep = LocalEndpoint::start(&alice, app);
@@ -1145,27 +1150,27 @@ fn the_conformance_suite_passes_through_mcp_proxy_every_scenario_it_passes_direc
     let s = Scratch::new();
     // The project's own fixture, written from the scenario list: every 2025 scenario's tools,
     // resources and prompts, so sampling, elicitation, progress and logging cross the gateway.
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/conformance_server.py"
-    );
+    let fixture = fixture!("conformance_server.py");
     let (_fixture, fixture_port) = python_http(&python1, fixture);
     // Its 2026-07-28 sibling on the Python SDK 2.x: the multi-round-trip scenarios
     // (input_required with elicitation, sampling and roots, request state, several rounds).
-    let fixture26 = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/conformance_server_2026.py"
-    );
+    let fixture26 = fixture!("conformance_server_2026.py");
     let (_fixture26, fixture26_port) = python_http(&python, fixture26);
     let (_everything, everything_port) = everything_http(&everything, "streamableHttp");
-    let modern = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/modern_server.py"
-    );
+    let modern = fixture!("modern_server.py");
     let (_modern, modern_port) = python_http(&python, modern);
-    let apps = format!(
-        "    - name: fixture26-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture26_port}/mcp\n    - name: fixture26-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{fixture26}\"]}}\n    - name: fixture-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{fixture_port}/mcp\n    - name: fixture-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python1}\", args: [\"{fixture}\"]}}\n    - name: everything-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{everything_port}/mcp\n    - name: everything-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{everything}\", stdio]}}\n    - name: modern-http\n      labels: {{env: remote}}\n      uri: mcp+http://127.0.0.1:{modern_port}/mcp\n    - name: modern-stdio\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{modern}\"]}}\n"
-    );
+    let apps = [
+        stdio_and_http("fixture26", &python, &[fixture26], fixture26_port),
+        stdio_and_http("fixture", &python1, &[fixture], fixture_port),
+        stdio_and_http(
+            "everything",
+            "node",
+            &[&everything, "stdio"],
+            everything_port,
+        ),
+        stdio_and_http("modern", &python, &[modern], modern_port),
+    ]
+    .concat();
     let roles = "kind: role\nversion: v8\nmetadata: {name: remote}\nspec:\n  allow:\n    app_labels: {env: remote}\n    mcp: {tools: ['*'], resources: ['*'], prompts: ['*']}\n";
     let d = gateway_daemon(&s, &apps, roles);
     let alice = Person::admitted(&s, &d, "alice", "remote");
@@ -1390,7 +1395,7 @@ fn the_2026_sdk_client_reaches_a_2025_server_through_connect_and_mcp_proxy() {
         return;
     };
     let (_s, _upstream, d, alice) = everything_both_ways(&everything);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk2_call.py");
+    let script = fixture!("sdk2_call.py");
     let bin = env!("CARGO_BIN_EXE_mcpgate");
     for app in ["everything-stdio", "everything-http"] {
         let ep = LocalEndpoint::start(&alice, app);

@@ -358,6 +358,11 @@ impl Session {
     }
 }
 
+/// A header's value as text, if it is some.
+fn text<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// A message as the endpoint passes it on: one JSON text, without its newline.
 fn raw(line: &[u8]) -> Bytes {
     Bytes::copy_from_slice(line.strip_suffix(b"\n").unwrap_or(line))
@@ -630,10 +635,7 @@ impl Endpoint {
             return rpc_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
         }
         if let Some(token) = &self.token {
-            let sent = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
+            let sent = text(req.headers(), http::header::AUTHORIZATION.as_str())
                 .and_then(|v| v.strip_prefix("Bearer "));
             // Compared in constant time: the token is the key to an identity.
             let ok = sent.is_some_and(|s| {
@@ -685,7 +687,7 @@ impl Endpoint {
                 matches!(host, "127.0.0.1" | "localhost" | "[::1]") && port == self.port.to_string()
             })
         };
-        let host = h.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let host = text(h, HOST.as_str()).unwrap_or("");
         if !ours(host) {
             return Err(format!("Host {host:?} is not this endpoint"));
         }
@@ -719,10 +721,8 @@ impl Endpoint {
     async fn post(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
-        let json = h
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
+        let json =
+            text(h, CONTENT_TYPE.as_str()).is_some_and(|v| v.starts_with("application/json"));
         if !json {
             return rpc_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -750,9 +750,7 @@ impl Endpoint {
         };
         let id = env.id.map(RawValue::get);
         let meta_version = headers::meta_protocol_version(&env);
-        let header_version = h
-            .get(headers::PROTOCOL_VERSION)
-            .and_then(|v| v.to_str().ok());
+        let header_version = text(h, headers::PROTOCOL_VERSION);
         // 2026-07-28 and later: the version in each request's `_meta` (or announced by the
         // header); no initialize, no session.
         let stateless =
@@ -790,34 +788,25 @@ impl Endpoint {
                     ),
                 );
             }
-            Ok(None) if is_init => match self.open().await {
-                Ok(s) => {
-                    self.sessions
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(s.id.clone(), s.clone());
-                    s
+            Ok(None) if is_init || stateless => {
+                let opened = if is_init {
+                    self.open().await.inspect(|s| {
+                        self.sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(s.id.clone(), s.clone());
+                    })
+                } else {
+                    self.shared().await
+                };
+                match opened {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let message = format!("mcpgate: {e:#}");
+                        return rpc_error(StatusCode::OK, id, code::INVALID_REQUEST, &message);
+                    }
                 }
-                Err(e) => {
-                    return rpc_error(
-                        StatusCode::OK,
-                        id,
-                        code::INVALID_REQUEST,
-                        &format!("mcpgate: {e:#}"),
-                    );
-                }
-            },
-            Ok(None) if stateless => match self.shared().await {
-                Ok(s) => s,
-                Err(e) => {
-                    return rpc_error(
-                        StatusCode::OK,
-                        id,
-                        code::INVALID_REQUEST,
-                        &format!("mcpgate: {e:#}"),
-                    );
-                }
-            },
+            }
             Ok(None) => {
                 return rpc_error(
                     StatusCode::BAD_REQUEST,
@@ -1030,10 +1019,7 @@ impl Endpoint {
 
     /// The server stream of a session-era session.
     fn listen(&self, h: &HeaderMap) -> Response<Body> {
-        let wants = h
-            .get(ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
+        let wants = text(h, ACCEPT.as_str()).is_some_and(|v| v.contains("text/event-stream"));
         if !wants {
             return plain(
                 StatusCode::NOT_ACCEPTABLE,
