@@ -7,6 +7,7 @@
 //! - [`api`]: the HTTPS API (axum) the proxy serves; one function maps errors to statuses.
 //! - [`findings`]: the findings reader (a cursor over the audit log) and their triage.
 //! - [`jwt`]: identity assertions for HTTP upstreams, and the keys that verify them.
+//! - [`web`]: dashboard sessions (cookie tokens, CSRF tokens) over the same login checks.
 //! - [`wire`]: request and response bodies shared with the CLI.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod jwt;
 pub mod login;
 pub mod service;
 pub mod users;
+pub mod web;
 pub mod wire;
 
 pub use service::{AuthConfig, AuthService, CaKey, Caller, SecondFactor};

@@ -26,6 +26,15 @@ const MAX_FAILURES_PER_USER: u32 = 5;
 const MAX_FAILURES_PER_ADDR: u32 = 20;
 const TOTP_STEP: u64 = 30;
 
+/// A user whose password and second factor were right, and whom no lock covers.
+pub(crate) struct Verified {
+    pub claims: Claims,
+    /// The longest a login may last: the roles' `max_session_ttl`, at most [`USER_TTL`].
+    pub max_ttl: Duration,
+    /// `password` or `password+otp`.
+    pub method: &'static str,
+}
+
 /// Counts failed logins per user and per source address in a sliding five-minute window.
 /// Unknown user names are counted like known ones, so the limit reveals nothing.
 #[derive(Debug, Default)]
@@ -311,8 +320,43 @@ impl AuthService {
 
     /// Password (and TOTP) login: issues a certificate for the client's public key.
     pub async fn login(&self, req: &LoginRequest, addr: Option<IpAddr>) -> Result<CertResponse> {
+        let login = self
+            .verified(&req.user, &req.password, req.otp.as_deref(), addr)
+            .await?;
+        let ttl = req
+            .ttl_secs
+            .map(Duration::from_secs)
+            .unwrap_or(login.max_ttl)
+            .min(login.max_ttl);
+        if ttl < Duration::from_secs(1) {
+            return Err(AuthError::BadRequest(
+                "the certificate lifetime must be at least 1s".into(),
+            ));
+        }
+        self.emit(self.event(
+            codes::USER_LOGIN.0,
+            codes::USER_LOGIN.1,
+            &login.claims,
+            true,
+            [("method", Value::from(login.method))],
+        ))
+        .await?;
+        self.sign(&login.claims, &req.public_key, ttl, codes::CERT_CREATE)
+            .await
+    }
+
+    /// Checks a user's password and second factor, under the rate limits, and that no lock
+    /// covers them: what every way of logging in (certificate, dashboard) goes through.
+    /// A failure is audited here; the caller audits the success.
+    pub(crate) async fn verified(
+        &self,
+        user: &str,
+        password: &str,
+        otp: Option<&str>,
+        addr: Option<IpAddr>,
+    ) -> Result<Verified> {
         let now = self.now();
-        let user_key_rl = format!("user:{}", req.user);
+        let user_key_rl = format!("user:{user}");
         let addr_key = addr.map(|a| format!("addr:{a}"));
         let limited = {
             let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
@@ -322,11 +366,11 @@ impl AuthService {
                     .is_some_and(|k| rl.limited(k, MAX_FAILURES_PER_ADDR, now))
         };
         if limited {
-            self.login_failed(&req.user, "rate limited").await?;
+            self.login_failed(user, "rate limited").await?;
             return Err(AuthError::RateLimited);
         }
-        match self.check_login(req, now).await {
-            Ok(resp) => Ok(resp),
+        match self.check_login(user, password, otp, now).await {
+            Ok(v) => Ok(v),
             Err(e) => {
                 if matches!(e, AuthError::InvalidCredentials | AuthError::OtpReused) {
                     let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
@@ -335,7 +379,7 @@ impl AuthService {
                         rl.fail(k, now);
                     }
                 } // the guard is released before the await below
-                self.login_failed(&req.user, &e.to_string()).await?;
+                self.login_failed(user, &e.to_string()).await?;
                 Err(e)
             }
         }
@@ -357,13 +401,19 @@ impl AuthService {
         .await
     }
 
-    async fn check_login(&self, req: &LoginRequest, now: SystemTime) -> Result<CertResponse> {
-        let user = match Name::new(&req.user) {
+    async fn check_login(
+        &self,
+        name: &str,
+        password: &str,
+        otp: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Verified> {
+        let user = match Name::new(name) {
             Ok(name) => self.user(name.as_str()).await?,
             Err(_) => None,
         };
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let password = req.password.clone();
+        let password = password.to_string();
         // Unknown users cost the same argon2 work as known ones.
         let ok = tokio::task::spawn_blocking(move || match hash {
             Some(h) => verify_password(&password, &h),
@@ -379,7 +429,7 @@ impl AuthService {
         };
         let method = match (&user.totp_secret, self.config.second_factor) {
             (Some(secret), _) => {
-                let code = req.otp.as_deref().unwrap_or_default();
+                let code = otp.unwrap_or_default();
                 let step = otp_step(secret, code, now).ok_or(AuthError::InvalidCredentials)?;
                 self.consume_otp_step(&user, step).await?;
                 "password+otp"
@@ -400,27 +450,12 @@ impl AuthService {
         let roles = self.roles(&user.roles).await?;
         let policy = Policy::compile(&roles, &user.traits)
             .map_err(|e| AuthError::Internal(e.to_string()))?;
-        let max = policy.max_session_ttl().unwrap_or(USER_TTL).min(USER_TTL);
-        let ttl = req
-            .ttl_secs
-            .map(Duration::from_secs)
-            .unwrap_or(max)
-            .min(max);
-        if ttl < Duration::from_secs(1) {
-            return Err(AuthError::BadRequest(
-                "the certificate lifetime must be at least 1s".into(),
-            ));
-        }
-        self.emit(self.event(
-            codes::USER_LOGIN.0,
-            codes::USER_LOGIN.1,
-            &claims,
-            true,
-            [("method", Value::from(method))],
-        ))
-        .await?;
-        self.sign(&claims, &req.public_key, ttl, codes::CERT_CREATE)
-            .await
+        let max_ttl = policy.max_session_ttl().unwrap_or(USER_TTL).min(USER_TTL);
+        Ok(Verified {
+            claims,
+            max_ttl,
+            method,
+        })
     }
 
     /// Records that a TOTP step was used; a code of the same or an earlier step is refused.

@@ -313,12 +313,258 @@ async fn audit<S: Store>(s: &S) {
         .unwrap();
     same.truncate(3);
     assert_eq!(got, same, "ties keep append order");
+    paging(s).await;
     // Filters are values, not SQL.
     assert!(
         s.search_events(&q(|q| q.user = Some("x' OR '1'='1".into())))
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Keyset paging and the explorer's filters: every event of a filtered set is seen exactly
+/// once, paging back and forth, whatever ties in time there are.
+async fn paging<S: Store>(s: &S) {
+    use mcpgate_types::Page;
+    let mut events = Vec::new();
+    for i in 0..25u64 {
+        let mut e = event(
+            &format!("p{i:02}"),
+            100 + i / 3, // three events per second: ties to break
+            "mcp.session.request",
+            if i % 2 == 0 { "pat" } else { "quinn" },
+            &[
+                ("app", "pages"),
+                (
+                    "tool",
+                    if i % 5 == 0 {
+                        "write_file"
+                    } else {
+                        "read_file"
+                    },
+                ),
+                ("method", "tools/call"),
+                ("session_id", if i < 10 { "s-one" } else { "s-two" }),
+                ("decision", if i % 4 == 0 { "deny" } else { "allow" }),
+            ],
+        );
+        e.roles = if i % 3 == 0 {
+            vec!["ops".into(), "dev".into()]
+        } else {
+            vec!["developer".into()]
+        };
+        e.fields.insert(
+            "params".into(),
+            serde_json::json!({"path": format!("/srv/Doc{i}")}),
+        );
+        events.push(e);
+    }
+    s.append_events(&events).await.unwrap();
+    let q = AuditQuery {
+        app: Some("pages".into()),
+        limit: Some(7),
+        ..Default::default()
+    };
+    // Forward (older) to the end, then back (newer) to the start.
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut page = Page::Newest;
+    loop {
+        let rows = s.page_events(&q, page).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        let last = &rows[rows.len() - 1];
+        page = Page::Older(mcpgate_types::Cursor {
+            time_us: mcpgate_types::clock::unix_micros(last.1.time),
+            pos: last.0,
+        });
+        pages.push(rows.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>());
+        seen.extend(rows.into_iter().map(|(_, e)| e.id));
+    }
+    let mut newest_first: Vec<String> = events.iter().rev().map(|e| e.id.clone()).collect();
+    assert_eq!(seen, newest_first, "each event once, newest first");
+    assert_eq!(pages.len(), 4);
+    let first_of_last = &pages[3][0];
+    let at = events.iter().position(|e| &e.id == first_of_last).unwrap();
+    let back = s
+        .page_events(
+            &q,
+            Page::Newer(mcpgate_types::Cursor {
+                time_us: mcpgate_types::clock::unix_micros(events[at].time),
+                pos: s
+                    .page_events(
+                        &AuditQuery {
+                            limit: Some(1),
+                            text: Some(format!("\"{first_of_last}\"")),
+                            ..Default::default()
+                        },
+                        Page::Newest,
+                    )
+                    .await
+                    .unwrap()[0]
+                    .0,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        back.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>(),
+        pages[2],
+        "the page before, newest first"
+    );
+    newest_first.clear();
+    // A live tail: what was stored after a position, in stored order, filtered.
+    let tail = s
+        .page_events(
+            &AuditQuery {
+                user: Some("pat".into()),
+                app: Some("pages".into()),
+                ..Default::default()
+            },
+            Page::After(back[back.len() - 1].0),
+        )
+        .await
+        .unwrap();
+    let tail_ids: Vec<&str> = tail.iter().map(|(_, e)| e.id.as_str()).collect();
+    let from = events
+        .iter()
+        .position(|e| e.id == back[back.len() - 1].1.id)
+        .unwrap();
+    let want: Vec<&str> = events[from + 1..]
+        .iter()
+        .filter(|e| e.user == "pat")
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(tail_ids, want);
+    assert!(tail.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        s.page_events(
+            &AuditQuery {
+                id: Some("p07".into()),
+                ..Default::default()
+            },
+            Page::Newest
+        )
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+
+    let ids = |q: AuditQuery| async move {
+        let mut v: Vec<String> = s
+            .page_events(&q, Page::Newest)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        v.sort();
+        v
+    };
+    let base = || AuditQuery {
+        app: Some("pages".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(AuditQuery {
+            tool: Some("write_*".into()),
+            ..base()
+        })
+        .await,
+        ["p00", "p05", "p10", "p15", "p20"]
+    );
+    assert_eq!(
+        ids(AuditQuery {
+            tool: Some("read_fil?".into()),
+            ..base()
+        })
+        .await
+        .len(),
+        20
+    );
+    assert!(
+        ids(AuditQuery {
+            tool: Some("READ_*".into()),
+            ..base()
+        })
+        .await
+        .is_empty(),
+        "tool globs are case-sensitive"
+    );
+    assert_eq!(
+        ids(AuditQuery {
+            role: Some("ops".into()),
+            ..base()
+        })
+        .await
+        .len(),
+        9,
+        "whole role names: ops, not developer"
+    );
+    assert!(
+        ids(AuditQuery {
+            role: Some("dev%".into()),
+            ..base()
+        })
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        ids(AuditQuery {
+            session: Some("s-one".into()),
+            decision: Some("deny".into()),
+            ..base()
+        })
+        .await,
+        ["p00", "p04", "p08"]
+    );
+    assert_eq!(
+        ids(AuditQuery {
+            method: Some("tools/call".into()),
+            user: Some("quinn".into()),
+            ..base()
+        })
+        .await
+        .len(),
+        12
+    );
+    assert_eq!(
+        ids(AuditQuery {
+            text: Some("/srv/doc1".into()),
+            ..base()
+        })
+        .await,
+        [
+            "p01", "p10", "p11", "p12", "p13", "p14", "p15", "p16", "p17", "p18", "p19"
+        ],
+        "free text, case-insensitive"
+    );
+    assert!(
+        ids(AuditQuery {
+            text: Some("%".into()),
+            ..base()
+        })
+        .await
+        .is_empty(),
+        "LIKE wildcards in free text are literal"
+    );
+    let t = |secs: u64| {
+        mcpgate_types::clock::unix_micros(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs),
+        )
+    };
+    assert_eq!(
+        ids(AuditQuery {
+            since_micros: Some(t(101)),
+            until_micros: Some(t(102)),
+            ..base()
+        })
+        .await,
+        ["p03", "p04", "p05"],
+        "since inclusive, until exclusive"
     );
 }
 

@@ -9,11 +9,12 @@
 
 pub mod compliance;
 pub mod postgres;
+mod query;
 pub mod sqlite;
 
 use std::future::Future;
 
-use mcpgate_types::{AuditEvent, AuditQuery};
+use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -71,6 +72,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<AuditEvent>>> + Send;
+    /// One page of the events matching `query` (at most `query.limit`), newest first, each
+    /// with its position: keyset paging, as fast at the millionth event as at the first.
+    /// [`Page::After`] pages come in the order the events were stored instead.
+    fn page_events(
+        &self,
+        query: &AuditQuery,
+        page: Page,
+    ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>>> + Send;
     /// Up to `limit` events in the order they were written, each with its position, from
     /// after position `after` (0: from the start): for reading the log forward. Positions
     /// grow; one written in a transaction still open may appear after a higher one.
@@ -102,6 +111,10 @@ pub(crate) struct EventRow<'a> {
     pub app: Option<&'a str>,
     pub tool: Option<&'a str>,
     pub decision: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub method: Option<&'a str>,
+    /// The identity's roles as `,a,b,` (see [`query::roles_column`]).
+    pub roles: String,
     pub data: String,
 }
 
@@ -115,6 +128,9 @@ impl<'a> EventRow<'a> {
             app: e.field("app"),
             tool: e.field("tool"),
             decision: e.field("decision"),
+            session: e.field("session_id"),
+            method: e.field("method"),
+            roles: query::roles_column(&e.roles),
             data: serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         })
     }
@@ -168,7 +184,24 @@ impl Store for AnyStore {
     async fn search_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
         delegate!(self, s => s.search_events(query))
     }
+    async fn page_events(&self, query: &AuditQuery, page: Page) -> Result<Vec<(i64, AuditEvent)>> {
+        delegate!(self, s => s.page_events(query, page))
+    }
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
         delegate!(self, s => s.events_after(after, limit))
     }
+}
+
+/// Stored rows `(position, JSON)` as events; a row that does not decode is skipped (and
+/// said), not a reason to stop reading the log.
+pub(crate) fn decode_rows(rows: Vec<(i64, String)>) -> Vec<(i64, AuditEvent)> {
+    rows.into_iter()
+        .filter_map(|(pos, d)| match serde_json::from_str(&d) {
+            Ok(e) => Some((pos, e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "an audit row does not decode: skipped");
+                None
+            }
+        })
+        .collect()
 }

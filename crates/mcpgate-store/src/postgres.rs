@@ -4,22 +4,43 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, types::ToSql};
 
-use mcpgate_types::{AuditEvent, AuditQuery};
+use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
-use crate::sqlite::decode_events;
-use crate::{DEFAULT_LIMIT, EventRow, Result, Store};
+use crate::query::{self, Arg, Dialect};
+use crate::{EventRow, Result, Store, decode_rows};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcpgate_kv (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS mcpgate_audit (
   seq BIGSERIAL,
   id TEXT PRIMARY KEY, time_us BIGINT NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
-  app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL);
+  app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL,
+  session TEXT, method TEXT, roles TEXT);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_time ON mcpgate_audit (time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_user ON mcpgate_audit (user_name, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_type ON mcpgate_audit (type, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_app ON mcpgate_audit (app, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_seq ON mcpgate_audit (seq);
+";
+
+/// Indexes, made after [`MIGRATE`] has added the columns they cover.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS mcpgate_audit_session ON mcpgate_audit (session, time_us);
+CREATE INDEX IF NOT EXISTS mcpgate_audit_decision ON mcpgate_audit (decision, time_us);
+";
+
+/// Brings a log written before the `session`, `method` and `roles` columns up to date:
+/// the columns are added and filled from each event's JSON (in one transaction, so
+/// instances starting together do it once).
+const MIGRATE: &str = "
+BEGIN;
+LOCK TABLE mcpgate_audit IN SHARE ROW EXCLUSIVE MODE;
+ALTER TABLE mcpgate_audit ADD COLUMN IF NOT EXISTS session TEXT,
+  ADD COLUMN IF NOT EXISTS method TEXT, ADD COLUMN IF NOT EXISTS roles TEXT;
+UPDATE mcpgate_audit SET session = data::jsonb->>'session_id', method = data::jsonb->>'method',
+  roles = ',' || COALESCE((SELECT string_agg(r, ',') FROM jsonb_array_elements_text(data::jsonb->'roles') r) || ',', '')
+  WHERE roles IS NULL;
+COMMIT;
 ";
 
 /// PostgreSQL storage over one pipelined connection, reopened when it drops.
@@ -34,6 +55,19 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let client = Self::open(url).await?;
         client.batch_execute(SCHEMA).await?;
+        let current = client
+            .query_opt(
+                "SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'mcpgate_audit'
+                   AND column_name = 'roles'",
+                &[],
+            )
+            .await?
+            .is_some();
+        if !current {
+            client.batch_execute(MIGRATE).await?;
+        }
+        client.batch_execute(INDEXES).await?;
         Ok(Self {
             url: url.to_string(),
             client: Arc::new(Mutex::new(client)),
@@ -149,25 +183,24 @@ impl Store for PostgresStore {
             .map(EventRow::new)
             .collect::<Result<Vec<_>>>()?;
         let mut sql = String::from(
-            "INSERT INTO mcpgate_audit (id, time_us, type, user_name, app, tool, decision, data) VALUES ",
+            "INSERT INTO mcpgate_audit
+               (id, time_us, type, user_name, app, tool, decision, session, method, roles, data)
+             VALUES ",
         );
-        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.len() * 8);
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.len() * 11);
         for (i, r) in rows.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
             }
-            let b = i * 8;
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8
-            ));
+            let b = i * 11;
+            sql.push('(');
+            for n in 1..=11 {
+                if n > 1 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", b + n));
+            }
+            sql.push(')');
             args.extend_from_slice(&[
                 &r.id,
                 &r.time_us,
@@ -176,6 +209,9 @@ impl Store for PostgresStore {
                 &r.app,
                 &r.tool,
                 &r.decision,
+                &r.session,
+                &r.method,
+                &r.roles,
                 &r.data,
             ]);
         }
@@ -186,31 +222,38 @@ impl Store for PostgresStore {
     }
 
     async fn search_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        let mut sql = String::from("SELECT data FROM mcpgate_audit WHERE TRUE");
-        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        if let Some(t) = &q.since_micros {
-            args.push(t);
-            sql.push_str(&format!(" AND time_us >= ${}", args.len()));
-        }
-        for (col, v) in [
-            ("user_name", &q.user),
-            ("app", &q.app),
-            ("tool", &q.tool),
-            ("type", &q.kind),
-            ("decision", &q.decision),
-        ] {
-            if let Some(v) = v {
-                args.push(v);
-                sql.push_str(&format!(" AND {col} = ${}", args.len()));
-            }
-        }
-        sql.push_str(&format!(
-            " ORDER BY time_us DESC, seq DESC LIMIT {}",
-            q.limit.unwrap_or(DEFAULT_LIMIT)
-        ));
+        let mut page = self.page_events(q, Page::Newest).await?;
+        page.reverse();
+        Ok(page.into_iter().map(|(_, e)| e).collect())
+    }
+
+    async fn page_events(&self, q: &AuditQuery, page: Page) -> Result<Vec<(i64, AuditEvent)>> {
+        let sql = query::select(Dialect::Postgres, q, page);
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = sql
+            .args
+            .into_iter()
+            .map(|a| -> Box<dyn ToSql + Sync + Send> {
+                match a {
+                    Arg::Int(i) => Box::new(i),
+                    Arg::Text(t) => Box::new(t),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         let c = self.client().await?;
-        let rows = c.query(sql.as_str(), &args).await?;
-        decode_events(rows.into_iter().map(|r| r.get(0)).collect())
+        let mut rows: Vec<(i64, String)> = c
+            .query(sql.text.as_str(), &refs)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if sql.reverse {
+            rows.reverse();
+        }
+        Ok(decode_rows(rows))
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
@@ -221,19 +264,8 @@ impl Store for PostgresStore {
                 &[&after, &i64::from(limit)],
             )
             .await?;
-        // A row that does not decode is skipped (and said), not a reason to stop reading.
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let data: String = r.get(1);
-                match serde_json::from_str(&data) {
-                    Ok(e) => Some((r.get(0), e)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an audit row does not decode: skipped");
-                        None
-                    }
-                }
-            })
-            .collect())
+        Ok(decode_rows(
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
+        ))
     }
 }

@@ -6,20 +6,49 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use mcpgate_types::{AuditEvent, AuditQuery};
+use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
-use crate::{DEFAULT_LIMIT, EventRow, Result, Store, StoreError, prefix_end};
+use crate::query::{self, Arg, Dialect};
+use crate::{EventRow, Result, Store, decode_rows, prefix_end};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
   id TEXT PRIMARY KEY, time_us INTEGER NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
-  app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL);
+  app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL,
+  session TEXT, method TEXT, roles TEXT);
+";
+
+/// Indexes, made after [`migrate`] has added the columns they cover.
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time_us);
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user_name, time_us);
 CREATE INDEX IF NOT EXISTS audit_type ON audit (type, time_us);
 CREATE INDEX IF NOT EXISTS audit_app ON audit (app, time_us);
+CREATE INDEX IF NOT EXISTS audit_session ON audit (session, time_us);
+CREATE INDEX IF NOT EXISTS audit_decision ON audit (decision, time_us);
 ";
+
+/// Brings a log written before the `session`, `method` and `roles` columns up to date,
+/// once: the columns are added and filled from each event's JSON.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let has: bool = c
+        .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'roles'")?
+        .exists([])?;
+    if has {
+        return Ok(());
+    }
+    c.execute_batch(
+        "BEGIN;
+         ALTER TABLE audit ADD COLUMN session TEXT;
+         ALTER TABLE audit ADD COLUMN method TEXT;
+         ALTER TABLE audit ADD COLUMN roles TEXT;
+         UPDATE audit SET session = json_extract(data, '$.session_id'),
+           method = json_extract(data, '$.method'),
+           roles = ',' || COALESCE((SELECT group_concat(value, ',') FROM json_each(data, '$.roles')) || ',', '');
+         COMMIT;",
+    )
+}
 
 /// How durable a commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -59,6 +88,8 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={level}; PRAGMA busy_timeout=5000;"
         ))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        conn.execute_batch(INDEXES)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -71,10 +102,10 @@ impl SqliteStore {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard).map_err(StoreError::from)
+            f(&mut guard).map_err(crate::StoreError::from)
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|e| crate::StoreError::Task(e.to_string()))?
     }
 }
 
@@ -192,27 +223,35 @@ impl Store for SqliteStore {
             .iter()
             .map(|e| {
                 let r = EventRow::new(e)?;
-                Ok((
-                    r.id.to_string(),
-                    r.time_us,
-                    r.kind.to_string(),
-                    r.user.to_string(),
-                    r.app.map(str::to_string),
-                    r.tool.map(str::to_string),
-                    r.decision.map(str::to_string),
-                    r.data,
-                ))
+                let own = |v: Option<&str>| v.map(str::to_string);
+                Ok(OwnedRow {
+                    id: r.id.to_string(),
+                    time_us: r.time_us,
+                    kind: r.kind.to_string(),
+                    user: r.user.to_string(),
+                    app: own(r.app),
+                    tool: own(r.tool),
+                    decision: own(r.decision),
+                    session: own(r.session),
+                    method: own(r.method),
+                    roles: r.roles,
+                    data: r.data,
+                })
             })
             .collect::<Result<_>>()?;
         self.run(move |c| {
             let tx = c.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT INTO audit (id, time_us, type, user_name, app, tool, decision, data)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO audit
+                       (id, time_us, type, user_name, app, tool, decision, session, method, roles, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
                 )?;
                 for r in &rows {
-                    stmt.execute(params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7])?;
+                    stmt.execute(params![
+                        r.id, r.time_us, r.kind, r.user, r.app, r.tool, r.decision, r.session,
+                        r.method, r.roles, r.data
+                    ])?;
                 }
             }
             tx.commit()
@@ -221,39 +260,31 @@ impl Store for SqliteStore {
     }
 
     async fn search_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        let q = query.clone();
-        let rows: Vec<String> = self
+        let mut page = self.page_events(query, Page::Newest).await?;
+        page.reverse();
+        Ok(page.into_iter().map(|(_, e)| e).collect())
+    }
+
+    async fn page_events(&self, query: &AuditQuery, page: Page) -> Result<Vec<(i64, AuditEvent)>> {
+        let sql = query::select(Dialect::Sqlite, query, page);
+        let rows: Vec<(i64, String)> = self
             .run(move |c| {
-                let mut sql = String::from("SELECT data FROM audit WHERE 1=1");
-                let mut args: Vec<rusqlite::types::Value> = Vec::new();
-                let mut add = |col: &str, v: rusqlite::types::Value| {
-                    args.push(v);
-                    sql.push_str(&format!(" AND {col} ?{}", args.len()));
-                };
-                if let Some(t) = q.since_micros {
-                    add("time_us >=", t.into());
+                let args = sql.args.into_iter().map(|a| match a {
+                    Arg::Int(i) => rusqlite::types::Value::Integer(i),
+                    Arg::Text(t) => rusqlite::types::Value::Text(t),
+                });
+                let mut stmt = c.prepare_cached(&sql.text)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                let mut rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+                if sql.reverse {
+                    rows.reverse();
                 }
-                for (col, v) in [
-                    ("user_name =", &q.user),
-                    ("app =", &q.app),
-                    ("tool =", &q.tool),
-                    ("type =", &q.kind),
-                    ("decision =", &q.decision),
-                ] {
-                    if let Some(v) = v {
-                        add(col, v.clone().into());
-                    }
-                }
-                sql.push_str(&format!(
-                    " ORDER BY time_us DESC, rowid DESC LIMIT {}",
-                    q.limit.unwrap_or(DEFAULT_LIMIT)
-                ));
-                let mut stmt = c.prepare(&sql)?;
-                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
-                rows.collect()
+                Ok(rows)
             })
             .await?;
-        decode_events(rows)
+        Ok(decode_rows(rows))
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
@@ -268,37 +299,21 @@ impl Store for SqliteStore {
                 rows.collect()
             })
             .await?;
-        // A row that does not decode is skipped (and said), not a reason to stop reading.
-        Ok(rows
-            .into_iter()
-            .filter_map(|(seq, d)| match serde_json::from_str(&d) {
-                Ok(e) => Some((seq, e)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "an audit row does not decode: skipped");
-                    None
-                }
-            })
-            .collect())
+        Ok(decode_rows(rows))
     }
 }
 
 /// An event's columns, owned, to move into the blocking task.
-type OwnedRow = (
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-);
-
-/// Decodes stored event JSON, newest-first rows into oldest-first events.
-/// Events from their stored JSON (rows newest first), oldest first.
-pub(crate) fn decode_events(mut rows: Vec<String>) -> Result<Vec<AuditEvent>> {
-    rows.reverse();
-    rows.iter()
-        .map(|d| serde_json::from_str(d).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect()
+struct OwnedRow {
+    id: String,
+    time_us: i64,
+    kind: String,
+    user: String,
+    app: Option<String>,
+    tool: Option<String>,
+    decision: Option<String>,
+    session: Option<String>,
+    method: Option<String>,
+    roles: String,
+    data: String,
 }

@@ -64,3 +64,42 @@ async fn postgres_passes_the_suite() {
     }
     drop_db.await;
 }
+
+/// A log written before the session, method and roles columns existed is brought up to
+/// date when opened: its old events are found by the new filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migrates_an_older_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE audit (
+               id TEXT PRIMARY KEY, time_us INTEGER NOT NULL, type TEXT NOT NULL,
+               user_name TEXT NOT NULL, app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL);
+             INSERT INTO audit VALUES ('old1', 1, 'mcp.session.request', 'ann', 'fs', 'read', 'allow',
+               '{\"id\":\"old1\",\"time\":\"1970-01-01T00:00:00.000001Z\",\"type\":\"mcp.session.request\",\"code\":\"MG5002I\",\"cluster\":\"c\",\"user\":\"ann\",\"roles\":[\"dev\",\"ops\"],\"success\":true,\"session_id\":\"s1\",\"method\":\"tools/call\"}');",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    for q in [
+        mcpgate_types::AuditQuery {
+            session: Some("s1".into()),
+            ..Default::default()
+        },
+        mcpgate_types::AuditQuery {
+            method: Some("tools/call".into()),
+            role: Some("ops".into()),
+            ..Default::default()
+        },
+    ] {
+        let found = s.search_events(&q).await.unwrap();
+        assert_eq!(found.len(), 1, "{q:?}");
+        assert_eq!(found[0].id, "old1");
+    }
+    drop(s);
+    // Opening again does not migrate twice.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.search_events(&Default::default()).await.unwrap().len(), 1);
+}

@@ -47,6 +47,14 @@ pub mod codes {
     /// A client notification the gateway refused (e.g. a request method without an id).
     pub const MCP_NOTIFICATION_DENIED: (&str, &str) = ("mcp.session.notification", "MG5004W");
     pub const MCP_NOTIFICATION: (&str, &str) = ("mcp.session.notification", "MG5004I");
+    /// A dashboard session began (a login at `/login`).
+    pub const WEB_SESSION_START: (&str, &str) = ("web.session.start", "MG6000I");
+    /// A dashboard session ended: logout (`reason: logout`) or a lock (`reason: locked`).
+    pub const WEB_SESSION_END: (&str, &str) = ("web.session.end", "MG6001I");
+    /// Someone read the audit log in the dashboard (`view` says which page, with its filter).
+    pub const AUDIT_VIEW: (&str, &str) = ("audit.view", "MG6002I");
+    /// Someone exported the audit log (`format`, the filter and how many rows).
+    pub const AUDIT_EXPORT: (&str, &str) = ("audit.export", "MG6003I");
 }
 
 /// One audit event. Common fields are typed; the rest of the type's fields live in `fields`.
@@ -113,16 +121,72 @@ impl AuditEvent {
 /// A search over the audit log; every set filter must match.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditQuery {
+    /// Only the event with this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Only events at or after this time (µs since the epoch).
     pub since_micros: Option<i64>,
+    /// Only events before this time (µs since the epoch, exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_micros: Option<i64>,
     pub user: Option<String>,
+    /// Only events of an identity holding this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub app: Option<String>,
+    /// A tool name, or a glob of them (`*` any run of characters, `?` one).
     pub tool: Option<String>,
+    /// The MCP method (`tools/call`) or, for other events, their `method` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub decision: Option<String>,
+    /// Only events of this MCP session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Free text anywhere in the event's JSON, case-insensitive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Newest events first, at most this many (default 1000).
     pub limit: Option<u32>,
+}
+
+/// Where a page of the audit log starts, for keyset paging: events are ordered newest
+/// first by (time, position), and a page continues from the last row of the one before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Page {
+    /// The newest events.
+    #[default]
+    Newest,
+    /// Events ordered after (older than) this one.
+    Older(Cursor),
+    /// Events ordered before (newer than) this one.
+    Newer(Cursor),
+    /// Events stored after this position, in the order they were stored (for a live tail).
+    After(i64),
+}
+
+/// An event's place in the audit log's order: its time, then the position it was stored at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub time_us: i64,
+    pub pos: i64,
+}
+
+impl Cursor {
+    /// `TIME.POS`, as it goes in a URL.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.time_us, self.pos)
+    }
+
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (t, p) = s.split_once('.')?;
+        Some(Cursor {
+            time_us: t.parse().ok()?,
+            pos: p.parse().ok()?,
+        })
+    }
 }
 
 /// RFC 3339 timestamps with microsecond precision: `2026-11-21T10:00:00.123456Z`.

@@ -15,7 +15,7 @@ pub mod identity;
 pub mod name;
 pub mod resource;
 
-pub use audit::{AuditEvent, AuditQuery};
+pub use audit::{AuditEvent, AuditQuery, Cursor, Page};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use identity::{Claims, IdentityKind};
 pub use name::{Name, NameError};

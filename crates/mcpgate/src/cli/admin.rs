@@ -225,8 +225,21 @@ enum AuditCommand {
         user: Option<String>,
         #[arg(long)]
         app: Option<String>,
+        /// A tool name or a glob (`read_*`).
         #[arg(long)]
         tool: Option<String>,
+        /// Only identities holding this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// The MCP method, e.g. tools/call.
+        #[arg(long)]
+        method: Option<String>,
+        /// Only events of this MCP session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Free text anywhere in the event, case-insensitive.
+        #[arg(long = "query", short = 'q')]
+        text: Option<String>,
         /// Event type, e.g. user.login.
         #[arg(long = "type")]
         kind: Option<String>,
@@ -366,6 +379,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     user,
                     app,
                     tool,
+                    role,
+                    method,
+                    session,
+                    text,
                     kind,
                     decision,
                     limit,
@@ -383,9 +400,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 user,
                 app,
                 tool,
+                role,
+                method,
+                session,
+                text,
                 kind,
                 decision,
                 limit: Some(limit),
+                ..Default::default()
             };
             audit(&api, &q, format).await
         }

@@ -1,0 +1,238 @@
+//! The one SQL text of an audit search, for both backends: filters as bound values (never
+//! SQL), keyset paging over (time, position) so a page costs the same anywhere in the log.
+
+use mcpgate_types::{AuditQuery, Page};
+
+use crate::DEFAULT_LIMIT;
+
+/// The SQL spelling that differs between the backends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound value.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// A search as SQL text and its bound values, in placeholder order.
+pub(crate) struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+    /// The rows come oldest first (a page toward the present) and must be reversed.
+    pub reverse: bool,
+}
+
+impl Dialect {
+    fn table(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "audit",
+            Dialect::Postgres => "mcpgate_audit",
+        }
+    }
+
+    /// The column that holds an event's position in the order it was stored.
+    fn pos(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "seq",
+        }
+    }
+
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+}
+
+/// `SELECT pos, data` of the events matching `q` on `page`: newest first (once reversed
+/// where [`Sql::reverse`] says so), or for [`Page::After`] in the order they were stored.
+pub(crate) fn select(d: Dialect, q: &AuditQuery, page: Page) -> Sql {
+    let pos = d.pos();
+    let mut text = format!("SELECT {pos}, data FROM {} WHERE TRUE", d.table());
+    let mut args = Vec::new();
+    let mut bind = |text: &mut String, sql: &str, v: Arg| {
+        args.push(v);
+        text.push_str(&sql.replace('#', &d.placeholder(args.len())));
+    };
+    if let Some(t) = q.since_micros {
+        bind(&mut text, " AND time_us >= #", Arg::Int(t));
+    }
+    if let Some(t) = q.until_micros {
+        bind(&mut text, " AND time_us < #", Arg::Int(t));
+    }
+    for (col, v) in [
+        ("id", &q.id),
+        ("user_name", &q.user),
+        ("app", &q.app),
+        ("type", &q.kind),
+        ("decision", &q.decision),
+        ("session", &q.session),
+        ("method", &q.method),
+    ] {
+        if let Some(v) = v {
+            bind(&mut text, &format!(" AND {col} = #"), Arg::Text(v.clone()));
+        }
+    }
+    if let Some(tool) = &q.tool {
+        if tool.contains(['*', '?']) {
+            match d {
+                // GLOB is case-sensitive like `=`; `[` is its only other special character.
+                Dialect::Sqlite => bind(
+                    &mut text,
+                    " AND tool GLOB #",
+                    Arg::Text(tool.replace('[', "[[]")),
+                ),
+                Dialect::Postgres => bind(
+                    &mut text,
+                    " AND tool LIKE # ESCAPE '\\'",
+                    Arg::Text(glob_to_like(tool)),
+                ),
+            }
+        } else {
+            bind(&mut text, " AND tool = #", Arg::Text(tool.clone()));
+        }
+    }
+    if let Some(role) = &q.role {
+        // `roles` holds `,a,b,`: a whole name between commas.
+        let pattern = format!("%,{},%", like_escape(role));
+        bind(
+            &mut text,
+            " AND roles LIKE # ESCAPE '\\'",
+            Arg::Text(pattern),
+        );
+    }
+    if let Some(needle) = q.text.as_deref().filter(|t| !t.is_empty()) {
+        let op = match d {
+            Dialect::Sqlite => "LIKE", // case-insensitive for ASCII
+            Dialect::Postgres => "ILIKE",
+        };
+        let pattern = format!("%{}%", like_escape(needle));
+        bind(
+            &mut text,
+            &format!(" AND data {op} # ESCAPE '\\'"),
+            Arg::Text(pattern),
+        );
+    }
+    let (order, reverse) = match page {
+        Page::Newest => ("time_us DESC, # DESC", false),
+        Page::After(p) => {
+            bind(&mut text, &format!(" AND {pos} > #"), Arg::Int(p));
+            ("#", false)
+        }
+        Page::Older(c) => {
+            // The plain bound lets the time index narrow the scan; the row value breaks ties.
+            bind(&mut text, " AND time_us <= #", Arg::Int(c.time_us));
+            args.push(Arg::Int(c.time_us));
+            args.push(Arg::Int(c.pos));
+            text.push_str(&format!(
+                " AND (time_us, {pos}) < ({}, {})",
+                d.placeholder(args.len() - 1),
+                d.placeholder(args.len())
+            ));
+            ("time_us DESC, # DESC", false)
+        }
+        Page::Newer(c) => {
+            bind(&mut text, " AND time_us >= #", Arg::Int(c.time_us));
+            args.push(Arg::Int(c.time_us));
+            args.push(Arg::Int(c.pos));
+            text.push_str(&format!(
+                " AND (time_us, {pos}) > ({}, {})",
+                d.placeholder(args.len() - 1),
+                d.placeholder(args.len())
+            ));
+            ("time_us ASC, # ASC", true)
+        }
+    };
+    text.push_str(&format!(
+        " ORDER BY {} LIMIT {}",
+        order.replace('#', pos),
+        q.limit.unwrap_or(DEFAULT_LIMIT)
+    ));
+    Sql {
+        text,
+        args,
+        reverse,
+    }
+}
+
+/// `roles` as stored: every role name between commas, so a LIKE finds whole names.
+pub(crate) fn roles_column(roles: &[String]) -> String {
+    let mut s = String::from(",");
+    for r in roles {
+        s.push_str(r);
+        s.push(',');
+    }
+    s
+}
+
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len());
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpgate_types::Cursor;
+
+    #[test]
+    fn values_are_bound_never_spliced() {
+        let q = AuditQuery {
+            user: Some("x' OR '1'='1".into()),
+            tool: Some("read_*".into()),
+            text: Some("50%_off".into()),
+            ..Default::default()
+        };
+        let sql = select(
+            Dialect::Postgres,
+            &q,
+            Page::Older(Cursor { time_us: 5, pos: 9 }),
+        );
+        assert!(!sql.text.contains("OR '1'"));
+        assert!(sql.text.contains("tool LIKE $2"));
+        assert!(
+            sql.text.contains("(time_us, seq) < ($5, $6)"),
+            "{}",
+            sql.text
+        );
+        assert!(matches!(&sql.args[1], Arg::Text(t) if t == "read\\_%"));
+        assert!(matches!(&sql.args[2], Arg::Text(t) if t == "%50\\%\\_off%"));
+        assert!(!sql.reverse);
+        let newer = select(
+            Dialect::Sqlite,
+            &q,
+            Page::Newer(Cursor { time_us: 5, pos: 9 }),
+        );
+        assert!(newer.reverse && newer.text.contains("ORDER BY time_us ASC, rowid ASC"));
+        assert_eq!(roles_column(&["a".into(), "b".into()]), ",a,b,");
+    }
+}
