@@ -226,8 +226,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             })
             .collect()
     });
-    let api = mcpgate_auth::api::router(auth.clone(), services.clone(), agents)
-        .merge(mcpgate_proxy::apps::router(auth.clone(), tunnels.clone()));
+    let api = mcpgate_auth::api::router(auth.clone(), services.clone(), agents.clone())
+        .merge(mcpgate_proxy::apps::router(auth.clone(), tunnels.clone()))
+        .merge(mcpgate_web::router(auth.clone(), agents));
     let routes = mcpgate_proxy::Routes {
         api,
         tunnels: tunnels.clone(),
