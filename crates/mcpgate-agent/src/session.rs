@@ -623,6 +623,12 @@ impl Session<'_> {
                     f.insert("decision".into(), Value::from("deny"));
                     f.insert("outcome".into(), Value::from("invalid"));
                     f.insert("reason".into(), Value::from(reason));
+                    // What was sent, redacted and size-capped like any parameters: the
+                    // refused message is evidence too.
+                    f.insert(
+                        "message".into(),
+                        audit_params(std::str::from_utf8(&buf).ok()),
+                    );
                     self.emit(self.event(codes::MCP_REQUEST_DENIED, false, f))
                         .await;
                 }

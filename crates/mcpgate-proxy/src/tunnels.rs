@@ -119,6 +119,21 @@ impl Tunnels {
             .map(|_| ())
     }
 
+    /// The apps the connected agents announced (their own, static apps and the cluster's
+    /// they serve), one per name.
+    pub fn announced_apps(&self) -> Vec<mcpgate_types::resource::App> {
+        let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<mcpgate_types::resource::App> = Vec::new();
+        for t in list.iter() {
+            for a in t.apps.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if !out.iter().any(|o| o.metadata.name == a.metadata.name) {
+                    out.push(a.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// The connected agents, one entry per agent (however many tunnels it holds).
     pub fn agents(&self) -> Vec<AgentView> {
         let list = self.list.lock().unwrap_or_else(|p| p.into_inner());

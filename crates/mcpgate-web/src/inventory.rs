@@ -59,6 +59,21 @@ fn table(items: &[Value], columns: &[&str], id: &str) -> Markup {
     }
 }
 
+/// The cluster's apps, and those agents serve on their own (as announced), as JSON.
+async fn known_apps(web: &Web, v: &Viewer) -> Result<Vec<Value>, WebError> {
+    let mut apps = list(web, v, Kind::App).await?;
+    for a in (web.announced)() {
+        let name = a.metadata.name.as_str();
+        if !apps
+            .iter()
+            .any(|x| x.pointer("/metadata/name").and_then(Value::as_str) == Some(name))
+        {
+            apps.push(serde_json::to_value(&a).unwrap_or_default());
+        }
+    }
+    Ok(apps)
+}
+
 async fn list(web: &Web, v: &Viewer, kind: Kind) -> Result<Vec<Value>, WebError> {
     Ok(web.auth.get_resources(&v.caller, kind, None).await?)
 }
@@ -79,7 +94,7 @@ fn transport(uri: &str) -> &'static str {
 /// `GET /apps`.
 pub(crate) async fn apps(State(web): State<Arc<Web>>, headers: HeaderMap) -> WebResult {
     let v = viewer(&web, &headers).await?;
-    let apps = list(&web, &v, Kind::App).await?;
+    let apps = known_apps(&web, &v).await?;
     let agents = (web.agents)();
     let day = overview::stats(
         &web,
@@ -93,14 +108,6 @@ pub(crate) async fn apps(State(web): State<Arc<Web>>, headers: HeaderMap) -> Web
         .filter_map(|a| a.pointer("/metadata/name").and_then(Value::as_str))
         .map(str::to_string)
         .collect();
-    // Apps agents serve on their own (static apps) are apps too.
-    for a in &agents {
-        for app in &a.apps {
-            if !names.contains(app) {
-                names.push(app.clone());
-            }
-        }
-    }
     names.sort();
     let body = html! {
         table id="apps" {
@@ -473,13 +480,13 @@ pub(crate) async fn who(
     Query(q): Query<WhoQuery>,
 ) -> WebResult {
     let v = viewer(&web, &headers).await?;
-    let app = web
-        .auth
-        .get_resources(&v.caller, Kind::App, Some(&q.app))
-        .await?;
+    let apps = known_apps(&web, &v).await?;
+    let app = apps
+        .iter()
+        .find(|a| a.pointer("/metadata/name").and_then(Value::as_str) == Some(q.app.as_str()))
+        .ok_or_else(|| WebError::NotFound(format!("app {} not found", q.app)))?;
     let labels: BTreeMap<String, String> = app
-        .first()
-        .and_then(|a| a.pointer("/metadata/labels"))
+        .pointer("/metadata/labels")
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_default();
     // (identity, its roles, its traits)

@@ -30,14 +30,18 @@ mod overview;
 mod page;
 mod session;
 
+/// The apps the connected agents announced, with their labels and URIs.
+pub type AppList = Arc<dyn Fn() -> Vec<mcpgate_types::resource::App> + Send + Sync>;
+
 /// What the pages share.
 pub(crate) struct Web {
     pub auth: Arc<AuthService>,
     pub agents: AgentList,
+    pub announced: AppList,
 }
 
 /// The dashboard's routes (no fallback: the API's answers what is not found).
-pub fn router(auth: Arc<AuthService>, agents: AgentList) -> Router {
+pub fn router(auth: Arc<AuthService>, agents: AgentList, announced: AppList) -> Router {
     Router::new()
         .route("/", get(overview::page))
         .route("/login", get(session::form).post(session::login))
@@ -63,7 +67,11 @@ pub fn router(auth: Arc<AuthService>, agents: AgentList) -> Router {
         .route("/roles/who", get(inventory::who))
         .route("/assets/{file}", get(assets::serve))
         .layer(axum::middleware::map_response(page::secure))
-        .with_state(Arc::new(Web { auth, agents }))
+        .with_state(Arc::new(Web {
+            auth,
+            agents,
+            announced,
+        }))
 }
 
 /// Why a page could not be shown. One place turns each into a status and a page.

@@ -62,8 +62,9 @@ fn head(title: &str, scripts: &[&str]) -> Markup {
         head {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
-            // htmx without the inline style it would add and without eval (strict CSP).
-            meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
+            // htmx without the inline style it would add and without eval (strict CSP); error
+            // pages (403, 400 with the form's reason) are shown, not dropped.
+            meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0,"responseHandling":[{"code":"204","swap":false},{"code":"...","swap":true}]}"#;
             title { (title) " · mcpgate" }
             link rel="stylesheet" href=(assets::CSS.path);
             script src=(assets::HTMX.path) integrity=(assets::HTMX.integrity) defer {}

@@ -228,7 +228,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     });
     let api = mcpgate_auth::api::router(auth.clone(), services.clone(), agents.clone())
         .merge(mcpgate_proxy::apps::router(auth.clone(), tunnels.clone()))
-        .merge(mcpgate_web::router(auth.clone(), agents));
+        .merge(mcpgate_web::router(auth.clone(), agents, {
+            let tunnels = tunnels.clone();
+            Arc::new(move || tunnels.announced_apps())
+        }));
     let routes = mcpgate_proxy::Routes {
         api,
         tunnels: tunnels.clone(),

@@ -1,0 +1,232 @@
+//! The web dashboard in a real browser: Debian's Chromium driven by playwright-core
+//! (tests/browser/dashboard.cjs) against the real daemon, filled with real MCP traffic
+//! through `mcpgate mcp connect`. People log in with a password and TOTP; what each sees
+//! follows their roles. Screenshots of the main pages are kept in target/dashboard/.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: dev, description: developers}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp:
+      tools: [echo, read_file]
+";
+
+/// A tool name that would run script if it were ever rendered as HTML. (JSON must escape
+/// its quote, and the gate refuses escaped names: it is recorded as the refused request's
+/// parameters, not as a tool.)
+const HOSTILE: &str = "\"><img src=x onerror=alert(1)>";
+/// The same without the quote: a tool name the gate decides on (and denies).
+const HOSTILE_TOOL: &str = "<img src=x onerror=alert(1)>";
+
+#[test]
+fn the_dashboard_in_a_real_browser() {
+    let (Some(playwright), Some(chromium)) = (
+        needs("MCPGATE_TEST_PLAYWRIGHT"),
+        needs("MCPGATE_TEST_CHROMIUM"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let marker = marker("dashboard");
+    let apps = recorder_app("tools", "{env: dev}", &s.path("record.jsonl"), &marker);
+    // The default: a second factor for everyone.
+    let d = Daemon::start(&s, "dash", &format!("agent:\n  apps:\n{apps}"));
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    let mut secrets = serde_json::Map::new();
+    let mut people = Vec::new();
+    for (name, roles) in [("alice", "editor"), ("carol", "auditor"), ("bob", "dev")] {
+        let p = Person::new(&s, name);
+        let secret = p
+            .signup(&d, &invite(&d, name, roles))
+            .expect("a second factor is enrolled");
+        secrets.insert(name.into(), Value::from(secret.clone()));
+        people.push((p, secret));
+    }
+    let (bob, bob_secret) = &people[2];
+    bob.login(&d, Some(bob_secret), &[]).ok();
+
+    // A thousand calls to page through, and one whose tool name is hostile (denied).
+    let mut bridge = Bridge::open(bob, "tools", &[]);
+    bridge.initialize();
+    for i in 0..1000 {
+        let r = bridge.call("echo", json!({"i": i}));
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    for name in [HOSTILE, HOSTILE_TOOL] {
+        let denied = bridge.call(name, json!({}));
+        assert!(denied.get("error").is_some(), "{denied}");
+    }
+
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/dashboard");
+    std::fs::create_dir_all(shots).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.cjs");
+    let mut browser = Command::new("node")
+        .arg(script)
+        .env("PLAYWRIGHT", &playwright)
+        .env("CHROMIUM", &chromium)
+        .env("BASE", format!("https://{}", d.addr))
+        .env("SHOTS", shots)
+        .env("USERS", Value::Object(secrets).to_string())
+        .env("PASSWORD", PASSWORD)
+        .env("XSS_TOOL", HOSTILE_TOOL)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs the browser script");
+    let mut to_browser = browser.stdin.take().unwrap();
+    let mut result = None;
+    let mut live_calls = 0;
+    for line in BufReader::new(browser.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(step) = line.strip_prefix("STEP ") {
+            // The browser watches the live tail: make the calls it is waiting for.
+            let n = match step {
+                "live-ready" => 5,
+                "live-paused" => 2,
+                other => panic!("unknown step {other}"),
+            };
+            for _ in 0..n {
+                live_calls += 1;
+                let r = bridge.call("read_file", json!({"n": live_calls}));
+                assert!(r.get("result").is_some(), "{r}");
+            }
+            writeln!(to_browser, "go").unwrap();
+        } else if let Some(json) = line.strip_prefix("RESULT ") {
+            result = Some(serde_json::from_str::<Value>(json).unwrap());
+        } else {
+            eprintln!("browser: {line}");
+        }
+    }
+    let status = browser.wait().unwrap();
+    assert!(
+        status.success(),
+        "the browser script failed (see its output above)"
+    );
+    let r = result.expect("the browser script printed its result");
+
+    // Paging: every one of the 1,000 calls, once.
+    assert_eq!(r["explorerRows"], 1000, "{r}");
+    assert_eq!(r["explorerUnique"], 1000);
+    assert_eq!(r["explorerPages"], 20);
+    assert_eq!(r["csvRows"], 1000, "export rows equal the filtered count");
+    assert_eq!(r["ndjsonRows"], 1000);
+    assert!(r["timelineRows"].as_u64().unwrap() > 1);
+    // 1,002 calls and the initialize of the session, at least.
+    assert!(r["overviewCalls"].as_u64().unwrap() >= 1003, "{r}");
+    // The hostile name is shown as the text it is; nothing ran, nothing was blocked.
+    assert_eq!(r["xssCells"], json!([HOSTILE_TOOL]));
+    assert_eq!(r["xssImages"], 0);
+    let mut names: Vec<&str> = r["xssEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["images"], 0);
+            e["name"].as_str().unwrap()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, [HOSTILE, HOSTILE_TOOL]);
+    assert_eq!(r["problems"]["dialogs"], json!([]));
+    assert_eq!(r["problems"]["csp"], json!([]));
+    assert_eq!(
+        r["problems"]["foreign"],
+        json!([]),
+        "no request to another origin"
+    );
+    // The live tail showed the calls in the order they were made, within 2 s.
+    let live: Vec<String> = audit(&d, &["--user", "bob", "--tool", "read_file"])
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(live.len(), 7);
+    assert_eq!(r["liveFirstFive"], json!(live[..5]));
+    assert_eq!(r["liveAfterResume"], json!(live), "no gap, no duplicate");
+    assert!(r["liveMillis"].as_u64().unwrap() <= 2000);
+    // Who can call echo: the gateway's own answer.
+    assert_eq!(r["who"]["user bob"], "true");
+    assert_eq!(r["who"]["user carol"], "false");
+    // The role editor.
+    assert!(
+        r["roleError"]
+            .as_str()
+            .unwrap()
+            .contains("exactly one role, named dev"),
+        "{r}"
+    );
+    assert!(
+        r["roleDiff"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("edited in the dashboard"))
+    );
+    assert_eq!(r["roleSaved"], true);
+    let saved = d.admin(&["get", "role", "dev", "--format", "yaml"]).ok();
+    assert!(saved.contains("edited in the dashboard"), "{saved}");
+    // The auditor: everything to read, nothing to change.
+    assert_eq!(r["auditorEditor"], 403);
+    assert_eq!(r["auditorLocksForm"], 0);
+    assert_eq!(r["auditorSeesBob"], 50);
+    // A user: their own activity only.
+    assert_eq!(r["userRowUsers"], json!(["bob"]));
+    assert_eq!(r["userApps"], 403);
+    assert_eq!(r["userEditor"], 403);
+    // The lock ended bob's dashboard session, for good.
+    assert_eq!(r["lockedStatus"], 403);
+    assert!(r["lockedText"].as_str().unwrap().contains("dashboard test"));
+    assert!(r["lockedAfterUnlock"].as_str().unwrap().ends_with("/login"));
+    assert_eq!(r["afterLogout"], "/login");
+
+    // Viewing, exporting and changing were themselves audited.
+    let views = audit(&d, &["--type", "audit.view", "--user", "alice"]);
+    assert!(views.iter().any(|e| e["view"] == "explorer"
+        && e["filter"]["tool"] == "echo"
+        && e["filter"]["user"] == "bob"));
+    assert!(views.iter().any(|e| e["view"] == "event"));
+    assert!(views.iter().any(|e| e["view"] == "live"));
+    let exports = audit(&d, &["--type", "audit.export"]);
+    assert_eq!(exports.len(), 2, "{exports:?}");
+    assert!(
+        exports
+            .iter()
+            .all(|e| e["rows"] == 1000 && e["complete"] == true)
+    );
+    let logins = audit(&d, &["--type", "user.login", "--user", "carol"]);
+    assert!(
+        logins
+            .iter()
+            .any(|e| e["via"] == "web" && e["method"] == "password+otp")
+    );
+    let ends = audit(&d, &["--type", "web.session.end"]);
+    assert!(
+        ends.iter()
+            .any(|e| e["user"] == "bob" && e["reason"] == "locked")
+    );
+    assert!(
+        ends.iter()
+            .any(|e| e["user"] == "alice" && e["reason"] == "logout")
+    );
+    assert!(
+        !audit(&d, &["--type", "resource.update", "--user", "alice"]).is_empty(),
+        "the role edit is audited"
+    );
+    bridge.close();
+}
