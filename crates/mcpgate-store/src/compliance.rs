@@ -314,6 +314,7 @@ async fn audit<S: Store>(s: &S) {
     same.truncate(3);
     assert_eq!(got, same, "ties keep append order");
     paging(s).await;
+    large_batch(s).await;
     // Filters are values, not SQL.
     assert!(
         s.search_events(&q(|q| q.user = Some("x' OR '1'='1".into())))
@@ -321,6 +322,30 @@ async fn audit<S: Store>(s: &S) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A batch as large as a remote agent's spool may ship after a long outage is stored whole,
+/// in the order it came, and shipping it again adds nothing.
+async fn large_batch<S: Store>(s: &S) {
+    use mcpgate_types::Page;
+    let batch: Vec<AuditEvent> = (0..7_000u64)
+        .map(|i| event(&format!("big{i:05}"), 5_000 + i / 100, "big.batch", "bulk", &[]))
+        .collect();
+    s.append_events(&batch).await.unwrap();
+    s.append_events(&batch[..3_000]).await.unwrap();
+    let mut q = AuditQuery {
+        kind: Some("big.batch".into()),
+        limit: Some(10_000),
+        ..AuditQuery::default()
+    };
+    let got = s.page_events(&q, Page::Newest).await.unwrap();
+    assert_eq!(got.len(), 7_000, "every event of the batch, once");
+    assert!(
+        got.iter().rev().map(|(_, e)| &e.id).eq(batch.iter().map(|e| &e.id)),
+        "in the order appended"
+    );
+    q.id = Some("big06999".into());
+    assert_eq!(s.search_events(&q).await.unwrap().len(), 1);
 }
 
 /// Keyset paging and the explorer's filters: every event of a filtered set is seen exactly

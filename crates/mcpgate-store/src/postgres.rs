@@ -182,42 +182,37 @@ impl Store for PostgresStore {
             .iter()
             .map(EventRow::new)
             .collect::<Result<Vec<_>>>()?;
-        let mut sql = String::from(
+        // One statement of eleven array parameters, whatever the batch's size (a VALUES
+        // list would meet the protocol's limit of 65,535 parameters at 5,958 events); rows
+        // go in the order they came, so positions follow it.
+        macro_rules! column {
+            ($f:ident) => {
+                rows.iter().map(|r| r.$f).collect::<Vec<_>>()
+            };
+        }
+        let (id, time_us, kind, user) =
+            (column!(id), column!(time_us), column!(kind), column!(user));
+        let (app, tool, decision) = (column!(app), column!(tool), column!(decision));
+        let (session, method) = (column!(session), column!(method));
+        let roles: Vec<&str> = rows.iter().map(|r| r.roles.as_str()).collect();
+        let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
+        let c = self.client().await?;
+        c.execute(
             "INSERT INTO mcpgate_audit
                (id, time_us, type, user_name, app, tool, decision, session, method, roles, data)
-             VALUES ",
-        );
-        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.len() * 11);
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let b = i * 11;
-            sql.push('(');
-            for n in 1..=11 {
-                if n > 1 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", b + n));
-            }
-            sql.push(')');
-            args.extend_from_slice(&[
-                &r.id,
-                &r.time_us,
-                &r.kind,
-                &r.user,
-                &r.app,
-                &r.tool,
-                &r.decision,
-                &r.session,
-                &r.method,
-                &r.roles,
-                &r.data,
-            ]);
-        }
-        sql.push_str(" ON CONFLICT (id) DO NOTHING");
-        let c = self.client().await?;
-        c.execute(sql.as_str(), &args).await?;
+             SELECT id, time_us, type, user_name, app, tool, decision, session, method, roles, data
+               FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                    WITH ORDINALITY AS t(id, time_us, type, user_name, app, tool, decision,
+                                         session, method, roles, data, n)
+              ORDER BY n
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &id, &time_us, &kind, &user, &app, &tool, &decision, &session, &method, &roles,
+                &data,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
