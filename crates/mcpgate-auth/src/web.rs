@@ -102,21 +102,12 @@ impl AuthService {
         };
         let now = self.now();
         if unix_secs(now) >= session.expires {
-            self.store.delete(&k).await?;
+            self.end_web_session(&k, &session, "expired").await?;
             return Err(unauthenticated());
         }
         if let Some(lock) = self.lock_for(&session.claims, Some(session.issued)).await? {
             // A lock ends the session for good, not just this request.
-            if self.store.delete(&k).await? {
-                self.emit(self.event(
-                    codes::WEB_SESSION_END.0,
-                    codes::WEB_SESSION_END.1,
-                    &session.claims,
-                    true,
-                    [("reason", Value::from("locked"))],
-                ))
-                .await?;
-            }
+            self.end_web_session(&k, &session, "locked").await?;
             return Err(AuthError::AccessDenied(format!(
                 "{} is locked: {}",
                 lock.target, lock.message
@@ -137,17 +128,40 @@ impl AuthService {
     /// Ends a dashboard session (logout); unknown tokens are ignored.
     pub async fn web_logout(&self, token: &str) -> Result<()> {
         let k = key(token);
-        if let Some(b) = self.store.take(&k).await? {
-            let session: WebSession = from_json(&b)?;
-            self.emit(self.event(
-                codes::WEB_SESSION_END.0,
-                codes::WEB_SESSION_END.1,
-                &session.claims,
-                true,
-                [("reason", Value::from("logout"))],
-            ))
-            .await?;
+        if let Some(b) = self.store.get(&k).await? {
+            self.end_web_session(&k, &from_json(&b)?, "logout").await?;
         }
         Ok(())
+    }
+
+    /// Deletes the sessions whose time is up, each audited as ended (`reason: expired`),
+    /// so storage keeps only live ones; `mcpgate start` runs it every 30 s. Returns how many
+    /// it ended.
+    pub async fn sweep_web_sessions(&self) -> Result<usize> {
+        let now = unix_secs(self.now());
+        let mut ended = 0;
+        for (k, b) in self.store.list(PREFIX).await? {
+            let session: WebSession = from_json(&b)?;
+            if now >= session.expires && self.end_web_session(&k, &session, "expired").await? {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Deletes a session and audits its end, once: of two concurrent enders, one records it.
+    async fn end_web_session(&self, k: &str, session: &WebSession, reason: &str) -> Result<bool> {
+        if !self.store.delete(k).await? {
+            return Ok(false);
+        }
+        self.emit(self.event(
+            codes::WEB_SESSION_END.0,
+            codes::WEB_SESSION_END.1,
+            &session.claims,
+            true,
+            [("reason", Value::from(reason))],
+        ))
+        .await?;
+        Ok(true)
     }
 }

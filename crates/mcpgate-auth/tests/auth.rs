@@ -765,3 +765,52 @@ async fn findings_agree_on_sqlite_and_postgresql() {
     assert_eq!(found[0].len(), 3, "{:?}", found[0]);
     assert_eq!(found[0], found[1], "SQLite and PostgreSQL agree");
 }
+
+/// A dashboard session lasts no longer than the certificate the same login would get (the
+/// role's max_session_ttl, 2h); once its time is up the sweep ends it, audited, and its
+/// cookie opens nothing.
+#[tokio::test]
+async fn dashboard_sessions_end_when_their_time_is_up_and_are_swept() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    let (invite, _) = auth
+        .invite(&adm, "dana", &["dev".into()], Default::default())
+        .await
+        .unwrap();
+    auth.signup(&invite, "dana's long password", None)
+        .await
+        .unwrap();
+    let web = auth
+        .web_login("dana", "dana's long password", None, None)
+        .await
+        .unwrap();
+    assert_eq!(web.session.expires, 1_800_000_000 + 2 * 3600);
+    let (caller, _) = auth.web_caller(&web.token).await.unwrap();
+    assert_eq!(caller.info.claims.name, "dana");
+    env.clock.advance(Duration::from_secs(2 * 3600 - 1));
+    assert_eq!(auth.sweep_web_sessions().await.unwrap(), 0, "still live");
+    env.clock.advance(Duration::from_secs(1));
+    assert_eq!(auth.sweep_web_sessions().await.unwrap(), 1);
+    assert_eq!(auth.sweep_web_sessions().await.unwrap(), 0, "ended once");
+    assert!(matches!(
+        auth.web_caller(&web.token).await,
+        Err(AuthError::Unauthenticated(_))
+    ));
+    let ended = auth
+        .search_audit(
+            &adm,
+            &AuditQuery {
+                kind: Some("web.session.end".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].user, "dana");
+    assert_eq!(ended[0].fields["reason"], "expired");
+}

@@ -329,7 +329,15 @@ async fn audit<S: Store>(s: &S) {
 async fn large_batch<S: Store>(s: &S) {
     use mcpgate_types::Page;
     let batch: Vec<AuditEvent> = (0..7_000u64)
-        .map(|i| event(&format!("big{i:05}"), 5_000 + i / 100, "big.batch", "bulk", &[]))
+        .map(|i| {
+            event(
+                &format!("big{i:05}"),
+                5_000 + i / 100,
+                "big.batch",
+                "bulk",
+                &[],
+            )
+        })
         .collect();
     s.append_events(&batch).await.unwrap();
     s.append_events(&batch[..3_000]).await.unwrap();
@@ -341,7 +349,10 @@ async fn large_batch<S: Store>(s: &S) {
     let got = s.page_events(&q, Page::Newest).await.unwrap();
     assert_eq!(got.len(), 7_000, "every event of the batch, once");
     assert!(
-        got.iter().rev().map(|(_, e)| &e.id).eq(batch.iter().map(|e| &e.id)),
+        got.iter()
+            .rev()
+            .map(|(_, e)| &e.id)
+            .eq(batch.iter().map(|e| &e.id)),
         "in the order appended"
     );
     q.id = Some("big06999".into());

@@ -29,6 +29,11 @@ CREATE INDEX IF NOT EXISTS mcpgate_audit_session ON mcpgate_audit (session, time
 CREATE INDEX IF NOT EXISTS mcpgate_audit_decision ON mcpgate_audit (decision, time_us);
 ";
 
+/// Free text (`q`) over the events' JSON through a trigram index, where the server has
+/// pg_trgm and lets this user create it (a trusted extension since PostgreSQL 13); without
+/// it the search still works, by a scan.
+const TEXT_INDEX: &str = "mcpgate_audit_text";
+
 /// Brings a log written before the `session`, `method` and `roles` columns up to date:
 /// the columns are added and filled from each event's JSON (in one transaction, so
 /// instances starting together do it once).
@@ -68,10 +73,54 @@ impl PostgresStore {
             client.batch_execute(MIGRATE).await?;
         }
         client.batch_execute(INDEXES).await?;
+        Self::index_text(&client, url).await?;
         Ok(Self {
             url: url.to_string(),
             client: Arc::new(Mutex::new(client)),
         })
+    }
+
+    /// Starts building the free-text index if it is missing (or a build was cut off):
+    /// concurrently, on a connection of its own, so a large log keeps taking writes and
+    /// the daemon starts at once. A server that cannot build it is told once, in the log.
+    async fn index_text(client: &Client, url: &str) -> Result<()> {
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+                 WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
+                &[&TEXT_INDEX],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if valid == Some(true) {
+            return Ok(());
+        }
+        let url = url.to_string();
+        tokio::spawn(async move {
+            let build = async {
+                let c = Self::open(&url).await?;
+                if valid == Some(false) {
+                    c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}"))
+                        .await?;
+                }
+                c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+                    .await?;
+                c.batch_execute(&format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {TEXT_INDEX}
+                     ON mcpgate_audit USING gin (data gin_trgm_ops)"
+                ))
+                .await?;
+                Ok::<_, crate::StoreError>(())
+            };
+            if let Err(e) = build.await {
+                tracing::warn!(
+                    error = %e,
+                    "no trigram index for free-text audit search (it works, by a scan); \
+                     `CREATE EXTENSION pg_trgm` as a superuser to have it"
+                );
+            }
+        });
+        Ok(())
     }
 
     async fn open(url: &str) -> Result<Arc<Client>> {

@@ -66,12 +66,34 @@ pub fn router(auth: Arc<AuthService>, agents: AgentList, announced: AppList) -> 
         )
         .route("/roles/who", get(inventory::who))
         .route("/assets/{file}", get(assets::serve))
+        .layer(axum::middleware::from_fn(back_after_login))
         .layer(axum::middleware::map_response(page::secure))
         .with_state(Arc::new(Web {
             auth,
             agents,
             announced,
         }))
+}
+
+/// A page that needs a login sends the browser to `/login?next=PAGE` (for a GET), so a
+/// bookmarked or shared filter opens once the login is done.
+async fn back_after_login(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::{HeaderValue, Method, header::LOCATION};
+    let back = if req.method() == Method::GET {
+        req.uri().path_and_query().map(|p| p.as_str().to_string())
+    } else {
+        None
+    };
+    let mut res = next.run(req).await;
+    if let Some(back) = back
+        && res.status() == StatusCode::SEE_OTHER
+        && res.headers().get(LOCATION).is_some_and(|l| l == "/login")
+        && back != "/"
+        && let Ok(to) = HeaderValue::from_str(&format!("/login?next={}", page::encode(&back)))
+    {
+        res.headers_mut().insert(LOCATION, to);
+    }
+    res
 }
 
 /// Why a page could not be shown. One place turns each into a status and a page.

@@ -42,6 +42,27 @@ fn the_dashboard_in_a_real_browser() {
     let apps = recorder_app("tools", "{env: dev}", &s.path("record.jsonl"), &marker);
     // The default: a second factor for everyone.
     let d = Daemon::start(&s, "dash", &format!("agent:\n  apps:\n{apps}"));
+    // The start banner says where the dashboard is and which CA a browser trusts it by.
+    let ca = d.data_dir.join("host-ca.pem");
+    assert!(
+        d.banner
+            .contains(&format!("dashboard: https://{}/", d.addr))
+            && d.banner.contains(ca.to_str().unwrap()),
+        "{}",
+        d.banner
+    );
+    let login = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://{}/login", d.addr))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&login.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
     d.admin(&[
         "create",
         "-f",
@@ -192,7 +213,13 @@ fn the_dashboard_in_a_real_browser() {
     // The lock ended bob's dashboard session, for good.
     assert_eq!(r["lockedStatus"], 403);
     assert!(r["lockedText"].as_str().unwrap().contains("dashboard test"));
-    assert!(r["lockedAfterUnlock"].as_str().unwrap().ends_with("/login"));
+    assert!(
+        r["lockedAfterUnlock"]
+            .as_str()
+            .unwrap()
+            .ends_with("/login?next=%2Faudit"),
+        "{r}"
+    );
     assert_eq!(r["afterLogout"], "/login");
 
     // Viewing, exporting and changing were themselves audited.

@@ -136,6 +136,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| bound.to_string());
     let sans = sans(&public, &bound);
     let slot = CertSlot::new(&auth.host_identity("proxy", &sans, PROXY_CERT_TTL)?)?;
+    // What a browser imports to trust the dashboard: the CA of the proxy's certificate.
+    let host_ca_file = data_dir.join("host-ca.pem");
+    crate::profile::write_private(&host_ca_file, auth.host_ca().cert_pem().as_bytes())?;
     let cas = [
         auth.user_ca().cert_der().clone(),
         auth.host_ca().cert_der().clone(),
@@ -169,13 +172,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 .await?;
         }
     }
-    // The findings reader goes on through the log (one run counts when instances share it).
+    // The findings reader goes on through the log (one run counts when instances share it),
+    // and dashboard sessions whose time is up are ended.
     let reader = auth.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(mcpgate_auth::findings::INTERVAL).await;
             if let Err(e) = reader.update_findings().await {
                 tracing::warn!(error = %e, "findings: the audit log could not be read");
+            }
+            if let Err(e) = reader.sweep_web_sessions().await {
+                tracing::warn!(error = %e, "dashboard sessions could not be swept");
             }
         }
     });
@@ -292,6 +299,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     println!("  services: {}", services.join(", "));
     println!("  storage:  {storage}");
     println!("  CA pin:   {}", auth.ca_pin());
+    println!(
+        "  dashboard: https://{public}/  (a browser trusts it once {} is imported)",
+        host_ca_file.display()
+    );
     println!();
     if args.demo {
         let dd = data_dir_flag(&config.data_dir);

@@ -61,10 +61,19 @@ function watch(page) {
   });
 }
 
-async function login(ctx, user) {
+// Logs in; with `start`, by opening that page first, which sends the browser to the login
+// and, once logged in, back to it.
+async function login(ctx, user, start) {
   const page = await ctx.newPage();
   for (const offset of [0, 1]) {
-    await page.goto(BASE + "/login");
+    if (start) {
+      await page.goto(BASE + start);
+      const at = new URL(page.url());
+      assert.equal(at.pathname, "/login", `${start} asks for a login`);
+      assert.equal(at.searchParams.get("next"), start, "and remembers where it was going");
+    } else {
+      await page.goto(BASE + "/login");
+    }
     await page.fill("input[name=username]", user);
     await page.fill("input[name=password]", PASSWORD);
     await page.fill("input[name=otp]", totp(USERS[user], offset));
@@ -75,7 +84,8 @@ async function login(ctx, user) {
     // This step's code was used by the test's own CLI login: the next one is accepted.
     assert.match(error || "", /already used/, `login as ${user} failed: ${error}`);
   }
-  assert.equal(new URL(page.url()).pathname, "/", `${user} lands on the overview`);
+  const landed = new URL(page.url());
+  assert.equal(landed.pathname + landed.search, start || "/", `${user} lands where they were going`);
   return page;
 }
 
@@ -240,7 +250,7 @@ async function main() {
 
   // An auditor reads everything and changes nothing.
   const aud = await newContext(browser);
-  const ap = await login(aud, "carol");
+  const ap = await login(aud, "carol", "/audit?decision=deny&user=bob");
   result.auditorEditor = (await ap.goto(`${BASE}/roles/dev/edit`)).status();
   result.auditorLocksForm = await (async () => { await ap.goto(`${BASE}/locks`); return ap.$$eval("form[action='/locks']", (f) => f.length); })();
   await ap.goto(`${BASE}/audit?${filter}`);

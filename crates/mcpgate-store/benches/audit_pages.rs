@@ -1,0 +1,225 @@
+//! How long one page of the audit explorer takes over a large log: fills a fresh SQLite
+//! store (and PostgreSQL, with `MCPGATE_TEST_POSTGRES_URL`) with synthetic MCP traffic, then
+//! times the queries the dashboard runs, newest page and deep pages, with each filter.
+//!
+//! `cargo bench -p mcpgate-store --bench audit_pages -- [EVENTS]` (default 1,000,000);
+//! `scripts/bench` runs it and puts the table in its report.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use mcpgate_store::{PostgresStore, SqliteStore, Store};
+use mcpgate_types::{AuditEvent, AuditQuery, Cursor, IdentityKind, Page};
+use serde_json::{Map, json};
+
+const PAGE: u32 = 51;
+const BATCH: usize = 10_000;
+/// Timed runs of each query (after one warm-up).
+const RUNS: usize = 20;
+
+/// A small deterministic generator (xorshift), so every run fills the same log.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+const TOOLS: [&str; 8] = [
+    "create_issue",
+    "get_file_contents",
+    "list_issues",
+    "search_code",
+    "read_file",
+    "write_file",
+    "list_directory",
+    "git_log",
+];
+
+fn event(n: usize, r: &mut Rng) -> AuditEvent {
+    let user = format!("user{:03}", r.below(200));
+    let tool = TOOLS[r.below(TOOLS.len() as u64) as usize];
+    let denied = r.below(20) == 0;
+    let mut fields = Map::new();
+    fields.insert("app".into(), json!(["github", "filesystem", "git"][n % 3]));
+    fields.insert("tool".into(), json!(tool));
+    fields.insert("method".into(), json!("tools/call"));
+    fields.insert("session_id".into(), json!(format!("s{}", n / 40)));
+    fields.insert(
+        "decision".into(),
+        json!(if denied { "deny" } else { "allow" }),
+    );
+    fields.insert(
+        "message".into(),
+        json!({"params": {"name": tool, "arguments": {"path": format!("/srv/repo/{}.rs", r.below(5000))}}}),
+    );
+    AuditEvent {
+        id: format!("bench-{n:08}"),
+        // One call every 50 ms: a million events span about 14 hours.
+        time: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(1_800_000_000)
+            + Duration::from_millis(50 * n as u64),
+        kind: "mcp.session.request".into(),
+        code: "MG3003I".into(),
+        cluster: "bench".into(),
+        user,
+        user_kind: Some(IdentityKind::User),
+        roles: vec![["dev", "ops", "auditor"][r.below(3) as usize].into()],
+        success: !denied,
+        fields,
+    }
+}
+
+async fn fill<S: Store>(s: &S, events: usize) -> Duration {
+    let start = Instant::now();
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut batch = Vec::with_capacity(BATCH);
+    for n in 0..events {
+        batch.push(event(n, &mut r));
+        if batch.len() == BATCH {
+            s.append_events(&batch).await.expect("append");
+            batch.clear();
+        }
+    }
+    s.append_events(&batch).await.expect("append");
+    start.elapsed()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+/// Times a newest page and the page 200 pages deep (reached by keyset), p50 and max.
+async fn measure<S: Store>(s: &S, name: &str, q: &AuditQuery) -> String {
+    let q = AuditQuery {
+        limit: Some(PAGE),
+        ..q.clone()
+    };
+    let time = |page: Page| {
+        let q = q.clone();
+        async move {
+            s.page_events(&q, page).await.expect("page");
+            let mut runs = Vec::with_capacity(RUNS);
+            let mut rows = 0;
+            for _ in 0..RUNS {
+                let t = Instant::now();
+                rows = s.page_events(&q, page).await.expect("page").len();
+                runs.push(t.elapsed());
+            }
+            runs.sort();
+            (runs[RUNS / 2], runs[RUNS - 1], rows)
+        }
+    };
+    let (p50, max, rows) = time(Page::Newest).await;
+    // Walk down by the pages' cursors, up to 200 pages or the last full one, and time it.
+    let mut at = Page::Newest;
+    let mut depth = 0;
+    while depth < 200 {
+        let page = s.page_events(&q, at).await.expect("page");
+        let Some((pos, last)) = page.last() else {
+            break;
+        };
+        if page.len() < PAGE as usize {
+            break;
+        }
+        let time_us = last
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_micros() as i64;
+        let next = Page::Older(Cursor { time_us, pos: *pos });
+        if s.page_events(&q, next).await.expect("page").is_empty() {
+            break;
+        }
+        at = next;
+        depth += 1;
+    }
+    let (deep50, deepmax, deeprows) = time(at).await;
+    format!(
+        "| {name} | {rows} | {} | {} | {depth} | {deeprows} | {} | {} |\n",
+        ms(p50),
+        ms(max),
+        ms(deep50),
+        ms(deepmax)
+    )
+}
+
+async fn report<S: Store>(s: &S, backend: &str, events: usize) -> String {
+    let filled = fill(s, events).await;
+    let mut out = format!(
+        "\n### {backend}: {events} events (filled in {:.1} s)\n\n\
+         | query | rows | newest page p50 ms | max ms | pages down | rows | that page p50 ms | max ms |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        filled.as_secs_f64()
+    );
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery::default();
+        f(&mut q);
+        q
+    };
+    // The middle of the log (one event every 50 ms), and a session there.
+    let middle = 1_800_000_000_000_000i64 + events as i64 * 25_000;
+    let session = format!("s{}", events / 80);
+    let cases: Vec<(&str, AuditQuery)> = vec![
+        ("no filter", q(&|_| {})),
+        ("user", q(&|q| q.user = Some("user042".into()))),
+        ("app", q(&|q| q.app = Some("github".into()))),
+        (
+            "tool glob `write_*`",
+            q(&|q| q.tool = Some("write_*".into())),
+        ),
+        ("decision deny", q(&|q| q.decision = Some("deny".into()))),
+        ("role", q(&|q| q.role = Some("ops".into()))),
+        ("session", q(&|q| q.session = Some(session.clone()))),
+        (
+            "time range (1 h)",
+            q(&|q| {
+                q.since_micros = Some(middle);
+                q.until_micros = Some(middle + 3_600_000_000);
+            }),
+        ),
+        (
+            "user + deny",
+            q(&|q| {
+                q.user = Some("user042".into());
+                q.decision = Some("deny".into());
+            }),
+        ),
+        (
+            "free text `repo/4999.rs`",
+            q(&|q| q.text = Some("repo/4999.rs".into())),
+        ),
+    ];
+    for (name, query) in &cases {
+        out.push_str(&measure(s, name, query).await);
+    }
+    out
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = SqliteStore::open(&dir.path().join("bench.db")).expect("open sqlite");
+    let mut out = String::from("## Audit pages (the dashboard's explorer)\n");
+    out.push_str(&report(&sqlite, "SQLite", events).await);
+    if let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") {
+        let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
+        {
+            let pg = PostgresStore::connect(&db_url)
+                .await
+                .expect("connect postgres");
+            out.push_str(&report(&pg, "PostgreSQL", events).await);
+        }
+        drop_db.await;
+    }
+    print!("{out}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    std::fs::write(target.join("audit-bench-report.md"), &out).expect("write report");
+}
