@@ -123,7 +123,7 @@ pub(crate) async fn apps(State(web): State<Arc<Web>>, headers: HeaderMap) -> Web
                     @let serving: Vec<&str> = agents.iter().filter(|a| a.apps.contains(name)).map(|a| a.name.as_str()).collect();
                     @let c = day.apps.get(name).copied().unwrap_or_default();
                     tr data-name=(name) {
-                        td { (name) }
+                        td { a href={ "/apps/" (page::encode(name)) } { (name) } }
                         td { (transport(uri)) }
                         td { code { (uri) } }
                         td { (labels) }
@@ -145,6 +145,82 @@ pub(crate) async fn apps(State(web): State<Arc<Web>>, headers: HeaderMap) -> Web
         }
     };
     Ok(page::shell(&v, "Apps", body))
+}
+
+/// The MCP tool annotations, as a person reads them.
+const HINTS: [(&str, &str); 4] = [
+    ("readOnlyHint", "read-only"),
+    ("destructiveHint", "destructive"),
+    ("idempotentHint", "idempotent"),
+    ("openWorldHint", "open world"),
+];
+
+/// `GET /apps/NAME`: the tools its server offers (as its agent listed them), each with its
+/// MCP annotations and the roles that allow it, decided by the gateway's own function.
+pub(crate) async fn app(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> WebResult {
+    let v = viewer(&web, &headers).await?;
+    let apps = known_apps(&web, &v).await?;
+    let spec = apps
+        .iter()
+        .find(|a| a.pointer("/metadata/name").and_then(Value::as_str) == Some(name.as_str()))
+        .ok_or_else(|| WebError::NotFound(format!("app {name} not found")))?;
+    let labels: BTreeMap<String, String> = spec
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    // Each role on its own, without a user's traits: a role whose tools come from traits
+    // allows per user (the who-can page answers for each identity).
+    let mut roles = Vec::new();
+    if v.can("role", "list") {
+        for r in list(&web, &v, Kind::Role).await? {
+            let Some(role) = r.pointer("/metadata/name").and_then(Value::as_str) else {
+                continue;
+            };
+            let compiled = web.auth.roles(&[role.to_string()]).await?;
+            if let Ok(p) = Policy::compile(&compiled, &BTreeMap::new()) {
+                let by_traits = r
+                    .pointer("/spec")
+                    .is_some_and(|s| s.to_string().contains("{{"));
+                roles.push((role.to_string(), p, by_traits));
+            }
+        }
+    }
+    let tools = (web.tools)(&name);
+    let body = html! {
+        p { "Transport " (transport(spec.pointer("/spec/uri").and_then(Value::as_str).unwrap_or(""))) ". "
+            a href={ "/audit?app=" (page::encode(&name)) } { "Its audit log" } "." }
+        @match &tools {
+            None => p.muted { "Its tools are not listed yet: an agent lists them when it starts (stdio) or when a session first lists them (HTTP)." },
+            Some(tools) => {
+                table id="tools" {
+                    thead { tr { th { "Tool" } th { "Description" } th { "Annotations" } th { "Allowed by roles" } th { "" } } }
+                    tbody {
+                        @for t in tools {
+                            @let tool = t.get("name").and_then(Value::as_str).unwrap_or("");
+                            @let hints: Vec<&str> = HINTS.iter().filter(|(k, _)| t.pointer(&format!("/annotations/{k}")).and_then(Value::as_bool) == Some(true)).map(|(_, h)| *h).collect();
+                            @let allowing: Vec<&str> = roles.iter().filter(|(_, p, _)| p.tool(&labels, tool).is_allow()).map(|(r, _, _)| r.as_str()).collect();
+                            @let per_user: Vec<&str> = roles.iter().filter(|(_, p, t)| *t && !p.tool(&labels, tool).is_allow()).map(|(r, _, _)| r.as_str()).collect();
+                            tr data-name=(tool) {
+                                td { code { (tool) } }
+                                td { (t.get("description").and_then(Value::as_str).and_then(|d| d.lines().next()).unwrap_or("")) }
+                                td.hints { (hints.join(", ")) }
+                                td.roles {
+                                    @if allowing.is_empty() { span.muted { "none" } } @else { (allowing.join(", ")) }
+                                    @if !per_user.is_empty() { br; span.muted { "by the user's traits: " (per_user.join(", ")) } }
+                                }
+                                td { a href={ "/roles/who?app=" (page::encode(&name)) "&tool=" (page::encode(tool)) } { "who?" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page::shell(&v, &format!("App {name}"), body))
 }
 
 /// `GET /users`.

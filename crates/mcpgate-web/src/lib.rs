@@ -33,15 +33,25 @@ mod session;
 /// The apps the connected agents announced, with their labels and URIs.
 pub type AppList = Arc<dyn Fn() -> Vec<mcpgate_types::resource::App> + Send + Sync>;
 
+/// The tools an app's server offers, as its agent listed them (unfiltered); `None` while no
+/// agent has.
+pub type ToolList = Arc<dyn Fn(&str) -> Option<Vec<serde_json::Value>> + Send + Sync>;
+
 /// What the pages share.
 pub(crate) struct Web {
     pub auth: Arc<AuthService>,
     pub agents: AgentList,
     pub announced: AppList,
+    pub tools: ToolList,
 }
 
 /// The dashboard's routes (no fallback: the API's answers what is not found).
-pub fn router(auth: Arc<AuthService>, agents: AgentList, announced: AppList) -> Router {
+pub fn router(
+    auth: Arc<AuthService>,
+    agents: AgentList,
+    announced: AppList,
+    tools: ToolList,
+) -> Router {
     Router::new()
         .route("/", get(overview::page))
         .route("/login", get(session::form).post(session::login))
@@ -54,6 +64,7 @@ pub fn router(auth: Arc<AuthService>, agents: AgentList, announced: AppList) -> 
         .route("/findings", get(findings::page))
         .route("/findings/{id}", post(findings::triage))
         .route("/apps", get(inventory::apps))
+        .route("/apps/{name}", get(inventory::app))
         .route("/users", get(inventory::users))
         .route("/bots", get(inventory::bots))
         .route("/tokens", get(inventory::tokens))
@@ -72,6 +83,7 @@ pub fn router(auth: Arc<AuthService>, agents: AgentList, announced: AppList) -> 
             auth,
             agents,
             announced,
+            tools,
         }))
 }
 

@@ -181,6 +181,25 @@ fn the_dashboard_in_a_real_browser() {
     assert_eq!(r["liveFirstFive"], json!(live[..5]));
     assert_eq!(r["liveAfterResume"], json!(live), "no gap, no duplicate");
     assert!(r["liveMillis"].as_u64().unwrap() <= 2000);
+    // The app's tools as its agent listed them, with annotations and the roles allowing each
+    // (dev names echo and read_file; the preset "access" allows by the user's traits).
+    let tools = &r["appTools"];
+    assert_eq!(
+        tools.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["big", "delete_all", "echo", "read_file", "slow"],
+        "{tools}"
+    );
+    assert_eq!(tools["read_file"]["hints"], "read-only");
+    assert_eq!(tools["delete_all"]["hints"], "destructive");
+    assert_eq!(tools["echo"]["hints"], "");
+    for (tool, allowed) in [("echo", true), ("read_file", true), ("delete_all", false)] {
+        let roles = tools[tool]["roles"].as_str().unwrap();
+        assert_eq!(roles.starts_with("dev"), allowed, "{tool}: {roles}");
+        assert!(
+            roles.contains("by the user's traits: access"),
+            "{tool}: {roles}"
+        );
+    }
     // Who can call echo: the gateway's own answer.
     assert_eq!(r["who"]["user bob"], "true");
     assert_eq!(r["who"]["user carol"], "false");

@@ -235,10 +235,18 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     });
     let api = mcpgate_auth::api::router(auth.clone(), services.clone(), agents.clone())
         .merge(mcpgate_proxy::apps::router(auth.clone(), tunnels.clone()))
-        .merge(mcpgate_web::router(auth.clone(), agents, {
-            let tunnels = tunnels.clone();
-            Arc::new(move || tunnels.announced_apps())
-        }));
+        .merge(mcpgate_web::router(
+            auth.clone(),
+            agents,
+            {
+                let tunnels = tunnels.clone();
+                Arc::new(move || tunnels.announced_apps())
+            },
+            {
+                let tunnels = tunnels.clone();
+                Arc::new(move |app: &str| tunnels.tools(app))
+            },
+        ));
     let routes = mcpgate_proxy::Routes {
         api,
         tunnels: tunnels.clone(),

@@ -227,6 +227,15 @@ async function main() {
     assert.equal(r.status(), 200, `/${p}`);
     await shot(page, p);
   }
+  // An app's tools, with their annotations and the roles that allow each.
+  await page.goto(`${BASE}/apps`);
+  await page.click('#apps a[href="/apps/tools"]');
+  await page.waitForSelector("#tools");
+  result.appTools = await page.$$eval("#tools tr[data-name]", (rs) => Object.fromEntries(rs.map((r) => [
+    r.getAttribute("data-name"),
+    { hints: r.querySelector("td.hints").textContent, roles: r.querySelector("td.roles").textContent },
+  ])));
+  await shot(page, "app");
   // Who can call a tool: the gateway's decision for each identity.
   await page.goto(`${BASE}/roles/who?app=tools&tool=echo`);
   result.who = await page.$$eval("#who tr[data-name]", (rs) => Object.fromEntries(rs.map((r) => [r.getAttribute("data-name"), r.getAttribute("data-allowed")])));
