@@ -14,6 +14,7 @@ const SECRET_NAMES: &[&str] = &[
     "token",
     "password",
     "passwd",
+    "pwd",
     "secret",
     "authorization",
     "api_key",
@@ -40,6 +41,13 @@ fn shapes() -> &'static RegexSet {
             r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
             r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
             r"glpat-[A-Za-z0-9_-]{20,}",
+            // Stripe live keys, Google API keys.
+            r"\b[rs]k_live_[A-Za-z0-9]{16,}",
+            r"\bAIza[0-9A-Za-z_-]{35}",
+            // A password in a URL: scheme://user:PASS@host.
+            r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@",
+            // `password=...`, `token: ...` inside free text.
+            r"(?i)\b(password|passwd|pwd|token|secret|api[_-]?key)\s*[=:]\s*\S+",
         ])
         .unwrap_or_else(|_| RegexSet::empty())
     })
@@ -99,6 +107,17 @@ mod tests {
         assert_eq!(v["arguments"]["title"], "hi");
         assert_eq!(v["arguments"]["count"], 3);
         assert_eq!(v["name"], "create_issue");
+        // Shapes that passed unredacted before: Stripe and Google keys, URL passwords, a
+        // `pwd` key, and credentials inside free text.
+        let raw = r#"{"a":"sk_live_4eC39HqLyjWDarjtT1zdp7dc","b":"rk_live_51HaBcDeFgHiJkLmNoPq","c":"AIzaSyA-1234567890abcdefghijklmnopqrstu","d":"postgres://app:hunter2@db:5432/x","e":{"pwd":"hunter2"},"f":"connect with password=hunter2 today","g":"TOKEN: abc123","h":"https://example.com/a:b@c","i":"the password is long"}"#;
+        let v = audit_params(Some(raw));
+        for k in ["a", "b", "c", "d", "f", "g"] {
+            assert_eq!(v[k], REDACTED, "{k}");
+        }
+        assert_eq!(v["e"]["pwd"], REDACTED);
+        // A colon and an at-sign in a path are not a URL password; prose about passwords stays.
+        assert_eq!(v["h"], "https://example.com/a:b@c");
+        assert_eq!(v["i"], "the password is long");
         assert!(
             audit_params(Some(&"x".repeat(70_000)))
                 .as_str()
