@@ -34,6 +34,12 @@ CREATE INDEX IF NOT EXISTS mcpgate_audit_decision ON mcpgate_audit (decision, ti
 /// it the search still works, by a scan.
 const TEXT_INDEX: &str = "mcpgate_audit_text";
 
+/// Advisory lock keys: schema set-up, the free-text index build, and the audit writers'
+/// turn (see [`Store::append_events`]).
+const SETUP_LOCK: i64 = 7_165_064_574_117_131_570;
+const BUILD_LOCK: i64 = 7_165_064_574_117_131_571;
+const WRITE_LOCK: i64 = 7_165_064_574_117_131_569;
+
 /// Brings a log written before the `session`, `method` and `roles` columns up to date:
 /// the columns are added and filled from each event's JSON (in one transaction, so
 /// instances starting together do it once).
@@ -59,6 +65,56 @@ impl PostgresStore {
     /// Connects to `url` and creates the tables if needed.
     pub async fn connect(url: &str) -> Result<Self> {
         let client = Self::open(url).await?;
+        if !Self::schema_complete(&client).await? {
+            // Instances starting together set the schema up one at a time (concurrent
+            // `CREATE ... IF NOT EXISTS` can fail, and deadlock with an index build).
+            client
+                .batch_execute(&format!("SELECT pg_advisory_lock({SETUP_LOCK})"))
+                .await?;
+            let setup = Self::set_up(&client).await;
+            client
+                .batch_execute(&format!("SELECT pg_advisory_unlock({SETUP_LOCK})"))
+                .await?;
+            setup?;
+        }
+        Self::index_text(&client, url).await?;
+        Ok(Self {
+            url: url.to_string(),
+            client: Arc::new(Mutex::new(client)),
+        })
+    }
+
+    /// Whether the tables and their indexes are all there (read from the catalog, taking no
+    /// lock on the tables: a starting instance never waits on a running index build).
+    async fn schema_complete(client: &Client) -> Result<bool> {
+        let names = [
+            "mcpgate_audit_time",
+            "mcpgate_audit_user",
+            "mcpgate_audit_type",
+            "mcpgate_audit_app",
+            "mcpgate_audit_seq",
+            "mcpgate_audit_session",
+            "mcpgate_audit_decision",
+        ];
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_indexes
+                 WHERE schemaname = current_schema() AND indexname = ANY($1)",
+                &[&&names[..]],
+            )
+            .await?
+            .get(0);
+        let kv = client
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'mcpgate_kv'",
+                &[],
+            )
+            .await?
+            .is_some();
+        Ok(kv && n == names.len() as i64)
+    }
+
+    async fn set_up(client: &Client) -> Result<()> {
         client.batch_execute(SCHEMA).await?;
         let current = client
             .query_opt(
@@ -73,11 +129,7 @@ impl PostgresStore {
             client.batch_execute(MIGRATE).await?;
         }
         client.batch_execute(INDEXES).await?;
-        Self::index_text(&client, url).await?;
-        Ok(Self {
-            url: url.to_string(),
-            client: Arc::new(Mutex::new(client)),
-        })
+        Ok(())
     }
 
     /// Starts building the free-text index if it is missing (or a build was cut off):
@@ -99,6 +151,25 @@ impl PostgresStore {
         tokio::spawn(async move {
             let build = async {
                 let c = Self::open(&url).await?;
+                // One builder at a time; another instance already building it finishes it.
+                let mine: bool = c
+                    .query_one(&format!("SELECT pg_try_advisory_lock({BUILD_LOCK})"), &[])
+                    .await?
+                    .get(0);
+                if !mine {
+                    return Ok(());
+                }
+                let valid: Option<bool> = c
+                    .query_opt(
+                        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+                         WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
+                        &[&TEXT_INDEX],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                if valid == Some(true) {
+                    return Ok(());
+                }
                 if valid == Some(false) {
                     c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}"))
                         .await?;
@@ -233,7 +304,10 @@ impl Store for PostgresStore {
             .collect::<Result<Vec<_>>>()?;
         // One statement of eleven array parameters, whatever the batch's size (a VALUES
         // list would meet the protocol's limit of 65,535 parameters at 5,958 events); rows
-        // go in the order they came, so positions follow it.
+        // go in the order they came, so positions follow it. Writers take turns (a
+        // transaction-scoped advisory lock, taken before any position is drawn), so
+        // positions are committed in order: a reader following the log by position never
+        // sees a higher one before a lower one that is still to commit.
         macro_rules! column {
             ($f:ident) => {
                 rows.iter().map(|r| r.$f).collect::<Vec<_>>()
@@ -247,18 +321,29 @@ impl Store for PostgresStore {
         let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
         let c = self.client().await?;
         c.execute(
-            "INSERT INTO mcpgate_audit
+            "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock($12))
+             INSERT INTO mcpgate_audit
                (id, time_us, type, user_name, app, tool, decision, session, method, roles, data)
              SELECT id, time_us, type, user_name, app, tool, decision, session, method, roles, data
-               FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+               FROM turn, UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
                     WITH ORDINALITY AS t(id, time_us, type, user_name, app, tool, decision,
                                          session, method, roles, data, n)
               ORDER BY n
              ON CONFLICT (id) DO NOTHING",
             &[
-                &id, &time_us, &kind, &user, &app, &tool, &decision, &session, &method, &roles,
+                &id,
+                &time_us,
+                &kind,
+                &user,
+                &app,
+                &tool,
+                &decision,
+                &session,
+                &method,
+                &roles,
                 &data,
+                &WRITE_LOCK,
             ],
         )
         .await?;

@@ -103,3 +103,68 @@ async fn sqlite_migrates_an_older_audit_log() {
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.search_events(&Default::default()).await.unwrap().len(), 1);
 }
+
+/// Several writers on one PostgreSQL (the journal, the auth service's own events, other
+/// instances) while a reader follows the log by position, as the live tail and the findings
+/// reader do: the reader sees every event, none skipped because a lower position was
+/// committed after a higher one was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_positions_are_never_overtaken() {
+    let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: PostgreSQL positions (set MCPGATE_TEST_POSTGRES_URL to run it)");
+        return;
+    };
+    use mcpgate_types::{AuditEvent, IdentityKind};
+    use std::time::{Duration, SystemTime};
+    const WRITERS: usize = 4;
+    const BATCHES: usize = 150;
+    let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
+    {
+        let reader = PostgresStore::connect(&db_url).await.unwrap();
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let store = PostgresStore::connect(&db_url).await.unwrap();
+            writers.push(tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let batch: Vec<AuditEvent> = (0..3)
+                        .map(|i| AuditEvent {
+                            id: format!("w{w}-{b}-{i}"),
+                            time: SystemTime::now(),
+                            kind: "race".into(),
+                            code: "MG0000I".into(),
+                            cluster: "c".into(),
+                            user: format!("writer{w}"),
+                            user_kind: Some(IdentityKind::User),
+                            roles: vec![],
+                            success: true,
+                            fields: Default::default(),
+                        })
+                        .collect();
+                    store.append_events(&batch).await.unwrap();
+                }
+            }));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut last = 0;
+        let follow = async |last: &mut i64, seen: &mut std::collections::HashSet<String>| {
+            for (pos, e) in reader.events_after(*last, 10_000).await.unwrap() {
+                assert!(seen.insert(e.id), "read twice");
+                *last = pos;
+            }
+        };
+        while !writers.iter().all(|w| w.is_finished()) {
+            follow(&mut last, &mut seen).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        follow(&mut last, &mut seen).await;
+        assert_eq!(
+            seen.len(),
+            WRITERS * BATCHES * 3,
+            "an event was overtaken and skipped"
+        );
+    }
+    drop_db.await;
+}
