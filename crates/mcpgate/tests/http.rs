@@ -904,22 +904,65 @@ fn mcp_proxy_serves_http_clients_with_the_gateways_policy_and_no_client_credenti
 /// Starts server-everything in `mode` (`streamableHttp` or `sse`) on a free port; returns it
 /// and the port once it accepts connections.
 fn everything_http(everything: &str, mode: &str) -> (Server, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        Command::new("node")
-            .args([everything, mode])
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    (server, port)
+    serve(|port| {
+        let mut cmd = Command::new("node");
+        cmd.args([everything, mode]).env("PORT", port.to_string());
+        cmd
+    })
+}
+
+/// Starts a server on a free port (`cmd` given the port) and returns it once it listens
+/// there. Between choosing a port and the server binding it another test may take it: the
+/// listener must be the server's own (its sockets against /proc/net/tcp*), and a server that
+/// exits (the port was taken) is started again on another.
+fn serve(mut cmd: impl FnMut(u16) -> Command) -> (Server, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Server(
+            cmd(port)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let started = wait_for(|| match server.0.try_wait() {
+            Ok(Some(_)) => Some(false),
+            _ => listens(server.0.id(), port).then_some(true),
+        });
+        if started {
+            return (server, port);
+        }
+    }
+    panic!("no server started in 5 tries");
+}
+
+/// Whether process `pid` holds a socket listening on `port`.
+fn listens(pid: u32, port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 9 && f[3] == "0A" && f[1].ends_with(&suffix))
+                        .then(|| format!("socket:[{}]", f[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
 }
 
 /// A cluster serving server-everything as `everything-stdio` and, run over Streamable HTTP,
@@ -936,21 +979,11 @@ fn everything_both_ways(everything: &str) -> (Scratch, Server, Daemon, Person) {
 /// Starts a Python fixture server (`SCRIPT http PORT`) on a free port; returns it and the port
 /// once it accepts connections.
 fn python_http(python: &str, script: &str) -> (Server, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        Command::new(python)
-            .args([script, "http", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    (server, port)
+    serve(|port| {
+        let mut cmd = Command::new(python);
+        cmd.args([script, "http", &port.to_string()]);
+        cmd
+    })
 }
 
 #[test]
