@@ -1,62 +1,13 @@
 //! Redaction of audit parameters: values under secret-like names, and values shaped like
 //! well-known secrets, are replaced before an event is stored.
 
-use regex::RegexSet;
+use mcpgate_types::secrets::{secret_name, secret_shaped};
 use serde_json::Value;
-use std::sync::OnceLock;
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
 /// Parameters larger than this are stored truncated.
 const MAX_PARAMS: usize = 64 << 10;
-
-const SECRET_NAMES: &[&str] = &[
-    "token",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "authorization",
-    "api_key",
-    "apikey",
-    "api-key",
-    "access_key",
-    "private_key",
-    "credential",
-    "cookie",
-    "session_key",
-    "client_secret",
-];
-
-fn shapes() -> &'static RegexSet {
-    static SET: OnceLock<RegexSet> = OnceLock::new();
-    SET.get_or_init(|| {
-        RegexSet::new([
-            r"gh[pousr]_[A-Za-z0-9]{20,}",
-            r"github_pat_[A-Za-z0-9_]{20,}",
-            r"\bsk-[A-Za-z0-9_-]{16,}",
-            r"xox[abposr]-[A-Za-z0-9-]{10,}",
-            r"\bAKIA[0-9A-Z]{16}\b",
-            r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
-            r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
-            r"glpat-[A-Za-z0-9_-]{20,}",
-            // Stripe live keys, Google API keys.
-            r"\b[rs]k_live_[A-Za-z0-9]{16,}",
-            r"\bAIza[0-9A-Za-z_-]{35}",
-            // A password in a URL: scheme://user:PASS@host.
-            r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@",
-            // `password=...`, `token: ...` inside free text.
-            r"(?i)\b(password|passwd|pwd|token|secret|api[_-]?key)\s*[=:]\s*\S+",
-        ])
-        .unwrap_or_else(|_| RegexSet::empty())
-    })
-}
-
-fn secret_name(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    SECRET_NAMES.iter().any(|n| k.contains(n))
-}
 
 /// Redacts a JSON value in place.
 pub fn redact(v: &mut Value) {
@@ -71,7 +22,7 @@ pub fn redact(v: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
-        Value::String(s) if shapes().is_match(s) => *s = REDACTED.into(),
+        Value::String(s) if secret_shaped(s) => *s = REDACTED.into(),
         _ => {}
     }
 }

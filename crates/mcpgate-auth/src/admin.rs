@@ -62,6 +62,9 @@ impl AuthService {
                 app.spec
                     .check()
                     .map_err(|e| AuthError::BadRequest(format!("{file}: app {name}: {e}")))?;
+                if let Some(e) = app.spec.literal_secret() {
+                    return Err(AuthError::BadRequest(format!("{file}: app {name}: {e}")));
+                }
                 if let Some(holder) = self.app_holder(name).await? {
                     return Err(AuthError::AlreadyExists(format!(
                         "{file}: app {name}: agent {holder} serves a static app of this name; remove that agent (admin rm agent/{holder}) or choose another name"
@@ -141,7 +144,11 @@ impl AuthService {
         for (key, bytes) in entries {
             let value = match kind {
                 Kind::Role => serde_json::to_value(from_json::<Role>(&bytes)?),
-                Kind::App => serde_json::to_value(from_json::<App>(&bytes)?),
+                Kind::App => {
+                    let mut app = from_json::<App>(&bytes)?;
+                    app.spec = app.spec.shown();
+                    serde_json::to_value(app)
+                }
                 Kind::User => serde_json::to_value(UserView::from(&from_json::<User>(&bytes)?)),
                 Kind::Bot => serde_json::to_value(from_json::<mcpgate_types::resource::Bot>(&bytes)?),
                 Kind::Agent => serde_json::to_value(from_json::<mcpgate_types::resource::AgentRecord>(&bytes)?),

@@ -192,6 +192,10 @@ async fn report<S: Store>(s: &S, backend: &str, events: usize) -> String {
             "free text `repo/4999.rs`",
             q(&|q| q.text = Some("repo/4999.rs".into())),
         ),
+        (
+            "free text found nowhere",
+            q(&|q| q.text = Some("no-such-value".into())),
+        ),
     ];
     for (name, query) in &cases {
         out.push_str(&measure(s, name, query).await);

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod identity;
 pub mod name;
 pub mod resource;
+pub mod secrets;
 
 pub use audit::{AuditEvent, AuditQuery, Cursor, Page};
 pub use clock::{Clock, FakeClock, SystemClock};

@@ -222,6 +222,61 @@ impl AppSpec {
         "mcp+sse+https://",
     ];
 
+    /// A literal secret in the definition, which the cluster's storage would then hold:
+    /// an `env` value or a rewrite header that is secret by its name or shaped like a known
+    /// secret, other than through `${env:..}`/`${file:..}` references (resolved on the
+    /// agent's host). The message shows the reference to write instead.
+    pub fn literal_secret(&self) -> Option<String> {
+        use crate::secrets::{literal_part, secret_name, secret_shaped};
+        for (name, value) in self.mcp.iter().flat_map(|m| &m.env) {
+            let literal = literal_part(value);
+            // `TOKEN_FILE: /run/secrets/t` names where a secret is, not the secret.
+            let names_a_place = ["_FILE", "_PATH", "_DIR"]
+                .iter()
+                .any(|s| name.to_ascii_uppercase().ends_with(s));
+            if secret_shaped(&literal)
+                || (secret_name(name) && !names_a_place && !literal.trim().is_empty())
+            {
+                return Some(format!(
+                    "env {name} holds a literal secret; write {name}: \"${{env:{name}}}\" (set on the agent's host) or \"${{file:/path/to/it}}\""
+                ));
+            }
+        }
+        for h in self.rewrite.iter().flat_map(|r| &r.headers) {
+            let Some((name, value)) = h.split_once(':') else {
+                continue;
+            };
+            if header_secret(name, value) {
+                return Some(format!(
+                    "rewrite header {} holds a literal secret; write \"{}: Bearer ${{env:NAME}}\" (NAME set on the agent's host) or ${{file:/path/to/it}}",
+                    name.trim(),
+                    name.trim()
+                ));
+            }
+        }
+        None
+    }
+
+    /// The definition as shown to people (`admin get app`, the dashboard): literal `env`
+    /// values and literal secrets in rewrite headers are hidden; references, which hold no
+    /// secret, are shown.
+    pub fn shown(mut self) -> Self {
+        use crate::secrets::literal_part;
+        for v in self.mcp.iter_mut().flat_map(|m| m.env.values_mut()) {
+            if !literal_part(v).trim().is_empty() {
+                *v = "[hidden]".into();
+            }
+        }
+        for h in self.rewrite.iter_mut().flat_map(|r| r.headers.iter_mut()) {
+            if let Some((name, value)) = h.split_once(':')
+                && header_secret(name, value)
+            {
+                *h = format!("{}: [hidden]", name.trim());
+            }
+        }
+        self
+    }
+
     /// Checks what serde cannot: a known scheme, and a command for a stdio app.
     pub fn check(&self) -> Result<(), String> {
         if !Self::SCHEMES.iter().any(|p| self.uri.starts_with(p)) {
@@ -292,6 +347,20 @@ impl AppSpec {
         }
         Ok(())
     }
+}
+
+/// Whether a rewrite header holds a literal secret: one shaped like a known secret, or any
+/// literal beyond a scheme word (`Bearer ${env:T}` is fine) in a header that carries one.
+fn header_secret(name: &str, value: &str) -> bool {
+    use crate::secrets::{literal_part, secret_name, secret_shaped};
+    let literal = literal_part(value);
+    let words: Vec<&str> = literal.split_whitespace().collect();
+    let scheme_only = matches!(
+        words[..],
+        [] | ["Bearer" | "bearer" | "Basic" | "basic" | "token" | "Token"]
+    );
+    let carries_secret = secret_name(name) || name.trim().eq_ignore_ascii_case("x-api-key");
+    secret_shaped(&literal) || (carries_secret && !scheme_only)
 }
 
 /// How the agent starts a stdio MCP server.
@@ -944,5 +1013,55 @@ spec:
             let err = spec(bad).check().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn literal_secrets_are_refused_and_hidden_references_are_not() {
+        let app = |env: &str, header: &str| {
+            let yaml = format!(
+                "kind: app\nversion: v3\nmetadata: {{name: a}}\nspec:\n  uri: mcp+stdio://\n  mcp: {{command: x, env: {{{env}}}}}\n{header}"
+            );
+            match parse_resources("a.yaml", &yaml).unwrap().0.remove(0) {
+                Resource::App(a) => a.spec,
+                _ => unreachable!(),
+            }
+        };
+        for (env, refused) in [
+            ("GITHUB_TOKEN: '${env:GITHUB_TOKEN}'", false),
+            ("GITHUB_TOKEN: '${file:/run/secrets/gh}'", false),
+            ("TOKEN_FILE: /run/secrets/gh", false),
+            ("LOG_LEVEL: debug", false),
+            ("GITHUB_TOKEN: abc123", true),
+            ("DB_PASSWORD: hunter2", true),
+            ("OPTIONS: 'ghp_0123456789abcdefghij0123'", true),
+            ("DATABASE_URL: 'postgres://app:hunter2@db/x'", true),
+        ] {
+            assert_eq!(app(env, "").literal_secret().is_some(), refused, "{env}");
+        }
+        let http = |header: &str| AppSpec {
+            uri: "mcp+https://example.com/mcp".into(),
+            mcp: None,
+            rewrite: Some(Rewrite {
+                headers: vec![header.into()],
+            }),
+            ..app("X: y", "")
+        };
+        for (h, refused) in [
+            ("Authorization: Bearer ${env:GITHUB_TOKEN}", false),
+            ("X-Api-Key: ${file:/run/key}", false),
+            ("X-Trace: on", false),
+            ("Authorization: Bearer abc123", true),
+            ("X-Api-Key: abc123", true),
+            ("X-Other: ghp_0123456789abcdefghij0123", true),
+        ] {
+            assert_eq!(http(h).literal_secret().is_some(), refused, "{h}");
+        }
+        // Shown to people: literal values hidden, references kept.
+        let shown = app("A: '${env:A}', B: plain", "").shown();
+        let env = &shown.mcp.as_ref().unwrap().env;
+        assert_eq!(env["A"], "${env:A}");
+        assert_eq!(env["B"], "[hidden]");
+        let shown = http("Authorization: Bearer abc123").shown();
+        assert_eq!(shown.rewrite.unwrap().headers, ["Authorization: [hidden]"]);
     }
 }

@@ -123,6 +123,19 @@ fn resources_from_yaml_with_clear_errors_and_nothing_half_written() {
             ROLES.replace("uri: mcp+stdio://", "uri: ftp://x"),
             "must start with one of",
         ),
+        // A literal secret would sit in the cluster's storage: refused, with the reference
+        // form to write instead.
+        (
+            ROLES.replace("${env:EVERYTHING_API_KEY}", "hunter2-literal"),
+            "env API_KEY holds a literal secret; write API_KEY: \"${env:API_KEY}\"",
+        ),
+        (
+            ROLES.replace(
+                "${env:EVERYTHING_API_KEY}",
+                "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            ),
+            "holds a literal secret",
+        ),
     ] {
         std::fs::write(&bad, text).unwrap();
         let err = d.admin(&["create", "-f", bad.to_str().unwrap()]).fails();
