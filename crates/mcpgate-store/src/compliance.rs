@@ -357,6 +357,17 @@ async fn large_batch<S: Store>(s: &S) {
     );
     q.id = Some("big06999".into());
     assert_eq!(s.search_events(&q).await.unwrap().len(), 1);
+    // Free text found in few events and in many (SQLite: through its index, and by reading
+    // the newest events), in two characters (no trigram), the same answers.
+    q.id = None;
+    for (text, n) in [("BIG06999", 1), ("big.batch", 7_000), ("g0", 7_000), ("06999", 1)] {
+        q.text = Some(text.into());
+        assert_eq!(
+            s.page_events(&q, Page::Newest).await.unwrap().len(),
+            n,
+            "free text {text}"
+        );
+    }
 }
 
 /// Keyset paging and the explorer's filters: every event of a filtered set is seen exactly

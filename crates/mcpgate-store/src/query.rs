@@ -51,9 +51,24 @@ impl Dialect {
     }
 }
 
+/// How free text is found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Text {
+    /// `LIKE` over every event's JSON that the other filters leave.
+    Scan,
+    /// SQLite: the candidates come from the trigram index `audit_text` (which holds the
+    /// events from position `from` on; older ones are still scanned), `LIKE` confirms.
+    Indexed { from: i64 },
+}
+
 /// `SELECT pos, data` of the events matching `q` on `page`: newest first (once reversed
 /// where [`Sql::reverse`] says so), or for [`Page::After`] in the order they were stored.
 pub(crate) fn select(d: Dialect, q: &AuditQuery, page: Page) -> Sql {
+    select_with(d, q, page, Text::Scan)
+}
+
+/// [`select`], finding free text as `text` says.
+pub(crate) fn select_with(d: Dialect, q: &AuditQuery, page: Page, text_plan: Text) -> Sql {
     let pos = d.pos();
     let mut text = format!("SELECT {pos}, data FROM {} WHERE TRUE", d.table());
     let mut args = Vec::new();
@@ -119,6 +134,18 @@ pub(crate) fn select(d: Dialect, q: &AuditQuery, page: Page) -> Sql {
             &format!(" AND data {op} # ESCAPE '\\'"),
             Arg::Text(pattern),
         );
+        if let Text::Indexed { from } = text_plan {
+            // The index's own LIKE takes no ESCAPE: only needles without wildcards get here.
+            bind(
+                &mut text,
+                " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #)",
+                Arg::Text(format!("%{needle}%")),
+            );
+            if from > 1 {
+                bind(&mut text, " OR rowid < #", Arg::Int(from));
+            }
+            text.push(')');
+        }
     }
     let (order, reverse) = match page {
         Page::Newest => ("time_us DESC, # DESC", false),

@@ -50,6 +50,89 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Free text over the events' JSON: a trigram index (FTS5, external content: the text stays
+/// in `audit` only), filled by a trigger as events are stored. A log from before it is
+/// indexed from its newest events back, in the background; `audit_text_state.indexed_from`
+/// is the lowest position indexed, and free text scans what lies below it.
+const TEXT_INDEX: &str = "
+BEGIN;
+CREATE VIRTUAL TABLE audit_text USING fts5(data, content='audit', content_rowid='rowid',
+  tokenize='trigram', detail='none');
+CREATE TRIGGER audit_text_insert AFTER INSERT ON audit BEGIN
+  INSERT INTO audit_text(rowid, data) VALUES (new.rowid, new.data);
+END;
+CREATE TABLE audit_text_state (indexed_from INTEGER NOT NULL);
+INSERT INTO audit_text_state SELECT COALESCE(MAX(rowid), 0) + 1 FROM audit;
+COMMIT;";
+
+/// Events indexed per step of the background fill (the store is held for one step, some
+/// 100 ms), and the pause between steps that lets the store's other users in.
+const TEXT_FILL_STEP: i64 = 1_000;
+const TEXT_FILL_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Free text is looked up in the index when it names at most this many events; a needle
+/// found in more is found as fast by reading the newest events.
+const TEXT_INDEX_MAX: i64 = 5_000;
+
+fn create_text_index(c: &Connection) -> rusqlite::Result<()> {
+    let exists = c
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'audit_text'")?
+        .exists([])?;
+    if !exists {
+        c.execute_batch(TEXT_INDEX)?;
+    }
+    Ok(())
+}
+
+/// The lowest position the text index holds.
+fn indexed_from(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT indexed_from FROM audit_text_state", [], |r| {
+        r.get(0)
+    })
+}
+
+/// Indexes the next older step of a log from before the index; false once all is indexed.
+fn fill_text_index(c: &mut Connection) -> rusqlite::Result<bool> {
+    let from = indexed_from(c)?;
+    if from <= 1 {
+        return Ok(false);
+    }
+    let low = (from - TEXT_FILL_STEP).max(1);
+    let tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO audit_text(rowid, data) SELECT rowid, data FROM audit
+         WHERE rowid >= ?1 AND rowid < ?2",
+        params![low, from],
+    )?;
+    tx.execute("UPDATE audit_text_state SET indexed_from = ?1", [low])?;
+    tx.commit()?;
+    Ok(low > 1)
+}
+
+/// How to find `needle`: through the index when it can be used and the needle is rare.
+fn text_plan(c: &Connection, needle: Option<&str>) -> rusqlite::Result<query::Text> {
+    let Some(needle) = needle else {
+        return Ok(query::Text::Scan);
+    };
+    // Trigrams need three characters; the index's LIKE takes no ESCAPE.
+    if needle.chars().count() < 3 || needle.contains(['%', '_', '\\']) {
+        return Ok(query::Text::Scan);
+    }
+    let found: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT rowid FROM audit_text WHERE data LIKE ?1 LIMIT ?2)",
+        )?
+        .query_row(params![format!("%{needle}%"), TEXT_INDEX_MAX + 1], |r| {
+            r.get(0)
+        })?;
+    if found > TEXT_INDEX_MAX {
+        return Ok(query::Text::Scan);
+    }
+    Ok(query::Text::Indexed {
+        from: indexed_from(c)?,
+    })
+}
+
 /// How durable a commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,9 +173,29 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(INDEXES)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        create_text_index(&conn)?;
+        let filling = indexed_from(&conn)? > 1;
+        let conn = Arc::new(Mutex::new(conn));
+        if filling {
+            // A step at a time, letting every other use of the store in between; it stops
+            // when the store is dropped.
+            let weak = Arc::downgrade(&conn);
+            std::thread::spawn(move || {
+                while let Some(conn) = weak.upgrade() {
+                    let step = fill_text_index(&mut conn.lock().unwrap_or_else(|p| p.into_inner()));
+                    drop(conn);
+                    match step {
+                        Ok(true) => std::thread::sleep(TEXT_FILL_PAUSE),
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the audit text index could not be filled; free text scans the older events");
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self { conn })
     }
 
     async fn run<T: Send + 'static>(
@@ -266,9 +369,11 @@ impl Store for SqliteStore {
     }
 
     async fn page_events(&self, query: &AuditQuery, page: Page) -> Result<Vec<(i64, AuditEvent)>> {
-        let sql = query::select(Dialect::Sqlite, query, page);
+        let query = query.clone();
         let rows: Vec<(i64, String)> = self
             .run(move |c| {
+                let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
+                let sql = query::select_with(Dialect::Sqlite, &query, page, plan);
                 let args = sql.args.into_iter().map(|a| match a {
                     Arg::Int(i) => rusqlite::types::Value::Integer(i),
                     Arg::Text(t) => rusqlite::types::Value::Text(t),

@@ -168,3 +168,72 @@ async fn postgres_positions_are_never_overtaken() {
     }
     drop_db.await;
 }
+
+/// A log from before the free-text index: its events are found at once (by a scan of what
+/// is not indexed yet) and, once the index has been filled from the newest back, through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
+    use mcpgate_types::{AuditEvent, AuditQuery, IdentityKind, Page};
+    use std::time::SystemTime;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let events: Vec<AuditEvent> = (0..2_500)
+        .map(|i| AuditEvent {
+            id: format!("old{i:04}"),
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + i),
+            kind: "mcp.session.request".into(),
+            code: "MG0000I".into(),
+            cluster: "c".into(),
+            user: "ann".into(),
+            user_kind: Some(IdentityKind::User),
+            roles: vec![],
+            success: true,
+            fields: [("note".to_string(), serde_json::json!(format!("needle-{i:04}")))]
+                .into_iter()
+                .collect(),
+        })
+        .collect();
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.append_events(&events).await.unwrap();
+    }
+    // As a log written before the index existed.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER audit_text_insert; DROP TABLE audit_text; DROP TABLE audit_text_state;",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let find = async |text: &str| {
+        let q = AuditQuery {
+            text: Some(text.into()),
+            ..AuditQuery::default()
+        };
+        let page = store.page_events(&q, Page::Newest).await.unwrap();
+        page.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
+    };
+    assert_eq!(find("NEEDLE-0007").await, ["old0007"], "found before it is indexed");
+    let state = rusqlite::Connection::open(&path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while state
+        .query_row("SELECT indexed_from FROM audit_text_state", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+        > 1
+    {
+        assert!(std::time::Instant::now() < deadline, "never indexed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let indexed: i64 = state
+        .query_row(
+            "SELECT count(*) FROM audit_text WHERE data LIKE '%needle-0007%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, 1, "the oldest events are in the index");
+    assert_eq!(find("needle-0007").await, ["old0007"]);
+    assert_eq!(find("needle-2499").await, ["old2499"]);
+}
