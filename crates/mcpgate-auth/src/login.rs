@@ -54,6 +54,13 @@ impl RateLimiter {
         }
     }
 
+    /// Takes back an attempt counted in advance that turned out not to be a failure.
+    fn undo(&mut self, key: &str) {
+        if let Some(entry) = self.failures.get_mut(key) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+    }
+
     fn fail(&mut self, key: String, now: SystemTime) {
         if self.failures.len() > 100_000 {
             self.failures
@@ -356,29 +363,52 @@ impl AuthService {
         addr: Option<IpAddr>,
     ) -> Result<Verified> {
         let now = self.now();
-        let user_key_rl = format!("user:{user}");
+        let user_key_rl = format!("user:{}", user.chars().take(128).collect::<String>());
         let addr_key = addr.map(|a| format!("addr:{a}"));
+        // Each attempt counts as a failure before it is checked (and is taken back if it
+        // succeeds): attempts sent at once cannot all pass the limit before any has failed.
         let limited = {
             let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-            rl.limited(&user_key_rl, MAX_FAILURES_PER_USER, now)
+            let limited = rl.limited(&user_key_rl, MAX_FAILURES_PER_USER, now)
                 || addr_key
                     .as_deref()
-                    .is_some_and(|k| rl.limited(k, MAX_FAILURES_PER_ADDR, now))
+                    .is_some_and(|k| rl.limited(k, MAX_FAILURES_PER_ADDR, now));
+            if !limited {
+                rl.fail(user_key_rl.clone(), now);
+                if let Some(k) = &addr_key {
+                    rl.fail(k.clone(), now);
+                }
+            }
+            limited
         };
         if limited {
             self.login_failed(user, "rate limited").await?;
             return Err(AuthError::RateLimited);
         }
-        match self.check_login(user, password, otp, now).await {
+        let checked = {
+            // A few password hashes at a time (each takes 19 MiB): a flood of logins
+            // waits here instead of exhausting memory.
+            let _turn = self
+                .login_permits
+                .acquire()
+                .await
+                .map_err(|_| AuthError::Internal("shutting down".into()))?;
+            self.check_login(user, password, otp, now).await
+        };
+        let failed = matches!(
+            checked,
+            Err(AuthError::InvalidCredentials | AuthError::OtpReused)
+        );
+        if !failed {
+            let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            rl.undo(&user_key_rl);
+            if let Some(k) = &addr_key {
+                rl.undo(k);
+            }
+        }
+        match checked {
             Ok(v) => Ok(v),
             Err(e) => {
-                if matches!(e, AuthError::InvalidCredentials | AuthError::OtpReused) {
-                    let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                    rl.fail(user_key_rl, now);
-                    if let Some(k) = addr_key {
-                        rl.fail(k, now);
-                    }
-                } // the guard is released before the await below
                 self.login_failed(user, &e.to_string()).await?;
                 Err(e)
             }

@@ -217,6 +217,8 @@ pub struct AuthService {
     pub(crate) user_ca: CertAuthority,
     pub(crate) host_ca: CertAuthority,
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// Password checks that may run at once.
+    pub(crate) login_permits: tokio::sync::Semaphore,
     /// Bumped on every change to roles, users or apps, so caches of policies know to reload.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
     /// The assertion signing key in use, opened once (by key id).
@@ -260,6 +262,7 @@ impl AuthService {
             user_ca,
             host_ca,
             limiter: Mutex::new(RateLimiter::default()),
+            login_permits: tokio::sync::Semaphore::new(4),
             epoch: std::sync::atomic::AtomicU64::new(0),
             jwt_key: Mutex::new(None),
         };

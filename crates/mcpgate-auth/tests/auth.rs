@@ -814,3 +814,53 @@ async fn dashboard_sessions_end_when_their_time_is_up_and_are_swept() {
     assert_eq!(ended[0].user, "dana");
     assert_eq!(ended[0].fields["reason"], "expired");
 }
+
+/// Guesses sent all at once are limited like guesses one after another: each is counted
+/// before it is checked, so no more than the limit are ever checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_sent_at_once_are_limited_like_guesses_in_turn() {
+    let env = Env::new();
+    let auth = Arc::new(env.open(SecondFactor::Off).await);
+    let adm = admin(&auth).await;
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    let (invite, _) = auth
+        .invite(&adm, "erin", &["dev".into()], Default::default())
+        .await
+        .unwrap();
+    auth.signup(&invite, "erin's long password", None)
+        .await
+        .unwrap();
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                auth.web_login("erin", &format!("wrong guess {i:02}"), None, None)
+                    .await
+            })
+        })
+        .collect();
+    let mut checked = 0;
+    for g in guesses {
+        match g.await.unwrap() {
+            Err(AuthError::InvalidCredentials) => checked += 1,
+            Err(AuthError::RateLimited) => {}
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a wrong password logged in"),
+        }
+    }
+    assert_eq!(checked, 5, "only as many guesses as the limit were checked");
+    // The right password is limited now too, until the window passes.
+    assert!(matches!(
+        auth.web_login("erin", "erin's long password", None, None)
+            .await,
+        Err(AuthError::RateLimited)
+    ));
+    env.clock.advance(Duration::from_secs(301));
+    assert!(
+        auth.web_login("erin", "erin's long password", None, None)
+            .await
+            .is_ok()
+    );
+}

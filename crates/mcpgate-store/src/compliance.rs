@@ -315,6 +315,43 @@ async fn audit<S: Store>(s: &S) {
     assert_eq!(got, same, "ties keep append order");
     paging(s).await;
     large_batch(s).await;
+    // A field named like the event's own cannot stand for it.
+    let forged = event(
+        "forged",
+        701,
+        "audit.view",
+        "alice",
+        &[("user", "mallory"), ("success", "x")],
+    );
+    s.append_events(&[forged]).await.unwrap();
+    let got = s
+        .search_events(&AuditQuery {
+            id: Some("forged".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "stored and found");
+    assert_eq!(got[0].user, "alice");
+    assert_eq!(got[0].fields["field.user"], "mallory");
+    // A user and a bot of the same name are two identities.
+    let mut bot = event("namesake-bot", 700, "mcp.session.request", "alice", &[]);
+    bot.user_kind = Some(mcpgate_types::IdentityKind::Bot);
+    s.append_events(&[bot]).await.unwrap();
+    let alice = |kind: &str| AuditQuery {
+        user: Some("alice".into()),
+        user_kind: Some(kind.into()),
+        kind: Some("mcp.session.request".into()),
+        ..AuditQuery::default()
+    };
+    let ids = |v: Vec<AuditEvent>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert!(
+        !ids(s.search_events(&alice("user")).await.unwrap()).contains(&"namesake-bot".to_string())
+    );
+    assert_eq!(
+        ids(s.search_events(&alice("bot")).await.unwrap()),
+        ["namesake-bot"]
+    );
     // Filters are values, not SQL.
     assert!(
         s.search_events(&q(|q| q.user = Some("x' OR '1'='1".into())))
@@ -360,7 +397,12 @@ async fn large_batch<S: Store>(s: &S) {
     // Free text found in few events and in many (SQLite: through its index, and by reading
     // the newest events), in two characters (no trigram), the same answers.
     q.id = None;
-    for (text, n) in [("BIG06999", 1), ("big.batch", 7_000), ("g0", 7_000), ("06999", 1)] {
+    for (text, n) in [
+        ("BIG06999", 1),
+        ("big.batch", 7_000),
+        ("g0", 7_000),
+        ("06999", 1),
+    ] {
         q.text = Some(text.into());
         assert_eq!(
             s.page_events(&q, Page::Newest).await.unwrap().len(),

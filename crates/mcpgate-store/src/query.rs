@@ -114,6 +114,14 @@ pub(crate) fn select_with(d: Dialect, q: &AuditQuery, page: Page, text_plan: Tex
             bind(&mut text, " AND tool = #", Arg::Text(tool.clone()));
         }
     }
+    if let Some(kind) = &q.user_kind {
+        // Read from the event's JSON: only ever beside `user`, whose index narrows first.
+        let sql = match d {
+            Dialect::Sqlite => " AND json_extract(data, '$.user_kind') = #",
+            Dialect::Postgres => " AND (data::jsonb ->> 'user_kind') = #",
+        };
+        bind(&mut text, sql, Arg::Text(kind.clone()));
+    }
     if let Some(role) = &q.role {
         // `roles` holds `,a,b,`: a whole name between commas.
         let pattern = format!("%,{},%", like_escape(role));

@@ -188,9 +188,12 @@ async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
             user_kind: Some(IdentityKind::User),
             roles: vec![],
             success: true,
-            fields: [("note".to_string(), serde_json::json!(format!("needle-{i:04}")))]
-                .into_iter()
-                .collect(),
+            fields: [(
+                "note".to_string(),
+                serde_json::json!(format!("needle-{i:04}")),
+            )]
+            .into_iter()
+            .collect(),
         })
         .collect();
     {
@@ -213,7 +216,11 @@ async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
         let page = store.page_events(&q, Page::Newest).await.unwrap();
         page.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
     };
-    assert_eq!(find("NEEDLE-0007").await, ["old0007"], "found before it is indexed");
+    assert_eq!(
+        find("NEEDLE-0007").await,
+        ["old0007"],
+        "found before it is indexed"
+    );
     let state = rusqlite::Connection::open(&path).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while state

@@ -130,6 +130,10 @@ pub struct AuditQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until_micros: Option<i64>,
     pub user: Option<String>,
+    /// Only events of identities of this kind (`user`, `bot`, `host`): with `user`, one
+    /// identity, not its namesakes of other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_kind: Option<String>,
     /// Only events of an identity holding this role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,

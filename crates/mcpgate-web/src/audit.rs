@@ -91,15 +91,15 @@ impl Filter {
                 "decision must be allow or deny, not {d:?}"
             )));
         }
-        let user = if v.can("event", "list") {
-            opt(&self.user)
-        } else {
-            Some(v.name().to_string())
+        let (user, user_kind) = match v.own_filter() {
+            (None, _) => (opt(&self.user), None),
+            own => own,
         };
         Ok(AuditQuery {
             since_micros: when(&self.since, now)?,
             until_micros: when(&self.until, now)?,
             user,
+            user_kind,
             role: opt(&self.role),
             app: opt(&self.app),
             tool: opt(&self.tool),
@@ -184,7 +184,20 @@ async fn record(web: &Web, v: &Viewer, code: (&str, &str), fields: Value) -> Res
         .auth
         .event(code.0, code.1, &v.caller.info.claims, true, []);
     if let Value::Object(m) = fields {
-        ev.fields.extend(m);
+        // Never a field that would stand for the event's own (its user, its time...).
+        const OWN: [&str; 9] = [
+            "id",
+            "time",
+            "type",
+            "code",
+            "cluster",
+            "user",
+            "user_kind",
+            "roles",
+            "success",
+        ];
+        ev.fields
+            .extend(m.into_iter().filter(|(k, _)| !OWN.contains(&k.as_str())));
     }
     web.auth.emit(ev).await?;
     Ok(())
@@ -334,7 +347,7 @@ pub(crate) async fn event(
     let Some((_, e)) = found
         .into_iter()
         .next()
-        .filter(|(_, e)| v.can("event", "read") || e.user == v.name())
+        .filter(|(_, e)| v.can("event", "read") || v.owns(e))
     else {
         return Err(WebError::NotFound(format!("event {id} not found")));
     };
@@ -352,7 +365,8 @@ pub(crate) async fn event(
                 .page_events(
                     &AuditQuery {
                         session: Some(s.clone()),
-                        user: (!v.can("event", "list")).then(|| v.name().to_string()),
+                        user: v.own_filter().0,
+                        user_kind: v.own_filter().1,
                         limit: Some(500),
                         ..Default::default()
                     },
@@ -504,6 +518,7 @@ pub(crate) async fn export(
     };
     let q = f.to_query(&v, EXPORT_BATCH)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let session = headers.clone();
     let claims = v.caller.info.claims.clone();
     let filter = f.recorded();
     let format = f.format.clone();
@@ -516,6 +531,11 @@ pub(crate) async fn export(
             complete = tx.send(Bytes::from(header)).await.is_ok();
         }
         while complete {
+            // A lock or a logout stops an export under way, like any page.
+            if viewer(&web, &session).await.is_err() {
+                complete = false;
+                break;
+            }
             let batch = match web.auth.store().page_events(&q, at).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -670,6 +690,12 @@ pub(crate) async fn stream(
             .map_err(|_| WebError::BadRequest(format!("bad event id {p:?}")))?,
         None => newest_position(&web).await?,
     };
+    // A tail is a view of the log like any page (a reconnect goes on with the same one);
+    // one started far back reads what an export would, and is recorded with where it began.
+    if !headers.contains_key("last-event-id") {
+        let fields = json!({"view": "live", "filter": f.recorded(), "after": pos});
+        record(&web, &v, codes::AUDIT_VIEW, fields).await?;
+    }
     let token = headers.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     tokio::spawn(async move {
@@ -687,7 +713,8 @@ pub(crate) async fn stream(
                 checked = tokio::time::Instant::now();
                 if let Err(e) = viewer(&web, &token).await {
                     let why = match e {
-                        WebError::Locked(m) => m,
+                        // One `data:` line: a lock's message may hold line breaks.
+                        WebError::Locked(m) => m.replace(['\r', '\n'], " "),
                         _ => "the session ended; log in again".into(),
                     };
                     let _ = tx

@@ -556,6 +556,13 @@ pub(crate) async fn who(
     Query(q): Query<WhoQuery>,
 ) -> WebResult {
     let v = viewer(&web, &headers).await?;
+    // The answer shows which role allows what: for those who may read roles.
+    if !v.can("role", "list") {
+        return Err(WebError::Forbidden(format!(
+            "{} may not read roles",
+            v.name()
+        )));
+    }
     let apps = known_apps(&web, &v).await?;
     let app = apps
         .iter()

@@ -68,7 +68,8 @@ pub(crate) async fn stats(
     let q = AuditQuery {
         kind: Some("mcp.session.request".into()),
         since_micros: Some(since_us),
-        user: (!v.can("event", "list")).then(|| v.name().to_string()),
+        user: v.own_filter().0,
+        user_kind: v.own_filter().1,
         limit: Some(BATCH),
         ..Default::default()
     };

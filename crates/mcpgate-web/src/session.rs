@@ -33,6 +33,24 @@ impl Viewer {
         self.caller.name()
     }
 
+    /// Whether `e` is the viewer's own: their name and their kind (a bot or host of the
+    /// same name is someone else).
+    pub fn owns(&self, e: &mcpgate_types::AuditEvent) -> bool {
+        e.user == self.name() && e.user_kind == Some(self.caller.info.claims.kind)
+    }
+
+    /// The filter that keeps a viewer who may not list events to their own: `(user, kind)`.
+    pub fn own_filter(&self) -> (Option<String>, Option<String>) {
+        if self.can("event", "list") {
+            (None, None)
+        } else {
+            (
+                Some(self.name().to_string()),
+                Some(self.caller.info.claims.kind.as_str().to_string()),
+            )
+        }
+    }
+
     /// Whether the viewer's roles allow `verb` on `kind`.
     pub fn can(&self, kind: &str, verb: &str) -> bool {
         self.caller.policy.admin(kind, verb)
@@ -96,10 +114,16 @@ pub(crate) struct Next {
     next: Option<String>,
 }
 
-/// Only a path on this site: never `//host` or `\` tricks.
+/// Only a path on this site: made of the characters a URL path and query hold as they
+/// are (no whitespace or control characters, which browsers drop, turning `/\t/host` into
+/// `//host`; no `\`), and never `//host`.
 fn local(next: Option<&str>) -> &str {
+    let plain = |n: &str| {
+        n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%?".contains(&b))
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && plain(n) => n,
         _ => "/",
     }
 }
@@ -252,4 +276,27 @@ pub(crate) async fn logout(
     r.headers_mut()
         .append(header::SET_COOKIE, clear_cookie(COOKIE));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local;
+
+    #[test]
+    fn next_is_only_ever_a_path_here() {
+        for ok in ["/", "/audit?user=bob&decision=deny", "/audit/events/a%2Fb"] {
+            assert_eq!(local(Some(ok)), ok);
+        }
+        for bad in [
+            "//evil.example/",
+            "/\t/evil.example/",
+            "/\\evil.example",
+            "https://evil.example/",
+            "/\n/evil",
+            "/ /evil",
+            "evil",
+        ] {
+            assert_eq!(local(Some(bad)), "/", "{bad:?}");
+        }
+    }
 }

@@ -229,6 +229,10 @@ fn the_dashboard_in_a_real_browser() {
     assert_eq!(r["userRowUsers"], json!(["bob"]));
     assert_eq!(r["userApps"], 403);
     assert_eq!(r["userEditor"], 403);
+    assert_eq!(
+        r["userWho"], 403,
+        "which role allows what is for who may read roles"
+    );
     // The lock ended bob's dashboard session, for good.
     assert_eq!(r["lockedStatus"], 403);
     assert!(r["lockedText"].as_str().unwrap().contains("dashboard test"));
@@ -248,6 +252,12 @@ fn the_dashboard_in_a_real_browser() {
         && e["filter"]["user"] == "bob"));
     assert!(views.iter().any(|e| e["view"] == "event"));
     assert!(views.iter().any(|e| e["view"] == "live"));
+    // The tail's stream itself is recorded, with the position it began after.
+    assert!(
+        views
+            .iter()
+            .any(|e| e["view"] == "live" && e["after"].as_i64().is_some())
+    );
     let exports = audit(&d, &["--type", "audit.export"]);
     assert_eq!(exports.len(), 2, "{exports:?}");
     assert!(

@@ -272,6 +272,7 @@ async function main() {
   result.userRowUsers = [...new Set(await cells(up, "#rows", 2))];
   result.userApps = (await up.goto(`${BASE}/apps`)).status();
   result.userEditor = (await up.goto(`${BASE}/roles/dev/edit`)).status();
+  result.userWho = (await up.goto(`${BASE}/roles/who?app=tools&tool=echo`)).status();
 
   // A lock made on the locks page ends the user's dashboard session.
   await page.goto(`${BASE}/locks`);
