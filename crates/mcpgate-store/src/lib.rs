@@ -7,6 +7,7 @@
 //! - [`AnyStore`]: the backend chosen by the daemon config.
 //! - [`compliance`]: the suite every backend must pass.
 
+pub mod chain;
 pub mod compliance;
 pub mod postgres;
 mod query;
@@ -88,6 +89,17 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>>> + Send;
+    /// Up to `limit` stored events with their chain links, in position order, from after
+    /// position `after`: what [`chain::Verifier`] walks.
+    fn chain_rows(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<chain::ChainRow>>> + Send;
+    /// The last stored event's position and hash (`None` for the hash: it predates the
+    /// chain), if any event is stored.
+    fn chain_head(&self)
+    -> impl Future<Output = Result<Option<(i64, Option<chain::Hash>)>>> + Send;
 }
 
 /// The exclusive upper bound of keys starting with `prefix` (keys are ASCII).
@@ -219,6 +231,12 @@ impl Store for AnyStore {
     }
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {
         delegate!(self, s => s.events_after(after, limit))
+    }
+    async fn chain_rows(&self, after: i64, limit: u32) -> Result<Vec<chain::ChainRow>> {
+        delegate!(self, s => s.chain_rows(after, limit))
+    }
+    async fn chain_head(&self) -> Result<Option<(i64, Option<chain::Hash>)>> {
+        delegate!(self, s => s.chain_head())
     }
 }
 

@@ -6,6 +6,7 @@ use tokio_postgres::{Client, NoTls, types::ToSql};
 
 use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
+use crate::chain;
 use crate::query::{self, Arg, Dialect};
 use crate::{EventRow, Result, Store, decode_rows};
 
@@ -59,6 +60,8 @@ COMMIT;
 pub struct PostgresStore {
     url: String,
     client: Arc<Mutex<Arc<Client>>>,
+    /// A connection of its own for appending events: each append is a transaction.
+    writer: Arc<Mutex<Option<Client>>>,
 }
 
 impl PostgresStore {
@@ -81,6 +84,7 @@ impl PostgresStore {
         Ok(Self {
             url: url.to_string(),
             client: Arc::new(Mutex::new(client)),
+            writer: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -111,7 +115,16 @@ impl PostgresStore {
             )
             .await?
             .is_some();
-        Ok(kv && n == names.len() as i64)
+        let chained = client
+            .query_opt(
+                "SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'mcpgate_audit'
+                   AND column_name = 'hash'",
+                &[],
+            )
+            .await?
+            .is_some();
+        Ok(kv && chained && n == names.len() as i64)
     }
 
     async fn set_up(client: &Client) -> Result<()> {
@@ -128,6 +141,13 @@ impl PostgresStore {
         if !current {
             client.batch_execute(MIGRATE).await?;
         }
+        // Events stored before the chain keep no links; it begins with the next one.
+        client
+            .batch_execute(
+                "ALTER TABLE mcpgate_audit ADD COLUMN IF NOT EXISTS prev BYTEA,
+                   ADD COLUMN IF NOT EXISTS hash BYTEA",
+            )
+            .await?;
         client.batch_execute(INDEXES).await?;
         Ok(())
     }
@@ -195,13 +215,17 @@ impl PostgresStore {
     }
 
     async fn open(url: &str) -> Result<Arc<Client>> {
+        Ok(Arc::new(Self::open_client(url).await?))
+    }
+
+    async fn open_client(url: &str) -> Result<Client> {
         let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!(error = %e, "postgres connection closed");
             }
         });
-        Ok(Arc::new(client))
+        Ok(client)
     }
 
     async fn client(&self) -> Result<Arc<Client>> {
@@ -302,51 +326,89 @@ impl Store for PostgresStore {
             .iter()
             .map(EventRow::new)
             .collect::<Result<Vec<_>>>()?;
-        // One statement of eleven array parameters, whatever the batch's size (a VALUES
-        // list would meet the protocol's limit of 65,535 parameters at 5,958 events); rows
-        // go in the order they came, so positions follow it. Writers take turns (a
-        // transaction-scoped advisory lock, taken before any position is drawn), so
-        // positions are committed in order: a reader following the log by position never
-        // sees a higher one before a lower one that is still to commit.
+        let mut writer = self.writer.lock().await;
+        if writer.as_ref().is_none_or(|c| c.is_closed()) {
+            *writer = Some(Self::open_client(&self.url).await?);
+        }
+        let Some(client) = writer.as_mut() else {
+            return Err(crate::StoreError::Task("no connection for writing".into()));
+        };
+        let tx = client.transaction().await?;
+        // Writers take turns (a transaction-scoped advisory lock, taken before a position
+        // is drawn): positions commit in order, so a reader following the log by position
+        // never sees a higher one before a lower one still to commit, and each event links
+        // to the one committed before it — one chain, whatever the number of instances.
+        tx.query("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .await?;
+        let head = tx
+            .query_opt(
+                "SELECT hash FROM mcpgate_audit ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        let mut prev = head.and_then(|r| chain::hash_of(r.get::<_, Option<&[u8]>>(0)));
+        // Shipped twice (or twice in one batch): stored once.
+        let ids: Vec<&str> = rows.iter().map(|r| r.id).collect();
+        let mut stored: std::collections::HashSet<String> = tx
+            .query("SELECT id FROM mcpgate_audit WHERE id = ANY($1)", &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let fresh: Vec<&EventRow> = rows
+            .iter()
+            .filter(|r| stored.insert(r.id.to_string()))
+            .collect();
+        if fresh.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+        let mut seqs: Vec<i64> = tx
+            .query(
+                "SELECT nextval(pg_get_serial_sequence('mcpgate_audit', 'seq'))
+                   FROM generate_series(1, $1::int4)",
+                &[&(fresh.len() as i32)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        seqs.sort_unstable();
+        let mut prevs: Vec<Option<Vec<u8>>> = Vec::with_capacity(fresh.len());
+        let mut hashes: Vec<Vec<u8>> = Vec::with_capacity(fresh.len());
+        for (r, seq) in fresh.iter().zip(&seqs) {
+            let hash = chain::link(*seq, prev.as_ref(), &r.data);
+            prevs.push(prev.map(|p| p.to_vec()));
+            hashes.push(hash.to_vec());
+            prev = Some(hash);
+        }
+        // One statement of array parameters, whatever the batch's size (a VALUES list
+        // meets the protocol's limit of 65,535 parameters at 5,958 events).
         macro_rules! column {
             ($f:ident) => {
-                rows.iter().map(|r| r.$f).collect::<Vec<_>>()
+                fresh.iter().map(|r| r.$f).collect::<Vec<_>>()
             };
         }
         let (id, time_us, kind, user) =
             (column!(id), column!(time_us), column!(kind), column!(user));
         let (app, tool, decision) = (column!(app), column!(tool), column!(decision));
         let (session, method) = (column!(session), column!(method));
-        let roles: Vec<&str> = rows.iter().map(|r| r.roles.as_str()).collect();
-        let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
-        let c = self.client().await?;
-        c.execute(
-            "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock($12))
-             INSERT INTO mcpgate_audit
-               (id, time_us, type, user_name, app, tool, decision, session, method, roles, data)
-             SELECT id, time_us, type, user_name, app, tool, decision, session, method, roles, data
-               FROM turn, UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-                    WITH ORDINALITY AS t(id, time_us, type, user_name, app, tool, decision,
-                                         session, method, roles, data, n)
-              ORDER BY n
-             ON CONFLICT (id) DO NOTHING",
+        let roles: Vec<&str> = fresh.iter().map(|r| r.roles.as_str()).collect();
+        let data: Vec<&str> = fresh.iter().map(|r| r.data.as_str()).collect();
+        tx.execute(
+            "INSERT INTO mcpgate_audit
+               (seq, id, time_us, type, user_name, app, tool, decision, session, method, roles,
+                data, prev, hash)
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::text[], $12::text[], $13::bytea[], $14::bytea[])",
             &[
-                &id,
-                &time_us,
-                &kind,
-                &user,
-                &app,
-                &tool,
-                &decision,
-                &session,
-                &method,
-                &roles,
-                &data,
-                &WRITE_LOCK,
+                &seqs, &id, &time_us, &kind, &user, &app, &tool, &decision, &session, &method,
+                &roles, &data, &prevs, &hashes,
             ],
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -383,6 +445,35 @@ impl Store for PostgresStore {
             rows.reverse();
         }
         Ok(decode_rows(rows))
+    }
+
+    async fn chain_rows(&self, after: i64, limit: u32) -> Result<Vec<chain::ChainRow>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT seq, prev, hash, data FROM mcpgate_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| chain::ChainRow {
+                seq: r.get(0),
+                prev: r.get(1),
+                hash: r.get(2),
+                data: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn chain_head(&self) -> Result<Option<(i64, Option<chain::Hash>)>> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "SELECT seq, hash FROM mcpgate_audit ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| (r.get(0), chain::hash_of(r.get::<_, Option<&[u8]>>(1)))))
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {

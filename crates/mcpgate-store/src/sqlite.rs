@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
+use crate::chain;
 use crate::query::{self, Arg, Dialect};
 use crate::{EventRow, Result, Store, decode_rows, prefix_end};
 
@@ -32,6 +33,15 @@ CREATE INDEX IF NOT EXISTS audit_decision ON audit (decision, time_us);
 /// Brings a log written before the `session`, `method` and `roles` columns up to date,
 /// once: the columns are added and filled from each event's JSON.
 fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let chained = c
+        .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'hash'")?
+        .exists([])?;
+    if !chained {
+        // Events stored before the chain keep no links; it begins with the next one.
+        c.execute_batch(
+            "ALTER TABLE audit ADD COLUMN prev BLOB; ALTER TABLE audit ADD COLUMN hash BLOB;",
+        )?;
+    }
     let has: bool = c
         .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'roles'")?
         .exists([])?;
@@ -345,16 +355,50 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let tx = c.transaction()?;
             {
+                // Each event is linked to the one before it: its position is the next one,
+                // and its hash covers the position, the previous hash and its JSON.
+                let head: Option<(i64, Option<Vec<u8>>)> = tx
+                    .query_row(
+                        "SELECT rowid, hash FROM audit ORDER BY rowid DESC LIMIT 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let (mut seq, mut prev) = match head {
+                    Some((seq, hash)) => (seq, chain::hash_of(hash.as_deref())),
+                    None => (0, None),
+                };
+                let mut stored = tx.prepare_cached("SELECT 1 FROM audit WHERE id = ?1")?;
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO audit
-                       (id, time_us, type, user_name, app, tool, decision, session, method, roles, data)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
+                       (rowid, id, time_us, type, user_name, app, tool, decision, session,
+                        method, roles, data, prev, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )?;
                 for r in &rows {
+                    // Shipped twice: stored once.
+                    if stored.exists([&r.id])? {
+                        continue;
+                    }
+                    seq += 1;
+                    let hash = chain::link(seq, prev.as_ref(), &r.data);
                     stmt.execute(params![
-                        r.id, r.time_us, r.kind, r.user, r.app, r.tool, r.decision, r.session,
-                        r.method, r.roles, r.data
+                        seq,
+                        r.id,
+                        r.time_us,
+                        r.kind,
+                        r.user,
+                        r.app,
+                        r.tool,
+                        r.decision,
+                        r.session,
+                        r.method,
+                        r.roles,
+                        r.data,
+                        prev.map(|p| p.to_vec()),
+                        hash.to_vec()
                     ])?;
+                    prev = Some(hash);
                 }
             }
             tx.commit()
@@ -390,6 +434,39 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(decode_rows(rows))
+    }
+
+    async fn chain_rows(&self, after: i64, limit: u32) -> Result<Vec<chain::ChainRow>> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT rowid, prev, hash, data FROM audit WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| {
+                Ok(chain::ChainRow {
+                    seq: r.get(0)?,
+                    prev: r.get(1)?,
+                    hash: r.get(2)?,
+                    data: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn chain_head(&self) -> Result<Option<(i64, Option<chain::Hash>)>> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT rowid, hash FROM audit ORDER BY rowid DESC LIMIT 1",
+                [],
+                |r| {
+                    let hash: Option<Vec<u8>> = r.get(1)?;
+                    Ok((r.get(0)?, chain::hash_of(hash.as_deref())))
+                },
+            )
+            .optional()
+        })
+        .await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEvent)>> {

@@ -244,3 +244,123 @@ async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
     assert_eq!(find("needle-0007").await, ["old0007"]);
     assert_eq!(find("needle-2499").await, ["old2499"]);
 }
+
+mod tampering {
+    //! The audit chain names each kind of tampering by its position, on both backends:
+    //! an edited event, a removed one, two swapped, one written around the store.
+
+    use mcpgate_store::chain::{self, Break};
+    use mcpgate_store::{PostgresStore, SqliteStore, Store};
+    use mcpgate_types::{AuditEvent, IdentityKind};
+    use std::time::{Duration, SystemTime};
+
+    fn events(from: u64, n: u64) -> Vec<AuditEvent> {
+        (from..from + n)
+            .map(|i| AuditEvent {
+                id: format!("ev{i:03}"),
+                time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i),
+                kind: "mcp.session.request".into(),
+                code: "MG0000I".into(),
+                cluster: "c".into(),
+                user: "ann".into(),
+                user_kind: Some(IdentityKind::User),
+                roles: vec![],
+                success: true,
+                fields: [("n".to_string(), serde_json::json!(i))]
+                    .into_iter()
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Ten events in three batches (one shipped twice), then the chain as it verifies.
+    async fn fill<S: Store>(s: &S) -> (Vec<i64>, Result<chain::Verifier, Break>) {
+        s.append_events(&events(1, 4)).await.unwrap();
+        s.append_events(&events(5, 3)).await.unwrap();
+        s.append_events(&events(5, 3)).await.unwrap();
+        s.append_events(&events(8, 3)).await.unwrap();
+        let mut seqs = Vec::new();
+        let v = chain::walk(s, |r| seqs.push(r.seq)).await.unwrap();
+        (seqs, v)
+    }
+
+    const SCENARIOS: [&str; 4] = ["edit", "delete", "swap", "unchained"];
+
+    /// What `verify` must say after `scenario`, given the positions in order.
+    fn expected(scenario: &str, p: &[i64]) -> Break {
+        match scenario {
+            "edit" => Break::Altered { seq: p[3] },
+            "delete" => Break::Missing {
+                seq: p[5],
+                after: p[3],
+            },
+            "swap" => Break::Altered { seq: p[5] },
+            _ => Break::Unchained { seq: p[8] },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        for scenario in SCENARIOS {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let s = SqliteStore::open(&path).unwrap();
+            let (p, v) = fill(&s).await;
+            assert_eq!(v.unwrap().checked, 10, "intact");
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let sql = match scenario {
+                "edit" => format!(
+                    "UPDATE audit SET data = replace(data, '\"ann\"', '\"bob\"') WHERE rowid = {}",
+                    p[3]
+                ),
+                "delete" => format!("DELETE FROM audit WHERE rowid = {}", p[4]),
+                "swap" => format!(
+                    "UPDATE audit SET data = CASE rowid WHEN {a} THEN (SELECT data FROM audit WHERE rowid = {b}) ELSE (SELECT data FROM audit WHERE rowid = {a}) END WHERE rowid IN ({a}, {b})",
+                    a = p[5],
+                    b = p[6]
+                ),
+                _ => format!("UPDATE audit SET hash = NULL WHERE rowid = {}", p[8]),
+            };
+            c.execute_batch(&sql).unwrap();
+            let got = chain::walk(&s, |_| {}).await.unwrap().unwrap_err();
+            assert_eq!(got, expected(scenario, &p), "{scenario}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") else {
+            eprintln!("SKIPPED: chain tampering on PostgreSQL (set MCPGATE_TEST_POSTGRES_URL)");
+            return;
+        };
+        for scenario in SCENARIOS {
+            let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
+            {
+                let s = PostgresStore::connect(&db_url).await.unwrap();
+                let (p, v) = fill(&s).await;
+                assert_eq!(v.unwrap().checked, 10, "intact");
+                let (c, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let sql = match scenario {
+                    "edit" => format!(
+                        "UPDATE mcpgate_audit SET data = replace(data, '\"ann\"', '\"bob\"') WHERE seq = {}",
+                        p[3]
+                    ),
+                    "delete" => format!("DELETE FROM mcpgate_audit WHERE seq = {}", p[4]),
+                    "swap" => format!(
+                        "UPDATE mcpgate_audit a SET data = b.data FROM mcpgate_audit b WHERE (a.seq, b.seq) IN (({x}, {y}), ({y}, {x}))",
+                        x = p[5],
+                        y = p[6]
+                    ),
+                    _ => format!("UPDATE mcpgate_audit SET hash = NULL WHERE seq = {}", p[8]),
+                };
+                c.batch_execute(&sql).await.unwrap();
+                let got = chain::walk(&s, |_| {}).await.unwrap().unwrap_err();
+                assert_eq!(got, expected(scenario, &p), "{scenario}");
+            }
+            drop_db.await;
+        }
+    }
+}
