@@ -71,6 +71,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/admin/audit/search", post(search))
         .route("/v1/admin/audit/findings", post(findings))
         .route("/v1/admin/audit/findings/{id}", post(triage))
+        .route("/v1/admin/audit/verify", get(verify_audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(5 << 20))
         .with_state(AppState {
@@ -301,6 +302,14 @@ async fn search(
 ) -> ApiResult<Vec<AuditEvent>> {
     let c = caller(&s, &conn).await?;
     Ok(Json(s.auth.search_audit(&c, &q).await?))
+}
+
+async fn verify_audit(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<crate::integrity::Verification> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.verify_audit(&c).await?))
 }
 
 async fn add_bot(

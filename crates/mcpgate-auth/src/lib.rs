@@ -15,6 +15,7 @@ pub mod agents;
 pub mod api;
 pub mod bots;
 pub mod findings;
+pub mod integrity;
 pub mod jwt;
 pub mod login;
 pub mod service;

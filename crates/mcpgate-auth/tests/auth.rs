@@ -864,3 +864,63 @@ async fn guesses_sent_at_once_are_limited_like_guesses_in_turn() {
             .is_ok()
     );
 }
+
+/// The cluster signs the chain's head; a log cut short of a checkpoint, or a checkpoint
+/// not signed by the cluster, does not verify.
+#[tokio::test]
+async fn a_log_cut_short_of_its_signed_checkpoint_does_not_verify() {
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        auth.create_resources(&adm, "roles.yaml", ROLES, true)
+            .await
+            .unwrap();
+    }
+    let v = auth.verify_audit(&adm).await.unwrap();
+    assert!(v.intact && v.checkpoint.is_none(), "{v:?}");
+    let at = auth
+        .checkpoint_audit()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!(auth.checkpoint_audit().await.unwrap(), None, "nothing new");
+    let v = auth.verify_audit(&adm).await.unwrap();
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.checkpoint.as_ref().map(|c| c.seq), Some(at));
+    // More events, then the newest ones cut off, down below the checkpoint.
+    auth.invite(&adm, "fay", &["dev".into()], Default::default())
+        .await
+        .unwrap();
+    let db = rusqlite::Connection::open(&env.path).unwrap();
+    db.execute("DELETE FROM audit WHERE rowid >= ?1", [at - 1])
+        .unwrap();
+    let v = auth.verify_audit(&adm).await.unwrap();
+    assert!(!v.intact);
+    assert_eq!(v.seq, Some(at));
+    assert!(
+        v.problem.as_deref().unwrap().contains(&format!(
+            "cut short: it ends at seq {}, but the checkpoint",
+            at - 2
+        )),
+        "{v:?}"
+    );
+    // A checkpoint written by someone else is refused as such.
+    let forged = serde_json::json!({"seq": 1, "hash": "00", "time": 0, "signature": "AAAA"});
+    db.execute(
+        "UPDATE kv SET value = ?1 WHERE key = 'audit/checkpoint'",
+        [serde_json::to_vec(&forged).unwrap()],
+    )
+    .unwrap();
+    let v = auth.verify_audit(&adm).await.unwrap();
+    assert!(
+        v.problem
+            .as_deref()
+            .unwrap()
+            .contains("not signed by this cluster"),
+        "{v:?}"
+    );
+}

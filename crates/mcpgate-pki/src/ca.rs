@@ -104,6 +104,22 @@ impl CertAuthority {
         self.issuer.key().serialize_pem()
     }
 
+    /// Signs `msg` with the CA's key (ECDSA P-256 with SHA-256, an ASN.1 signature): what
+    /// vouches for the audit log's checkpoints.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+        Ok(rcgen::SigningKey::sign(self.issuer.key(), msg)?)
+    }
+
+    /// Whether `sig` is this CA's signature of `msg`.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            self.issuer.key().public_key_raw(),
+        )
+        .verify(msg, sig)
+        .is_ok()
+    }
+
     /// `sha256:<hex>` of the CA's public key: what clients pin on first contact.
     pub fn pin(&self) -> String {
         // Sound: our own certificate always parses.

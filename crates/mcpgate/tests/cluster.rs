@@ -1131,3 +1131,52 @@ fn status_lists_every_cluster_a_person_logged_in_to() {
     assert_eq!(status["cluster"], "e2e.local");
     assert_eq!(status["other_clusters"].as_array().unwrap().len(), 0);
 }
+
+/// `admin audit verify`: intact after real use; an event edited in the database behind
+/// mcpgate's back is named by its seq, with exit code 1.
+#[test]
+fn audit_verify_names_an_event_edited_behind_mcpgates_back() {
+    let s = Scratch::new();
+    let d = Daemon::start(&s, "verify", "auth: {second_factor: off}\n");
+    d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+        .ok();
+    d.admin(&["users", "add", "carl", "--roles", "dev"]).ok();
+    let intact = d.admin(&["audit", "verify"]).ok();
+    assert!(
+        intact.starts_with("The audit log is intact: ") && intact.contains("chained from seq 1"),
+        "{intact}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&d.admin(&["audit", "verify", "--format", "json"]).ok()).unwrap();
+    assert_eq!(v["intact"], true, "{v}");
+    assert!(v["events"].as_u64().unwrap() >= 3, "{v}");
+    // Someone with the database file turns the role's creation into something else.
+    let db = d.data_dir.join("state.db");
+    let edit = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             (seq,) = c.execute(\"SELECT min(rowid) FROM audit WHERE type = 'resource.create'\").fetchone()\n\
+             c.execute(\"UPDATE audit SET data = replace(data, '\\\"dev\\\"', '\\\"ops\\\"') WHERE rowid = ?\", (seq,))\n\
+             c.commit()\n\
+             print(seq)",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(edit.status.success(), "{edit:?}");
+    let seq = String::from_utf8_lossy(&edit.stdout).trim().to_string();
+    let err = d.admin(&["audit", "verify"]).fails();
+    assert!(
+        err.contains(&format!("the event at seq {seq} was altered")),
+        "{err}"
+    );
+    let json = d.admin(&["audit", "verify", "--format", "json"]);
+    assert_eq!(json.code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        (v["intact"].clone(), v["seq"].to_string()),
+        (false.into(), seq)
+    );
+}

@@ -270,6 +270,13 @@ enum AuditCommand {
         #[arg(value_parser = ["open", "acknowledged", "expected"])]
         state: String,
     },
+    /// Check that the audit log is whole: every event linked to the one before it, and the
+    /// log reaching as far as the cluster's last signed checkpoint. Exits 1 naming the first
+    /// event altered, missing or out of place (by its seq), or a log cut short.
+    Verify {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// Output of `audit search`: the event stream is JSON Lines in both JSON spellings.
@@ -415,6 +422,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             command: AuditCommand::Findings { since, format },
         } => findings(&api, since, format).await,
         AdminCommand::Audit {
+            command: AuditCommand::Verify { format },
+        } => verify(&api, format).await,
+        AdminCommand::Audit {
             command: AuditCommand::Triage { id, state },
         } => {
             let _: serde_json::Value = api
@@ -427,6 +437,37 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn verify(api: &Api, format: Format) -> anyhow::Result<()> {
+    let v: mcpgate_auth::integrity::Verification = api.get("/v1/admin/audit/verify").await?;
+    if format != Format::Text {
+        print_data(&v, format)?;
+    }
+    if let Some(problem) = &v.problem {
+        anyhow::bail!("the audit log does not verify: {problem}");
+    }
+    if format == Format::Text {
+        let span = match (v.chain_from, v.last_seq) {
+            (Some(from), Some(last)) => format!(", chained from seq {from} to seq {last}"),
+            _ => String::new(),
+        };
+        let checkpoint = match &v.checkpoint {
+            Some(c) => format!(
+                "; it reaches the checkpoint signed at {} (seq {})",
+                mcpgate_types::audit::rfc3339_micros::format(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.time.max(0) as u64)
+                ),
+                c.seq
+            ),
+            None => "; no checkpoint signed yet".to_string(),
+        };
+        println!(
+            "The audit log is intact: {} events{span}{checkpoint}.",
+            v.events
+        );
+    }
+    Ok(())
 }
 
 async fn findings(

@@ -173,7 +173,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         }
     }
     // The findings reader goes on through the log (one run counts when instances share it),
-    // and dashboard sessions whose time is up are ended.
+    // dashboard sessions whose time is up are ended, and the audit chain's head is signed.
     let reader = auth.clone();
     tokio::spawn(async move {
         loop {
@@ -183,6 +183,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             }
             if let Err(e) = reader.sweep_web_sessions().await {
                 tracing::warn!(error = %e, "dashboard sessions could not be swept");
+            }
+            if let Err(e) = reader.checkpoint_audit().await {
+                tracing::warn!(error = %e, "the audit log's checkpoint could not be signed");
             }
         }
     });

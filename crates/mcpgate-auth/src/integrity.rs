@@ -1,0 +1,183 @@
+//! The audit log's integrity. The store links every event to the one before it (a hash
+//! chain, `mcpgate_store::chain`); here the cluster signs checkpoints of the chain's head
+//! with its host CA, and `admin audit verify` walks the chain and holds it against the last
+//! checkpoint: an edited, removed, swapped or unchained event is named by its position, and
+//! a log cut short of what a checkpoint vouched for is named too.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use mcpgate_store::{Store, chain};
+use mcpgate_types::clock::unix_secs;
+
+use crate::Result;
+use crate::service::{AuthService, Caller, from_json, hex, to_json};
+
+const CHECKPOINT: &str = "audit/checkpoint";
+
+/// The chain's head as the cluster vouched for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: i64,
+    /// The head's hash, hex.
+    pub hash: String,
+    /// Unix seconds.
+    pub time: i64,
+    /// The host CA's signature of [`Checkpoint::text`], base64.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    fn text(cluster: &str, seq: i64, hash: &str, time: i64) -> String {
+        format!("mcpgate audit checkpoint v1\n{cluster}\n{seq}\n{hash}\n{time}\n")
+    }
+}
+
+/// What `admin audit verify` found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    pub intact: bool,
+    /// Events checked along the chain.
+    pub events: u64,
+    /// Where the chain begins (events before it were stored before the chain existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_from: Option<i64>,
+    /// The last event's position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSeen>,
+    /// What is wrong, and at which position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+}
+
+/// The checkpoint the log was held against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointSeen {
+    pub seq: i64,
+    /// Unix seconds.
+    pub time: i64,
+}
+
+impl AuthService {
+    async fn checkpoint(&self) -> Result<Option<(Vec<u8>, Checkpoint)>> {
+        match self.store.get(CHECKPOINT).await? {
+            Some(b) => {
+                let c = from_json(&b)?;
+                Ok(Some((b, c)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Signs a checkpoint of the chain's head if it moved on since the last one; returns
+    /// its position. `mcpgate start` runs it every 30 s; of instances doing it at once, the
+    /// highest head stays.
+    pub async fn checkpoint_audit(&self) -> Result<Option<i64>> {
+        let Some((seq, Some(hash))) = self.store.chain_head().await? else {
+            return Ok(None);
+        };
+        let old = self.checkpoint().await?;
+        if old.as_ref().is_some_and(|(_, c)| c.seq >= seq) {
+            return Ok(None);
+        }
+        let hash = hex(&hash);
+        let time = unix_secs(self.now());
+        let signature = self
+            .host_ca
+            .sign(Checkpoint::text(self.cluster(), seq, &hash, time).as_bytes())?;
+        let new = to_json(&Checkpoint {
+            seq,
+            hash,
+            time,
+            signature: B64.encode(signature),
+        })?;
+        let stored = match old {
+            Some((bytes, _)) => {
+                self.store
+                    .compare_and_swap(CHECKPOINT, &bytes, &new)
+                    .await?
+            }
+            None => self.store.create(CHECKPOINT, &new).await?,
+        };
+        Ok(stored.then_some(seq))
+    }
+
+    /// `admin audit verify`: walks the chain from its start and holds it against the last
+    /// checkpoint.
+    pub async fn verify_audit(&self, caller: &Caller) -> Result<Verification> {
+        caller.require("event", "list")?;
+        let checkpoint = self.checkpoint().await?.map(|(_, c)| c);
+        let at = checkpoint.as_ref().map(|c| c.seq);
+        let mut at_checkpoint = None;
+        let mut last_seq = None;
+        let walked = chain::walk(&*self.store, |r| {
+            last_seq = Some(r.seq);
+            if Some(r.seq) == at {
+                at_checkpoint = r.hash.as_deref().map(hex);
+            }
+        })
+        .await?;
+        let mut v = Verification {
+            intact: true,
+            events: 0,
+            chain_from: None,
+            last_seq,
+            checkpoint: checkpoint.as_ref().map(|c| CheckpointSeen {
+                seq: c.seq,
+                time: c.time,
+            }),
+            problem: None,
+            seq: None,
+        };
+        let mut broken = |problem: String, seq: i64| {
+            v.intact = false;
+            v.problem = Some(problem);
+            v.seq = Some(seq);
+        };
+        match walked {
+            Err(b) => broken(b.to_string(), b.seq()),
+            Ok(verifier) => {
+                v.events = verifier.checked;
+                v.chain_from = verifier.chain_from;
+                if let Some(c) = &checkpoint {
+                    let text = Checkpoint::text(self.cluster(), c.seq, &c.hash, c.time);
+                    let signed = B64
+                        .decode(&c.signature)
+                        .is_ok_and(|s| self.host_ca.verify(text.as_bytes(), &s));
+                    if !signed {
+                        broken(
+                            format!(
+                                "the checkpoint at seq {} is not signed by this cluster",
+                                c.seq
+                            ),
+                            c.seq,
+                        );
+                    } else if at_checkpoint.as_deref() != Some(c.hash.as_str()) {
+                        let ends =
+                            last_seq.map_or("is empty".to_string(), |s| format!("ends at seq {s}"));
+                        broken(
+                            format!(
+                                "the log was cut short: it {ends}, but the checkpoint signed at {} vouches for events up to seq {}",
+                                mcpgate_types::audit::rfc3339_micros::format(
+                                    std::time::UNIX_EPOCH
+                                        + std::time::Duration::from_secs(c.time.max(0) as u64)
+                                ),
+                                c.seq
+                            ),
+                            c.seq,
+                        );
+                    }
+                }
+            }
+        }
+        if !v.intact {
+            tracing::error!(problem = ?v.problem, "the audit log does not verify");
+        }
+        Ok(v)
+    }
+}
