@@ -66,6 +66,25 @@ async fn admin(auth: &AuthService) -> Caller {
         .unwrap()
 }
 
+/// A cluster with the test roles, and its admin.
+async fn with_roles(env: &Env, second_factor: SecondFactor) -> (AuthService, Caller) {
+    let auth = env.open(second_factor).await;
+    let adm = admin(&auth).await;
+    auth.create_resources(&adm, "roles.yaml", ROLES, false)
+        .await
+        .unwrap();
+    (auth, adm)
+}
+
+/// A user of role dev who has signed up with `password` (no second factor).
+async fn signed_up(auth: &AuthService, adm: &Caller, name: &str, password: &str) {
+    let (invite, _) = auth
+        .invite(adm, name, &["dev".into()], Default::default())
+        .await
+        .unwrap();
+    auth.signup(&invite, password, None).await.unwrap();
+}
+
 fn key() -> rcgen::KeyPair {
     rcgen::KeyPair::generate().unwrap()
 }
@@ -772,18 +791,8 @@ async fn findings_agree_on_sqlite_and_postgresql() {
 #[tokio::test]
 async fn dashboard_sessions_end_when_their_time_is_up_and_are_swept() {
     let env = Env::new();
-    let auth = env.open(SecondFactor::Off).await;
-    let adm = admin(&auth).await;
-    auth.create_resources(&adm, "roles.yaml", ROLES, false)
-        .await
-        .unwrap();
-    let (invite, _) = auth
-        .invite(&adm, "dana", &["dev".into()], Default::default())
-        .await
-        .unwrap();
-    auth.signup(&invite, "dana's long password", None)
-        .await
-        .unwrap();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
+    signed_up(&auth, &adm, "dana", "dana's long password").await;
     let web = auth
         .web_login("dana", "dana's long password", None, None)
         .await
@@ -820,18 +829,9 @@ async fn dashboard_sessions_end_when_their_time_is_up_and_are_swept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_sent_at_once_are_limited_like_guesses_in_turn() {
     let env = Env::new();
-    let auth = Arc::new(env.open(SecondFactor::Off).await);
-    let adm = admin(&auth).await;
-    auth.create_resources(&adm, "roles.yaml", ROLES, false)
-        .await
-        .unwrap();
-    let (invite, _) = auth
-        .invite(&adm, "erin", &["dev".into()], Default::default())
-        .await
-        .unwrap();
-    auth.signup(&invite, "erin's long password", None)
-        .await
-        .unwrap();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
+    signed_up(&auth, &adm, "erin", "erin's long password").await;
+    let auth = Arc::new(auth);
     let guesses: Vec<_> = (0..20)
         .map(|i| {
             let auth = auth.clone();
@@ -870,11 +870,7 @@ async fn guesses_sent_at_once_are_limited_like_guesses_in_turn() {
 #[tokio::test]
 async fn a_log_cut_short_of_its_signed_checkpoint_does_not_verify() {
     let env = Env::new();
-    let auth = env.open(SecondFactor::Off).await;
-    let adm = admin(&auth).await;
-    auth.create_resources(&adm, "roles.yaml", ROLES, false)
-        .await
-        .unwrap();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
     for _ in 0..4 {
         auth.create_resources(&adm, "roles.yaml", ROLES, true)
             .await

@@ -148,29 +148,18 @@ impl<'a> EventRow<'a> {
     }
 }
 
-/// The event's own fields: a field of the same name among the rest would stand for them in
-/// the JSON (or make it undecodable, hiding the event).
-const OWN_FIELDS: [&str; 9] = [
-    "id",
-    "time",
-    "type",
-    "code",
-    "cluster",
-    "user",
-    "user_kind",
-    "roles",
-    "success",
-];
-
 /// The JSON an event is stored as; a field named like one of the event's own is kept under
 /// `field.NAME` instead.
 fn stored_json(e: &AuditEvent) -> Result<String> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-    if !OWN_FIELDS.iter().any(|k| e.fields.contains_key(*k)) {
+    if !AuditEvent::OWN_FIELDS
+        .iter()
+        .any(|k| e.fields.contains_key(*k))
+    {
         return serde_json::to_string(e).map_err(corrupt);
     }
     let mut e = e.clone();
-    for k in OWN_FIELDS {
+    for k in AuditEvent::OWN_FIELDS {
         if let Some(v) = e.fields.remove(k) {
             e.fields.insert(format!("field.{k}"), v);
         }

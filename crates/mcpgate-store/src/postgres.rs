@@ -152,19 +152,23 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Starts building the free-text index if it is missing (or a build was cut off):
-    /// concurrently, on a connection of its own, so a large log keeps taking writes and
-    /// the daemon starts at once. A server that cannot build it is told once, in the log.
-    async fn index_text(client: &Client, url: &str) -> Result<()> {
-        let valid: Option<bool> = client
+    /// Whether the free-text index is there and usable (`Some(false)`: a build was cut off).
+    async fn text_index_valid(client: &Client) -> Result<Option<bool>> {
+        Ok(client
             .query_opt(
                 "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
                  WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
                 &[&TEXT_INDEX],
             )
             .await?
-            .map(|r| r.get(0));
-        if valid == Some(true) {
+            .map(|r| r.get(0)))
+    }
+
+    /// Starts building the free-text index if it is missing (or a build was cut off):
+    /// concurrently, on a connection of its own, so a large log keeps taking writes and
+    /// the daemon starts at once. A server that cannot build it is told once, in the log.
+    async fn index_text(client: &Client, url: &str) -> Result<()> {
+        if Self::text_index_valid(client).await? == Some(true) {
             return Ok(());
         }
         let url = url.to_string();
@@ -179,14 +183,7 @@ impl PostgresStore {
                 if !mine {
                     return Ok(());
                 }
-                let valid: Option<bool> = c
-                    .query_opt(
-                        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
-                         WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
-                        &[&TEXT_INDEX],
-                    )
-                    .await?
-                    .map(|r| r.get(0));
+                let valid = Self::text_index_valid(&c).await?;
                 if valid == Some(true) {
                     return Ok(());
                 }

@@ -5,9 +5,31 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
+use serde_json::json;
 use std::sync::Arc;
 
 use mcpgate_store::{PostgresStore, SqliteStore, Store, compliance};
+
+/// An event of `user`, `secs` after a fixed start, with one field.
+fn request(
+    id: String,
+    user: &str,
+    secs: u64,
+    (k, v): (&str, serde_json::Value),
+) -> mcpgate_types::AuditEvent {
+    mcpgate_types::AuditEvent {
+        id,
+        time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + secs),
+        kind: "mcp.session.request".into(),
+        code: "MG0000I".into(),
+        cluster: "c".into(),
+        user: user.into(),
+        user_kind: Some(mcpgate_types::IdentityKind::User),
+        roles: vec![],
+        success: true,
+        fields: [(k.to_string(), v)].into_iter().collect(),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_suite() {
@@ -114,8 +136,8 @@ async fn postgres_positions_are_never_overtaken() {
         eprintln!("SKIPPED: PostgreSQL positions (set MCPGATE_TEST_POSTGRES_URL to run it)");
         return;
     };
-    use mcpgate_types::{AuditEvent, IdentityKind};
-    use std::time::{Duration, SystemTime};
+    use mcpgate_types::AuditEvent;
+    use std::time::Duration;
     const WRITERS: usize = 4;
     const BATCHES: usize = 150;
     let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
@@ -127,18 +149,7 @@ async fn postgres_positions_are_never_overtaken() {
             writers.push(tokio::spawn(async move {
                 for b in 0..BATCHES {
                     let batch: Vec<AuditEvent> = (0..3)
-                        .map(|i| AuditEvent {
-                            id: format!("w{w}-{b}-{i}"),
-                            time: SystemTime::now(),
-                            kind: "race".into(),
-                            code: "MG0000I".into(),
-                            cluster: "c".into(),
-                            user: format!("writer{w}"),
-                            user_kind: Some(IdentityKind::User),
-                            roles: vec![],
-                            success: true,
-                            fields: Default::default(),
-                        })
+                        .map(|i| request(format!("w{w}-{b}-{i}"), "writer", i, ("n", json!(i))))
                         .collect();
                     store.append_events(&batch).await.unwrap();
                 }
@@ -173,27 +184,17 @@ async fn postgres_positions_are_never_overtaken() {
 /// is not indexed yet) and, once the index has been filled from the newest back, through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
-    use mcpgate_types::{AuditEvent, AuditQuery, IdentityKind, Page};
-    use std::time::SystemTime;
+    use mcpgate_types::{AuditEvent, AuditQuery, Page};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let events: Vec<AuditEvent> = (0..2_500)
-        .map(|i| AuditEvent {
-            id: format!("old{i:04}"),
-            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + i),
-            kind: "mcp.session.request".into(),
-            code: "MG0000I".into(),
-            cluster: "c".into(),
-            user: "ann".into(),
-            user_kind: Some(IdentityKind::User),
-            roles: vec![],
-            success: true,
-            fields: [(
-                "note".to_string(),
-                serde_json::json!(format!("needle-{i:04}")),
-            )]
-            .into_iter()
-            .collect(),
+        .map(|i| {
+            request(
+                format!("old{i:04}"),
+                "ann",
+                i,
+                ("note", json!(format!("needle-{i:04}"))),
+            )
         })
         .collect();
     {
@@ -251,25 +252,11 @@ mod tampering {
 
     use mcpgate_store::chain::{self, Break};
     use mcpgate_store::{PostgresStore, SqliteStore, Store};
-    use mcpgate_types::{AuditEvent, IdentityKind};
-    use std::time::{Duration, SystemTime};
+    use mcpgate_types::AuditEvent;
 
     fn events(from: u64, n: u64) -> Vec<AuditEvent> {
         (from..from + n)
-            .map(|i| AuditEvent {
-                id: format!("ev{i:03}"),
-                time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i),
-                kind: "mcp.session.request".into(),
-                code: "MG0000I".into(),
-                cluster: "c".into(),
-                user: "ann".into(),
-                user_kind: Some(IdentityKind::User),
-                roles: vec![],
-                success: true,
-                fields: [("n".to_string(), serde_json::json!(i))]
-                    .into_iter()
-                    .collect(),
-            })
+            .map(|i| super::request(format!("ev{i:03}"), "ann", i, ("n", serde_json::json!(i))))
             .collect()
     }
 

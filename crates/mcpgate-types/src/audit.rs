@@ -79,6 +79,22 @@ pub struct AuditEvent {
     pub fields: Map<String, Value>,
 }
 
+impl AuditEvent {
+    /// The names of the event's own fields in its JSON: another field of the same name
+    /// would stand for one of them (see how the store keeps such a field aside).
+    pub const OWN_FIELDS: [&'static str; 9] = [
+        "id",
+        "time",
+        "type",
+        "code",
+        "cluster",
+        "user",
+        "user_kind",
+        "roles",
+        "success",
+    ];
+}
+
 /// A new random id for an event or a session: 128 bits from the system CSPRNG, as hex.
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];

@@ -185,19 +185,10 @@ async fn record(web: &Web, v: &Viewer, code: (&str, &str), fields: Value) -> Res
         .event(code.0, code.1, &v.caller.info.claims, true, []);
     if let Value::Object(m) = fields {
         // Never a field that would stand for the event's own (its user, its time...).
-        const OWN: [&str; 9] = [
-            "id",
-            "time",
-            "type",
-            "code",
-            "cluster",
-            "user",
-            "user_kind",
-            "roles",
-            "success",
-        ];
-        ev.fields
-            .extend(m.into_iter().filter(|(k, _)| !OWN.contains(&k.as_str())));
+        ev.fields.extend(
+            m.into_iter()
+                .filter(|(k, _)| !AuditEvent::OWN_FIELDS.contains(&k.as_str())),
+        );
     }
     web.auth.emit(ev).await?;
     Ok(())
