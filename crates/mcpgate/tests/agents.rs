@@ -223,6 +223,12 @@ fn a_remote_agent_joins_once_and_serves_its_app_through_the_proxy() {
         e.s.path("reuse-data").display(), e.d.addr, e.d.pin, recorder_app("x", "{env: dev}", &record, &m)));
     let err = run(&["start", "--config", cfg.to_str().unwrap()], None, &[]).fails();
     assert!(err.contains("invalid, expired or already used"), "{err}");
+    // The events the agent shipped joined the cluster's audit chain as they arrived.
+    let verified = e.d.admin(&["audit", "verify"]).ok();
+    assert!(
+        verified.starts_with("The audit log is intact"),
+        "{verified}"
+    );
 }
 
 #[test]

@@ -284,5 +284,11 @@ fn the_dashboard_in_a_real_browser() {
         !audit(&d, &["--type", "resource.update", "--user", "alice"]).is_empty(),
         "the role edit is audited"
     );
+    // All of it — a thousand calls, the dashboard's own events — is one intact chain.
+    let verified = d.admin(&["audit", "verify"]).ok();
+    assert!(
+        verified.starts_with("The audit log is intact"),
+        "{verified}"
+    );
     bridge.close();
 }
