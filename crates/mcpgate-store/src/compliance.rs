@@ -314,6 +314,7 @@ async fn audit<S: Store>(s: &S) {
     same.truncate(3);
     assert_eq!(got, same, "ties keep append order");
     paging(s).await;
+    tallies(s).await;
     large_batch(s).await;
     // A field named like the event's own cannot stand for it.
     let forged = event(
@@ -359,6 +360,54 @@ async fn audit<S: Store>(s: &S) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The overview's figures: counts by hour, tool, app, user and decision over the whole set,
+/// and the newest durations.
+async fn tallies<S: Store>(s: &S) {
+    let mut events = Vec::new();
+    for i in 0..6u64 {
+        let mut e = event(
+            &format!("t{i}"),
+            18_000 + i * 1_800, // two per hour over three hours
+            "tally.call",
+            if i < 4 { "una" } else { "vic" },
+            &[
+                ("tool", if i % 2 == 0 { "read" } else { "write" }),
+                ("app", "tallied"),
+                ("decision", if i == 5 { "deny" } else { "allow" }),
+            ],
+        );
+        e.fields
+            .insert("duration_ms".into(), Value::from(i as f64 + 0.5));
+        events.push(e);
+    }
+    s.append_events(&events).await.unwrap();
+    let q = AuditQuery {
+        kind: Some("tally.call".into()),
+        ..AuditQuery::default()
+    };
+    let mut t = s.tally_events(&q, 3_600_000_000).await.unwrap();
+    t.sort_by(|a, b| (a.bucket_us, &a.tool, &a.user).cmp(&(b.bucket_us, &b.tool, &b.user)));
+    let total: u64 = t.iter().map(|g| g.calls).sum();
+    assert_eq!(total, 6);
+    assert_eq!(
+        t.iter().filter(|g| g.denied).map(|g| g.calls).sum::<u64>(),
+        1
+    );
+    let buckets: std::collections::BTreeSet<i64> = t.iter().map(|g| g.bucket_us).collect();
+    assert_eq!(buckets.len(), 3, "three hours");
+    assert!(buckets.iter().all(|b| b % 3_600_000_000 == 0));
+    assert_eq!(
+        t.iter()
+            .filter(|g| g.user == "una" && g.tool.as_deref() == Some("read"))
+            .map(|g| g.calls)
+            .sum::<u64>(),
+        2
+    );
+    let mut d = s.durations(&q, 4).await.unwrap();
+    d.sort_by(f64::total_cmp);
+    assert_eq!(d, [2.5, 3.5, 4.5, 5.5], "the newest four");
 }
 
 /// A batch as large as a remote agent's spool may ship after a long outage is stored whole,

@@ -89,6 +89,19 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>>> + Send;
+    /// What the events matching `query` add up to, counted by bucket of `width_us` (its
+    /// start), tool, app, user and decision: the whole set, however large.
+    fn tally_events(
+        &self,
+        query: &AuditQuery,
+        width_us: i64,
+    ) -> impl Future<Output = Result<Vec<Tally>>> + Send;
+    /// The durations (ms) of the newest `limit` events matching `query` that have one.
+    fn durations(
+        &self,
+        query: &AuditQuery,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<f64>>> + Send;
     /// Up to `limit` stored events with their chain links, in position order, from after
     /// position `after`: what [`chain::Verifier`] walks.
     fn chain_rows(
@@ -100,6 +113,18 @@ pub trait Store: Send + Sync + 'static {
     /// chain), if any event is stored.
     fn chain_head(&self)
     -> impl Future<Output = Result<Option<(i64, Option<chain::Hash>)>>> + Send;
+}
+
+/// Events of one bucket of time, tool, app, user and decision, counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// The bucket's start (µs since the epoch).
+    pub bucket_us: i64,
+    pub tool: Option<String>,
+    pub app: Option<String>,
+    pub user: String,
+    pub denied: bool,
+    pub calls: u64,
 }
 
 /// The exclusive upper bound of keys starting with `prefix` (keys are ASCII).
@@ -223,6 +248,12 @@ impl Store for AnyStore {
     }
     async fn chain_rows(&self, after: i64, limit: u32) -> Result<Vec<chain::ChainRow>> {
         delegate!(self, s => s.chain_rows(after, limit))
+    }
+    async fn tally_events(&self, query: &AuditQuery, width_us: i64) -> Result<Vec<Tally>> {
+        delegate!(self, s => s.tally_events(query, width_us))
+    }
+    async fn durations(&self, query: &AuditQuery, limit: u32) -> Result<Vec<f64>> {
+        delegate!(self, s => s.durations(query, limit))
     }
     async fn chain_head(&self) -> Result<Option<(i64, Option<chain::Hash>)>> {
         delegate!(self, s => s.chain_head())

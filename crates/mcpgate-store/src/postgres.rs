@@ -234,6 +234,28 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Runs a built query with its bound values.
+    async fn query(&self, sql: &query::Sql) -> Result<Vec<tokio_postgres::Row>> {
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = sql
+            .args
+            .iter()
+            .map(|a| -> Box<dyn ToSql + Sync + Send> {
+                match a {
+                    Arg::Int(i) => Box::new(*i),
+                    Arg::Text(t) => Box::new(t.clone()),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let c = self.client().await?;
+        Ok(c.query(sql.text.as_str(), &refs).await?)
+    }
+}
+
 impl Store for PostgresStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let c = self.client().await?;
@@ -417,23 +439,8 @@ impl Store for PostgresStore {
 
     async fn page_events(&self, q: &AuditQuery, page: Page) -> Result<Vec<(i64, AuditEvent)>> {
         let sql = query::select(Dialect::Postgres, q, page);
-        let args: Vec<Box<dyn ToSql + Sync + Send>> = sql
-            .args
-            .into_iter()
-            .map(|a| -> Box<dyn ToSql + Sync + Send> {
-                match a {
-                    Arg::Int(i) => Box::new(i),
-                    Arg::Text(t) => Box::new(t),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = args
-            .iter()
-            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        let c = self.client().await?;
-        let mut rows: Vec<(i64, String)> = c
-            .query(sql.text.as_str(), &refs)
+        let mut rows: Vec<(i64, String)> = self
+            .query(&sql)
             .await?
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
@@ -442,6 +449,33 @@ impl Store for PostgresStore {
             rows.reverse();
         }
         Ok(decode_rows(rows))
+    }
+
+    async fn tally_events(&self, q: &AuditQuery, width_us: i64) -> Result<Vec<crate::Tally>> {
+        let sql = query::tally(Dialect::Postgres, q, width_us, query::Text::Scan);
+        Ok(self
+            .query(&sql)
+            .await?
+            .into_iter()
+            .map(|r| crate::Tally {
+                bucket_us: r.get(0),
+                tool: r.get(1),
+                app: r.get(2),
+                user: r.get(3),
+                denied: r.get(4),
+                calls: r.get::<_, i64>(5).max(0) as u64,
+            })
+            .collect())
+    }
+
+    async fn durations(&self, q: &AuditQuery, limit: u32) -> Result<Vec<f64>> {
+        let sql = query::durations(Dialect::Postgres, q, limit, query::Text::Scan);
+        Ok(self
+            .query(&sql)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     async fn chain_rows(&self, after: i64, limit: u32) -> Result<Vec<chain::ChainRow>> {

@@ -70,7 +70,56 @@ pub(crate) fn select(d: Dialect, q: &AuditQuery, page: Page) -> Sql {
 /// [`select`], finding free text as `text` says.
 pub(crate) fn select_with(d: Dialect, q: &AuditQuery, page: Page, text_plan: Text) -> Sql {
     let pos = d.pos();
-    let mut text = format!("SELECT {pos}, data FROM {} WHERE TRUE", d.table());
+    let (mut text, mut args) = filtered(d, q, text_plan, &format!("{pos}, data"));
+    let mut bind = |text: &mut String, sql: &str, v: Arg| {
+        args.push(v);
+        text.push_str(&sql.replace('#', &d.placeholder(args.len())));
+    };
+    let (order, reverse) = match page {
+        Page::Newest => ("time_us DESC, # DESC", false),
+        Page::After(p) => {
+            bind(&mut text, &format!(" AND {pos} > #"), Arg::Int(p));
+            ("#", false)
+        }
+        Page::Older(c) => {
+            // The plain bound lets the time index narrow the scan; the row value breaks ties.
+            bind(&mut text, " AND time_us <= #", Arg::Int(c.time_us));
+            args.push(Arg::Int(c.time_us));
+            args.push(Arg::Int(c.pos));
+            text.push_str(&format!(
+                " AND (time_us, {pos}) < ({}, {})",
+                d.placeholder(args.len() - 1),
+                d.placeholder(args.len())
+            ));
+            ("time_us DESC, # DESC", false)
+        }
+        Page::Newer(c) => {
+            bind(&mut text, " AND time_us >= #", Arg::Int(c.time_us));
+            args.push(Arg::Int(c.time_us));
+            args.push(Arg::Int(c.pos));
+            text.push_str(&format!(
+                " AND (time_us, {pos}) > ({}, {})",
+                d.placeholder(args.len() - 1),
+                d.placeholder(args.len())
+            ));
+            ("time_us ASC, # ASC", true)
+        }
+    };
+    text.push_str(&format!(
+        " ORDER BY {} LIMIT {}",
+        order.replace('#', pos),
+        q.limit.unwrap_or(DEFAULT_LIMIT)
+    ));
+    Sql {
+        text,
+        args,
+        reverse,
+    }
+}
+
+/// `SELECT columns FROM the log WHERE` the filters of `q`, and their bound values.
+fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> (String, Vec<Arg>) {
+    let mut text = format!("SELECT {columns} FROM {} WHERE TRUE", d.table());
     let mut args = Vec::new();
     let mut bind = |text: &mut String, sql: &str, v: Arg| {
         args.push(v);
@@ -155,45 +204,44 @@ pub(crate) fn select_with(d: Dialect, q: &AuditQuery, page: Page, text_plan: Tex
             text.push(')');
         }
     }
-    let (order, reverse) = match page {
-        Page::Newest => ("time_us DESC, # DESC", false),
-        Page::After(p) => {
-            bind(&mut text, &format!(" AND {pos} > #"), Arg::Int(p));
-            ("#", false)
-        }
-        Page::Older(c) => {
-            // The plain bound lets the time index narrow the scan; the row value breaks ties.
-            bind(&mut text, " AND time_us <= #", Arg::Int(c.time_us));
-            args.push(Arg::Int(c.time_us));
-            args.push(Arg::Int(c.pos));
-            text.push_str(&format!(
-                " AND (time_us, {pos}) < ({}, {})",
-                d.placeholder(args.len() - 1),
-                d.placeholder(args.len())
-            ));
-            ("time_us DESC, # DESC", false)
-        }
-        Page::Newer(c) => {
-            bind(&mut text, " AND time_us >= #", Arg::Int(c.time_us));
-            args.push(Arg::Int(c.time_us));
-            args.push(Arg::Int(c.pos));
-            text.push_str(&format!(
-                " AND (time_us, {pos}) > ({}, {})",
-                d.placeholder(args.len() - 1),
-                d.placeholder(args.len())
-            ));
-            ("time_us ASC, # ASC", true)
-        }
+    (text, args)
+}
+
+/// The calls matching `q` counted by bucket of `width_us` (its start), tool, app, user and
+/// whether they were denied.
+pub(crate) fn tally(d: Dialect, q: &AuditQuery, width_us: i64, text_plan: Text) -> Sql {
+    let width = width_us.max(1);
+    let (mut text, args) = filtered(
+        d,
+        q,
+        text_plan,
+        &format!(
+            "time_us - (time_us % {width}), tool, app, user_name, \
+             COALESCE(decision = 'deny', FALSE), count(*)"
+        ),
+    );
+    text.push_str(" GROUP BY 1, 2, 3, 4, 5");
+    Sql {
+        text,
+        args,
+        reverse: false,
+    }
+}
+
+/// The durations (ms) of the newest `limit` calls matching `q` that have one.
+pub(crate) fn durations(d: Dialect, q: &AuditQuery, limit: u32, text_plan: Text) -> Sql {
+    let expr = match d {
+        Dialect::Sqlite => "CAST(json_extract(data, '$.duration_ms') AS REAL)",
+        Dialect::Postgres => "(data::jsonb ->> 'duration_ms')::float8",
     };
+    let (mut text, args) = filtered(d, q, text_plan, expr);
     text.push_str(&format!(
-        " ORDER BY {} LIMIT {}",
-        order.replace('#', pos),
-        q.limit.unwrap_or(DEFAULT_LIMIT)
+        " AND {expr} IS NOT NULL ORDER BY time_us DESC LIMIT {limit}"
     ));
     Sql {
         text,
         args,
-        reverse,
+        reverse: false,
     }
 }
 

@@ -143,6 +143,14 @@ fn text_plan(c: &Connection, needle: Option<&str>) -> rusqlite::Result<query::Te
     })
 }
 
+/// Bound values as SQLite takes them.
+fn values(args: Vec<Arg>) -> impl Iterator<Item = rusqlite::types::Value> {
+    args.into_iter().map(|a| match a {
+        Arg::Int(i) => rusqlite::types::Value::Integer(i),
+        Arg::Text(t) => rusqlite::types::Value::Text(t),
+    })
+}
+
 /// How durable a commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -418,10 +426,7 @@ impl Store for SqliteStore {
             .run(move |c| {
                 let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
                 let sql = query::select_with(Dialect::Sqlite, &query, page, plan);
-                let args = sql.args.into_iter().map(|a| match a {
-                    Arg::Int(i) => rusqlite::types::Value::Integer(i),
-                    Arg::Text(t) => rusqlite::types::Value::Text(t),
-                });
+                let args = values(sql.args);
                 let mut stmt = c.prepare_cached(&sql.text)?;
                 let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -434,6 +439,40 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(decode_rows(rows))
+    }
+
+    async fn tally_events(&self, query: &AuditQuery, width_us: i64) -> Result<Vec<crate::Tally>> {
+        let query = query.clone();
+        self.run(move |c| {
+            let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
+            let sql = query::tally(Dialect::Sqlite, &query, width_us, plan);
+            let mut stmt = c.prepare_cached(&sql.text)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values(sql.args)), |r| {
+                Ok(crate::Tally {
+                    bucket_us: r.get(0)?,
+                    tool: r.get(1)?,
+                    app: r.get(2)?,
+                    user: r.get(3)?,
+                    denied: r.get(4)?,
+                    calls: r.get::<_, i64>(5)?.max(0) as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn durations(&self, query: &AuditQuery, limit: u32) -> Result<Vec<f64>> {
+        let query = query.clone();
+        self.run(move |c| {
+            let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
+            let sql = query::durations(Dialect::Sqlite, &query, limit, plan);
+            let mut stmt = c.prepare_cached(&sql.text)?;
+            let rows =
+                stmt.query_map(rusqlite::params_from_iter(values(sql.args)), |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn chain_rows(&self, after: i64, limit: u32) -> Result<Vec<chain::ChainRow>> {

@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mcpgate_store::Store;
+use mcpgate_types::AuditQuery;
 use mcpgate_types::clock::unix_micros;
-use mcpgate_types::{AuditQuery, Cursor, Page};
 
 use crate::session::{Viewer, viewer};
 use crate::{Web, WebError, WebResult, page};
 
-/// At most this many requests are read for one overview; beyond, the page says so.
-const CAP: usize = 200_000;
-const BATCH: u32 = 5000;
+/// Durations are taken from at most this many of the newest requests of the range.
+const DURATIONS: u32 = 100_000;
 
 /// Calls of one thing (a bucket of time, a tool, an app, an identity).
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,8 +51,8 @@ pub(crate) struct Stats {
     pub apps: BTreeMap<String, Count>,
     pub identities: BTreeMap<String, Count>,
     pub durations: Vec<f64>,
-    /// The cap was reached: the figures cover the newest requests only.
-    pub capped: bool,
+    /// The durations are those of the newest [`DURATIONS`] requests only.
+    pub sampled: bool,
 }
 
 /// Reads the MCP requests since `since` (the viewer's own, unless they may list events).
@@ -70,7 +69,6 @@ pub(crate) async fn stats(
         since_micros: Some(since_us),
         user: v.own_filter().0,
         user_kind: v.own_filter().1,
-        limit: Some(BATCH),
         ..Default::default()
     };
     let mut s = Stats::default();
@@ -81,49 +79,28 @@ pub(crate) async fn stats(
         s.buckets.insert(b, Count::default());
         b += width;
     }
-    let mut at = Page::Newest;
-    let mut read = 0usize;
-    loop {
-        let rows = web.auth.store().page_events(&q, at).await?;
-        let Some((pos, last)) = rows.last() else {
-            break;
+    // Counted by the store over the whole range, however many requests it holds.
+    let store = web.auth.store();
+    for t in store.tally_events(&q, width).await? {
+        let add = |c: &mut Count| {
+            if t.denied {
+                c.denied += t.calls
+            } else {
+                c.allowed += t.calls
+            }
         };
-        at = Page::Older(Cursor {
-            time_us: unix_micros(last.time),
-            pos: *pos,
-        });
-        for (_, e) in &rows {
-            let denied = e.field("decision") == Some("deny");
-            let add = |c: &mut Count| {
-                if denied {
-                    c.denied += 1
-                } else {
-                    c.allowed += 1
-                }
-            };
-            add(&mut s.all);
-            let t = unix_micros(e.time);
-            add(s.buckets.entry(t - t.rem_euclid(width)).or_default());
-            if let Some(tool) = e.field("tool") {
-                add(s.tools.entry(tool.to_string()).or_default());
-            }
-            if let Some(app) = e.field("app") {
-                add(s.apps.entry(app.to_string()).or_default());
-            }
-            add(s.identities.entry(e.user.clone()).or_default());
-            if let Some(d) = e.fields.get("duration_ms").and_then(|d| d.as_f64()) {
-                s.durations.push(d);
-            }
+        add(&mut s.all);
+        add(s.buckets.entry(t.bucket_us).or_default());
+        if let Some(tool) = &t.tool {
+            add(s.tools.entry(tool.clone()).or_default());
         }
-        read += rows.len();
-        if rows.len() < BATCH as usize {
-            break;
+        if let Some(app) = &t.app {
+            add(s.apps.entry(app.clone()).or_default());
         }
-        if read >= CAP {
-            s.capped = true;
-            break;
-        }
+        add(s.identities.entry(t.user.clone()).or_default());
     }
+    s.durations = store.durations(&q, DURATIONS).await?;
+    s.sampled = s.durations.len() >= DURATIONS as usize;
     s.durations.sort_by(f64::total_cmp);
     Ok(s)
 }
@@ -242,7 +219,7 @@ pub(crate) async fn page(
             button type="submit" { "Show" }
         }
         @if !v.can("event", "list") { p.hint { "Your own activity." } }
-        @if s.capped { p.hint { "Only the newest " (CAP) " requests of the range are counted." } }
+        @if s.sampled { p.hint { "Durations are those of the newest " (DURATIONS) " requests of the range." } }
         div.cards {
             div.card { div.muted { "Calls, " (label) } div.value id="calls" { (s.all.total()) } }
             div.card { div.muted { "Denied" } div.value id="denied" { (s.all.denied) } }
