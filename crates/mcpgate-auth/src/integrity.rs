@@ -12,9 +12,13 @@ use mcpgate_store::{Store, chain};
 use mcpgate_types::clock::unix_secs;
 
 use crate::Result;
+use mcpgate_types::audit::codes;
+
 use crate::service::{AuthService, Caller, from_json, hex, to_json};
 
 const CHECKPOINT: &str = "audit/checkpoint";
+/// The position of the last break told (as `audit.chain.broken`).
+const BROKEN: &str = "audit/broken";
 
 /// The chain's head as the cluster vouched for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,13 +82,49 @@ impl AuthService {
     /// its position. `mcpgate start` runs it every 30 s; of instances doing it at once, the
     /// highest head stays.
     pub async fn checkpoint_audit(&self) -> Result<Option<i64>> {
-        let Some((seq, Some(hash))) = self.store.chain_head().await? else {
+        let Some((seq, Some(_))) = self.store.chain_head().await? else {
             return Ok(None);
         };
         let old = self.checkpoint().await?;
         if old.as_ref().is_some_and(|(_, c)| c.seq >= seq) {
             return Ok(None);
         }
+        // What was added since the last checkpoint must link to it before it is vouched
+        // for: a break there is told at once (the log, an audit event), not at the next
+        // verify, and no checkpoint is signed over it.
+        let (from, start) = match &old {
+            Some((_, c)) => match decode_hash(&c.hash) {
+                Some(h) => (c.seq, chain::Verifier::resume(c.seq, h)),
+                None => (0, chain::Verifier::default()),
+            },
+            None => (0, chain::Verifier::default()),
+        };
+        let (walked, broken) = chain::walk_from(&*self.store, start, from, |_| {}).await?;
+        if let Some(b) = broken {
+            tracing::error!(seq = b.seq(), "the audit log does not verify: {b}");
+            // Told once per break, not every 30 s.
+            let told = b.seq().to_string().into_bytes();
+            if self.store.get(BROKEN).await?.as_deref() == Some(told.as_slice()) {
+                return Ok(None);
+            }
+            self.store.put(BROKEN, &told).await?;
+            let who = self.claims("mcpgate", mcpgate_types::IdentityKind::Host, &[]);
+            self.emit(self.event(
+                codes::AUDIT_CHAIN_BROKEN.0,
+                codes::AUDIT_CHAIN_BROKEN.1,
+                &who,
+                false,
+                [
+                    ("seq", serde_json::Value::from(b.seq())),
+                    ("problem", serde_json::Value::from(b.to_string())),
+                ],
+            ))
+            .await?;
+            return Ok(None);
+        }
+        let Some((seq, hash)) = walked.head() else {
+            return Ok(None);
+        };
         let hash = hex(&hash);
         let time = unix_secs(self.now());
         let signature = self
@@ -115,7 +155,7 @@ impl AuthService {
         let at = checkpoint.as_ref().map(|c| c.seq);
         let mut at_checkpoint = None;
         let mut last_seq = None;
-        let walked = chain::walk(&*self.store, |r| {
+        let (walked, broken) = chain::walk_from(&*self.store, chain::Verifier::default(), 0, |r| {
             last_seq = Some(r.seq);
             if Some(r.seq) == at {
                 at_checkpoint = r.hash.as_deref().map(hex);
@@ -134,16 +174,17 @@ impl AuthService {
             problem: None,
             seq: None,
         };
+        let broken_at = broken;
         let mut broken = |problem: String, seq: i64| {
             v.intact = false;
             v.problem = Some(problem);
             v.seq = Some(seq);
         };
-        match walked {
-            Err(b) => broken(b.to_string(), b.seq()),
-            Ok(verifier) => {
-                v.events = verifier.checked;
-                v.chain_from = verifier.chain_from;
+        v.events = walked.checked;
+        v.chain_from = walked.chain_from;
+        match broken_at {
+            Some(b) => broken(b.to_string(), b.seq()),
+            None => {
                 if let Some(c) = &checkpoint {
                     let text = Checkpoint::text(self.cluster(), c.seq, &c.hash, c.time);
                     let signed = B64
@@ -175,9 +216,21 @@ impl AuthService {
                 }
             }
         }
-        if !v.intact {
-            tracing::error!(problem = ?v.problem, "the audit log does not verify");
+        if let Some(problem) = &v.problem {
+            tracing::error!("the audit log does not verify: {problem}");
         }
         Ok(v)
     }
+}
+
+/// A hash from its hex form.
+fn decode_hash(hex: &str) -> Option<chain::Hash> {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect();
+    bytes.and_then(|b| b.try_into().ok())
 }

@@ -920,3 +920,44 @@ async fn a_log_cut_short_of_its_signed_checkpoint_does_not_verify() {
         "{v:?}"
     );
 }
+
+/// An event altered after the last checkpoint is caught when the next one would be signed:
+/// no checkpoint over it, and the break is in the log at once.
+#[tokio::test]
+async fn no_checkpoint_is_signed_over_a_broken_chain() {
+    let env = Env::new();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
+    let first = auth
+        .checkpoint_audit()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    for _ in 0..3 {
+        auth.create_resources(&adm, "roles.yaml", ROLES, true)
+            .await
+            .unwrap();
+    }
+    let db = rusqlite::Connection::open(&env.path).unwrap();
+    db.execute(
+        "UPDATE audit SET data = replace(data, 'dev', 'ops') WHERE rowid = ?1",
+        [first + 2],
+    )
+    .unwrap();
+    assert_eq!(auth.checkpoint_audit().await.unwrap(), None);
+    assert_eq!(auth.checkpoint_audit().await.unwrap(), None, "told once");
+    let broken = auth
+        .search_audit(
+            &adm,
+            &AuditQuery {
+                kind: Some("audit.chain.broken".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!(broken[0].fields["seq"], first + 2);
+    let v = auth.verify_audit(&adm).await.unwrap();
+    assert_eq!(v.seq, Some(first + 2));
+    assert_eq!(v.events as i64, first + 1, "the events before it were good");
+}

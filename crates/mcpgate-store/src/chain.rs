@@ -124,29 +124,52 @@ impl Verifier {
     pub fn head(&self) -> Option<(i64, Hash)> {
         self.last
     }
+
+    /// A verifier that goes on from an event already checked (a checkpoint's).
+    pub fn resume(seq: i64, hash: Hash) -> Verifier {
+        Verifier {
+            last: Some((seq, hash)),
+            last_seq: seq,
+            chain_from: None,
+            checked: 0,
+        }
+    }
 }
 
-/// Walks the whole log of `store` in position order through a [`Verifier`], calling `each`
-/// on every row: the verifier at the end, or the first break.
-pub async fn walk<S: crate::Store>(
+/// Walks the log of `store` in position order through `v` from after position `after`
+/// (0: from the start, with a new verifier), calling `each` on every row: the verifier as
+/// far as it got, and the first break if there is one.
+pub async fn walk_from<S: crate::Store>(
     store: &S,
+    mut v: Verifier,
+    mut after: i64,
     mut each: impl FnMut(&ChainRow),
-) -> crate::Result<Result<Verifier, Break>> {
-    let mut v = Verifier::default();
-    let mut after = 0;
+) -> crate::Result<(Verifier, Option<Break>)> {
     loop {
         let rows = store.chain_rows(after, 10_000).await?;
         let Some(last) = rows.last() else {
-            return Ok(Ok(v));
+            return Ok((v, None));
         };
         after = last.seq;
         for row in &rows {
             each(row);
             if let Err(b) = v.feed(row) {
-                return Ok(Err(b));
+                return Ok((v, Some(b)));
             }
         }
     }
+}
+
+/// Walks the whole log: the verifier at the end, or the first break.
+pub async fn walk<S: crate::Store>(
+    store: &S,
+    each: impl FnMut(&ChainRow),
+) -> crate::Result<Result<Verifier, Break>> {
+    let (v, broken) = walk_from(store, Verifier::default(), 0, each).await?;
+    Ok(match broken {
+        None => Ok(v),
+        Some(b) => Err(b),
+    })
 }
 
 #[cfg(test)]

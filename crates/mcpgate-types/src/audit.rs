@@ -55,6 +55,9 @@ pub mod codes {
     pub const AUDIT_VIEW: (&str, &str) = ("audit.view", "MG6002I");
     /// Someone exported the audit log (`format`, the filter and how many rows).
     pub const AUDIT_EXPORT: (&str, &str) = ("audit.export", "MG6003I");
+    /// The audit chain broke since the last checkpoint (`seq`, `problem`): no checkpoint
+    /// is signed over it.
+    pub const AUDIT_CHAIN_BROKEN: (&str, &str) = ("audit.chain.broken", "MG6004E");
 }
 
 /// One audit event. Common fields are typed; the rest of the type's fields live in `fields`.

@@ -477,7 +477,11 @@ fn csv_row(e: &AuditEvent) -> String {
         f("outcome"),
         f("session_id"),
         f("client_addr"),
-        f("reason"),
+        // Why: a denial's reason, or a failure's error (a refused login).
+        e.field("reason")
+            .or(e.field("error"))
+            .unwrap_or("")
+            .to_string(),
         params,
     ];
     let mut out = String::new();
