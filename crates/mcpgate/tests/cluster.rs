@@ -194,6 +194,11 @@ fn resources_from_yaml_with_clear_errors_and_nothing_half_written() {
     );
     let yaml = d.admin(&["get", "role", "dev", "--format", "yaml"]).ok();
     assert!(yaml.starts_with("kind: role\n"), "{yaml}");
+    assert_eq!(
+        d.admin(&["get", "role/dev", "--format", "yaml"]).ok(),
+        yaml,
+        "KIND/NAME as rm takes it"
+    );
     // The YAML output round-trips through create.
     let round = s.write("round.yaml", &yaml);
     assert!(
@@ -387,6 +392,26 @@ fn invite_signup_totp_login_status_logout() {
             .fails()
             .contains("this one-time code was already used; wait for the next one")
     );
+    // The code may come on the second line of standard input, as with signup (here the
+    // used one again: it reached the server, which told why it refused it).
+    let piped = alice.run(
+        &[
+            "login",
+            "--proxy",
+            &d.addr,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &d.pin,
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n{code}\n")),
+    );
+    assert!(
+        piped
+            .fails()
+            .contains("this one-time code was already used")
+    );
 
     #[cfg(unix)]
     {
@@ -447,7 +472,11 @@ fn invite_signup_totp_login_status_logout() {
         .map(|e| e["success"].as_bool().unwrap())
         .collect();
     // The missing code was caught by the client before anything was sent.
-    assert_eq!(outcomes, [false, true, false], "wrong password, ok, replay");
+    assert_eq!(
+        outcomes,
+        [false, true, false, false],
+        "wrong password, ok, replay, replay through standard input"
+    );
     assert_eq!(logins[1]["method"], "password+otp");
     assert_eq!(logins[1]["code"], "MG1000I");
     assert_eq!(logins[0]["code"], "MG1000W");

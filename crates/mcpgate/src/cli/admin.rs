@@ -39,7 +39,8 @@ enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Show resources: role, app, user, bot, token, lock, agent (plural accepted).
+    /// Show resources: role, app, user, bot, token, lock, agent (plural accepted); one by
+    /// name as `KIND NAME` or `KIND/NAME`.
     Get {
         kind: String,
         name: Option<String>,
@@ -322,7 +323,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     match args.command {
         AdminCommand::Status { format } => status(&api, format).await,
         AdminCommand::Create { file, force } => create(&api, &file, force).await,
-        AdminCommand::Get { kind, name, format } => get(&api, &kind, name.as_deref(), format).await,
+        AdminCommand::Get { kind, name, format } => {
+            // `role/dev` as `rm` takes it, or `role dev`.
+            let (kind, name) = match (kind.split_once('/'), name) {
+                (Some((k, n)), None) => (k.to_string(), Some(n.to_string())),
+                (_, name) => (kind, name),
+            };
+            get(&api, &kind, name.as_deref(), format).await
+        }
         AdminCommand::Rm { target, force } => rm(&api, &target, force).await,
         AdminCommand::Bots { command } => bots(&api, command).await,
         AdminCommand::Tokens { command } => tokens(&api, command).await,

@@ -149,8 +149,10 @@ pub async fn signup(args: SignupArgs) -> anyhow::Result<()> {
                 .transpose()
                 .context("cannot read the code from standard input")?
                 .filter(|c| !c.trim().is_empty())
-                .ok_or_else(|| {
-                    anyhow!("confirm the second factor: pass --otp-secret and --otp, or put the code on the second line of standard input")
+                .ok_or_else(|| match &args.otp_secret {
+                    Some(_) => anyhow!("confirm the second factor: pass --otp CODE, or put the code on the second line of standard input"),
+                    // The invite is still good: the secret just shown can be used again.
+                    None => anyhow!("confirm the second factor: run signup again with --otp-secret {secret} --otp CODE (a code from an authenticator set up with that secret)"),
                 })?,
             (None, None) => {
                 print!("Code from your authenticator: ");
@@ -231,8 +233,24 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let password = read_password(args.password_stdin, &format!("Password for {user}: "))?;
     let otp = match args.otp {
         Some(code) => Some(code),
+        None if ping.second_factor == "otp" && args.password_stdin => {
+            // As with signup: the code on the second line of standard input.
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the code from standard input")?;
+            let code = line.trim().to_string();
+            if code.is_empty() {
+                bail!(
+                    "cluster {} requires a second factor: pass --otp CODE, or put the code on the second line of standard input",
+                    ping.cluster
+                );
+            }
+            Some(code)
+        }
         None if ping.second_factor == "otp" => {
-            if args.password_stdin || !std::io::stdin().is_terminal() {
+            if !std::io::stdin().is_terminal() {
                 bail!(
                     "cluster {} requires a second factor: pass --otp CODE",
                     ping.cluster
