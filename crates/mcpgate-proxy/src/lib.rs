@@ -77,6 +77,19 @@ async fn connection(
     addr: SocketAddr,
     routes: Routes,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Someone typing http:// (a browser, curl): told in words instead of a TLS alert.
+    let mut first = [0u8; 1];
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await??;
+    if first[0].is_ascii_uppercase() {
+        let mut tcp = tcp;
+        let body = "mcpgate speaks HTTPS on this port: use https:// (and the cluster's CA)\n";
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, answer.as_bytes()).await?;
+        return Ok(());
+    }
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
     let (_, session) = tls.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);

@@ -57,6 +57,17 @@ fn the_dashboard_in_a_real_browser() {
         .arg(format!("https://{}/login", d.addr))
         .output()
         .unwrap();
+    // Plain http:// on the same port is told to use https.
+    let plain = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .arg(format!("http://{}/login", d.addr))
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.contains("use https://") && plain.ends_with("400"),
+        "{plain}"
+    );
     assert_eq!(
         String::from_utf8_lossy(&login.stdout),
         "200",

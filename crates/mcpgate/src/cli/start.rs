@@ -314,6 +314,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         "  dashboard: https://{public}/  (a browser trusts it once {} is imported)",
         host_ca_file.display()
     );
+    println!(
+        "             (people of role editor or auditor see all of it, anyone else their own activity)"
+    );
     println!();
     if args.demo {
         let dd = data_dir_flag(&config.data_dir);
