@@ -101,12 +101,12 @@ impl AuthService {
         };
         let (walked, broken) = chain::walk_from(&*self.store, start, from, |_| {}).await?;
         if let Some(b) = broken {
-            tracing::error!(seq = b.seq(), "the audit log does not verify: {b}");
             // Told once per break, not every 30 s.
             let told = b.seq().to_string().into_bytes();
             if self.store.get(BROKEN).await?.as_deref() == Some(told.as_slice()) {
                 return Ok(None);
             }
+            tracing::error!(seq = b.seq(), "the audit log does not verify: {b}");
             self.store.put(BROKEN, &told).await?;
             let who = self.claims("mcpgate", mcpgate_types::IdentityKind::Host, &[]);
             self.emit(self.event(
