@@ -781,6 +781,12 @@ fn postgres_storage_survives_restart() {
             audit(&d, &["--type", "user.login", "--user", "bob"]).len(),
             1
         );
+        // Both instances wrote one audit chain.
+        let verified = d.admin(&["audit", "verify"]).ok();
+        assert!(
+            verified.starts_with("The audit log is intact") && verified.contains("from seq 1"),
+            "{verified}"
+        );
     }
     // Without the cluster's CA key, the storage does not yield the CAs.
     let other = s.write(
