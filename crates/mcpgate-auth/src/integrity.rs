@@ -23,6 +23,9 @@ const BROKEN: &str = "audit/broken";
 /// The chain's head as the cluster vouched for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The cluster whose CA signed it (part of what is signed).
+    #[serde(default)]
+    pub cluster: String,
     pub seq: i64,
     /// The head's hash, hex.
     pub hash: String,
@@ -131,6 +134,7 @@ impl AuthService {
             .host_ca
             .sign(Checkpoint::text(self.cluster(), seq, &hash, time).as_bytes())?;
         let new = to_json(&Checkpoint {
+            cluster: self.cluster().to_string(),
             seq,
             hash,
             time,
@@ -151,76 +155,96 @@ impl AuthService {
     /// checkpoint.
     pub async fn verify_audit(&self, caller: &Caller) -> Result<Verification> {
         caller.require("event", "list")?;
-        let checkpoint = self.checkpoint().await?.map(|(_, c)| c);
-        let at = checkpoint.as_ref().map(|c| c.seq);
-        let mut at_checkpoint = None;
-        let mut last_seq = None;
-        let (walked, broken) = chain::walk_from(&*self.store, chain::Verifier::default(), 0, |r| {
-            last_seq = Some(r.seq);
-            if Some(r.seq) == at {
-                at_checkpoint = r.hash.as_deref().map(hex);
-            }
+        let v = verify_log(&*self.store, self.cluster(), |msg, sig| {
+            self.host_ca.verify(msg, sig)
         })
         .await?;
-        let mut v = Verification {
-            intact: true,
-            events: 0,
-            chain_from: None,
-            last_seq,
-            checkpoint: checkpoint.as_ref().map(|c| CheckpointSeen {
-                seq: c.seq,
-                time: c.time,
-            }),
-            problem: None,
-            seq: None,
-        };
-        let broken_at = broken;
-        let mut broken = |problem: String, seq: i64| {
-            v.intact = false;
-            v.problem = Some(problem);
-            v.seq = Some(seq);
-        };
-        v.events = walked.checked;
-        v.chain_from = walked.chain_from;
-        match broken_at {
-            Some(b) => broken(b.to_string(), b.seq()),
-            None => {
-                if let Some(c) = &checkpoint {
-                    let text = Checkpoint::text(self.cluster(), c.seq, &c.hash, c.time);
-                    let signed = B64
-                        .decode(&c.signature)
-                        .is_ok_and(|s| self.host_ca.verify(text.as_bytes(), &s));
-                    if !signed {
-                        broken(
-                            format!(
-                                "the checkpoint at seq {} is not signed by this cluster",
-                                c.seq
-                            ),
-                            c.seq,
-                        );
-                    } else if at_checkpoint.as_deref() != Some(c.hash.as_str()) {
-                        let ends =
-                            last_seq.map_or("is empty".to_string(), |s| format!("ends at seq {s}"));
-                        broken(
-                            format!(
-                                "the log was cut short: it {ends}, but the checkpoint signed at {} vouches for events up to seq {}",
-                                mcpgate_types::audit::rfc3339_micros::format(
-                                    std::time::UNIX_EPOCH
-                                        + std::time::Duration::from_secs(c.time.max(0) as u64)
-                                ),
-                                c.seq
-                            ),
-                            c.seq,
-                        );
-                    }
-                }
-            }
-        }
         if let Some(problem) = &v.problem {
             tracing::error!("the audit log does not verify: {problem}");
         }
         Ok(v)
     }
+}
+
+/// Walks the chain of `store` from its start and holds it against the last checkpoint,
+/// whose signature `signed` checks (the cluster `cluster`'s host CA): what `admin audit
+/// verify` does through the auth service, and with `--offline` straight on the storage.
+pub async fn verify_log<S: Store>(
+    store: &S,
+    cluster: &str,
+    signed: impl Fn(&[u8], &[u8]) -> bool,
+) -> Result<Verification> {
+    let checkpoint: Option<Checkpoint> = match store.get(CHECKPOINT).await? {
+        Some(b) => Some(from_json(&b)?),
+        None => None,
+    };
+    let at = checkpoint.as_ref().map(|c| c.seq);
+    let mut at_checkpoint = None;
+    let mut last_seq = None;
+    let (walked, broken_at) = chain::walk_from(store, chain::Verifier::default(), 0, |r| {
+        last_seq = Some(r.seq);
+        if Some(r.seq) == at {
+            at_checkpoint = r.hash.as_deref().map(hex);
+        }
+    })
+    .await?;
+    let mut v = Verification {
+        intact: true,
+        events: walked.checked,
+        chain_from: walked.chain_from,
+        last_seq,
+        checkpoint: checkpoint.as_ref().map(|c| CheckpointSeen {
+            seq: c.seq,
+            time: c.time,
+        }),
+        problem: None,
+        seq: None,
+    };
+    let mut broken = |problem: String, seq: i64| {
+        v.intact = false;
+        v.problem = Some(problem);
+        v.seq = Some(seq);
+    };
+    match (broken_at, &checkpoint) {
+        (Some(b), _) => broken(b.to_string(), b.seq()),
+        (None, None) => {}
+        (None, Some(c)) => {
+            // The cluster it names is signed with it (`cluster`: for a checkpoint that names
+            // none).
+            let named = if c.cluster.is_empty() {
+                cluster
+            } else {
+                &c.cluster
+            };
+            let text = Checkpoint::text(named, c.seq, &c.hash, c.time);
+            let valid = B64
+                .decode(&c.signature)
+                .is_ok_and(|s| signed(text.as_bytes(), &s));
+            if !valid {
+                broken(
+                    format!(
+                        "the checkpoint at seq {} is not signed by this cluster",
+                        c.seq
+                    ),
+                    c.seq,
+                );
+            } else if at_checkpoint.as_deref() != Some(c.hash.as_str()) {
+                let ends = last_seq.map_or("is empty".to_string(), |s| format!("ends at seq {s}"));
+                broken(
+                    format!(
+                        "the log was cut short: it {ends}, but the checkpoint signed at {} vouches for events up to seq {}",
+                        mcpgate_types::audit::rfc3339_micros::format(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(c.time.max(0) as u64)
+                        ),
+                        c.seq
+                    ),
+                    c.seq,
+                );
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// A hash from its hex form.

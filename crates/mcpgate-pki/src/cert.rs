@@ -89,6 +89,19 @@ pub fn pin_of_cert(der: &CertificateDer<'_>) -> Result<String, PkiError> {
     Ok(pin_of_spki(cert.tbs_certificate.subject_pki.raw))
 }
 
+/// Whether `sig` (ECDSA P-256, SHA-256, ASN.1) over `msg` was made with the key of the
+/// certificate `der`: what checks a CA's signature where only its certificate is at hand.
+pub fn signed_by_cert(der: &CertificateDer<'_>, msg: &[u8], sig: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, cert)| {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &cert.tbs_certificate.subject_pki.subject_public_key.data,
+        )
+        .verify(msg, sig)
+        .is_ok()
+    })
+}
+
 /// `sha256:<hex>` of SubjectPublicKeyInfo bytes.
 pub fn pin_of_spki(spki: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, spki);

@@ -56,6 +56,9 @@ pub struct Auth {
     /// The key that seals the CA private keys in the storage (default: DATA_DIR/ca.key,
     /// created on first start). Every auth instance of a cluster needs the same file.
     pub ca_key_file: Option<PathBuf>,
+    /// How often the head of the audit chain is signed (a checkpoint), e.g. `30s`, `5m`:
+    /// at most this much of a log's tail could be cut off unnoticed. Default 30s.
+    pub audit_checkpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +129,7 @@ impl Default for Auth {
             enabled: true,
             second_factor: SecondFactor::Otp,
             ca_key_file: None,
+            audit_checkpoint: None,
         }
     }
 }

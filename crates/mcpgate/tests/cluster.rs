@@ -668,6 +668,10 @@ fn bad_configs_and_commands_fail_in_one_line() {
             "cannot listen on not-an-address",
         ),
         ("version: [\n", "bad.yaml"),
+        (
+            "version: v1\nproxy: {listen: 127.0.0.1:0}\nauth: {audit_checkpoint: soon}\n",
+            "auth.audit_checkpoint: \"soon\" is not a duration",
+        ),
     ] {
         let path = s.write(
             "bad.yaml",
@@ -1172,7 +1176,7 @@ fn status_lists_every_cluster_a_person_logged_in_to() {
 #[test]
 fn audit_verify_names_an_event_edited_behind_mcpgates_back() {
     let s = Scratch::new();
-    let d = Daemon::start(&s, "verify", "auth: {second_factor: off}\n");
+    let mut d = Daemon::start(&s, "verify", "auth: {second_factor: off}\n");
     d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
         .ok();
     d.admin(&["users", "add", "carl", "--roles", "dev"]).ok();
@@ -1212,6 +1216,58 @@ fn audit_verify_names_an_event_edited_behind_mcpgates_back() {
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(
         (v["intact"].clone(), v["seq"].to_string()),
-        (false.into(), seq)
+        (false.into(), seq.clone())
     );
+    // With the daemon stopped, straight on its storage: the same answer.
+    d.kill();
+    let offline = d.admin(&["audit", "verify", "--offline"]).fails();
+    assert!(
+        offline.contains(&format!("the event at seq {seq} was altered")),
+        "{offline}"
+    );
+}
+
+/// `admin audit verify --offline` on a stopped daemon's data dir and config: intact, with
+/// the checkpoint its host CA signed checked by the certificate alone.
+#[test]
+fn audit_verify_offline_reads_a_stopped_daemons_log_and_checkpoint() {
+    let s = Scratch::new();
+    let mut d = Daemon::start(
+        &s,
+        "offline",
+        "auth: {second_factor: off, audit_checkpoint: 1s}\n",
+    );
+    d.admin(&["create", "-f", s.write("r.yaml", ROLES).to_str().unwrap()])
+        .ok();
+    // The daemon signs a checkpoint every second here (auth.audit_checkpoint).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let checkpointed = loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.admin(&["audit", "verify", "--format", "json"]).ok()).unwrap();
+        if v["checkpoint"].is_object() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    d.kill();
+    let config = s.path("offline.yaml");
+    let out = run(
+        &[
+            "admin",
+            "audit",
+            "verify",
+            "--offline",
+            "--config",
+            config.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+        &[],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["intact"], true, "{v}");
+    assert_eq!(v["checkpoint"], checkpointed["checkpoint"]);
 }

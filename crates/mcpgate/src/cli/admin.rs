@@ -277,6 +277,13 @@ enum AuditCommand {
     Verify {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Read the storage directly (the daemon may be stopped): the data dir's state.db,
+        /// or the storage `--config` names; its host-ca.pem checks the checkpoint.
+        #[arg(long)]
+        offline: bool,
+        /// With --offline: the daemon's config file (cluster name, storage, data dir).
+        #[arg(long, requires = "offline")]
+        config: Option<std::path::PathBuf>,
     },
 }
 
@@ -319,6 +326,19 @@ fn connect(target: &Target) -> anyhow::Result<Api> {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Audit {
+        command:
+            AuditCommand::Verify {
+                format,
+                offline: true,
+                config,
+            },
+    } = &args.command
+    {
+        let v =
+            super::start::verify_offline(config.as_deref(), args.target.data_dir.clone()).await?;
+        return report_verification(&v, *format);
+    }
     let api = connect(&args.target)?;
     match args.command {
         AdminCommand::Status { format } => status(&api, format).await,
@@ -430,7 +450,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             command: AuditCommand::Findings { since, format },
         } => findings(&api, since, format).await,
         AdminCommand::Audit {
-            command: AuditCommand::Verify { format },
+            command: AuditCommand::Verify { format, .. },
         } => verify(&api, format).await,
         AdminCommand::Audit {
             command: AuditCommand::Triage { id, state },
@@ -449,6 +469,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 
 async fn verify(api: &Api, format: Format) -> anyhow::Result<()> {
     let v: mcpgate_auth::integrity::Verification = api.get("/v1/admin/audit/verify").await?;
+    report_verification(&v, format)
+}
+
+/// Prints what verify found; a log that does not verify is an error (exit 1).
+fn report_verification(
+    v: &mcpgate_auth::integrity::Verification,
+    format: Format,
+) -> anyhow::Result<()> {
     if format != Format::Text {
         print_data(&v, format)?;
     }

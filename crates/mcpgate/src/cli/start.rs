@@ -41,6 +41,56 @@ pub(crate) const LOCAL_AGENT: &str = "local";
 /// Lifetime of the admin identity in the data dir; renewed at half-life.
 const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
 
+/// `admin audit verify --offline`: the audit chain checked straight on the storage the
+/// daemon's config names (the daemon may be stopped), the checkpoint by the host CA's
+/// certificate the daemon keeps in its data dir.
+pub async fn verify_offline(
+    config: Option<&std::path::Path>,
+    data_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<mcpgate_auth::integrity::Verification> {
+    let mut config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    let ca_file = config.data_dir.join("host-ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca_file).with_context(|| {
+        format!(
+            "cannot read {} (written when the daemon starts)",
+            ca_file.display()
+        )
+    })?;
+    let ca = mcpgate_pki::identity::certs_from_pem(&ca_pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", ca_file.display()))?;
+    let store = match config.storage.kind {
+        StorageKind::Sqlite => {
+            let path = config.data_dir.join("state.db");
+            if !path.exists() {
+                anyhow::bail!("no audit log at {}", path.display());
+            }
+            AnyStore::Sqlite(
+                SqliteStore::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )
+        }
+        StorageKind::Postgres => AnyStore::Postgres(
+            PostgresStore::connect(&config.storage.url.clone().unwrap_or_default())
+                .await
+                .context("cannot connect to PostgreSQL")?,
+        ),
+    };
+    Ok(
+        mcpgate_auth::integrity::verify_log(&store, &config.cluster_name, |msg, sig| {
+            mcpgate_pki::cert::signed_by_cert(&ca, msg, sig)
+        })
+        .await?,
+    )
+}
+
 pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -172,8 +222,27 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 .await?;
         }
     }
+    // The audit chain's head is signed every `auth.audit_checkpoint`.
+    let every = match config.auth.audit_checkpoint.as_deref() {
+        Some(text) => mcpgate_types::duration::parse(text)
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(1))
+            .with_context(|| {
+                format!("auth.audit_checkpoint: {text:?} is not a duration of a second or more, e.g. 30s or 5m")
+            })?,
+        None => mcpgate_auth::findings::INTERVAL,
+    };
+    let signer = auth.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = signer.checkpoint_audit().await {
+                tracing::warn!(error = %e, "the audit log's checkpoint could not be signed");
+            }
+        }
+    });
     // The findings reader goes on through the log (one run counts when instances share it),
-    // dashboard sessions whose time is up are ended, and the audit chain's head is signed.
+    // and dashboard sessions whose time is up are ended.
     let reader = auth.clone();
     tokio::spawn(async move {
         loop {
@@ -183,9 +252,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             }
             if let Err(e) = reader.sweep_web_sessions().await {
                 tracing::warn!(error = %e, "dashboard sessions could not be swept");
-            }
-            if let Err(e) = reader.checkpoint_audit().await {
-                tracing::warn!(error = %e, "the audit log's checkpoint could not be signed");
             }
         }
     });
