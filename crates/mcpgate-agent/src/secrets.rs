@@ -42,6 +42,60 @@ pub fn resolve(value: &str) -> Result<String, SecretError> {
     Ok(out)
 }
 
+/// The values a server was given from this host's secrets, taken out again wherever the
+/// server sends them back (its messages, its standard error): a tool that prints its
+/// environment does not hand its credentials to the client, the audit log or the logs.
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    /// Longest first, each as given and as it appears inside a JSON string.
+    needles: Vec<Vec<u8>>,
+}
+
+/// What a secret is replaced with.
+const SCRUBBED: &[u8] = b"[REDACTED]";
+
+impl Scrubber {
+    /// Shorter values would scrub ordinary text.
+    const MIN: usize = 6;
+
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Scrubber {
+        let mut needles = Vec::new();
+        for v in values.into_iter().filter(|v| v.len() >= Self::MIN) {
+            needles.push(v.as_bytes().to_vec());
+            if let Ok(json) = serde_json::to_string(v) {
+                let inner = &json[1..json.len() - 1];
+                if inner != v {
+                    needles.push(inner.as_bytes().to_vec());
+                }
+            }
+        }
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Scrubber { needles }
+    }
+
+    /// `line` with every secret in it replaced, if it held any (no allocation otherwise).
+    pub fn scrub(&self, line: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for needle in &self.needles {
+            let src = out.as_deref().unwrap_or(line);
+            if memchr::memmem::find(src, needle).is_none() {
+                continue;
+            }
+            let mut next = Vec::with_capacity(src.len());
+            let mut rest = src;
+            while let Some(i) = memchr::memmem::find(rest, needle) {
+                next.extend_from_slice(&rest[..i]);
+                next.extend_from_slice(SCRUBBED);
+                rest = &rest[i + needle.len()..];
+            }
+            next.extend_from_slice(rest);
+            out = Some(next);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +130,18 @@ mod tests {
             Err(SecretError::UnknownKind(_))
         ));
         assert_eq!(resolve("${env:X"), Err(SecretError::Unterminated));
+    }
+
+    #[test]
+    fn secrets_given_to_a_server_are_taken_out_of_what_it_sends_back() {
+        let s = Scrubber::new(["sk-e2e-secret-7f3a9c1d5e", "pa\"ss\\word", "short"]);
+        let line = br#"{"API_KEY":"sk-e2e-secret-7f3a9c1d5e","b":"x sk-e2e-secret-7f3a9c1d5e y","c":"pa\"ss\\word","d":"short"}"#;
+        let clean = String::from_utf8(s.scrub(line).unwrap()).unwrap();
+        assert_eq!(
+            clean,
+            r#"{"API_KEY":"[REDACTED]","b":"x [REDACTED] y","c":"[REDACTED]","d":"short"}"#
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&clean).is_ok());
+        assert_eq!(s.scrub(b"nothing here"), None);
     }
 }

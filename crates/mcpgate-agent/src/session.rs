@@ -71,6 +71,8 @@ struct Session<'a> {
     addr: String,
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
+    /// Takes the secrets the server was given out of what it sends (stdio servers).
+    scrub: std::sync::OnceLock<crate::secrets::Scrubber>,
 }
 
 /// The upstream of a session.
@@ -155,6 +157,7 @@ impl Agent {
                 drafts: HashMap::new(),
             }),
             policy: Mutex::new(None),
+            scrub: std::sync::OnceLock::new(),
         };
         session.run(reader, writer).await;
     }
@@ -381,6 +384,7 @@ impl Session<'_> {
         };
         let end = match &mut upstream {
             Running::Stdio(u) => {
+                let _ = self.scrub.set(u.scrubber());
                 let mut up_out = BufReader::with_capacity(64 << 10, u.take_stdout());
                 self.pump(reader, writer, &mut u.take_stdin(), &mut up_out)
                     .await
@@ -726,6 +730,9 @@ impl Session<'_> {
                     continue;
                 }
                 Ok(Line::Eof) | Err(_) => return End::Upstream(String::new()),
+            }
+            if let Some(clean) = self.scrub.get().and_then(|s| s.scrub(&buf)) {
+                buf = clean;
             }
             // Only list answers need the roles; everything else is decided without them.
             let policy = self.policy().await;

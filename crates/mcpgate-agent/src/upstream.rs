@@ -69,6 +69,8 @@ pub struct Upstream {
     stderr: Arc<Mutex<VecDeque<String>>>,
     /// Ends when its standard error closes.
     stderr_done: Option<tokio::task::JoinHandle<()>>,
+    /// The secrets it was given, to take out of what it sends.
+    scrubber: secrets::Scrubber,
 }
 
 impl Upstream {
@@ -81,9 +83,16 @@ impl Upstream {
                 command.env(key, v);
             }
         }
+        // What the server gets from this host's secrets is taken out of what it sends back.
+        let mut given = Vec::new();
         for (k, v) in &cmd.env {
-            command.env(k, secrets::resolve(v)?);
+            let value = secrets::resolve(v)?;
+            if v.contains("${") || mcpgate_types::secrets::secret_name(k) {
+                given.push(value.clone());
+            }
+            command.env(k, value);
         }
+        let scrubber = secrets::Scrubber::new(given.iter().map(String::as_str));
         if let Some(user) = &cmd.run_as_host_user {
             let u = nix::unistd::User::from_name(user)
                 .ok()
@@ -114,7 +123,7 @@ impl Upstream {
         let group = child.id().map(|pid| Pid::from_raw(pid as i32));
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES)));
         let stderr_done = child.stderr.take().map(|pipe| {
-            let (kept, app) = (stderr.clone(), app.to_string());
+            let (kept, app, scrub) = (stderr.clone(), app.to_string(), scrubber.clone());
             tokio::spawn(async move {
                 // Read to the end whatever it writes (a server whose stderr closes would die
                 // of SIGPIPE), one bounded line at a time.
@@ -125,6 +134,9 @@ impl Upstream {
                         Ok(crate::lines::Line::Ok) => {}
                         Ok(crate::lines::Line::TooLong) => continue,
                         Ok(crate::lines::Line::Eof) | Err(_) => break,
+                    }
+                    if let Some(clean) = scrub.scrub(&buf) {
+                        buf = clean;
                     }
                     let line = String::from_utf8_lossy(&buf);
                     tracing::info!(app = %app, "server: {line}");
@@ -143,7 +155,13 @@ impl Upstream {
             stdout: Some(stdout),
             stderr,
             stderr_done,
+            scrubber,
         })
+    }
+
+    /// What takes the secrets it was given out of what it sends.
+    pub fn scrubber(&self) -> secrets::Scrubber {
+        self.scrubber.clone()
     }
 
     /// Why the server ended on its own: its exit status (waited for up to `wait`) and the
