@@ -66,6 +66,8 @@ pub struct HttpUpstream {
     side: Option<DuplexStream>,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    /// The secrets its headers carry, to take out of what it sends.
+    scrubber: secrets::Scrubber,
 }
 
 /// What the transport's tasks share.
@@ -134,6 +136,7 @@ impl HttpUpstream {
             .parse()
             .map_err(|e| StartError::Config(format!("uri {:?}: {e}", app.spec.uri)))?;
         let mut extra = HeaderMap::new();
+        let mut given = Vec::new();
         for h in app.spec.rewrite.iter().flat_map(|r| &r.headers) {
             let (k, v) = h
                 .split_once(':')
@@ -147,7 +150,7 @@ impl HttpUpstream {
                 )));
             }
             // Resolved on this host; an error names the reference, never a value.
-            let value = secrets::resolve(v.trim())?;
+            let value = secrets::resolve_into(v.trim(), &mut given)?;
             let value = HeaderValue::from_str(&value).map_err(|_| {
                 StartError::Config(format!(
                     "rewrite header {name}: the value is not a valid header value"
@@ -181,7 +184,13 @@ impl HttpUpstream {
             side: Some(side),
             shared,
             task,
+            scrubber: secrets::Scrubber::new(given.iter().map(String::as_str)),
         })
+    }
+
+    /// What takes the secrets its headers carry out of what it sends.
+    pub fn scrubber(&self) -> secrets::Scrubber {
+        self.scrubber.clone()
     }
 
     /// The session's end of the line stream (once).

@@ -17,6 +17,12 @@ pub enum SecretError {
 /// Replaces every `${env:NAME}` and `${file:PATH}` in `value`. A file's trailing newline is
 /// dropped. Text around references is kept; `$` not followed by `{` is literal.
 pub fn resolve(value: &str) -> Result<String, SecretError> {
+    resolve_into(value, &mut Vec::new())
+}
+
+/// [`resolve`], adding each reference's value to `given`: what the server is handed from
+/// this host's secrets (see [`Scrubber`]).
+pub fn resolve_into(value: &str, given: &mut Vec<String>) -> Result<String, SecretError> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -26,13 +32,17 @@ pub fn resolve(value: &str) -> Result<String, SecretError> {
         let reference = &after[..end];
         let (kind, arg) = reference.split_once(':').unwrap_or((reference, ""));
         match kind {
-            "env" => out.push_str(
-                &std::env::var(arg).map_err(|_| SecretError::MissingEnv(arg.to_string()))?,
-            ),
+            "env" => {
+                let v = std::env::var(arg).map_err(|_| SecretError::MissingEnv(arg.to_string()))?;
+                out.push_str(&v);
+                given.push(v);
+            }
             "file" => {
                 let text = std::fs::read_to_string(arg)
                     .map_err(|_| SecretError::UnreadableFile(arg.to_string()))?;
-                out.push_str(text.strip_suffix('\n').unwrap_or(&text));
+                let v = text.strip_suffix('\n').unwrap_or(&text);
+                out.push_str(v);
+                given.push(v.to_string());
             }
             other => return Err(SecretError::UnknownKind(other.to_string())),
         }

@@ -71,7 +71,7 @@ struct Session<'a> {
     addr: String,
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
-    /// Takes the secrets the server was given out of what it sends (stdio servers).
+    /// Takes the secrets the server was given (its env, its headers) out of what it sends.
     scrub: std::sync::OnceLock<crate::secrets::Scrubber>,
 }
 
@@ -390,6 +390,7 @@ impl Session<'_> {
                     .await
             }
             Running::Http(u) => {
+                let _ = self.scrub.set(u.scrubber());
                 let (up_out, mut up_in) = tokio::io::split(u.take_io());
                 let mut up_out = BufReader::with_capacity(64 << 10, up_out);
                 self.pump(reader, writer, &mut up_in, &mut up_out).await

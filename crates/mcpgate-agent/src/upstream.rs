@@ -86,8 +86,8 @@ impl Upstream {
         // What the server gets from this host's secrets is taken out of what it sends back.
         let mut given = Vec::new();
         for (k, v) in &cmd.env {
-            let value = secrets::resolve(v)?;
-            if v.contains("${") || mcpgate_types::secrets::secret_name(k) {
+            let value = secrets::resolve_into(v, &mut given)?;
+            if mcpgate_types::secrets::secret_name(k) {
                 given.push(value.clone());
             }
             command.env(k, value);
