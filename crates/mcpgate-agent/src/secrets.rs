@@ -72,10 +72,19 @@ impl Scrubber {
         let mut needles = Vec::new();
         for v in values.into_iter().filter(|v| v.len() >= Self::MIN) {
             needles.push(v.as_bytes().to_vec());
+            // Inside a JSON string, as the encoders servers use write it: serde's (and most),
+            // with `/` as `\/` (PHP), and with `& < >` as `\u00XX` (Go).
             if let Ok(json) = serde_json::to_string(v) {
                 let inner = &json[1..json.len() - 1];
-                if inner != v {
-                    needles.push(inner.as_bytes().to_vec());
+                let slashed = inner.replace('/', "\\/");
+                let html = inner
+                    .replace('&', "\\u0026")
+                    .replace('<', "\\u003c")
+                    .replace('>', "\\u003e");
+                for form in [inner.to_string(), slashed, html] {
+                    if form != v {
+                        needles.push(form.into_bytes());
+                    }
                 }
             }
         }
@@ -153,5 +162,12 @@ mod tests {
         );
         assert!(serde_json::from_str::<serde_json::Value>(&clean).is_ok());
         assert_eq!(s.scrub(b"nothing here"), None);
+        // As other encoders write it: PHP's `\/`, Go's `\u0026`.
+        let s = Scrubber::new(["abc/def+ghi", "tok&en<1>"]);
+        let line = br#"{"a":"abc\/def+ghi","b":"tok\u0026en\u003c1\u003e"}"#;
+        assert_eq!(
+            String::from_utf8(s.scrub(line).unwrap()).unwrap(),
+            r#"{"a":"[REDACTED]","b":"[REDACTED]"}"#
+        );
     }
 }

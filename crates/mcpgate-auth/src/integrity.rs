@@ -92,6 +92,14 @@ impl AuthService {
         if old.as_ref().is_some_and(|(_, c)| c.seq >= seq) {
             return Ok(None);
         }
+        // The chain is only extended from a checkpoint that is the cluster's, still there,
+        // and not behind one this instance signed: else a rewritten log would get signed.
+        if let Some(problem) = self
+            .checkpoint_problem(old.as_ref().map(|(_, c)| c))
+            .await?
+        {
+            return self.tell_break(problem.1, &problem.0).await;
+        }
         // What was added since the last checkpoint must link to it before it is vouched
         // for: a break there is told at once (the log, an audit event), not at the next
         // verify, and no checkpoint is signed over it.
@@ -104,31 +112,13 @@ impl AuthService {
         };
         let (walked, broken) = chain::walk_from(&*self.store, start, from, |_| {}).await?;
         if let Some(b) = broken {
-            // Told once per break, not every 30 s.
-            let told = b.seq().to_string().into_bytes();
-            if self.store.get(BROKEN).await?.as_deref() == Some(told.as_slice()) {
-                return Ok(None);
-            }
-            tracing::error!(seq = b.seq(), "the audit log does not verify: {b}");
-            self.store.put(BROKEN, &told).await?;
-            let who = self.claims("mcpgate", mcpgate_types::IdentityKind::Host, &[]);
-            self.emit(self.event(
-                codes::AUDIT_CHAIN_BROKEN.0,
-                codes::AUDIT_CHAIN_BROKEN.1,
-                &who,
-                false,
-                [
-                    ("seq", serde_json::Value::from(b.seq())),
-                    ("problem", serde_json::Value::from(b.to_string())),
-                ],
-            ))
-            .await?;
-            return Ok(None);
+            return self.tell_break(b.seq(), &b.to_string()).await;
         }
         let Some((seq, hash)) = walked.head() else {
             return Ok(None);
         };
         let hash = hex(&hash);
+        let signed_hash = hash.clone();
         let time = unix_secs(self.now());
         let signature = self
             .host_ca
@@ -140,6 +130,7 @@ impl AuthService {
             time,
             signature: B64.encode(signature),
         })?;
+        *self.last_signed.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, signed_hash));
         let stored = match old {
             Some((bytes, _)) => {
                 self.store
@@ -149,6 +140,91 @@ impl AuthService {
             None => self.store.create(CHECKPOINT, &new).await?,
         };
         Ok(stored.then_some(seq))
+    }
+
+    /// What is wrong with the stored checkpoint, if anything: (problem, position).
+    async fn checkpoint_problem(&self, c: Option<&Checkpoint>) -> Result<Option<(String, i64)>> {
+        let signed = self
+            .last_signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(c) = c else {
+            return Ok(signed.map(|(seq, _)| {
+                (
+                    format!("the checkpoint at seq {seq} this instance signed was removed"),
+                    seq,
+                )
+            }));
+        };
+        if let Some((seq, _)) = signed.filter(|(seq, _)| c.seq < *seq) {
+            return Ok(Some((
+                format!(
+                    "the checkpoint went back from seq {seq}, which this instance signed, to seq {}",
+                    c.seq
+                ),
+                seq,
+            )));
+        }
+        let named = if c.cluster.is_empty() {
+            self.cluster()
+        } else {
+            &c.cluster
+        };
+        let text = Checkpoint::text(named, c.seq, &c.hash, c.time);
+        let valid = B64
+            .decode(&c.signature)
+            .is_ok_and(|s| self.host_ca.verify(text.as_bytes(), &s));
+        if !valid {
+            return Ok(Some((
+                format!(
+                    "the checkpoint at seq {} is not signed by this cluster",
+                    c.seq
+                ),
+                c.seq,
+            )));
+        }
+        let at = self.store.chain_rows(c.seq - 1, 1).await?;
+        if at
+            .first()
+            .and_then(|r| r.hash.as_deref())
+            .map(hex)
+            .as_deref()
+            != Some(c.hash.as_str())
+            || at.first().map(|r| r.seq) != Some(c.seq)
+        {
+            return Ok(Some((
+                format!(
+                    "the event at seq {} is not the one the checkpoint vouches for",
+                    c.seq
+                ),
+                c.seq,
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Logs and audits a break of the chain, once per position; nothing is signed.
+    async fn tell_break(&self, seq: i64, problem: &str) -> Result<Option<i64>> {
+        let told = seq.to_string().into_bytes();
+        if self.store.get(BROKEN).await?.as_deref() == Some(told.as_slice()) {
+            return Ok(None);
+        }
+        tracing::error!(seq, "the audit log does not verify: {problem}");
+        self.store.put(BROKEN, &told).await?;
+        let who = self.claims("mcpgate", mcpgate_types::IdentityKind::Host, &[]);
+        self.emit(self.event(
+            codes::AUDIT_CHAIN_BROKEN.0,
+            codes::AUDIT_CHAIN_BROKEN.1,
+            &who,
+            false,
+            [
+                ("seq", serde_json::Value::from(seq)),
+                ("problem", serde_json::Value::from(problem)),
+            ],
+        ))
+        .await?;
+        Ok(None)
     }
 
     /// `admin audit verify`: walks the chain from its start and holds it against the last

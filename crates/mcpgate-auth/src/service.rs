@@ -217,6 +217,9 @@ pub struct AuthService {
     pub(crate) user_ca: CertAuthority,
     pub(crate) host_ca: CertAuthority,
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// The last checkpoint this instance signed (position, hash): one that disappears or
+    /// goes back from it is tampering.
+    pub(crate) last_signed: Mutex<Option<(i64, String)>>,
     /// Password checks that may run at once.
     pub(crate) login_permits: tokio::sync::Semaphore,
     /// Bumped on every change to roles, users or apps, so caches of policies know to reload.
@@ -262,6 +265,7 @@ impl AuthService {
             user_ca,
             host_ca,
             limiter: Mutex::new(RateLimiter::default()),
+            last_signed: Mutex::new(None),
             login_permits: tokio::sync::Semaphore::new(4),
             epoch: std::sync::atomic::AtomicU64::new(0),
             jwt_key: Mutex::new(None),

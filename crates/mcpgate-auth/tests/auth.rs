@@ -961,3 +961,75 @@ async fn no_checkpoint_is_signed_over_a_broken_chain() {
     assert_eq!(v.seq, Some(first + 2));
     assert_eq!(v.events as i64, first + 1, "the events before it were good");
 }
+
+/// A log rewritten by someone without the CA key does not get signed: the checkpoint it
+/// would extend must be the cluster's, still there, and not behind the last one signed.
+#[tokio::test]
+async fn a_rewritten_log_is_never_signed() {
+    let env = Env::new();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
+    auth.checkpoint_audit()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    auth.create_resources(&adm, "roles.yaml", ROLES, true)
+        .await
+        .unwrap();
+    let db = rusqlite::Connection::open(&env.path).unwrap();
+    // Removed: refused, and told.
+    let kept: Vec<u8> = db
+        .query_row(
+            "SELECT value FROM kv WHERE key = 'audit/checkpoint'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute("DELETE FROM kv WHERE key = 'audit/checkpoint'", [])
+        .unwrap();
+    assert_eq!(auth.checkpoint_audit().await.unwrap(), None);
+    assert!(
+        chain_breaks(&auth, &adm).await[0].contains("was removed"),
+        "{:?}",
+        chain_breaks(&auth, &adm).await
+    );
+    // Forged (another instance, which signed nothing yet, sees it): refused.
+    let forged = serde_json::json!({"cluster": "test.local", "seq": 1, "hash": "00", "time": 0, "signature": "AAAA"});
+    db.execute(
+        "INSERT INTO kv (key, value) VALUES ('audit/checkpoint', ?1)",
+        [serde_json::to_vec(&forged).unwrap()],
+    )
+    .unwrap();
+    let other = env.open(SecondFactor::Off).await;
+    assert_eq!(other.checkpoint_audit().await.unwrap(), None);
+    assert!(
+        chain_breaks(&other, &adm)
+            .await
+            .iter()
+            .any(|p| p.contains("not signed by this cluster")),
+        "{:?}",
+        chain_breaks(&other, &adm).await
+    );
+    // The real one back: signing goes on.
+    db.execute(
+        "UPDATE kv SET value = ?1 WHERE key = 'audit/checkpoint'",
+        [kept],
+    )
+    .unwrap();
+    assert!(other.checkpoint_audit().await.unwrap().is_some());
+}
+
+/// The problems `audit.chain.broken` events told.
+async fn chain_breaks(auth: &AuthService, adm: &Caller) -> Vec<String> {
+    auth.search_audit(
+        adm,
+        &AuditQuery {
+            kind: Some("audit.chain.broken".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|e| e.fields["problem"].as_str().unwrap().to_string())
+    .collect()
+}

@@ -94,6 +94,10 @@ pub struct Verifier {
 impl Verifier {
     pub fn feed(&mut self, row: &ChainRow) -> Result<(), Break> {
         let seq = row.seq;
+        // Positions only grow: a repeated or lower one is an event put in out of place.
+        if self.last_seq != 0 && seq <= self.last_seq {
+            return Err(Break::Altered { seq });
+        }
         let after = std::mem::replace(&mut self.last_seq, seq);
         let Some(hash) = hash_of(row.hash.as_deref()) else {
             // Events from before the chain are read, not checked.

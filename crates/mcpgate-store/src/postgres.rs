@@ -24,8 +24,10 @@ CREATE INDEX IF NOT EXISTS mcpgate_audit_app ON mcpgate_audit (app, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_seq ON mcpgate_audit (seq);
 ";
 
-/// Indexes, made after [`MIGRATE`] has added the columns they cover.
+/// Indexes, made after [`MIGRATE`] has added the columns they cover. Positions are unique:
+/// the audit chain is walked by them.
 const INDEXES: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS mcpgate_audit_seq_unique ON mcpgate_audit (seq);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_session ON mcpgate_audit (session, time_us);
 CREATE INDEX IF NOT EXISTS mcpgate_audit_decision ON mcpgate_audit (decision, time_us);
 ";
@@ -99,6 +101,7 @@ impl PostgresStore {
             "mcpgate_audit_seq",
             "mcpgate_audit_session",
             "mcpgate_audit_decision",
+            "mcpgate_audit_seq_unique",
         ];
         let n: i64 = client
             .query_one(
