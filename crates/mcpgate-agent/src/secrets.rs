@@ -57,8 +57,9 @@ pub fn resolve_into(value: &str, given: &mut Vec<String>) -> Result<String, Secr
 /// environment does not hand its credentials to the client, the audit log or the logs.
 #[derive(Debug, Clone, Default)]
 pub struct Scrubber {
-    /// Longest first, each as given and as it appears inside a JSON string.
-    needles: Vec<Vec<u8>>,
+    /// Longest first, each as given and as it appears inside a JSON string; searchers built
+    /// once, for every line the server sends.
+    needles: Vec<memchr::memmem::Finder<'static>>,
 }
 
 /// What a secret is replaced with.
@@ -88,9 +89,14 @@ impl Scrubber {
                 }
             }
         }
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.sort_by_key(|n: &Vec<u8>| std::cmp::Reverse(n.len()));
         needles.dedup();
-        Scrubber { needles }
+        Scrubber {
+            needles: needles
+                .iter()
+                .map(|n| memchr::memmem::Finder::new(n).into_owned())
+                .collect(),
+        }
     }
 
     /// `line` with every secret in it replaced, if it held any (no allocation otherwise).
@@ -98,15 +104,15 @@ impl Scrubber {
         let mut out: Option<Vec<u8>> = None;
         for needle in &self.needles {
             let src = out.as_deref().unwrap_or(line);
-            if memchr::memmem::find(src, needle).is_none() {
+            if needle.find(src).is_none() {
                 continue;
             }
             let mut next = Vec::with_capacity(src.len());
             let mut rest = src;
-            while let Some(i) = memchr::memmem::find(rest, needle) {
+            while let Some(i) = needle.find(rest) {
                 next.extend_from_slice(&rest[..i]);
                 next.extend_from_slice(SCRUBBED);
-                rest = &rest[i + needle.len()..];
+                rest = &rest[i + needle.needle().len()..];
             }
             next.extend_from_slice(rest);
             out = Some(next);

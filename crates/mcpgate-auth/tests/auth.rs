@@ -809,16 +809,7 @@ async fn dashboard_sessions_end_when_their_time_is_up_and_are_swept() {
         auth.web_caller(&web.token).await,
         Err(AuthError::Unauthenticated(_))
     ));
-    let ended = auth
-        .search_audit(
-            &adm,
-            &AuditQuery {
-                kind: Some("web.session.end".into()),
-                ..AuditQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let ended = events_of(&auth, &adm, "web.session.end").await;
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].user, "dana");
     assert_eq!(ended[0].fields["reason"], "expired");
@@ -945,16 +936,7 @@ async fn no_checkpoint_is_signed_over_a_broken_chain() {
     .unwrap();
     assert_eq!(auth.checkpoint_audit().await.unwrap(), None);
     assert_eq!(auth.checkpoint_audit().await.unwrap(), None, "told once");
-    let broken = auth
-        .search_audit(
-            &adm,
-            &AuditQuery {
-                kind: Some("audit.chain.broken".into()),
-                ..AuditQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let broken = events_of(&auth, &adm, "audit.chain.broken").await;
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert_eq!(broken[0].fields["seq"], first + 2);
     let v = auth.verify_audit(&adm).await.unwrap();
@@ -1018,18 +1000,24 @@ async fn a_rewritten_log_is_never_signed() {
     assert!(other.checkpoint_audit().await.unwrap().is_some());
 }
 
-/// The problems `audit.chain.broken` events told.
-async fn chain_breaks(auth: &AuthService, adm: &Caller) -> Vec<String> {
+/// The events of type `kind`.
+async fn events_of(auth: &AuthService, adm: &Caller, kind: &str) -> Vec<mcpgate_types::AuditEvent> {
     auth.search_audit(
         adm,
         &AuditQuery {
-            kind: Some("audit.chain.broken".into()),
+            kind: Some(kind.into()),
             ..AuditQuery::default()
         },
     )
     .await
     .unwrap()
-    .into_iter()
-    .map(|e| e.fields["problem"].as_str().unwrap().to_string())
-    .collect()
+}
+
+/// The problems `audit.chain.broken` events told.
+async fn chain_breaks(auth: &AuthService, adm: &Caller) -> Vec<String> {
+    events_of(auth, adm, "audit.chain.broken")
+        .await
+        .into_iter()
+        .map(|e| e.fields["problem"].as_str().unwrap().to_string())
+        .collect()
 }

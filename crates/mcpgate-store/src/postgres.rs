@@ -118,30 +118,25 @@ impl PostgresStore {
             )
             .await?
             .is_some();
-        let chained = client
+        Ok(kv && Self::has_column(client, "hash").await? && n == names.len() as i64)
+    }
+
+    /// Whether the audit table has column `name` (a log from an older version may not).
+    async fn has_column(client: &Client, name: &str) -> Result<bool> {
+        Ok(client
             .query_opt(
                 "SELECT 1 FROM information_schema.columns
                  WHERE table_schema = current_schema() AND table_name = 'mcpgate_audit'
-                   AND column_name = 'hash'",
-                &[],
+                   AND column_name = $1",
+                &[&name],
             )
             .await?
-            .is_some();
-        Ok(kv && chained && n == names.len() as i64)
+            .is_some())
     }
 
     async fn set_up(client: &Client) -> Result<()> {
         client.batch_execute(SCHEMA).await?;
-        let current = client
-            .query_opt(
-                "SELECT 1 FROM information_schema.columns
-                 WHERE table_schema = current_schema() AND table_name = 'mcpgate_audit'
-                   AND column_name = 'roles'",
-                &[],
-            )
-            .await?
-            .is_some();
-        if !current {
+        if !Self::has_column(client, "roles").await? {
             client.batch_execute(MIGRATE).await?;
         }
         // Events stored before the chain keep no links; it begins with the next one.

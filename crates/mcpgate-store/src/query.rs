@@ -67,69 +67,67 @@ pub(crate) fn select(d: Dialect, q: &AuditQuery, page: Page) -> Sql {
     select_with(d, q, page, Text::Scan)
 }
 
+impl Sql {
+    /// Appends `sql`, each `#` in it the placeholder of the next of `values`.
+    fn bind(&mut self, d: Dialect, sql: &str, values: impl IntoIterator<Item = Arg>) {
+        let mut values = values.into_iter();
+        for (i, part) in sql.split('#').enumerate() {
+            if i > 0 {
+                if let Some(v) = values.next() {
+                    self.args.push(v);
+                }
+                self.text.push_str(&d.placeholder(self.args.len()));
+            }
+            self.text.push_str(part);
+        }
+    }
+}
+
 /// [`select`], finding free text as `text` says.
 pub(crate) fn select_with(d: Dialect, q: &AuditQuery, page: Page, text_plan: Text) -> Sql {
     let pos = d.pos();
-    let (mut text, mut args) = filtered(d, q, text_plan, &format!("{pos}, data"));
-    let mut bind = |text: &mut String, sql: &str, v: Arg| {
-        args.push(v);
-        text.push_str(&sql.replace('#', &d.placeholder(args.len())));
-    };
-    let (order, reverse) = match page {
-        Page::Newest => ("time_us DESC, # DESC", false),
+    let mut sql = filtered(d, q, text_plan, &format!("{pos}, data"));
+    let order = match page {
+        Page::Newest => "time_us DESC, # DESC",
         Page::After(p) => {
-            bind(&mut text, &format!(" AND {pos} > #"), Arg::Int(p));
-            ("#", false)
+            sql.bind(d, &format!(" AND {pos} > #"), [Arg::Int(p)]);
+            "#"
         }
-        Page::Older(c) => {
+        Page::Older(c) | Page::Newer(c) => {
+            let (cmp, order) = match page {
+                Page::Older(_) => ("<", "time_us DESC, # DESC"),
+                _ => (">", "time_us ASC, # ASC"),
+            };
             // The plain bound lets the time index narrow the scan; the row value breaks ties.
-            bind(&mut text, " AND time_us <= #", Arg::Int(c.time_us));
-            args.push(Arg::Int(c.time_us));
-            args.push(Arg::Int(c.pos));
-            text.push_str(&format!(
-                " AND (time_us, {pos}) < ({}, {})",
-                d.placeholder(args.len() - 1),
-                d.placeholder(args.len())
-            ));
-            ("time_us DESC, # DESC", false)
-        }
-        Page::Newer(c) => {
-            bind(&mut text, " AND time_us >= #", Arg::Int(c.time_us));
-            args.push(Arg::Int(c.time_us));
-            args.push(Arg::Int(c.pos));
-            text.push_str(&format!(
-                " AND (time_us, {pos}) > ({}, {})",
-                d.placeholder(args.len() - 1),
-                d.placeholder(args.len())
-            ));
-            ("time_us ASC, # ASC", true)
+            sql.bind(
+                d,
+                &format!(" AND time_us {cmp}= # AND (time_us, {pos}) {cmp} (#, #)"),
+                [Arg::Int(c.time_us), Arg::Int(c.time_us), Arg::Int(c.pos)],
+            );
+            sql.reverse = matches!(page, Page::Newer(_));
+            order
         }
     };
-    text.push_str(&format!(
+    sql.text.push_str(&format!(
         " ORDER BY {} LIMIT {}",
         order.replace('#', pos),
         q.limit.unwrap_or(DEFAULT_LIMIT)
     ));
-    Sql {
-        text,
-        args,
-        reverse,
-    }
+    sql
 }
 
 /// `SELECT columns FROM the log WHERE` the filters of `q`, and their bound values.
-fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> (String, Vec<Arg>) {
-    let mut text = format!("SELECT {columns} FROM {} WHERE TRUE", d.table());
-    let mut args = Vec::new();
-    let mut bind = |text: &mut String, sql: &str, v: Arg| {
-        args.push(v);
-        text.push_str(&sql.replace('#', &d.placeholder(args.len())));
+fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> Sql {
+    let mut sql = Sql {
+        text: format!("SELECT {columns} FROM {} WHERE TRUE", d.table()),
+        args: Vec::new(),
+        reverse: false,
     };
     if let Some(t) = q.since_micros {
-        bind(&mut text, " AND time_us >= #", Arg::Int(t));
+        sql.bind(d, " AND time_us >= #", [Arg::Int(t)]);
     }
     if let Some(t) = q.until_micros {
-        bind(&mut text, " AND time_us < #", Arg::Int(t));
+        sql.bind(d, " AND time_us < #", [Arg::Int(t)]);
     }
     for (col, v) in [
         ("id", &q.id),
@@ -141,44 +139,30 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> (Stri
         ("method", &q.method),
     ] {
         if let Some(v) = v {
-            bind(&mut text, &format!(" AND {col} = #"), Arg::Text(v.clone()));
+            sql.bind(d, &format!(" AND {col} = #"), [Arg::Text(v.clone())]);
         }
     }
     if let Some(tool) = &q.tool {
-        if tool.contains(['*', '?']) {
-            match d {
-                // GLOB is case-sensitive like `=`; `[` is its only other special character.
-                Dialect::Sqlite => bind(
-                    &mut text,
-                    " AND tool GLOB #",
-                    Arg::Text(tool.replace('[', "[[]")),
-                ),
-                Dialect::Postgres => bind(
-                    &mut text,
-                    " AND tool LIKE # ESCAPE '\\'",
-                    Arg::Text(glob_to_like(tool)),
-                ),
-            }
-        } else {
-            bind(&mut text, " AND tool = #", Arg::Text(tool.clone()));
-        }
+        let (clause, value) = match d {
+            _ if !tool.contains(['*', '?']) => (" AND tool = #", tool.clone()),
+            // GLOB is case-sensitive like `=`; `[` is its only other special character.
+            Dialect::Sqlite => (" AND tool GLOB #", tool.replace('[', "[[]")),
+            Dialect::Postgres => (" AND tool LIKE # ESCAPE '\\'", glob_to_like(tool)),
+        };
+        sql.bind(d, clause, [Arg::Text(value)]);
     }
     if let Some(kind) = &q.user_kind {
         // Read from the event's JSON: only ever beside `user`, whose index narrows first.
-        let sql = match d {
+        let clause = match d {
             Dialect::Sqlite => " AND json_extract(data, '$.user_kind') = #",
             Dialect::Postgres => " AND (data::jsonb ->> 'user_kind') = #",
         };
-        bind(&mut text, sql, Arg::Text(kind.clone()));
+        sql.bind(d, clause, [Arg::Text(kind.clone())]);
     }
     if let Some(role) = &q.role {
         // `roles` holds `,a,b,`: a whole name between commas.
         let pattern = format!("%,{},%", like_escape(role));
-        bind(
-            &mut text,
-            " AND roles LIKE # ESCAPE '\\'",
-            Arg::Text(pattern),
-        );
+        sql.bind(d, " AND roles LIKE # ESCAPE '\\'", [Arg::Text(pattern)]);
     }
     if let Some(needle) = q.text.as_deref().filter(|t| !t.is_empty()) {
         let op = match d {
@@ -186,32 +170,37 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> (Stri
             Dialect::Postgres => "ILIKE",
         };
         let pattern = format!("%{}%", like_escape(needle));
-        bind(
-            &mut text,
+        sql.bind(
+            d,
             &format!(" AND data {op} # ESCAPE '\\'"),
-            Arg::Text(pattern),
+            [Arg::Text(pattern)],
         );
         if let Text::Indexed { from } = text_plan {
             // The index's own LIKE takes no ESCAPE: only needles without wildcards get here.
-            bind(
-                &mut text,
-                " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #)",
-                Arg::Text(format!("%{needle}%")),
-            );
+            let candidates = Arg::Text(format!("%{needle}%"));
             if from > 1 {
-                bind(&mut text, " OR rowid < #", Arg::Int(from));
+                sql.bind(
+                    d,
+                    " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #) OR rowid < #)",
+                    [candidates, Arg::Int(from)],
+                );
+            } else {
+                sql.bind(
+                    d,
+                    " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #))",
+                    [candidates],
+                );
             }
-            text.push(')');
         }
     }
-    (text, args)
+    sql
 }
 
 /// The calls matching `q` counted by bucket of `width_us` (its start), tool, app, user and
 /// whether they were denied.
 pub(crate) fn tally(d: Dialect, q: &AuditQuery, width_us: i64, text_plan: Text) -> Sql {
     let width = width_us.max(1);
-    let (mut text, args) = filtered(
+    let mut sql = filtered(
         d,
         q,
         text_plan,
@@ -220,12 +209,8 @@ pub(crate) fn tally(d: Dialect, q: &AuditQuery, width_us: i64, text_plan: Text) 
              COALESCE(decision = 'deny', FALSE), count(*)"
         ),
     );
-    text.push_str(" GROUP BY 1, 2, 3, 4, 5");
-    Sql {
-        text,
-        args,
-        reverse: false,
-    }
+    sql.text.push_str(" GROUP BY 1, 2, 3, 4, 5");
+    sql
 }
 
 /// The durations (ms) of the newest `limit` calls matching `q` that have one.
@@ -234,15 +219,11 @@ pub(crate) fn durations(d: Dialect, q: &AuditQuery, limit: u32, text_plan: Text)
         Dialect::Sqlite => "CAST(json_extract(data, '$.duration_ms') AS REAL)",
         Dialect::Postgres => "(data::jsonb ->> 'duration_ms')::float8",
     };
-    let (mut text, args) = filtered(d, q, text_plan, expr);
-    text.push_str(&format!(
+    let mut sql = filtered(d, q, text_plan, expr);
+    sql.text.push_str(&format!(
         " AND {expr} IS NOT NULL ORDER BY time_us DESC LIMIT {limit}"
     ));
-    Sql {
-        text,
-        args,
-        reverse: false,
-    }
+    sql
 }
 
 /// `roles` as stored: every role name between commas, so a LIKE finds whole names.

@@ -394,19 +394,7 @@ fn invite_signup_totp_login_status_logout() {
     );
     // The code may come on the second line of standard input, as with signup (here the
     // used one again: it reached the server, which told why it refused it).
-    let piped = alice.run(
-        &[
-            "login",
-            "--proxy",
-            &d.addr,
-            "--user",
-            "alice",
-            "--ca-pin",
-            &d.pin,
-            "--password-stdin",
-        ],
-        Some(&format!("{PASSWORD}\n{code}\n")),
-    );
+    let piped = login(&d.pin, &format!("{PASSWORD}\n{code}"), None);
     assert!(
         piped
             .fails()
