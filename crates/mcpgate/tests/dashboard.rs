@@ -236,6 +236,8 @@ fn the_dashboard_in_a_real_browser() {
     assert_eq!(r["auditorEditor"], 403);
     assert_eq!(r["auditorLocksForm"], 0);
     assert_eq!(r["auditorSeesBob"], 50);
+    // With JavaScript off, filtering and paging work as plain HTML.
+    assert_eq!(r["noScriptPages"], json!([50, 50, 100]), "{r}");
     // A user: their own activity only.
     assert_eq!(r["userRowUsers"], json!(["bob"]));
     assert_eq!(r["userApps"], 403);

@@ -45,8 +45,8 @@ function totp(secret, offsetSteps) {
 
 const problems = { foreign: [], dialogs: [], csp: [] };
 
-async function newContext(browser) {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1400, height: 900 } });
+async function newContext(browser, options = {}) {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1400, height: 900 }, ...options });
   ctx.on("request", (r) => {
     if (!r.url().startsWith(BASE + "/")) problems.foreign.push(r.url());
   });
@@ -264,6 +264,19 @@ async function main() {
   result.auditorLocksForm = await (async () => { await ap.goto(`${BASE}/locks`); return ap.$$eval("form[action='/locks']", (f) => f.length); })();
   await ap.goto(`${BASE}/audit?${filter}`);
   result.auditorSeesBob = (await ids(ap, "#rows")).length;
+
+  // Without JavaScript: the filters are a plain form, the pages plain links.
+  const nojs = await newContext(browser, { javaScriptEnabled: false });
+  const np = await login(nojs, "carol");
+  await np.goto(`${BASE}/audit`);
+  await np.fill("form.filters input[name=tool]", "echo");
+  await np.fill("form.filters input[name=user]", "bob");
+  await Promise.all([np.waitForURL(/tool=echo/), np.click("form.filters button[type=submit]")]);
+  const first = await ids(np, "#rows");
+  await Promise.all([np.waitForLoadState("load"), np.click("a[rel=next]")]);
+  const second = await ids(np, "#rows");
+  result.noScriptPages = [first.length, second.length, new Set([...first, ...second]).size];
+  await nojs.close();
 
   // A user sees their own activity only, whatever they ask for.
   const usr = await newContext(browser);
