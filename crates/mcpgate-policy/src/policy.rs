@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use mcpgate_types::resource::{LabelSelector, Role, Rule};
 
+use crate::args::{ArgMatcher, Arguments, Fit, Problem};
 use crate::matcher::{Matcher, PatternError, expand};
 
 /// A role that cannot be compiled.
@@ -83,6 +84,23 @@ impl Subject {
     }
 }
 
+/// One argument a rule names, with its patterns (any may match).
+#[derive(Debug, Clone)]
+struct ArgConstraint {
+    name: String,
+    patterns: Vec<ArgMatcher>,
+    /// The patterns as written, for messages: `"/srv/docs/**"` or `one of ["a", "b"]`.
+    shown: String,
+}
+
+/// `allow.mcp.arguments` or `deny.mcp.arguments`: one tool pattern and what it says.
+#[derive(Debug, Clone)]
+struct ArgRule {
+    tool_pattern: String,
+    tool: Matcher,
+    args: Vec<ArgConstraint>,
+}
+
 #[derive(Debug, Clone)]
 struct CompiledRole {
     name: String,
@@ -91,9 +109,73 @@ struct CompiledRole {
     /// Allowed and denied patterns, indexed by [`Subject`].
     allow: [Patterns; 3],
     deny: [Patterns; 3],
+    allow_args: Vec<ArgRule>,
+    deny_args: Vec<ArgRule>,
+    /// `options.mcp_dry_run`: its MCP denials are recorded, not enforced.
+    dry_run: bool,
     allow_rules: Vec<Rule>,
     deny_rules: Vec<Rule>,
     max_session_ttl: Option<Duration>,
+}
+
+impl CompiledRole {
+    /// The first argument of `args` that a deny rule for `tool` matches (or cannot check).
+    fn denied_argument(&self, tool: &str, args: &Arguments) -> Option<DenyReason<'_>> {
+        for rule in self.deny_args.iter().filter(|r| r.tool.matches(tool)) {
+            for c in &rule.args {
+                let value = args.get(&c.name);
+                if value.is_none_or(serde_json::Value::is_null) {
+                    continue;
+                }
+                for m in &c.patterns {
+                    let problem = match m.fit(value) {
+                        Fit::NoMatch => continue,
+                        Fit::Match => None,
+                        Fit::Unchecked(p) => Some(p),
+                    };
+                    return Some(DenyReason::ArgumentDenied {
+                        role: &self.name,
+                        tool_pattern: &rule.tool_pattern,
+                        argument: &c.name,
+                        patterns: &c.shown,
+                        problem,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// The first argument of `args` that an allow rule for `tool` requires and does not get.
+    fn unmet_argument(&self, tool: &str, args: &Arguments) -> Option<DenyReason<'_>> {
+        for rule in self.allow_args.iter().filter(|r| r.tool.matches(tool)) {
+            for c in &rule.args {
+                let value = args.get(&c.name);
+                let mut problem = None;
+                let mut met = false;
+                for m in &c.patterns {
+                    match m.fit(value) {
+                        Fit::Match => {
+                            met = true;
+                            break;
+                        }
+                        Fit::NoMatch => {}
+                        Fit::Unchecked(p) => problem = Some(p),
+                    }
+                }
+                if !met {
+                    return Some(DenyReason::ArgumentNotAllowed {
+                        role: &self.name,
+                        tool_pattern: &rule.tool_pattern,
+                        argument: &c.name,
+                        patterns: &c.shown,
+                        problem,
+                    });
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Why something was denied. Borrowed from the policy: deciding allocates nothing.
@@ -111,6 +193,58 @@ pub enum DenyReason<'a> {
     },
     /// No role that applies to the app allows it.
     NotAllowed(Subject),
+    /// The tool is allowed, but an argument does not meet the allowing role's
+    /// `allow.mcp.arguments` rule: missing, unreadable (`problem`) or not matching.
+    ArgumentNotAllowed {
+        role: &'a str,
+        tool_pattern: &'a str,
+        argument: &'a str,
+        patterns: &'a str,
+        problem: Option<Problem>,
+    },
+    /// A `deny.mcp.arguments` rule matches an argument, or cannot check it (`problem`).
+    ArgumentDenied {
+        role: &'a str,
+        tool_pattern: &'a str,
+        argument: &'a str,
+        patterns: &'a str,
+        problem: Option<Problem>,
+    },
+}
+
+impl<'a> DenyReason<'a> {
+    /// The role that decided, if one did.
+    pub fn role(&self) -> Option<&'a str> {
+        match *self {
+            DenyReason::AppDeniedBy { role }
+            | DenyReason::DeniedBy { role, .. }
+            | DenyReason::ArgumentNotAllowed { role, .. }
+            | DenyReason::ArgumentDenied { role, .. } => Some(role),
+            DenyReason::AppNotAllowed | DenyReason::NotAllowed(_) => None,
+        }
+    }
+
+    /// Where in the role the deciding rule is, e.g. `deny.mcp.arguments["*"].url`.
+    pub fn rule(&self) -> String {
+        match self {
+            DenyReason::AppDeniedBy { .. } => "deny.app_labels".into(),
+            DenyReason::AppNotAllowed => "allow.app_labels".into(),
+            DenyReason::DeniedBy {
+                subject, pattern, ..
+            } => format!("deny.mcp.{}s {pattern:?}", subject.noun()),
+            DenyReason::NotAllowed(subject) => format!("allow.mcp.{}s", subject.noun()),
+            DenyReason::ArgumentNotAllowed {
+                tool_pattern,
+                argument,
+                ..
+            } => format!("allow.mcp.arguments[{tool_pattern:?}].{argument}"),
+            DenyReason::ArgumentDenied {
+                tool_pattern,
+                argument,
+                ..
+            } => format!("deny.mcp.arguments[{tool_pattern:?}].{argument}"),
+        }
+    }
 }
 
 impl fmt::Display for DenyReason<'_> {
@@ -129,6 +263,41 @@ impl fmt::Display for DenyReason<'_> {
             ),
             DenyReason::NotAllowed(subject) => {
                 write!(f, "no role allows this {}", subject.noun())
+            }
+            DenyReason::ArgumentNotAllowed {
+                role,
+                tool_pattern,
+                argument,
+                patterns,
+                problem,
+            } => {
+                match problem {
+                    Some(p) => write!(f, "argument {argument:?} {p}")?,
+                    None => write!(f, "argument {argument:?} does not match {patterns}")?,
+                }
+                write!(
+                    f,
+                    "; role {role} allows it only matching {patterns} (allow.mcp.arguments[{tool_pattern:?}])"
+                )
+            }
+            DenyReason::ArgumentDenied {
+                role,
+                tool_pattern,
+                argument,
+                patterns,
+                problem,
+            } => {
+                match problem {
+                    Some(p) => write!(
+                        f,
+                        "argument {argument:?} {p}, so it cannot be checked against {patterns}"
+                    )?,
+                    None => write!(f, "argument {argument:?} matches {patterns}")?,
+                }
+                write!(
+                    f,
+                    ", denied by role {role} (deny.mcp.arguments[{tool_pattern:?}])"
+                )
             }
         }
     }
@@ -151,6 +320,15 @@ impl Decision<'_> {
     }
 }
 
+/// The decision about one request: what is enforced and, when a role in dry-run mode
+/// (`options.mcp_dry_run`) would have refused it, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDecision<'a> {
+    pub decision: Decision<'a>,
+    /// Set only when `decision` allows: the denial that is recorded, not enforced.
+    pub would_deny: Option<DenyReason<'a>>,
+}
+
 /// The decision about one app: which roles apply to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppDecision<'a> {
@@ -162,6 +340,10 @@ pub enum AppDecision<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     roles: Vec<CompiledRole>,
+    /// Some role has argument rules: calls' arguments must be read.
+    arguments: bool,
+    /// Some role is in dry-run mode: denials are evaluated twice.
+    dry_run: bool,
 }
 
 impl Policy {
@@ -171,11 +353,17 @@ impl Policy {
         roles: &[Role],
         traits: &BTreeMap<String, Vec<String>>,
     ) -> Result<Policy, PolicyError> {
-        let roles = roles
+        let roles: Vec<CompiledRole> = roles
             .iter()
             .map(|r| compile_role(r, traits))
             .collect::<Result<_, _>>()?;
-        Ok(Policy { roles })
+        Ok(Policy {
+            arguments: roles
+                .iter()
+                .any(|r| !r.allow_args.is_empty() || !r.deny_args.is_empty()),
+            dry_run: roles.iter().any(|r| r.dry_run),
+            roles,
+        })
     }
 
     /// Validates a role as `admin create` does: every pattern compiles.
@@ -206,20 +394,64 @@ impl Policy {
         }
     }
 
+    /// Whether some role has argument rules (a call's arguments must then be read).
+    pub fn has_argument_rules(&self) -> bool {
+        self.arguments
+    }
+
     /// May this identity use the tool, resource or prompt `value` on an app with these
-    /// labels? Any matching deny wins; otherwise a role that applies to the app must allow
-    /// it. Allocation-free.
+    /// labels, whatever the arguments? Any matching deny wins; otherwise a role that applies
+    /// to the app must allow it. Argument rules are not applied (the tool lists and `mcp ls`
+    /// ask this); the rules of roles in dry-run mode are not enforced. Allocation-free.
     pub fn decide(
         &self,
         labels: &BTreeMap<String, String>,
         subject: Subject,
         value: &str,
     ) -> Decision<'_> {
+        self.evaluate(labels, subject, value, None, false)
+    }
+
+    /// The decision about one request: a `tools/call` with its `args` (argument rules
+    /// apply), or a resource or prompt (`args` is `None`). What a role in dry-run mode would
+    /// have denied is allowed, with the reason in [`CallDecision::would_deny`].
+    pub fn decide_call<'p>(
+        &'p self,
+        labels: &BTreeMap<String, String>,
+        subject: Subject,
+        value: &str,
+        args: Option<&Arguments>,
+    ) -> CallDecision<'p> {
+        let decision = self.evaluate(labels, subject, value, args, false);
+        let would_deny = if self.dry_run && decision.is_allow() {
+            match self.evaluate(labels, subject, value, args, true) {
+                Decision::Deny(reason) => Some(reason),
+                Decision::Allow { .. } => None,
+            }
+        } else {
+            None
+        };
+        CallDecision {
+            decision,
+            would_deny,
+        }
+    }
+
+    /// The decision, with the MCP rules of dry-run roles enforced (`strict`) or not.
+    fn evaluate<'p>(
+        &'p self,
+        labels: &BTreeMap<String, String>,
+        subject: Subject,
+        value: &str,
+        args: Option<&Arguments>,
+        strict: bool,
+    ) -> Decision<'p> {
         if let Some(r) = self.roles.iter().find(|r| r.deny_apps.matches(labels)) {
             return Decision::Deny(DenyReason::AppDeniedBy { role: &r.name });
         }
         let i = subject.index();
-        for r in &self.roles {
+        let args = args.filter(|_| subject == Subject::Tool);
+        for r in self.roles.iter().filter(|r| strict || !r.dry_run) {
             if let Some(pattern) = r.deny[i].find(value) {
                 return Decision::Deny(DenyReason::DeniedBy {
                     subject,
@@ -227,21 +459,32 @@ impl Policy {
                     pattern,
                 });
             }
+            if let Some(reason) = args.and_then(|a| r.denied_argument(value, a)) {
+                return Decision::Deny(reason);
+            }
         }
         let mut any_app = false;
+        let mut unmet = None;
         for r in self.roles.iter().filter(|r| r.allow_apps.matches(labels)) {
             any_app = true;
             if let Some(pattern) = r.allow[i].find(value) {
+                if let Some(args) = args.filter(|_| strict || !r.dry_run)
+                    && let Some(reason) = r.unmet_argument(value, args)
+                {
+                    // Another role may allow it with other (or no) argument rules.
+                    unmet.get_or_insert(reason);
+                    continue;
+                }
                 return Decision::Allow {
                     role: &r.name,
                     pattern,
                 };
             }
         }
-        Decision::Deny(if any_app {
-            DenyReason::NotAllowed(subject)
-        } else {
-            DenyReason::AppNotAllowed
+        Decision::Deny(match (unmet, any_app) {
+            (Some(reason), _) => reason,
+            (None, true) => DenyReason::NotAllowed(subject),
+            (None, false) => DenyReason::AppNotAllowed,
         })
     }
 
@@ -273,7 +516,9 @@ impl Policy {
         }
         let i = subject.index();
         for r in &self.roles {
-            deny.extend(r.deny[i].0.iter().map(|(p, _)| p.as_str()));
+            if !r.dry_run {
+                deny.extend(r.deny[i].0.iter().map(|(p, _)| p.as_str()));
+            }
             if r.allow_apps.matches(labels) {
                 allow.extend(r.allow[i].0.iter().map(|(p, _)| p.as_str()));
             }
@@ -366,11 +611,53 @@ fn compile_role(
             patterns(&format!("{side}.mcp.prompts"), list(Subject::Prompt))?,
         ])
     };
+    let arguments = |side: &str,
+                     c: &Option<mcpgate_types::resource::McpCondition>|
+     -> Result<Vec<ArgRule>, PolicyError> {
+        let mut out = Vec::new();
+        let Some(c) = c else { return Ok(out) };
+        for (tool_pattern, named) in &c.arguments {
+            let field = format!("{side}.mcp.arguments[{tool_pattern:?}]");
+            let mut args = Vec::new();
+            for (name, patterns) in named {
+                let field = format!("{field}.{name}");
+                let mut compiled = Vec::new();
+                let mut shown = Vec::new();
+                for (i, p) in patterns.values().iter().enumerate() {
+                    let field = || format!("{field}[{i}]");
+                    for expanded in expand(p, traits).map_err(|e| err(field(), e))? {
+                        compiled.push(ArgMatcher::new(&expanded).map_err(|e| err(field(), e))?);
+                        shown.push(expanded);
+                    }
+                }
+                let shown = match shown.as_slice() {
+                    [one] => format!("{one:?}"),
+                    _ => format!("one of {shown:?}"),
+                };
+                args.push(ArgConstraint {
+                    name: name.clone(),
+                    patterns: compiled,
+                    shown,
+                });
+            }
+            for tool in expand(tool_pattern, traits).map_err(|e| err(field.clone(), e))? {
+                out.push(ArgRule {
+                    tool: Matcher::new(&tool).map_err(|e| err(field.clone(), e))?,
+                    tool_pattern: tool,
+                    args: args.clone(),
+                });
+            }
+        }
+        Ok(out)
+    };
     Ok(CompiledRole {
         allow_apps: selector("allow.app_labels", &spec.allow.app_labels)?,
         deny_apps: selector("deny.app_labels", &spec.deny.app_labels)?,
         allow: mcp("allow", &spec.allow.mcp)?,
         deny: mcp("deny", &spec.deny.mcp)?,
+        allow_args: arguments("allow", &spec.allow.mcp)?,
+        deny_args: arguments("deny", &spec.deny.mcp)?,
+        dry_run: spec.options.mcp_dry_run,
         allow_rules: spec.allow.rules.clone(),
         deny_rules: spec.deny.rules.clone(),
         max_session_ttl: spec.options.max_session_ttl,
@@ -579,6 +866,175 @@ spec:
         let (allow, deny) = p.patterns(&app, Subject::Prompt);
         assert_eq!(allow, vec!["greet", "admin_reset"]);
         assert_eq!(deny, vec!["admin_*"]);
+    }
+
+    const DOCS: &str = "kind: role
+version: v8
+metadata: {name: docs}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp:
+      tools: [read_file, create_issue, search]
+      arguments:
+        read_file: {path: /srv/docs/**}
+        create_issue: {repo: ['acme/*', '{{internal.orgs}}/*']}
+  deny:
+    mcp:
+      arguments:
+        '*': {url: '^https?://(169\\.254|127\\.|10\\.|localhost).*$'}
+";
+
+    fn args(json: &str) -> Arguments {
+        Arguments::parse(Some(json)).unwrap()
+    }
+
+    #[test]
+    fn argument_rules_allow_only_matching_calls() {
+        let traits = [("orgs".to_string(), vec!["umbrella".to_string()])]
+            .into_iter()
+            .collect();
+        let p = Policy::compile(&roles(DOCS), &traits).unwrap();
+        assert!(p.has_argument_rules());
+        let app = labels(&[("env", "dev")]);
+        let call = |tool: &str, a: &str| p.decide_call(&app, Subject::Tool, tool, Some(&args(a)));
+        assert!(
+            call("read_file", r#"{"path": "/srv/docs/a/b.md"}"#)
+                .decision
+                .is_allow()
+        );
+        let d = call("read_file", r#"{"path": "/srv/docs/../../etc/passwd"}"#).decision;
+        let Decision::Deny(reason) = d else {
+            panic!("allowed: {d:?}")
+        };
+        assert_eq!(reason.role(), Some("docs"));
+        assert_eq!(reason.rule(), r#"allow.mcp.arguments["read_file"].path"#);
+        assert_eq!(
+            reason.to_string(),
+            r#"argument "path" does not match "/srv/docs/**"; role docs allows it only matching "/srv/docs/**" (allow.mcp.arguments["read_file"])"#
+        );
+        let Decision::Deny(reason) = call("read_file", "{}").decision else {
+            panic!("a missing argument was allowed")
+        };
+        assert!(
+            reason
+                .to_string()
+                .starts_with(r#"argument "path" is missing"#)
+        );
+        assert!(
+            !call("read_file", r#"{"path": ["/srv/docs/a"]}"#)
+                .decision
+                .is_allow()
+        );
+        assert!(
+            !call("read_file", r#"{"path": "docs/a"}"#)
+                .decision
+                .is_allow()
+        );
+        assert!(
+            call("create_issue", r#"{"repo": "acme/widgets"}"#)
+                .decision
+                .is_allow()
+        );
+        assert!(
+            call("create_issue", r#"{"repo": "umbrella/x"}"#)
+                .decision
+                .is_allow(),
+            "trait"
+        );
+        assert!(
+            !call("create_issue", r#"{"repo": "evil/x"}"#)
+                .decision
+                .is_allow()
+        );
+        assert!(
+            !call("create_issue", r#"{"repo": "acme/x/y"}"#)
+                .decision
+                .is_allow()
+        );
+        // A tool without argument rules takes any arguments, except what a deny rule names.
+        assert!(
+            call("search", r#"{"url": "https://example.com/"}"#)
+                .decision
+                .is_allow()
+        );
+        let Decision::Deny(reason) =
+            call("search", r#"{"url": "http://169.254.169.254/"}"#).decision
+        else {
+            panic!("a denied argument was allowed")
+        };
+        assert_eq!(reason.rule(), r#"deny.mcp.arguments["*"].url"#);
+        assert!(
+            reason.to_string().contains("denied by role docs"),
+            "{reason}"
+        );
+        // A deny rule that cannot read its argument denies.
+        assert!(
+            !call("search", r#"{"url": {"host": "127.0.0.1"}}"#)
+                .decision
+                .is_allow()
+        );
+        // Names alone: the lists still offer the tools.
+        assert!(p.tool(&app, "read_file").is_allow());
+        // Another role allowing the tool without argument rules allows the call.
+        let mut rs = roles(DOCS);
+        rs.extend(roles("kind: role\nversion: v8\nmetadata: {name: reader}\nspec:\n  allow:\n    app_labels: {env: dev}\n    mcp: {tools: [read_file]}\n"));
+        let p = Policy::compile(&rs, &traits).unwrap();
+        let d = p.decide_call(
+            &app,
+            Subject::Tool,
+            "read_file",
+            Some(&args(r#"{"path": "/etc/passwd"}"#)),
+        );
+        assert_eq!(
+            d.decision,
+            Decision::Allow {
+                role: "reader",
+                pattern: "read_file"
+            }
+        );
+    }
+
+    #[test]
+    fn dry_run_roles_record_without_enforcing() {
+        let yaml = DOCS.replace("spec:\n", "spec:\n  options: {mcp_dry_run: true}\n");
+        let mut rs = roles(&yaml);
+        rs.extend(roles("kind: role\nversion: v8\nmetadata: {name: strict}\nspec:\n  deny:\n    mcp: {tools: [search]}\n"));
+        let p = Policy::compile(&rs, &BTreeMap::new()).unwrap();
+        let app = labels(&[("env", "dev")]);
+        let d = p.decide_call(
+            &app,
+            Subject::Tool,
+            "read_file",
+            Some(&args(r#"{"path": "/etc/passwd"}"#)),
+        );
+        assert!(d.decision.is_allow());
+        let reason = d.would_deny.expect("recorded");
+        assert_eq!(reason.role(), Some("docs"));
+        let d = p.decide_call(
+            &app,
+            Subject::Tool,
+            "read_file",
+            Some(&args(r#"{"path": "/srv/docs/x"}"#)),
+        );
+        assert_eq!(d.would_deny, None);
+        // Other roles' denials are still enforced.
+        let d = p.decide_call(&app, Subject::Tool, "search", Some(&args("{}")));
+        assert!(!d.decision.is_allow());
+        assert_eq!(d.would_deny, None);
+        // What the role does not allow stays denied: dry-run only relaxes its restrictions.
+        assert!(
+            !p.decide_call(&app, Subject::Tool, "write_file", None)
+                .decision
+                .is_allow()
+        );
+    }
+
+    #[test]
+    fn bad_argument_patterns_name_the_field() {
+        let rs = roles(&DOCS.replace("/srv/docs/**", "'^(bad$'"));
+        let e = Policy::check(&rs[0]).unwrap_err();
+        assert_eq!(e.field, r#"allow.mcp.arguments["read_file"].path[0]"#);
     }
 
     #[test]

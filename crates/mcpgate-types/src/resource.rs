@@ -126,6 +126,10 @@ pub struct RoleOptions {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_session_ttl: Option<Duration>,
+    /// Record what this role's denials and argument rules would refuse
+    /// (`decision: would_deny`) without enforcing them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcp_dry_run: bool,
     /// Teleport options mcpgate does not use yet; kept so files round-trip.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -143,6 +147,10 @@ pub struct McpCondition {
     /// Prompt names (`prompts/get`, the `prompts/list` filter).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<String>,
+    /// Tool pattern → {argument name: pattern(s)}: in `allow`, every named argument must be
+    /// present and match; in `deny`, any named argument that matches denies the call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arguments: BTreeMap<String, BTreeMap<String, OneOrMany>>,
 }
 
 /// Admin API rule: which verbs on which resource kinds (`*` for all).
