@@ -7,6 +7,7 @@
 //! decides nothing about messages itself.
 
 use rustls_pki_types::{CertificateDer, UnixTime};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -230,6 +231,18 @@ impl Rules for SessionRules<'_> {
         match self {
             SessionRules::App(r) => r.decide(subject, value),
             // Allows nothing: fail closed.
+            SessionRules::Nothing(reason) => Err(reason.clone()),
+        }
+    }
+
+    fn decide_request(
+        &self,
+        subject: Subject,
+        value: &str,
+        arguments: Option<&RawValue>,
+    ) -> Result<Option<String>, String> {
+        match self {
+            SessionRules::App(r) => r.decide_request(subject, value, arguments),
             SessionRules::Nothing(reason) => Err(reason.clone()),
         }
     }
@@ -535,7 +548,13 @@ impl Session<'_> {
     }
 
     /// The draft event of an allowed request, completed when its answer comes.
-    fn request_event(&self, env: &Envelope<'_>, subject: Option<&(Subject, String)>) -> AuditEvent {
+    /// `would_deny`: why a role in dry-run mode would have denied it.
+    fn request_event(
+        &self,
+        env: &Envelope<'_>,
+        subject: Option<&(Subject, String)>,
+        would_deny: Option<String>,
+    ) -> AuditEvent {
         let mut f = Map::new();
         f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
         f.insert(
@@ -544,7 +563,15 @@ impl Session<'_> {
         );
         insert_subject(&mut f, subject);
         f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
-        f.insert("decision".into(), Value::from("allow"));
+        match would_deny {
+            Some(reason) => {
+                f.insert("decision".into(), Value::from("would_deny"));
+                f.insert("reason".into(), Value::from(reason));
+            }
+            None => {
+                f.insert("decision".into(), Value::from("allow"));
+            }
+        }
         self.event(codes::MCP_REQUEST, true, f)
     }
 
@@ -666,9 +693,10 @@ impl Session<'_> {
                     subject,
                     durable,
                     quiet,
+                    would_deny,
                 } => {
-                    if !quiet || durable {
-                        let ev = self.request_event(&env, subject.as_ref());
+                    if !quiet || durable || would_deny.is_some() {
+                        let ev = self.request_event(&env, subject.as_ref(), would_deny);
                         if durable && let Err(e) = self.agent.journal.begin(&ev).await {
                             // Fail closed: a request that cannot be recorded is not forwarded.
                             tracing::error!(error = %e, "audit log unavailable: refusing a request");

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mcpgate_policy::{Decision, Policy, Subject};
+use mcpgate_policy::{Arguments, Decision, Policy, Subject};
 
 use crate::answer::error_line;
 use crate::code;
@@ -32,6 +32,16 @@ use crate::envelope::{self, Envelope, EnvelopeError, Kind, Limits, Reference};
 pub trait Rules {
     /// `Ok` if the tool, resource or prompt `value` is allowed, else why not.
     fn decide(&self, subject: Subject, value: &str) -> Result<(), String>;
+
+    /// The decision about one request: `arguments` are a `tools/call`'s (argument rules
+    /// apply to them). `Ok(None)`: allowed; `Ok(Some(why))`: allowed, but a role in dry-run
+    /// mode would have denied it, for the record; `Err(why)`: denied.
+    fn decide_request(
+        &self,
+        subject: Subject,
+        value: &str,
+        arguments: Option<&RawValue>,
+    ) -> Result<Option<String>, String>;
 }
 
 /// A compiled role set applied to one app.
@@ -44,6 +54,28 @@ impl Rules for AppRules<'_> {
     fn decide(&self, subject: Subject, value: &str) -> Result<(), String> {
         match self.policy.decide(self.labels, subject, value) {
             Decision::Allow { .. } => Ok(()),
+            Decision::Deny(reason) => Err(reason.to_string()),
+        }
+    }
+
+    fn decide_request(
+        &self,
+        subject: Subject,
+        value: &str,
+        arguments: Option<&RawValue>,
+    ) -> Result<Option<String>, String> {
+        // Arguments are read only when some role has rules for them.
+        let parsed;
+        let args = if subject == Subject::Tool && self.policy.has_argument_rules() {
+            parsed = Arguments::parse(arguments.map(RawValue::get))
+                .map_err(|e| format!("its arguments cannot be checked: {e}"))?;
+            Some(&parsed)
+        } else {
+            None
+        };
+        let d = self.policy.decide_call(self.labels, subject, value, args);
+        match d.decision {
+            Decision::Allow { .. } => Ok(d.would_deny.map(|r| r.to_string())),
             Decision::Deny(reason) => Err(reason.to_string()),
         }
     }
@@ -96,6 +128,8 @@ pub enum Audit<'m> {
         subject: Option<(Subject, String)>,
         durable: bool,
         quiet: bool,
+        /// Allowed, but a role in dry-run mode would have denied it: why.
+        would_deny: Option<String>,
     },
     /// A notification, forwarded.
     Notification(Envelope<'m>),
@@ -337,25 +371,34 @@ impl Gate {
             Ok(uris) => uris,
             Err(message) => return deny(env, None, code::INVALID_PARAMS, message),
         };
+        let mut would_deny = None;
         for uri in listened {
-            if let Err(reason) = rules.decide(Subject::Resource, &uri) {
-                let message = format!("access denied: resource {uri:?} is not allowed ({reason})");
-                return deny(
-                    env,
-                    Some((Subject::Resource, uri)),
-                    code::INVALID_PARAMS,
-                    message,
-                );
+            match rules.decide_request(Subject::Resource, &uri, None) {
+                Ok(would) => would_deny = would_deny.or(would),
+                Err(reason) => {
+                    let message =
+                        format!("access denied: resource {uri:?} is not allowed ({reason})");
+                    return deny(
+                        env,
+                        Some((Subject::Resource, uri)),
+                        code::INVALID_PARAMS,
+                        message,
+                    );
+                }
             }
         }
-        if let Some((kind, value)) = &subject
-            && let Err(reason) = rules.decide(*kind, value)
-        {
-            let message = format!(
-                "access denied: {} {value:?} is not allowed ({reason})",
-                kind.noun()
-            );
-            return deny(env, subject, code::INVALID_PARAMS, message);
+        if let Some((kind, value)) = &subject {
+            let arguments = env.arguments.filter(|_| method == "tools/call");
+            match rules.decide_request(*kind, value, arguments) {
+                Ok(would) => would_deny = would_deny.or(would),
+                Err(reason) => {
+                    let message = format!(
+                        "access denied: {} {value:?} is not allowed ({reason})",
+                        kind.noun()
+                    );
+                    return deny(env, subject, code::INVALID_PARAMS, message);
+                }
+            }
         }
         let filter = match method {
             "tools/list" => Filter::List("tools"),
@@ -410,6 +453,7 @@ impl Gate {
                 subject,
                 durable,
                 quiet,
+                would_deny,
             },
         }
     }
@@ -958,6 +1002,15 @@ mod tests {
                 Err(format!("no role allows this {}", subject.noun()))
             }
         }
+
+        fn decide_request(
+            &self,
+            subject: Subject,
+            value: &str,
+            _: Option<&RawValue>,
+        ) -> Result<Option<String>, String> {
+            self.decide(subject, value).map(|()| None)
+        }
     }
 
     const RULES: Toy = Toy(&[
@@ -1022,6 +1075,90 @@ mod tests {
         let step = g.on_client(line.as_bytes(), &RULES, Instant::now());
         assert_eq!(step.verdict, Verdict::Forward(Out::Original));
         assert!(matches!(step.audit, Audit::Notification(_)));
+    }
+
+    #[test]
+    fn argument_rules_gate_calls_and_dry_run_roles_are_recorded() {
+        use mcpgate_types::resource::{Resource, parse_resources};
+        let yaml = "kind: role
+version: v8
+metadata: {name: docs}
+spec:
+  allow:
+    app_labels: {'*': '*'}
+    mcp:
+      tools: [read_file, fetch]
+      arguments: {read_file: {path: /srv/docs/**}}
+---
+kind: role
+version: v8
+metadata: {name: audit-only}
+spec:
+  options: {mcp_dry_run: true}
+  deny:
+    mcp:
+      arguments: {fetch: {url: 'http://127.**'}}
+";
+        let roles: Vec<_> = parse_resources("t.yaml", yaml)
+            .unwrap()
+            .0
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Role(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let policy = Policy::compile(&roles, &Default::default()).unwrap();
+        let labels = Default::default();
+        let rules = AppRules {
+            policy: &policy,
+            labels: &labels,
+        };
+        let mut g = gate();
+        let call = |g: &mut Gate, line: &str| {
+            let step = g.on_client(line.as_bytes(), &rules, Instant::now());
+            let would = match &step.audit {
+                Audit::Begin { would_deny, .. } => Some(would_deny.clone()),
+                _ => None,
+            };
+            (step.verdict, would)
+        };
+        let (verdict, _) = call(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/srv/docs/../secret"}}}"#,
+        );
+        let Verdict::Answer(answer) = verdict else {
+            panic!("forwarded: {verdict:?}")
+        };
+        let answer = json_of(&answer);
+        assert_eq!(answer["error"]["code"], code::INVALID_PARAMS);
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(r#"access denied: tool "read_file" is not allowed (argument "path" does not match "/srv/docs/**"; role docs"#),
+            "{message}"
+        );
+        // A duplicate argument cannot smuggle a second path past the rule.
+        let (verdict, _) = call(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/srv/docs/a","path":"/etc/passwd"}}}"#,
+        );
+        assert!(matches!(verdict, Verdict::Answer(_)));
+        let (verdict, would) = call(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/srv/docs/a"}}}"#,
+        );
+        assert!(matches!(verdict, Verdict::Forward(_)));
+        assert_eq!(would, Some(None));
+        let (verdict, would) = call(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"fetch","arguments":{"url":"http://127.0.0.1/"}}}"#,
+        );
+        assert!(
+            matches!(verdict, Verdict::Forward(_)),
+            "dry-run: not enforced"
+        );
+        let would = would.flatten().expect("the would-be denial is reported");
+        assert!(would.contains("denied by role audit-only"), "{would}");
     }
 
     #[test]

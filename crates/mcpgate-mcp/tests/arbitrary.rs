@@ -59,6 +59,15 @@ mod gate {
                 Err("denied".into())
             }
         }
+
+        fn decide_request(
+            &self,
+            subject: Subject,
+            value: &str,
+            _: Option<&serde_json::value::RawValue>,
+        ) -> Result<Option<String>, String> {
+            self.decide(subject, value).map(|()| None)
+        }
     }
 
     #[derive(Debug, Clone)]
