@@ -3,7 +3,7 @@
 //! patterns of its roles (what `mcpgate mcp ls` prints). The same `Policy` decides here as
 //! in the agent's sessions.
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -51,7 +51,39 @@ struct AppsState {
 pub fn router(auth: Arc<AuthService>, tunnels: Arc<Tunnels>) -> Router {
     Router::new()
         .route("/v1/mcp/apps", get(apps))
+        .route("/v1/admin/apps/{name}", get(app))
         .with_state(AppsState { auth, tunnels })
+}
+
+/// `GET /v1/admin/apps/NAME`: one app, created in the cluster or announced by an agent that
+/// serves it (secrets hidden), for `admin policy test`. Needs `app: read`.
+async fn app(
+    State(s): State<AppsState>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(name): Path<String>,
+) -> Result<Json<mcpgate_types::resource::App>, ApiError> {
+    let caller = s
+        .auth
+        .caller(conn.peer.as_deref().map(|v| v.as_slice()))
+        .await?;
+    caller.require("app", "read")?;
+    let found = match s
+        .auth
+        .all_apps()
+        .await?
+        .into_iter()
+        .find(|a| a.metadata.name.as_str() == name)
+    {
+        Some(a) => Some(a),
+        None => s
+            .tunnels
+            .apps()
+            .into_iter()
+            .find(|a| a.metadata.name.as_str() == name),
+    };
+    let mut app = found.ok_or_else(|| mcpgate_auth::AuthError::NotFound(format!("app {name}")))?;
+    app.spec = app.spec.shown();
+    Ok(Json(app))
 }
 
 async fn apps(

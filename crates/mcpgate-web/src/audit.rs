@@ -84,11 +84,10 @@ impl Filter {
         let opt = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
         let decision = opt(&self.decision);
         if let Some(d) = &decision
-            && d != "allow"
-            && d != "deny"
+            && !["allow", "deny", "would_deny"].contains(&d.as_str())
         {
             return Err(WebError::BadRequest(format!(
-                "decision must be allow or deny, not {d:?}"
+                "decision must be allow, deny or would_deny, not {d:?}"
             )));
         }
         let (user, user_kind) = match v.own_filter() {
@@ -216,6 +215,7 @@ fn filter_form(f: &Filter, v: &Viewer, action: &str) -> Markup {
                     option value="" selected[f.decision.is_empty()] { "any" }
                     option value="allow" selected[f.decision == "allow"] { "allow" }
                     option value="deny" selected[f.decision == "deny"] { "deny" }
+                    option value="would_deny" selected[f.decision == "would_deny"] { "would deny (dry run)" }
                 }
             }
             (field("session", "Session", &f.session, "session id"))
@@ -243,7 +243,7 @@ fn rows_table(rows: &[(i64, AuditEvent)], current: Option<&str>, tbody_id: Optio
                         td { (e.field("app").unwrap_or("")) }
                         td { (e.field("method").unwrap_or("")) }
                         td { (e.field("tool").unwrap_or("")) }
-                        td class=[match decision { "deny" => Some("deny"), "allow" => Some("allow"), _ => None }] { (decision) }
+                        td class=[match decision { "deny" | "would_deny" => Some("deny"), "allow" => Some("allow"), _ => None }] { (decision) }
                         td { (e.field("outcome").unwrap_or(if e.success { "" } else { "failed" })) }
                     }
                 }

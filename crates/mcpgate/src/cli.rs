@@ -8,6 +8,7 @@ mod demo;
 mod endpoint;
 mod local;
 mod mcp;
+mod policy;
 mod start;
 mod user;
 

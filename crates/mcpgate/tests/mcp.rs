@@ -1521,6 +1521,217 @@ fn real_servers_with_a_read_only_role_read_and_never_write() {
     assert_eq!(tools, ["write_file", "git_add", "git_commit"], "{denied:?}");
 }
 
+/// Argument rules on a real server (`@modelcontextprotocol/server-filesystem`): a role that
+/// may read only under `docs/` cannot climb out with `..`; a role in dry-run mode records
+/// what it would deny and lets it through; `admin policy test` explains each decision.
+#[test]
+fn argument_rules_confine_a_real_filesystem_server_and_policy_test_explains_them() {
+    let Some(filesystem) = needs("MCPGATE_TEST_FILESYSTEM") else {
+        return;
+    };
+    let s = Scratch::new();
+    let files = s.path("files");
+    std::fs::create_dir_all(files.join("docs")).unwrap();
+    std::fs::create_dir_all(files.join("private")).unwrap();
+    std::fs::write(files.join("docs/guide.txt"), "how to deploy\n").unwrap();
+    std::fs::write(files.join("private/salaries.txt"), "confidential\n").unwrap();
+    let root = files.display().to_string();
+    let roles = format!(
+        "kind: role
+version: v8
+metadata: {{name: docs-reader}}
+spec:
+  allow:
+    app_labels: {{env: dev}}
+    mcp:
+      tools: [read_text_file, list_directory]
+      arguments:
+        read_text_file: {{path: '{root}/docs/**'}}
+---
+kind: role
+version: v8
+metadata: {{name: watch}}
+spec:
+  options: {{mcp_dry_run: true}}
+  deny:
+    mcp:
+      arguments:
+        list_directory: {{path: '{root}/private/**'}}
+        '*': {{path: '{root}/private'}}
+"
+    );
+    let apps = format!(
+        "    - name: files\n      labels: {{env: dev}}\n      uri: mcp+stdio://\n      mcp: {{command: node, args: [\"{filesystem}\", \"{root}\"]}}\n"
+    );
+    let d = gateway_daemon(&s, &apps, &roles);
+    let alice = Person::admitted(&s, &d, "alice", "docs-reader,watch");
+
+    let mut b = Bridge::open(&alice, "files", &[]);
+    b.initialize();
+    let guide = b.call(
+        "read_text_file",
+        json!({"path": format!("{root}/docs/guide.txt")}),
+    );
+    assert_eq!(
+        guide["result"]["content"][0]["text"], "how to deploy\n",
+        "{guide}"
+    );
+    let escape = format!("{root}/docs/../private/salaries.txt");
+    let denied = b.call("read_text_file", json!({"path": escape}));
+    let message = denied["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "access denied: tool \"read_text_file\" is not allowed (argument \"path\" does not match \"{root}/docs/**\"; role docs-reader"
+        )),
+        "{denied}"
+    );
+    assert!(!denied.to_string().contains("confidential"));
+    let relative = b.call("read_text_file", json!({"path": "docs/guide.txt"}));
+    assert!(
+        relative["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not an absolute path"),
+        "{relative}"
+    );
+    // Dry run: recorded, not enforced.
+    let listing = b.call("list_directory", json!({"path": format!("{root}/private")}));
+    assert!(
+        listing["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("salaries.txt"),
+        "{listing}"
+    );
+    assert_eq!(b.close(), 0);
+
+    let denials = audit(&d, &["--decision", "deny", "--tool", "read_text_file"]);
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    assert!(
+        denials[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allow.mcp.arguments[\"read_text_file\"]"),
+        "{denials:?}"
+    );
+    assert_eq!(denials[0]["params"]["arguments"]["path"], escape);
+    let would = audit(&d, &["--decision", "would_deny"]);
+    assert_eq!(would.len(), 1, "{would:?}");
+    assert_eq!(would[0]["tool"], "list_directory");
+    assert_eq!(would[0]["outcome"], "ok");
+    assert!(
+        would[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("denied by role watch"),
+        "{would:?}"
+    );
+
+    let explain = |args: &[&str]| -> Value {
+        let mut all = vec![
+            "policy", "test", "--user", "alice", "--app", "files", "--format", "json",
+        ];
+        all.extend_from_slice(args);
+        serde_json::from_str(&d.admin(&all).ok()).unwrap()
+    };
+    let path_args = |p: &str| json!({"path": p}).to_string();
+    let v = explain(&["--tool", "read_text_file", "--args", &path_args(&escape)]);
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert_eq!(v["role"], "docs-reader");
+    assert_eq!(v["rule"], "allow.mcp.arguments[\"read_text_file\"].path");
+    assert_eq!(
+        v["reason"].as_str().unwrap(),
+        message.trim_start_matches("access denied: ")
+    );
+    let v = explain(&[
+        "--tool",
+        "read_text_file",
+        "--args",
+        &path_args(&format!("{root}/docs/a")),
+    ]);
+    assert_eq!(
+        (
+            v["decision"].as_str(),
+            v["role"].as_str(),
+            v["rule"].as_str()
+        ),
+        (
+            Some("allow"),
+            Some("docs-reader"),
+            Some("allow.mcp.tools \"read_text_file\"")
+        ),
+        "{v}"
+    );
+    let v = explain(&[
+        "--tool",
+        "list_directory",
+        "--args",
+        &path_args(&format!("{root}/private/x")),
+    ]);
+    assert_eq!(v["decision"], "would_deny", "{v}");
+    assert_eq!(v["role"], "watch");
+    let v = explain(&["--tool", "write_file"]);
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert_eq!(v["rule"], "allow.mcp.tools");
+    assert_eq!(
+        v["reason"],
+        "tool \"write_file\" is not allowed (no role allows this tool)"
+    );
+    let text = d
+        .admin(&[
+            "policy",
+            "test",
+            "--user",
+            "alice",
+            "--app",
+            "files",
+            "--tool",
+            "read_text_file",
+            "--args",
+            &path_args(&escape),
+        ])
+        .ok();
+    assert!(
+        text.starts_with("deny: tool \"read_text_file\" is not allowed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  rule: allow.mcp.arguments[\"read_text_file\"].path"),
+        "{text}"
+    );
+    let e = d
+        .admin(&[
+            "policy",
+            "test",
+            "--user",
+            "alice",
+            "--app",
+            "files",
+            "--tool",
+            "x",
+            "--args",
+            "{\"path\":",
+        ])
+        .fails();
+    assert!(e.starts_with("error: --args: \"params.arguments\""), "{e}");
+    let e = d
+        .admin(&[
+            "policy", "test", "--user", "alice", "--app", "nope", "--tool", "x",
+        ])
+        .fails();
+    assert!(e.contains("nope"), "{e}");
+    d.admin(&["lock", "--user", "alice", "--message", "offboarding"])
+        .ok();
+    let v = explain(&[
+        "--tool",
+        "read_text_file",
+        "--args",
+        &path_args(&format!("{root}/docs/a")),
+    ]);
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert_eq!(v["reason"], "user alice is locked: offboarding");
+}
+
 #[test]
 fn a_burst_of_denials_is_a_finding_with_its_evidence() {
     let e = cluster("findings", "dev");

@@ -100,6 +100,18 @@ enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Roles at work.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Explain whether a user or bot may call a tool (with these arguments), read a resource
+    /// or get a prompt on an app: the decision, the role and rule that made it, and why.
+    Test(super::policy::TestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,7 +256,7 @@ enum AuditCommand {
         /// Event type, e.g. user.login.
         #[arg(long = "type")]
         kind: Option<String>,
-        #[arg(long, value_parser = ["allow", "deny"])]
+        #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
         decision: Option<String>,
         /// At most this many (the newest).
         #[arg(long, default_value_t = 1000)]
@@ -407,6 +419,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Users { command } => users(&api, command).await,
+        AdminCommand::Policy {
+            command: PolicyCommand::Test(a),
+        } => super::policy::test(&api, a).await,
         AdminCommand::Audit {
             command:
                 AuditCommand::Search {
@@ -975,7 +990,7 @@ async fn audit(api: &Api, q: &AuditQuery, format: AuditFormat) -> anyhow::Result
 }
 
 /// Percent-encodes a path segment (names are validated, but input here is raw).
-fn urlencode(s: &str) -> String {
+pub(super) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._@".contains(&b) {
