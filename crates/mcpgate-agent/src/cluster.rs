@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use mcpgate_types::Clock;
 use mcpgate_types::identity::Assertion;
+use mcpgate_types::pins::Pin as ToolPin;
 use mcpgate_types::resource::{App, Lock, Role};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,6 +30,16 @@ pub trait Cluster: Send + Sync {
     fn apps(&self) -> BoxFuture<'_, Result<Vec<App>, String>>;
     /// Locks in force.
     fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>>;
+    /// The tool-definition pins of `app` (cluster-wide).
+    fn pins<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<Vec<ToolPin>, String>>;
+    /// Reports the tools `app`'s server offers (`strict`: the app's own `pin: strict`);
+    /// the cluster pins what is new, holds what changed, and returns the app's pins after.
+    fn tools_seen<'a>(
+        &'a self,
+        app: &'a str,
+        strict: bool,
+        tools: Vec<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<Vec<ToolPin>, String>>;
     /// The cluster-signed identity assertion for session `session` (routed to this agent)
     /// to the app at `audience`, sent to HTTP upstreams.
     fn assertion<'a>(

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod http;
 pub mod journal;
 pub mod lines;
+pub mod pins;
 pub mod redact;
 pub mod secrets;
 pub mod session;

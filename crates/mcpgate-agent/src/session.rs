@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use mcpgate_mcp::answer::error_line;
 use mcpgate_mcp::gate::{AppRules, Audit, Done, Out, Outcome, Pending, Verdict};
 use mcpgate_mcp::{Envelope, Gate, Kind, Rules, code};
+
+use crate::pins::PinBook;
 use mcpgate_pki::CertInfo;
 use mcpgate_policy::{AppDecision, Policy, Subject};
 use mcpgate_types::audit::codes;
@@ -60,7 +62,15 @@ struct State {
 struct CachedPolicy {
     epoch: u64,
     at: Instant,
+    book: Rulebook,
+}
+
+/// What a session's steps are decided with: the caller's compiled roles and the app's
+/// tool-definition pins.
+#[derive(Clone)]
+struct Rulebook {
     policy: Arc<Policy>,
+    pins: Arc<PinBook>,
 }
 
 struct Session<'a> {
@@ -72,6 +82,8 @@ struct Session<'a> {
     addr: String,
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
+    /// The hash of the definition this session's server last offered, by tool name.
+    seen: Mutex<HashMap<String, String>>,
     /// Takes the secrets the server was given (its env, its headers) out of what it sends.
     scrub: std::sync::OnceLock<crate::secrets::Scrubber>,
 }
@@ -158,6 +170,7 @@ impl Agent {
                 drafts: HashMap::new(),
             }),
             policy: Mutex::new(None),
+            seen: Mutex::new(HashMap::new()),
             scrub: std::sync::OnceLock::new(),
         };
         session.run(reader, writer).await;
@@ -222,14 +235,31 @@ async fn write<W: AsyncWrite + Unpin>(
 /// The rules a step is decided with: the caller's roles on this app, or nothing at all when
 /// they cannot be evaluated (fail closed).
 enum SessionRules<'p> {
-    App(AppRules<'p>),
+    App {
+        roles: AppRules<'p>,
+        pins: &'p PinBook,
+        seen: &'p Mutex<HashMap<String, String>>,
+        /// Tools offered that the cluster has not seen yet, to report after the step.
+        report: Mutex<Vec<Value>>,
+    },
     Nothing(String),
+}
+
+impl SessionRules<'_> {
+    fn take_report(&self) -> Vec<Value> {
+        match self {
+            SessionRules::App { report, .. } => {
+                std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            SessionRules::Nothing(_) => Vec::new(),
+        }
+    }
 }
 
 impl Rules for SessionRules<'_> {
     fn decide(&self, subject: Subject, value: &str) -> Result<(), String> {
         match self {
-            SessionRules::App(r) => r.decide(subject, value),
+            SessionRules::App { roles, .. } => roles.decide(subject, value),
             // Allows nothing: fail closed.
             SessionRules::Nothing(reason) => Err(reason.clone()),
         }
@@ -242,7 +272,39 @@ impl Rules for SessionRules<'_> {
         arguments: Option<&RawValue>,
     ) -> Result<Option<String>, String> {
         match self {
-            SessionRules::App(r) => r.decide_request(subject, value, arguments),
+            SessionRules::App {
+                roles, pins, seen, ..
+            } => {
+                let would = roles.decide_request(subject, value, arguments)?;
+                if subject == Subject::Tool {
+                    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    pins.callable(value, seen.get(value).map(String::as_str))?;
+                }
+                Ok(would)
+            }
+            SessionRules::Nothing(reason) => Err(reason.clone()),
+        }
+    }
+
+    fn offered_tool(&self, tool: &Value) -> Result<(), String> {
+        match self {
+            SessionRules::App {
+                pins, seen, report, ..
+            } => {
+                let Some(o) = pins.offered(tool) else {
+                    return Err("a tool without a name".into());
+                };
+                if o.report {
+                    report
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(tool.clone());
+                }
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(o.name, o.hash);
+                o.verdict
+            }
             SessionRules::Nothing(reason) => Err(reason.clone()),
         }
     }
@@ -262,19 +324,28 @@ impl Session<'_> {
     }
 
     /// The rules a step is decided with, from the policy as it could be read now.
-    fn rules<'p>(&'p self, policy: &'p Result<Arc<Policy>, String>) -> SessionRules<'p> {
-        match policy {
-            Ok(p) => SessionRules::App(AppRules {
-                policy: p,
-                labels: &self.labels,
-            }),
+    fn rules<'p>(&'p self, book: &'p Result<Rulebook, String>) -> SessionRules<'p> {
+        match book {
+            Ok(b) => SessionRules::App {
+                roles: AppRules {
+                    policy: &b.policy,
+                    labels: &self.labels,
+                },
+                pins: &b.pins,
+                seen: &self.seen,
+                report: Mutex::new(Vec::new()),
+            },
             Err(e) => SessionRules::Nothing(format!("roles cannot be evaluated: {e}")),
         }
     }
 
-    /// The caller's policy now: reloaded when roles changed in this process, or at least
-    /// every [`POLICY_MAX_AGE`].
-    async fn policy(&self) -> Result<Arc<Policy>, String> {
+    fn strict(&self) -> bool {
+        self.app.spec.pin == mcpgate_types::resource::PinMode::Strict
+    }
+
+    /// The caller's policy and the app's pins now: reloaded when they changed in this
+    /// process, or at least every [`POLICY_MAX_AGE`].
+    async fn policy(&self) -> Result<Rulebook, String> {
         let epoch = self.agent.cluster.epoch();
         if let Some(c) = self
             .policy
@@ -284,17 +355,59 @@ impl Session<'_> {
             && c.epoch == epoch
             && c.at.elapsed() < POLICY_MAX_AGE
         {
-            return Ok(c.policy.clone());
+            return Ok(c.book.clone());
         }
         let roles = self.agent.cluster.roles(&self.claims().roles).await?;
         let policy =
             Arc::new(Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())?);
+        let pins = self
+            .agent
+            .cluster
+            .pins(self.app_name())
+            .await
+            .map_err(|e| format!("the app's tool pins cannot be read: {e}"))?;
+        let book = Rulebook {
+            policy,
+            pins: Arc::new(PinBook::new(self.app_name(), pins, self.strict())),
+        };
+        self.remember(epoch, book.clone());
+        Ok(book)
+    }
+
+    fn remember(&self, epoch: u64, book: Rulebook) {
         *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = Some(CachedPolicy {
             epoch,
             at: Instant::now(),
-            policy: policy.clone(),
+            book,
         });
-        Ok(policy)
+    }
+
+    /// Reports tools the cluster has not seen; the pins it answers with apply at once.
+    /// Returns the pins to judge the catalog's entries with.
+    async fn report_tools(&self, book: &Rulebook, tools: Vec<Value>) -> Arc<PinBook> {
+        let epoch = self.agent.cluster.epoch();
+        match self
+            .agent
+            .cluster
+            .tools_seen(self.app_name(), self.strict(), tools)
+            .await
+        {
+            Ok(pins) => {
+                let pins = Arc::new(PinBook::new(self.app_name(), pins, self.strict()));
+                self.remember(
+                    epoch,
+                    Rulebook {
+                        policy: book.policy.clone(),
+                        pins: pins.clone(),
+                    },
+                );
+                pins
+            }
+            Err(e) => {
+                tracing::warn!(app = self.app_name(), error = %e, "cannot report the tools the server offers");
+                book.pins.clone()
+            }
+        }
     }
 
     fn event(
@@ -344,7 +457,7 @@ impl Session<'_> {
         }
         // An app the roles cannot reach: every request is refused and audited; nothing starts.
         let app_denied = match self.policy().await {
-            Ok(p) => match p.app(&self.labels) {
+            Ok(b) => match b.policy.app(&self.labels) {
                 AppDecision::Allow { .. } => None,
                 AppDecision::Deny(reason) => Some(reason.to_string()),
             },
@@ -639,8 +752,8 @@ impl Session<'_> {
                 .await;
                 return End::Client;
             }
-            let policy = self.policy().await;
-            let rules = self.rules(&policy);
+            let book = self.policy().await;
+            let rules = self.rules(&book);
             let step = self.state().gate.on_client(&buf, &rules, Instant::now());
             // Audit first: a request that must be durable is begun before it is forwarded.
             let mut verdict = step.verdict;
@@ -764,9 +877,11 @@ impl Session<'_> {
                 buf = clean;
             }
             // Only list answers need the roles; everything else is decided without them.
-            let policy = self.policy().await;
-            let rules = self.rules(&policy);
+            let book = self.policy().await;
+            let rules = self.rules(&book);
             let step = self.state().gate.on_server(&buf, &rules, Instant::now());
+            let report = rules.take_report();
+            drop(rules);
             if let Some(started) = step.started {
                 let mut f = Map::new();
                 f.insert("client_info".into(), started.client_info);
@@ -775,8 +890,17 @@ impl Session<'_> {
                 self.emit(self.event(codes::MCP_SESSION_START, true, f))
                     .await;
             }
-            if let Some(tools) = &step.offered {
-                self.agent.catalog.offer(self.app_name(), tools);
+            if let Some(tools) = &step.offered
+                && let Ok(book) = &book
+            {
+                let pins = if report.is_empty() {
+                    book.pins.clone()
+                } else {
+                    self.report_tools(book, report).await
+                };
+                self.agent
+                    .catalog
+                    .offer(self.app_name(), &pins.admitted(tools));
             }
             if let Some(why) = step.dropped {
                 tracing::warn!(app = self.app_name(), session = %self.id, "dropped {why}");

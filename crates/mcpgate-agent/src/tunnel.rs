@@ -169,8 +169,20 @@ impl Agent {
             }
             let (agent, app) = (self.clone(), app.clone());
             tokio::spawn(async move {
-                if let Some(tools) = crate::catalog::survey(&app).await {
-                    agent.catalog.offer(&name, &tools);
+                let Some(tools) = crate::catalog::survey(&app).await else {
+                    return;
+                };
+                // What the server offers is pinned (or held) now, and the catalog shows
+                // only what the pins let through.
+                let strict = app.spec.pin == mcpgate_types::resource::PinMode::Strict;
+                match agent.cluster.tools_seen(&name, strict, tools.clone()).await {
+                    Ok(pins) => {
+                        let book = crate::pins::PinBook::new(&name, pins, strict);
+                        agent.catalog.offer(&name, &book.admitted(&tools));
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %name, error = %e, "cannot report the tools the server offers");
+                    }
                 }
             });
         }

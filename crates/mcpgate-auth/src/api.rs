@@ -65,6 +65,10 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/agent/locks", get(agent_locks))
         .route("/v1/agent/events", post(agent_events))
         .route("/v1/agent/assertion", post(agent_assertion))
+        .route("/v1/agent/pins", post(agent_tools_seen))
+        .route("/v1/agent/pins/{app}", get(agent_pins))
+        .route("/v1/admin/pins/{app}", get(admin_pins))
+        .route("/v1/admin/pins/{app}/approve", post(approve_pins))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/admin/jwt/rotate", post(rotate_jwt))
         .route("/v1/bot/renew", post(bot_renew))
@@ -479,6 +483,51 @@ async fn findings(
 ) -> ApiResult<Vec<crate::findings::Stored>> {
     let c = caller(&s, &conn).await?;
     Ok(Json(s.auth.findings(&c, req.since_micros).await?))
+}
+
+type Pins = ApiResult<Vec<mcpgate_types::pins::Pin>>;
+
+async fn agent_tools_seen(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<crate::wire::ToolsSeen>,
+) -> Pins {
+    let info = agent(&s, &conn).await?;
+    Ok(Json(
+        s.auth
+            .observe_tools(&info, &req.app, req.strict, &req.tools)
+            .await?,
+    ))
+}
+
+async fn agent_pins(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    axum::extract::Path(app): axum::extract::Path<String>,
+) -> Pins {
+    let info = agent(&s, &conn).await?;
+    Ok(Json(s.auth.pins_for(&info, &app).await?))
+}
+
+async fn admin_pins(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    axum::extract::Path(app): axum::extract::Path<String>,
+) -> Pins {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.pins_as(&c, &app).await?))
+}
+
+async fn approve_pins(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    axum::extract::Path(app): axum::extract::Path<String>,
+    Json(req): Json<crate::wire::ApproveRequest>,
+) -> Pins {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(
+        s.auth.approve_pins(&c, &app, req.tool.as_deref()).await?,
+    ))
 }
 
 async fn triage(

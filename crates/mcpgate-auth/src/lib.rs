@@ -18,6 +18,7 @@ pub mod findings;
 pub mod integrity;
 pub mod jwt;
 pub mod login;
+pub mod pins;
 pub mod service;
 pub mod users;
 pub mod web;

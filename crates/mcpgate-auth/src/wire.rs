@@ -207,6 +207,23 @@ pub struct AssertionRequest {
     pub audience: String,
 }
 
+/// An agent reporting the tools its server offers for an app (tool-definition pins).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolsSeen {
+    pub app: String,
+    /// The app is `pin: strict` in the agent's own configuration (a static app).
+    #[serde(default)]
+    pub strict: bool,
+    pub tools: Vec<serde_json::Value>,
+}
+
+/// `admin apps approve APP [--tool T]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApproveRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+}
+
 /// `admin audit findings`: findings since this time (Unix microseconds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FindingsRequest {

@@ -42,6 +42,10 @@ pub trait Rules {
         value: &str,
         arguments: Option<&RawValue>,
     ) -> Result<Option<String>, String>;
+
+    /// Whether a `tools/list` entry (its whole definition) may be shown, beyond its name:
+    /// tool-definition pins hide a definition that changed since it was approved.
+    fn offered_tool(&self, tool: &Value) -> Result<(), String>;
 }
 
 /// A compiled role set applied to one app.
@@ -78,6 +82,11 @@ impl Rules for AppRules<'_> {
             Decision::Allow { .. } => Ok(d.would_deny.map(|r| r.to_string())),
             Decision::Deny(reason) => Err(reason.to_string()),
         }
+    }
+
+    /// Roles judge names only.
+    fn offered_tool(&self, _: &Value) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -974,6 +983,7 @@ fn filter_lists(mut v: Value, required: &str, rules: &dyn Rules) -> Option<Strin
             e.get(key)
                 .and_then(Value::as_str)
                 .is_some_and(|name| rules.decide(subject, name).is_ok())
+                && (subject != Subject::Tool || rules.offered_tool(e).is_ok())
         });
     }
     // Filtered for one caller, the list is no longer everyone's (2026-07-28 caching): a
@@ -1010,6 +1020,10 @@ mod tests {
             _: Option<&RawValue>,
         ) -> Result<Option<String>, String> {
             self.decide(subject, value).map(|()| None)
+        }
+
+        fn offered_tool(&self, _: &Value) -> Result<(), String> {
+            Ok(())
         }
     }
 

@@ -68,6 +68,10 @@ mod gate {
         ) -> Result<Option<String>, String> {
             self.decide(subject, value).map(|()| None)
         }
+
+        fn offered_tool(&self, _: &Value) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     #[derive(Debug, Clone)]

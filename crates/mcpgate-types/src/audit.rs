@@ -47,6 +47,11 @@ pub mod codes {
     /// A client notification the gateway refused (e.g. a request method without an id).
     pub const MCP_NOTIFICATION_DENIED: (&str, &str) = ("mcp.session.notification", "MG5004W");
     pub const MCP_NOTIFICATION: (&str, &str) = ("mcp.session.notification", "MG5004I");
+    /// A tool's definition changed (or a new one appeared on a strict app): held until an
+    /// admin approves it.
+    pub const MCP_TOOL_DRIFT: (&str, &str) = ("mcp.tool.drift", "MG5006W");
+    /// An admin approved a held tool definition.
+    pub const MCP_TOOL_APPROVE: (&str, &str) = ("mcp.tool.approve", "MG5007I");
     /// A dashboard session began (a login at `/login`).
     pub const WEB_SESSION_START: (&str, &str) = ("web.session.start", "MG6000I");
     /// A dashboard session ended: logout (`reason: logout`) or a lock (`reason: locked`).

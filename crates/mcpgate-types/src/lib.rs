@@ -13,6 +13,7 @@ pub mod clock;
 pub mod duration;
 pub mod identity;
 pub mod name;
+pub mod pins;
 pub mod resource;
 pub mod secrets;
 

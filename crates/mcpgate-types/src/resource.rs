@@ -218,6 +218,25 @@ pub struct AppSpec {
     /// How an `https` upstream's certificate is verified (the system's CAs by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Tool-definition pinning: `first_use` (the default) pins what is first seen and holds
+    /// changes; `strict` holds new tools too until an admin approves them.
+    #[serde(default, skip_serializing_if = "PinMode::is_default")]
+    pub pin: PinMode,
+}
+
+/// How an app's tool definitions are pinned (see [`crate::pins`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PinMode {
+    #[default]
+    FirstUse,
+    Strict,
+}
+
+impl PinMode {
+    fn is_default(&self) -> bool {
+        *self == PinMode::FirstUse
+    }
 }
 
 impl AppSpec {
@@ -1002,6 +1021,7 @@ spec:
             mcp: None,
             rewrite: None,
             tls: None,
+            pin: Default::default(),
         };
         for ok in [
             "mcp+http://127.0.0.1:8080/mcp",

@@ -8,6 +8,7 @@ mod demo;
 mod endpoint;
 mod local;
 mod mcp;
+mod pins;
 mod policy;
 mod start;
 mod user;

@@ -102,6 +102,9 @@ pub struct StaticApp {
     pub rewrite: Option<Rewrite>,
     #[serde(default)]
     pub tls: Option<mcpgate_types::resource::UpstreamTls>,
+    /// `strict`: new tools wait for an admin's approval too (see `admin apps approve`).
+    #[serde(default)]
+    pub pin: mcpgate_types::resource::PinMode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +267,7 @@ impl Config {
                     mcp: a.mcp.clone(),
                     rewrite: a.rewrite.clone(),
                     tls: a.tls.clone(),
+                    pin: a.pin,
                 },
             })
             .collect()

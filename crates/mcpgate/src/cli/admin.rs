@@ -100,6 +100,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Apps: the tool definitions pinned for each, and approving those held.
+    Apps {
+        #[command(subcommand)]
+        command: super::pins::AppsCommand,
+    },
     /// Roles at work.
     Policy {
         #[command(subcommand)]
@@ -422,6 +427,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Policy {
             command: PolicyCommand::Test(a),
         } => super::policy::test(&api, a).await,
+        AdminCommand::Apps { command } => super::pins::run(&api, command).await,
         AdminCommand::Audit {
             command:
                 AuditCommand::Search {

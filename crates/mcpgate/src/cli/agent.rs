@@ -15,6 +15,7 @@ use mcpgate_pki::Identity;
 use mcpgate_pki::tls;
 use mcpgate_store::{AnyStore, SqliteStore};
 use mcpgate_types::identity::Assertion;
+use mcpgate_types::pins::Pin;
 use mcpgate_types::resource::{App, Lock, Role};
 use mcpgate_types::{AuditEvent, Clock, SystemClock};
 use rustls::pki_types::CertificateDer;
@@ -148,6 +149,32 @@ impl Cluster for Remote {
                     .map_err(|e| format!("{e:#}"))
             };
             self.locks.get("", fetch).await
+        })
+    }
+    fn pins<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<Vec<Pin>, String>> {
+        Box::pin(async move {
+            self.api()?
+                .get(&format!("/v1/agent/pins/{app}"))
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+    fn tools_seen<'a>(
+        &'a self,
+        app: &'a str,
+        strict: bool,
+        tools: Vec<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<Vec<Pin>, String>> {
+        Box::pin(async move {
+            let req = mcpgate_auth::wire::ToolsSeen {
+                app: app.to_string(),
+                strict,
+                tools,
+            };
+            self.api()?
+                .post("/v1/agent/pins", &req)
+                .await
+                .map_err(|e| format!("{e:#}"))
         })
     }
     fn assertion<'a>(

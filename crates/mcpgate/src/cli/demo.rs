@@ -40,6 +40,7 @@ pub fn app() -> anyhow::Result<App> {
             }),
             rewrite: None,
             tls: None,
+            pin: Default::default(),
         },
     })
 }

@@ -10,6 +10,7 @@ use mcpgate_auth::AuthService;
 use mcpgate_store::Store;
 use mcpgate_types::Clock;
 use mcpgate_types::identity::Assertion;
+use mcpgate_types::pins::Pin;
 use mcpgate_types::resource::{App, Lock, Role};
 
 /// The auth service in this process.
@@ -48,6 +49,22 @@ impl Cluster for Local {
     }
     fn locks(&self) -> BoxFuture<'_, Result<Vec<Lock>, String>> {
         Box::pin(async move { self.0.locks().await.map_err(|e| e.to_string()) })
+    }
+    fn pins<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<Vec<Pin>, String>> {
+        Box::pin(async move { self.0.pins(app).await.map_err(|e| e.to_string()) })
+    }
+    fn tools_seen<'a>(
+        &'a self,
+        app: &'a str,
+        strict: bool,
+        tools: Vec<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<Vec<Pin>, String>> {
+        Box::pin(async move {
+            self.0
+                .record_tools(super::start::LOCAL_AGENT, app, strict, &tools)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
     fn assertion<'a>(
         &'a self,
