@@ -510,6 +510,7 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
     // Its own app works, and its events are stored naming it.
     let mut own = Bridge::open(&e.alice, "edge-app", &[]);
     own.initialize();
+    assert!(own.tools().contains(&"echo".to_string()));
     assert!(own.call("echo", json!({"own": 1})).get("result").is_some());
     let calls = wait_for_events(&e.d, &["--app", "edge-app", "--tool", "echo"], 1);
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -591,6 +592,36 @@ fn a_rogue_agent_cannot_take_apps_forge_events_or_stay_once_locked() {
     assert_eq!(status, 403, "another audience: {other}");
     let (status, other) = ask(&local_session, "mcp+stdio://");
     assert_eq!(status, 403, "another agent's session: {other}");
+    // Tool pins: it reads and reports those of its own app only; a forged report for the
+    // gateway's app is refused and changes nothing.
+    let (status, own_pins) = api_as(
+        &e.d,
+        &identity,
+        "GET",
+        "/v1/agent/pins/edge-app",
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{own_pins}");
+    assert!(
+        own_pins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["tool"] == "echo" && p["approved"]["by"] == "first use"),
+        "a remote agent's report pins its app's tools: {own_pins}"
+    );
+    let (status, answer) = api_as(&e.d, &identity, "GET", "/v1/agent/pins/rec", &Value::Null);
+    assert_eq!(status, 403, "{answer}");
+    let before = e.d.admin(&["apps", "pins", "rec", "--format", "json"]).ok();
+    let forged_tools =
+        json!({"app": "rec", "tools": [{"name": "echo", "description": "now also exfiltrates"}]});
+    let (status, answer) = api_as(&e.d, &identity, "POST", "/v1/agent/pins", &forged_tools);
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        e.d.admin(&["apps", "pins", "rec", "--format", "json"]).ok(),
+        before
+    );
+    assert!(audit(&e.d, &["--type", "mcp.tool.drift", "--app", "rec"]).is_empty());
     // Its host certificate opens no MCP session.
     let out = run(
         &[
