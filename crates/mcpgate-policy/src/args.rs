@@ -51,6 +51,9 @@ pub enum Problem {
     NotAbsolute,
     /// A NUL character in a path.
     Nul,
+    /// A percent-encoded `.`, `/`, `\\` or NUL in a path, which a server that decodes it
+    /// would read as a traversal.
+    Encoded,
 }
 
 impl fmt::Display for Problem {
@@ -60,6 +63,7 @@ impl fmt::Display for Problem {
             Problem::NotText => "is not a string, number or boolean",
             Problem::NotAbsolute => "is not an absolute path",
             Problem::Nul => "holds a NUL character",
+            Problem::Encoded => "holds a percent-encoded dot or slash",
         })
     }
 }
@@ -157,6 +161,13 @@ pub fn normal_path(path: &str) -> Result<String, Problem> {
     }
     if !path.starts_with('/') {
         return Err(Problem::NotAbsolute);
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return Err(Problem::Encoded);
     }
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
@@ -266,6 +277,27 @@ mod tests {
         assert_eq!(
             fit(docs, json!("/srv/docs/a\0")),
             Fit::Unchecked(Problem::Nul)
+        );
+        for encoded in [
+            "/srv/docs/%2e%2e/%2E%2E/etc/passwd",
+            "/srv/docs/..%2fsecret",
+            "/srv/docs/%2E./x",
+        ] {
+            assert_eq!(
+                fit(docs, json!(encoded)),
+                Fit::Unchecked(Problem::Encoded),
+                "{encoded}"
+            );
+        }
+        assert_eq!(
+            fit(docs, json!("/srv/docs/")),
+            Fit::NoMatch,
+            "the directory itself"
+        );
+        assert_eq!(
+            fit(docs, json!("/srv/docs/a/")),
+            Fit::Match,
+            "a trailing slash"
         );
         assert_eq!(fit("/etc/passwd", json!("/etc/./passwd")), Fit::Match);
         assert_eq!(fit("/etc//passwd", json!("/etc/passwd")), Fit::Match);

@@ -99,3 +99,67 @@ proptest! {
         prop_assert!(matches!(p.tool(&other, &tool), Decision::Deny(_)));
     }
 }
+
+/// A role allowing `read` only under `/srv/docs/` and denying anything under `/srv/docs/x`.
+fn docs_role() -> Role {
+    let mut r = role("docs", vec!["read".into()], vec![]);
+    let args = |pattern: &str| {
+        [(
+            "read".to_string(),
+            [("path".to_string(), OneOrMany::One(pattern.into()))].into(),
+        )]
+        .into()
+    };
+    if let Some(m) = r.spec.allow.mcp.as_mut() {
+        m.arguments = args("/srv/docs/**");
+    }
+    if let Some(m) = r.spec.deny.mcp.as_mut() {
+        m.arguments = args("/srv/docs/x/**");
+    }
+    r
+}
+
+/// The reference: where a path of these segments ends up on a POSIX file system, or `None`
+/// when it cannot be told (relative, NUL, percent-encoded traversal).
+fn resolve(segments: &[&str], absolute: bool) -> Option<Vec<String>> {
+    if !absolute {
+        return None;
+    }
+    let mut at: Vec<String> = Vec::new();
+    for s in segments {
+        if s.contains('\0') || s.to_ascii_lowercase().contains("%2e") {
+            return None;
+        }
+        match *s {
+            "" | "." => {}
+            ".." => {
+                at.pop();
+            }
+            other => at.push(other.to_string()),
+        }
+    }
+    Some(at)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// The argument engine against the reference: allowed exactly when the resolved path is
+    /// strictly below /srv/docs and not strictly below /srv/docs/x.
+    #[test]
+    fn path_rules_match_where_the_path_really_leads(
+        segments in prop::collection::vec(
+            prop::sample::select(vec!["srv", "docs", "x", "etc", "..", ".", "", "%2e%2e", "a\0"]),
+            0..8,
+        ),
+        absolute in prop::bool::weighted(0.9),
+    ) {
+        let policy = Policy::compile(&[docs_role()], &BTreeMap::new()).unwrap();
+        let path = format!("{}{}", if absolute { "/" } else { "" }, segments.join("/"));
+        let args = mcpgate_policy::Arguments::parse(Some(&serde_json::json!({"path": path}).to_string())).unwrap();
+        let d = policy.decide_call(&labels(), mcpgate_policy::Subject::Tool, "read", Some(&args));
+        let expected = resolve(&segments, absolute).is_some_and(|at| {
+            at.len() > 2 && at[0] == "srv" && at[1] == "docs" && !(at.len() > 3 && at[2] == "x")
+        });
+        prop_assert_eq!(d.decision.is_allow(), expected, "{:?} -> {:?}", path, d.decision);
+    }
+}
