@@ -1720,6 +1720,56 @@ spec:
         ])
         .fails();
     assert!(e.contains("nope"), "{e}");
+    // `policy test` and the gateway agree, row by row.
+    let mut b = Bridge::open(&alice, "files", &[]);
+    b.initialize();
+    let rows: Vec<(&str, Value)> = vec![
+        (
+            "read_text_file",
+            json!({"path": format!("{root}/docs/guide.txt")}),
+        ),
+        (
+            "read_text_file",
+            json!({"path": format!("{root}/docs/../private/salaries.txt")}),
+        ),
+        (
+            "read_text_file",
+            json!({"path": format!("{root}//docs/./guide.txt")}),
+        ),
+        (
+            "read_text_file",
+            json!({"path": format!("{root}/docs/%2e%2e/private/salaries.txt")}),
+        ),
+        ("read_text_file", json!({"path": format!("{root}/docs")})),
+        ("read_text_file", json!({"path": "docs/guide.txt"})),
+        ("read_text_file", json!({})),
+        ("list_directory", json!({"path": format!("{root}/private")})),
+        ("list_directory", json!({"path": format!("{root}/docs")})),
+        (
+            "write_file",
+            json!({"path": format!("{root}/docs/new.txt"), "content": "x"}),
+        ),
+    ];
+    for (tool, args) in rows {
+        let answer = b.call(tool, args.clone());
+        let v = explain(&["--tool", tool, "--args", &args.to_string()]);
+        let decision = v["decision"].as_str().unwrap();
+        match answer["error"]["message"].as_str() {
+            Some(m) if m.starts_with("access denied: ") => {
+                assert_eq!(decision, "deny", "{tool} {args}: {m}");
+                assert_eq!(
+                    v["reason"].as_str(),
+                    m.strip_prefix("access denied: "),
+                    "{tool} {args}"
+                );
+            }
+            _ => assert!(
+                decision == "allow" || decision == "would_deny",
+                "{tool} {args}: the gateway allowed it, policy test says {v}"
+            ),
+        }
+    }
+    assert_eq!(b.close(), 0);
     d.admin(&["lock", "--user", "alice", "--message", "offboarding"])
         .ok();
     let v = explain(&[
