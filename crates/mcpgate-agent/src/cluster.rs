@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use mcpgate_types::Clock;
 use mcpgate_types::identity::Assertion;
+use mcpgate_types::limits::{Counter, Limited};
 use mcpgate_types::pins::Pin as ToolPin;
 use mcpgate_types::resource::{App, Lock, Role};
 
@@ -40,6 +41,12 @@ pub trait Cluster: Send + Sync {
         strict: bool,
         tools: Vec<serde_json::Value>,
     ) -> BoxFuture<'a, Result<Vec<ToolPin>, String>>;
+    /// Counts a call of `session` against rate limits: the first one exceeded, if any.
+    fn count_call<'a>(
+        &'a self,
+        session: &'a str,
+        counters: Vec<Counter>,
+    ) -> BoxFuture<'a, Result<Option<Limited>, String>>;
     /// The cluster-signed identity assertion for session `session` (routed to this agent)
     /// to the app at `audience`, sent to HTTP upstreams.
     fn assertion<'a>(

@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod http;
+pub mod inflight;
 pub mod journal;
 pub mod lines;
 pub mod pins;
@@ -61,6 +62,8 @@ pub struct Agent {
     pub(crate) journal: Arc<Journal>,
     /// The tools each app's server offers, announced to the proxy for `mcp ls`.
     pub(crate) catalog: catalog::Catalog,
+    /// Calls in flight, for concurrency limits.
+    pub(crate) in_flight: inflight::InFlight,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
@@ -96,6 +99,7 @@ impl Agent {
             verifier,
             journal,
             catalog: Default::default(),
+            in_flight: Default::default(),
         }))
     }
 

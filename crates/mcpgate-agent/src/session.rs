@@ -21,8 +21,10 @@ use mcpgate_mcp::{Envelope, Gate, Kind, Rules, code};
 
 use crate::pins::PinBook;
 use mcpgate_pki::CertInfo;
+use mcpgate_policy::Scope;
 use mcpgate_policy::{AppDecision, Policy, Subject};
 use mcpgate_types::audit::codes;
+use mcpgate_types::limits::Counter;
 use mcpgate_types::resource::App;
 use mcpgate_types::{AuditEvent, Claims};
 
@@ -57,6 +59,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 struct State {
     gate: Gate,
     drafts: HashMap<u64, AuditEvent>,
+    /// Concurrency permits of the requests waiting for answers, released with them.
+    permits: HashMap<u64, Vec<crate::inflight::Permit>>,
 }
 
 struct CachedPolicy {
@@ -168,6 +172,7 @@ impl Agent {
             state: Mutex::new(State {
                 gate: Gate::new(self.limits, upstream_limits),
                 drafts: HashMap::new(),
+                permits: HashMap::new(),
             }),
             policy: Mutex::new(None),
             seen: Mutex::new(HashMap::new()),
@@ -607,6 +612,94 @@ impl Session<'_> {
         }
     }
 
+    /// Counts a call against the caller's `mcp_limits` (concurrency in this agent, calls per
+    /// minute in the cluster); `Err` says which limit it would exceed and when to retry.
+    async fn limit(
+        &self,
+        policy: &Policy,
+        gid: u64,
+        env: &Envelope<'_>,
+        subject: Option<&(Subject, String)>,
+    ) -> Result<(), String> {
+        if !matches!(
+            env.method,
+            Some("tools/call" | "resources/read" | "prompts/get")
+        ) {
+            return Ok(());
+        }
+        let tool = subject
+            .filter(|(k, _)| *k == Subject::Tool)
+            .map(|(_, t)| t.as_str());
+        let app = self.app_name();
+        let who = format!("{}/{}", self.claims().kind.as_str(), self.claims().name);
+        let of = |scope: Scope| match (scope, tool) {
+            (Scope::Identity, _) => format!("by {}", self.claims().name),
+            (Scope::App, _) => format!("on app {app}"),
+            (Scope::Tool, t) => format!("of tool {:?} on app {app}", t.unwrap_or_default()),
+        };
+        let bounds = policy.limits(app, tool);
+        let mut permits = Vec::new();
+        for b in &bounds {
+            let Some((n, role)) = b.concurrent else {
+                continue;
+            };
+            let key = match b.scope {
+                Scope::Identity => who.clone(),
+                Scope::App => format!("{who}/app/{app}"),
+                Scope::Tool => format!("{who}/tool/{app}/{}", tool.unwrap_or_default()),
+            };
+            match self.agent.in_flight.acquire(key, n) {
+                Some(p) => permits.push(p),
+                None => {
+                    return Err(format!(
+                        "concurrency limit reached: at most {n} calls {} at once (role {role}); retry when one of them has been answered",
+                        of(b.scope)
+                    ));
+                }
+            }
+        }
+        let counters: Vec<Counter> = bounds
+            .iter()
+            .filter_map(|b| {
+                let (limit, role) = b.per_minute?;
+                Some(Counter {
+                    scope: match b.scope {
+                        Scope::Identity => "identity",
+                        Scope::App => "app",
+                        Scope::Tool => "tool",
+                    }
+                    .into(),
+                    tool: tool.filter(|_| b.scope == Scope::Tool).map(str::to_string),
+                    limit,
+                    role: role.to_string(),
+                })
+            })
+            .collect();
+        if !counters.is_empty() {
+            match self.agent.cluster.count_call(&self.id, counters).await {
+                Ok(None) => {}
+                Ok(Some(l)) => {
+                    let scope = match l.counter.scope.as_str() {
+                        "app" => Scope::App,
+                        "tool" => Scope::Tool,
+                        _ => Scope::Identity,
+                    };
+                    return Err(format!(
+                        "rate limit reached: at most {} calls per minute {} (role {}); retry in {} s",
+                        l.counter.limit,
+                        of(scope),
+                        l.counter.role,
+                        l.retry_after
+                    ));
+                }
+                // Fail closed: a limit that cannot be counted is not skipped.
+                Err(e) => return Err(format!("rate limits cannot be checked now: {e}")),
+            }
+        }
+        self.state().permits.insert(gid, permits);
+        Ok(())
+    }
+
     /// Refuses every request of a session that may not proceed, auditing each.
     async fn refuse_session<R, W>(
         &self,
@@ -781,6 +874,7 @@ impl Session<'_> {
                 Audit::Cancelled { env, gid, request } => {
                     self.notified(&env).await;
                     // The request it cancels ends here.
+                    self.state().permits.remove(&gid);
                     let draft = self.state().drafts.remove(&gid);
                     if let Some(mut ev) = draft {
                         Self::finish(
@@ -808,12 +902,32 @@ impl Session<'_> {
                     quiet,
                     would_deny,
                 } => {
-                    if !quiet || durable || would_deny.is_some() {
+                    let limited = match &book {
+                        Ok(b) if b.policy.has_limits() => {
+                            self.limit(&b.policy, gid, &env, subject.as_ref()).await
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err(message) = limited {
+                        self.state().gate.abandon(gid);
+                        verdict = Verdict::Answer(error_line(
+                            env.id.map(|i| i.get()),
+                            code::RATE_LIMITED,
+                            &message,
+                        ));
+                        let mut ev = self.denied_event(&env, subject.as_ref(), &message);
+                        ev.fields
+                            .insert("outcome".into(), Value::from("rate_limited"));
+                        self.emit(ev).await;
+                    } else if !quiet || durable || would_deny.is_some() {
                         let ev = self.request_event(&env, subject.as_ref(), would_deny);
                         if durable && let Err(e) = self.agent.journal.begin(&ev).await {
                             // Fail closed: a request that cannot be recorded is not forwarded.
                             tracing::error!(error = %e, "audit log unavailable: refusing a request");
-                            self.state().gate.abandon(gid);
+                            let mut state = self.state();
+                            state.gate.abandon(gid);
+                            state.permits.remove(&gid);
+                            drop(state);
                             verdict = Verdict::Answer(error_line(
                                 env.id.map(|i| i.get()),
                                 code::INTERNAL_ERROR,
@@ -945,6 +1059,7 @@ impl Session<'_> {
 
     /// Records how an answered request ended.
     async fn completed(&self, done: Done) {
+        self.state().permits.remove(&done.gid);
         let draft = self.state().drafts.remove(&done.gid);
         match draft {
             Some(mut ev) => {

@@ -66,6 +66,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/agent/events", post(agent_events))
         .route("/v1/agent/assertion", post(agent_assertion))
         .route("/v1/agent/pins", post(agent_tools_seen))
+        .route("/v1/agent/count", post(agent_count))
         .route("/v1/agent/pins/{app}", get(agent_pins))
         .route("/v1/admin/pins/{app}", get(admin_pins))
         .route("/v1/admin/pins/{app}/approve", post(approve_pins))
@@ -486,6 +487,20 @@ async fn findings(
 }
 
 type Pins = ApiResult<Vec<mcpgate_types::pins::Pin>>;
+
+async fn agent_count(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<mcpgate_types::limits::CountRequest>,
+) -> ApiResult<Option<mcpgate_types::limits::Limited>> {
+    let info = agent(&s, &conn).await?;
+    AuthService::require_agent(&info)?;
+    Ok(Json(
+        s.auth
+            .count_call(&info.claims.name, &req.session, &req.counters)
+            .await?,
+    ))
+}
 
 async fn agent_tools_seen(
     State(s): State<AppState>,

@@ -17,6 +17,7 @@ pub mod bots;
 pub mod findings;
 pub mod integrity;
 pub mod jwt;
+pub mod limits;
 pub mod login;
 pub mod pins;
 pub mod service;

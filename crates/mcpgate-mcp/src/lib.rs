@@ -33,4 +33,7 @@ pub mod code {
     pub const INVALID_PARAMS: i64 = -32602;
     /// The gateway failed (e.g. the audit log is unavailable).
     pub const INTERNAL_ERROR: i64 = -32603;
+    /// Over a rate or concurrency limit (`mcp_limits`); the message says when to retry.
+    /// From the range JSON-RPC leaves to implementations.
+    pub const RATE_LIMITED: i64 = -32029;
 }

@@ -12,4 +12,6 @@ pub mod policy;
 
 pub use args::{ArgMatcher, Arguments, Problem};
 pub use matcher::{Matcher, PatternError};
-pub use policy::{AppDecision, CallDecision, Decision, DenyReason, Policy, PolicyError, Subject};
+pub use policy::{
+    AppDecision, Bound, CallDecision, Decision, DenyReason, Policy, PolicyError, Scope, Subject,
+};

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use mcpgate_types::resource::{LabelSelector, Role, Rule};
+use mcpgate_types::resource::{LabelSelector, Limit, Role, Rule};
 
 use crate::args::{ArgMatcher, Arguments, Fit, Problem};
 use crate::matcher::{Matcher, PatternError, expand};
@@ -113,6 +113,8 @@ struct CompiledRole {
     deny_args: Vec<ArgRule>,
     /// `options.mcp_dry_run`: its MCP denials are recorded, not enforced.
     dry_run: bool,
+    /// `options.mcp_limits`: on the identity, per app pattern, per tool pattern.
+    limits: Option<(Limit, Vec<(Matcher, Limit)>, Vec<(Matcher, Limit)>)>,
     allow_rules: Vec<Rule>,
     deny_rules: Vec<Rule>,
     max_session_ttl: Option<Duration>,
@@ -329,6 +331,25 @@ pub struct CallDecision<'a> {
     pub would_deny: Option<DenyReason<'a>>,
 }
 
+/// What a limit counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every call of the identity.
+    Identity,
+    /// Its calls on one app.
+    App,
+    /// Its calls of one tool on one app.
+    Tool,
+}
+
+/// The strictest limits of one scope that apply to a call, with the roles that set them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound<'a> {
+    pub scope: Scope,
+    pub per_minute: Option<(u32, &'a str)>,
+    pub concurrent: Option<(u32, &'a str)>,
+}
+
 /// The decision about one app: which roles apply to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppDecision<'a> {
@@ -392,6 +413,57 @@ impl Policy {
         } else {
             AppDecision::Allow { roles }
         }
+    }
+
+    /// Whether some role sets `mcp_limits`.
+    pub fn has_limits(&self) -> bool {
+        self.roles.iter().any(|r| r.limits.is_some())
+    }
+
+    /// The limits on a call to `app` (of `tool`, for `tools/call`): for each scope that has
+    /// any, the strictest of every role's.
+    pub fn limits(&self, app: &str, tool: Option<&str>) -> Vec<Bound<'_>> {
+        fn add<'a>(out: &mut Vec<Bound<'a>>, scope: Scope, limit: &Limit, role: &'a str) {
+            let i = match out.iter().position(|b| b.scope == scope) {
+                Some(i) => i,
+                None => {
+                    out.push(Bound {
+                        scope,
+                        per_minute: None,
+                        concurrent: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let b = &mut out[i];
+            if let Some(n) = limit.calls_per_minute
+                && b.per_minute.is_none_or(|(m, _)| n < m)
+            {
+                b.per_minute = Some((n, role));
+            }
+            if let Some(n) = limit.concurrent_calls
+                && b.concurrent.is_none_or(|(m, _)| n < m)
+            {
+                b.concurrent = Some((n, role));
+            }
+        }
+        let mut out: Vec<Bound<'_>> = Vec::new();
+        for r in &self.roles {
+            let Some((all, apps, tools)) = &r.limits else {
+                continue;
+            };
+            add(&mut out, Scope::Identity, all, &r.name);
+            for (_, l) in apps.iter().filter(|(m, _)| m.matches(app)) {
+                add(&mut out, Scope::App, l, &r.name);
+            }
+            if let Some(tool) = tool {
+                for (_, l) in tools.iter().filter(|(m, _)| m.matches(tool)) {
+                    add(&mut out, Scope::Tool, l, &r.name);
+                }
+            }
+        }
+        out.retain(|b| b.per_minute.is_some() || b.concurrent.is_some());
+        out
     }
 
     /// Whether some role has argument rules (a call's arguments must then be read).
@@ -658,6 +730,21 @@ fn compile_role(
         allow_args: arguments("allow", &spec.allow.mcp)?,
         deny_args: arguments("deny", &spec.deny.mcp)?,
         dry_run: spec.options.mcp_dry_run,
+        limits: match &spec.options.mcp_limits {
+            None => None,
+            Some(l) => {
+                let named = |field: &str, map: &BTreeMap<String, Limit>| {
+                    map.iter()
+                        .map(|(p, l)| {
+                            Matcher::new(p)
+                                .map(|m| (m, *l))
+                                .map_err(|e| err(format!("options.mcp_limits.{field}.{p}"), e))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                };
+                Some((l.all(), named("apps", &l.apps)?, named("tools", &l.tools)?))
+            }
+        },
         allow_rules: spec.allow.rules.clone(),
         deny_rules: spec.deny.rules.clone(),
         max_session_ttl: spec.options.max_session_ttl,
@@ -1035,6 +1122,57 @@ spec:
         let rs = roles(&DOCS.replace("/srv/docs/**", "'^(bad$'"));
         let e = Policy::check(&rs[0]).unwrap_err();
         assert_eq!(e.field, r#"allow.mcp.arguments["read_file"].path[0]"#);
+    }
+
+    #[test]
+    fn the_strictest_limits_win() {
+        let rs = roles(
+            "kind: role
+version: v8
+metadata: {name: a}
+spec:
+  options:
+    mcp_limits:
+      calls_per_minute: 60
+      concurrent_calls: 4
+      tools: {'create_*': {calls_per_minute: 5}}
+---
+kind: role
+version: v8
+metadata: {name: b}
+spec:
+  options:
+    mcp_limits:
+      calls_per_minute: 30
+      apps: {github: {concurrent_calls: 1}}
+",
+        );
+        let p = Policy::compile(&rs, &BTreeMap::new()).unwrap();
+        assert!(p.has_limits());
+        let b = p.limits("github", Some("create_issue"));
+        assert_eq!(
+            b,
+            vec![
+                Bound {
+                    scope: Scope::Identity,
+                    per_minute: Some((30, "b")),
+                    concurrent: Some((4, "a"))
+                },
+                Bound {
+                    scope: Scope::Tool,
+                    per_minute: Some((5, "a")),
+                    concurrent: None
+                },
+                Bound {
+                    scope: Scope::App,
+                    per_minute: None,
+                    concurrent: Some((1, "b"))
+                },
+            ]
+        );
+        assert_eq!(p.limits("docs", Some("read")).len(), 1);
+        assert!(!dev(&[]).has_limits());
+        assert!(dev(&[]).limits("x", None).is_empty());
     }
 
     #[test]

@@ -15,7 +15,43 @@ use crate::Store;
 pub async fn run<S: Store>(store: Arc<S>) {
     kv(&*store).await;
     single_use(store.clone()).await;
+    rate(store.clone()).await;
     audit(&*store).await;
+}
+
+async fn rate<S: Store>(s: Arc<S>) {
+    for n in 1..=3 {
+        assert_eq!(s.hit("rate/a", 100, 3).await.unwrap(), Some(n));
+    }
+    assert_eq!(
+        s.hit("rate/a", 100, 3).await.unwrap(),
+        None,
+        "the limit holds"
+    );
+    assert_eq!(
+        s.hit("rate/b", 100, 3).await.unwrap(),
+        Some(1),
+        "keys are apart"
+    );
+    assert_eq!(
+        s.hit("rate/a", 101, 3).await.unwrap(),
+        Some(1),
+        "a new window"
+    );
+    assert_eq!(s.hit("rate/a", 101, 0).await.unwrap(), None, "a zero limit");
+    // Of many concurrent hits, exactly the limit are counted.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.hit("rate/race", 7, 5).await.unwrap().is_some()
+        }));
+    }
+    let mut counted = 0;
+    for t in tasks {
+        counted += t.await.unwrap() as usize;
+    }
+    assert_eq!(counted, 5);
 }
 
 async fn kv<S: Store>(s: &S) {

@@ -65,6 +65,15 @@ pub trait Store: Send + Sync + 'static {
     fn take(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
     /// All entries whose key starts with `prefix`, in key order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
+    /// Counts one hit on `key` in time window `window` if fewer than `limit` were counted
+    /// there: the new count, or `None` when the limit is reached (nothing counted).
+    /// Atomic across every process sharing the store; older windows of `key` are dropped.
+    fn hit(
+        &self,
+        key: &str,
+        window: i64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send;
     /// Appends audit events durably. An event whose id is already stored is skipped, so
     /// shipping the same batch twice keeps one copy.
     fn append_events(&self, events: &[AuditEvent]) -> impl Future<Output = Result<()>> + Send;
@@ -233,6 +242,9 @@ impl Store for AnyStore {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         delegate!(self, s => s.list(prefix))
+    }
+    async fn hit(&self, key: &str, window: i64, limit: u64) -> Result<Option<u64>> {
+        delegate!(self, s => s.hit(key, window, limit))
     }
     async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
         delegate!(self, s => s.append_events(events))

@@ -12,6 +12,8 @@ use crate::{EventRow, Result, Store, decode_rows};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcpgate_kv (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS mcpgate_rate (key TEXT NOT NULL, window_start BIGINT NOT NULL,
+  n BIGINT NOT NULL, PRIMARY KEY (key, window_start));
 CREATE TABLE IF NOT EXISTS mcpgate_audit (
   seq BIGSERIAL,
   id TEXT PRIMARY KEY, time_us BIGINT NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
@@ -113,7 +115,8 @@ impl PostgresStore {
             .get(0);
         let kv = client
             .query_opt(
-                "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'mcpgate_kv'",
+                "SELECT count(*) = 2 FROM pg_tables WHERE schemaname = current_schema()
+                   AND tablename IN ('mcpgate_kv', 'mcpgate_rate') HAVING count(*) = 2",
                 &[],
             )
             .await?
@@ -294,6 +297,29 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn hit(&self, key: &str, window: i64, limit: u64) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let n: Option<i64> = c
+            .query_opt(
+                "INSERT INTO mcpgate_rate AS r (key, window_start, n)
+                 SELECT $1, $2, 1 WHERE $3::BIGINT > 0
+                 ON CONFLICT (key, window_start) DO UPDATE SET n = r.n + 1 WHERE r.n < $3
+                 RETURNING n",
+                &[&key, &window, &limit],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if n == Some(1) {
+            c.execute(
+                "DELETE FROM mcpgate_rate WHERE key = $1 AND window_start < $2",
+                &[&key, &window],
+            )
+            .await?;
+        }
+        Ok(n.map(|n| n.unsigned_abs()))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {

@@ -14,6 +14,8 @@ use crate::{EventRow, Result, Store, decode_rows, prefix_end};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate (key TEXT NOT NULL, win INTEGER NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (key, win)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
   id TEXT PRIMARY KEY, time_us INTEGER NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
   app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL,
@@ -283,6 +285,32 @@ impl Store for SqliteStore {
                 params![key, expected, new],
             )
             .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn hit(&self, key: &str, window: i64, limit: u64) -> Result<Option<u64>> {
+        let key = key.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let n: Option<i64> = tx
+                .query_row(
+                    "INSERT INTO rate (key, win, n) SELECT ?1, ?2, 1 WHERE ?3 > 0
+                     ON CONFLICT (key, win) DO UPDATE SET n = n + 1 WHERE n < ?3
+                     RETURNING n",
+                    params![key, window, limit],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if n == Some(1) {
+                tx.execute(
+                    "DELETE FROM rate WHERE key = ?1 AND win < ?2",
+                    params![key, window],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n.map(|n| n.unsigned_abs()))
         })
         .await
     }

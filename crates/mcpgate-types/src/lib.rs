@@ -12,6 +12,7 @@ pub mod audit;
 pub mod clock;
 pub mod duration;
 pub mod identity;
+pub mod limits;
 pub mod name;
 pub mod pins;
 pub mod resource;

@@ -130,9 +130,52 @@ pub struct RoleOptions {
     /// (`decision: would_deny`) without enforcing them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mcp_dry_run: bool,
+    /// Rate and concurrency limits on MCP calls; of an identity's roles the strictest wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_limits: Option<McpLimits>,
     /// Teleport options mcpgate does not use yet; kept so files round-trip.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `options.mcp_limits`: for the identity as a whole, and per app or tool (name patterns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct McpLimits {
+    /// Calls per calendar minute, of the identity on every app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls_per_minute: Option<u32>,
+    /// Calls waiting for their answers at once, of the identity on every app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_calls: Option<u32>,
+    /// App name pattern → limits counted per identity and app.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<String, Limit>,
+    /// Tool name pattern → limits counted per identity, app and tool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, Limit>,
+}
+
+impl McpLimits {
+    /// The limits on the identity as a whole.
+    pub fn all(&self) -> Limit {
+        Limit {
+            calls_per_minute: self.calls_per_minute,
+            concurrent_calls: self.concurrent_calls,
+        }
+    }
+}
+
+/// One set of limits on `tools/call`, `resources/read` and `prompts/get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Calls per calendar minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls_per_minute: Option<u32>,
+    /// Calls waiting for their answers at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_calls: Option<u32>,
 }
 
 /// MCP conditions of a role: patterns of tool names, resource URIs and prompt names.

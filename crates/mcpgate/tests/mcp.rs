@@ -1942,6 +1942,115 @@ fn a_rug_pull_is_held_until_an_admin_approves_it() {
     assert_eq!(b.close(), 0);
 }
 
+/// `mcp_limits`: a burst beyond an identity's calls per minute is refused with a retry hint,
+/// audited and never forwarded; a second hanging call over a tool's concurrency limit is
+/// refused; another identity is unaffected.
+#[test]
+fn a_burst_beyond_the_limit_is_refused_and_others_are_unaffected() {
+    let s = Scratch::new();
+    let record = s.path("record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    let m = marker("limits");
+    let roles = "kind: role
+version: v8
+metadata: {name: metered}
+spec:
+  options:
+    mcp_limits:
+      calls_per_minute: 6
+      tools: {hang: {concurrent_calls: 1}}
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: ['*']}
+---
+kind: role
+version: v8
+metadata: {name: free}
+spec:
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: ['*']}
+";
+    let d = gateway_daemon(&s, &recorder_app("rec", "{env: dev}", &record, &m), roles);
+    let alice = Person::admitted(&s, &d, "alice", "metered");
+    let bob = Person::admitted(&s, &d, "bob", "free");
+    // Limits count per calendar minute: start the burst early in one.
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second > 45 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - second));
+    }
+    let mut b = Bridge::open(&alice, "rec", &[]);
+    b.initialize();
+    for i in 0..2 {
+        assert!(b.call("echo", json!({"i": i}))["result"].is_object());
+    }
+    b.send(r#"{"jsonrpc":"2.0","id":"h1","method":"tools/call","params":{"name":"hang","arguments":{}}}"#);
+    let second_hang = b.call("hang", json!({}));
+    assert_eq!(second_hang["error"]["code"], -32029, "{second_hang}");
+    assert!(
+        second_hang["error"]["message"].as_str().unwrap().starts_with(
+            "concurrency limit reached: at most 1 calls of tool \"hang\" on app rec at once (role metered)"
+        ),
+        "{second_hang}"
+    );
+    // Cancelled, the first no longer counts: another may wait in its place.
+    b.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"h1"}}"#);
+    b.send(r#"{"jsonrpc":"2.0","id":"h2","method":"tools/call","params":{"name":"hang","arguments":{}}}"#);
+    b.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"h2"}}"#);
+    for i in 2..4 {
+        assert!(b.call("echo", json!({"i": i}))["result"].is_object());
+    }
+    let over = b.call("echo", json!({"i": "over"}));
+    assert_eq!(over["error"]["code"], -32029, "{over}");
+    let message = over["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "rate limit reached: at most 6 calls per minute by alice (role metered); retry in "
+        ),
+        "{message}"
+    );
+    let secs: u64 = message
+        .rsplit("retry in ")
+        .next()
+        .unwrap()
+        .trim_end_matches(" s")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs), "{message}");
+    // The client gave up on its hanging calls: the bridge reports them unanswered.
+    drop(b);
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        !text.contains("\"over\""),
+        "a refused call reached the server"
+    );
+    assert_eq!(
+        text.matches("\"hang\"").count(),
+        2,
+        "two hanging calls were forwarded, one at a time"
+    );
+
+    let mut other = Bridge::open(&bob, "rec", &[]);
+    other.initialize();
+    for i in 0..6 {
+        assert!(
+            other.call("echo", json!({"bob": i}))["result"].is_object(),
+            "bob is unaffected"
+        );
+    }
+    assert_eq!(other.close(), 0);
+    let refused: Vec<Value> = audit(&d, &["--user", "alice", "--decision", "deny"])
+        .into_iter()
+        .filter(|e| e["outcome"] == "rate_limited")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused[1]["params"]["arguments"]["i"], "over");
+}
+
 #[test]
 fn a_burst_of_denials_is_a_finding_with_its_evidence() {
     let e = cluster("findings", "dev");

@@ -15,6 +15,7 @@ use mcpgate_pki::Identity;
 use mcpgate_pki::tls;
 use mcpgate_store::{AnyStore, SqliteStore};
 use mcpgate_types::identity::Assertion;
+use mcpgate_types::limits::{Counter, Limited};
 use mcpgate_types::pins::Pin;
 use mcpgate_types::resource::{App, Lock, Role};
 use mcpgate_types::{AuditEvent, Clock, SystemClock};
@@ -173,6 +174,22 @@ impl Cluster for Remote {
             };
             self.api()?
                 .post("/v1/agent/pins", &req)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+    fn count_call<'a>(
+        &'a self,
+        session: &'a str,
+        counters: Vec<Counter>,
+    ) -> BoxFuture<'a, Result<Option<Limited>, String>> {
+        Box::pin(async move {
+            let req = mcpgate_types::limits::CountRequest {
+                session: session.to_string(),
+                counters,
+            };
+            self.api()?
+                .post("/v1/agent/count", &req)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })

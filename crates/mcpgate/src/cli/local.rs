@@ -10,6 +10,7 @@ use mcpgate_auth::AuthService;
 use mcpgate_store::Store;
 use mcpgate_types::Clock;
 use mcpgate_types::identity::Assertion;
+use mcpgate_types::limits::{Counter, Limited};
 use mcpgate_types::pins::Pin;
 use mcpgate_types::resource::{App, Lock, Role};
 
@@ -62,6 +63,18 @@ impl Cluster for Local {
         Box::pin(async move {
             self.0
                 .record_tools(super::start::LOCAL_AGENT, app, strict, &tools)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn count_call<'a>(
+        &'a self,
+        session: &'a str,
+        counters: Vec<Counter>,
+    ) -> BoxFuture<'a, Result<Option<Limited>, String>> {
+        Box::pin(async move {
+            self.0
+                .count_call(super::start::LOCAL_AGENT, session, &counters)
                 .await
                 .map_err(|e| e.to_string())
         })
