@@ -64,6 +64,8 @@ pub struct Agent {
     pub(crate) catalog: catalog::Catalog,
     /// Calls in flight, for concurrency limits.
     pub(crate) in_flight: inflight::InFlight,
+    /// This agent's audit redaction key (from the cluster), once known.
+    redaction: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
@@ -100,7 +102,18 @@ impl Agent {
             journal,
             catalog: Default::default(),
             in_flight: Default::default(),
+            redaction: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets the key secrets in audit parameters are hashed with (once; before it is set
+    /// they are replaced by `[REDACTED]`, and can then not be searched for).
+    pub fn set_redaction_key(&self, key: Vec<u8>) {
+        let _ = self.redaction.set(key);
+    }
+
+    pub(crate) fn redaction_key(&self) -> Option<&[u8]> {
+        self.redaction.get().map(Vec::as_slice)
     }
 
     fn serves(&self, app: &App) -> bool {

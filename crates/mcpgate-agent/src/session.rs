@@ -742,7 +742,10 @@ impl Session<'_> {
             f.insert("jsonrpc_id".into(), Value::from(id.get()));
         }
         insert_subject(&mut f, subject);
-        f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
+        f.insert(
+            "params".into(),
+            audit_params(env.params.map(|p| p.get()), self.agent.redaction_key()),
+        );
         f.insert("decision".into(), Value::from("deny"));
         f.insert("outcome".into(), Value::from("denied"));
         f.insert("reason".into(), Value::from(reason));
@@ -768,7 +771,10 @@ impl Session<'_> {
             Value::from(env.id.map(|i| i.get()).unwrap_or("null")),
         );
         insert_subject(&mut f, subject);
-        f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
+        f.insert(
+            "params".into(),
+            audit_params(env.params.map(|p| p.get()), self.agent.redaction_key()),
+        );
         match would_deny {
             Some(reason) => {
                 f.insert("decision".into(), Value::from("would_deny"));
@@ -865,7 +871,7 @@ impl Session<'_> {
                     // refused message is evidence too.
                     f.insert(
                         "message".into(),
-                        audit_params(std::str::from_utf8(&buf).ok()),
+                        audit_params(std::str::from_utf8(&buf).ok(), self.agent.redaction_key()),
                     );
                     self.emit(self.event(codes::MCP_REQUEST_DENIED, false, f))
                         .await;
@@ -1043,7 +1049,10 @@ impl Session<'_> {
     async fn notified(&self, env: &Envelope<'_>) {
         let mut f = Map::new();
         f.insert("method".into(), Value::from(env.method.unwrap_or_default()));
-        f.insert("params".into(), audit_params(env.params.map(|p| p.get())));
+        f.insert(
+            "params".into(),
+            audit_params(env.params.map(|p| p.get()), self.agent.redaction_key()),
+        );
         self.emit(self.event(codes::MCP_NOTIFICATION, true, f))
             .await;
     }

@@ -67,6 +67,8 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/agent/assertion", post(agent_assertion))
         .route("/v1/agent/pins", post(agent_tools_seen))
         .route("/v1/agent/count", post(agent_count))
+        .route("/v1/agent/redaction-key", get(agent_redaction_key))
+        .route("/v1/admin/audit/match", post(match_secret))
         .route("/v1/agent/pins/{app}", get(agent_pins))
         .route("/v1/admin/pins/{app}", get(admin_pins))
         .route("/v1/admin/pins/{app}/approve", post(approve_pins))
@@ -487,6 +489,29 @@ async fn findings(
 }
 
 type Pins = ApiResult<Vec<mcpgate_types::pins::Pin>>;
+
+async fn agent_redaction_key(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<crate::wire::RedactionKey> {
+    let info = agent(&s, &conn).await?;
+    AuthService::require_agent(&info)?;
+    let key = s.auth.redaction_key_for(&info.claims.name).await?;
+    Ok(Json(crate::wire::RedactionKey {
+        key: crate::service::hex(&key),
+    }))
+}
+
+async fn match_secret(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<crate::wire::MatchSecret>,
+) -> ApiResult<Vec<AuditEvent>> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(
+        s.auth.match_secret(&c, &req.query, &req.secret).await?,
+    ))
+}
 
 async fn agent_count(
     State(s): State<AppState>,

@@ -54,3 +54,71 @@ impl AuthService {
         Ok(None)
     }
 }
+
+/// Where the cluster's audit redaction key is kept (32 random bytes, made once).
+const REDACTION_KEY: &str = "audit/redaction-key";
+
+impl AuthService {
+    /// The cluster's redaction key, made at first use (of two instances making it at once,
+    /// the first one stored wins).
+    async fn cluster_redaction_key(&self) -> Result<Vec<u8>> {
+        if let Some(k) = self.store.get(REDACTION_KEY).await? {
+            return Ok(k);
+        }
+        use ring::rand::SecureRandom;
+        let mut key = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| AuthError::Internal("no randomness".into()))?;
+        self.store.create(REDACTION_KEY, &key).await?;
+        self.store
+            .get(REDACTION_KEY)
+            .await?
+            .ok_or_else(|| AuthError::Internal("the redaction key vanished".into()))
+    }
+
+    /// Agent `agent`'s redaction key (its own, derived from the cluster's).
+    pub async fn redaction_key_for(&self, agent: &str) -> Result<Vec<u8>> {
+        Ok(mcpgate_types::secrets::agent_redaction_key(
+            &self.cluster_redaction_key().await?,
+            agent,
+        ))
+    }
+
+    /// The events matching `query` that held `secret` in a redacted parameter: its keyed
+    /// hash under every agent's key, searched as free text. `secret` is never stored or
+    /// logged.
+    pub async fn match_secret(
+        &self,
+        caller: &crate::service::Caller,
+        query: &mcpgate_types::AuditQuery,
+        secret: &str,
+    ) -> Result<Vec<mcpgate_types::AuditEvent>> {
+        caller.require("event", "list")?;
+        if secret.is_empty() {
+            return Err(AuthError::BadRequest("the secret to match is empty".into()));
+        }
+        let cluster_key = self.cluster_redaction_key().await?;
+        let mut out: Vec<mcpgate_types::AuditEvent> = Vec::new();
+        for agent in self.agents().await? {
+            let key =
+                mcpgate_types::secrets::agent_redaction_key(&cluster_key, agent.name.as_str());
+            let tag = mcpgate_types::secrets::redaction_tag(&key, secret);
+            let q = mcpgate_types::AuditQuery {
+                text: Some(tag),
+                ..query.clone()
+            };
+            for ev in self.store.search_events(&q).await? {
+                if !out.iter().any(|e| e.id == ev.id) {
+                    out.push(ev);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.time.cmp(&b.time));
+        if let Some(limit) = query.limit {
+            let extra = out.len().saturating_sub(limit as usize);
+            out.drain(..extra);
+        }
+        Ok(out)
+    }
+}

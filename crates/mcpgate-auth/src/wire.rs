@@ -217,6 +217,19 @@ pub struct ToolsSeen {
     pub tools: Vec<serde_json::Value>,
 }
 
+/// An agent's audit redaction key, hex.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RedactionKey {
+    pub key: String,
+}
+
+/// `admin audit search --match-secret`: the events that held `secret`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MatchSecret {
+    pub query: mcpgate_types::AuditQuery,
+    pub secret: String,
+}
+
 /// `admin apps approve APP [--tool T]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ApproveRequest {

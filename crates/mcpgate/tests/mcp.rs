@@ -388,6 +388,104 @@ fn secrets_reach_the_upstream_and_nothing_else() {
     }
     let app = e.d.admin(&["get", "apps", "--format", "json"]).ok();
     assert!(!app.contains(secret));
+
+    // A canary deep in a call's arguments, under a secret's name and inside free text: the
+    // server gets it; the log keeps only its keyed hash, by which it can be found.
+    let canary = "canary-5be7e1d0c93f";
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    let args = json!({"config": {"db": [{"api_key": canary}]}, "note": format!("retry with password={canary} now")});
+    assert!(b.call("echo", args)["result"].is_object());
+    assert!(b.call("echo", json!({"nothing": "secret"}))["result"].is_object());
+    b.close();
+    assert!(
+        std::fs::read_to_string(&e.record).unwrap().contains(canary),
+        "the server got it"
+    );
+    let log =
+        e.d.admin(&["audit", "search", "--since", "1h", "--format", "json"])
+            .ok();
+    assert!(!log.contains(canary), "the canary is not in the audit log");
+    assert!(
+        log.contains("password=[REDACTED:"),
+        "the text around it is kept"
+    );
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut stored = Vec::new();
+    files(&e.d.data_dir, &mut stored);
+    assert!(stored.iter().any(|p| p.ends_with("state.db")), "{stored:?}");
+    for path in stored {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for needle in [canary, secret] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} is stored in {}",
+                path.display()
+            );
+        }
+    }
+    let found =
+        e.d.admin(&[
+            "audit",
+            "search",
+            "--since",
+            "1h",
+            "--format",
+            "json",
+            "--match-secret",
+            canary,
+        ])
+        .ok();
+    let found: Vec<Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["tool"], "echo");
+    assert!(
+        found[0]["params"]["arguments"]["config"]["db"][0]["api_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("[REDACTED:")
+    );
+    let none =
+        e.d.admin(&[
+            "audit",
+            "search",
+            "--since",
+            "1h",
+            "--match-secret",
+            "not-a-value-seen",
+        ])
+        .ok();
+    assert!(none.trim().is_empty(), "{none}");
+    let Out { code, stdout, .. } = run(
+        &[
+            "admin",
+            "--data-dir",
+            e.d.data_dir.to_str().unwrap(),
+            "audit",
+            "search",
+            "--since",
+            "1h",
+            "--format",
+            "json",
+            "--match-secret",
+            "-",
+        ],
+        Some(&format!("{canary}\n")),
+        &[],
+    );
+    assert_eq!((code, stdout.lines().count()), (0, 1), "{stdout}");
     assert!(
         wait_no_processes(&e.marker).is_empty(),
         "no orphaned node processes"

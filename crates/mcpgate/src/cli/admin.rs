@@ -263,6 +263,10 @@ enum AuditCommand {
         kind: Option<String>,
         #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
         decision: Option<String>,
+        /// Only events that held this secret in a redacted parameter (`-`: read it from
+        /// standard input). Matched by its keyed hash; the log never held the value.
+        #[arg(long = "match-secret", value_name = "VALUE")]
+        match_secret: Option<String>,
         /// At most this many (the newest).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
@@ -441,6 +445,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     text,
                     kind,
                     decision,
+                    match_secret,
                     limit,
                     format,
                 },
@@ -465,7 +470,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 limit: Some(limit),
                 ..Default::default()
             };
-            audit(&api, &q, format).await
+            let secret = match match_secret.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the secret from standard input")?;
+                    Some(line.trim_end_matches(['\r', '\n']).to_string())
+                }
+                other => other.map(str::to_string),
+            };
+            audit(&api, &q, secret, format).await
         }
         AdminCommand::Audit {
             command: AuditCommand::Findings { since, format },
@@ -953,8 +968,22 @@ async fn add_user(
     )
 }
 
-async fn audit(api: &Api, q: &AuditQuery, format: AuditFormat) -> anyhow::Result<()> {
-    let events: Vec<AuditEvent> = api.post("/v1/admin/audit/search", q).await?;
+async fn audit(
+    api: &Api,
+    q: &AuditQuery,
+    secret: Option<String>,
+    format: AuditFormat,
+) -> anyhow::Result<()> {
+    let events: Vec<AuditEvent> = match secret {
+        Some(secret) => {
+            let req = mcpgate_auth::wire::MatchSecret {
+                query: q.clone(),
+                secret,
+            };
+            api.post("/v1/admin/audit/match", &req).await?
+        }
+        None => api.post("/v1/admin/audit/search", q).await?,
+    };
     match format {
         // One JSON object per line (DESIGN §5): a stream a reader can take line by line.
         AuditFormat::Json | AuditFormat::Jsonl => {

@@ -303,6 +303,31 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         config.selectors(),
         mcpgate_mcp::Limits::default(),
     )?;
+    // Secrets in audit parameters are hashed with this agent's own key, so they can be
+    // searched for; until it is known they are plain `[REDACTED]`.
+    {
+        let (remote, agent) = (remote.clone(), agent.clone());
+        let fetch = async move {
+            loop {
+                let got: anyhow::Result<mcpgate_auth::wire::RedactionKey> = match remote.api() {
+                    Ok(api) => api.get("/v1/agent/redaction-key").await,
+                    Err(e) => Err(anyhow!(e)),
+                };
+                match got.ok().and_then(|k| unhex(&k.key)) {
+                    Some(key) => return agent.set_redaction_key(key),
+                    None => tokio::time::sleep(Duration::from_secs(5)).await,
+                }
+            }
+        };
+        // The first try before serving; retries in the background.
+        let mut fetch = Box::pin(fetch);
+        if tokio::time::timeout(Duration::from_secs(5), &mut fetch)
+            .await
+            .is_err()
+        {
+            tokio::spawn(fetch);
+        }
+    }
     agent.recover().await?;
     tokio::spawn(shipper(remote.clone(), journal.clone()));
     tokio::spawn(renewer(remote.clone(), data_dir.clone()));
@@ -414,4 +439,15 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         bail!("this agent serves nothing: add agent.apps or agent.resources");
     }
     Ok(())
+}
+
+/// Bytes from lowercase or uppercase hex.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -279,6 +279,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             config.selectors(),
             mcpgate_mcp::Limits::default(),
         )?;
+        agent.set_redaction_key(auth.redaction_key_for(LOCAL_AGENT).await?);
         agent.recover().await?;
         services.push("agent".to_string());
         Some(agent)
