@@ -1021,3 +1021,119 @@ async fn chain_breaks(auth: &AuthService, adm: &Caller) -> Vec<String> {
         .map(|e| e.fields["problem"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Twelve chained events and a checkpoint over all of them (its signature is not what is
+/// tested here: the verifier is told to accept it).
+async fn chained<S: Store>(store: &S) {
+    let events: Vec<mcpgate_types::AuditEvent> = (1..=12)
+        .map(|i| {
+            mcpgate_types::AuditEvent::new(
+                "test.local",
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i),
+                ("mcp.session.request", "MG5002I"),
+                &mcpgate_types::Claims {
+                    name: "alice".into(),
+                    kind: mcpgate_types::IdentityKind::User,
+                    roles: vec!["dev".into()],
+                    traits: Default::default(),
+                    generation: 0,
+                    cluster: "test.local".into(),
+                },
+                true,
+                Default::default(),
+            )
+        })
+        .collect();
+    for e in &events {
+        store.append_events(std::slice::from_ref(e)).await.unwrap();
+    }
+    let (head, hash) = store.chain_head().await.unwrap().unwrap();
+    assert_eq!(head, 12);
+    let hash: String = hash.unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let checkpoint = serde_json::json!({"cluster": "test.local", "seq": 12, "hash": hash, "time": 0, "signature": "AAAA"});
+    store
+        .put(
+            "audit/checkpoint",
+            &serde_json::to_vec(&checkpoint).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// The tamperings the issue names, and the seq `admin audit verify` must name for each.
+const TAMPERINGS: [(&str, &str, i64); 4] = [
+    (
+        "edit",
+        "UPDATE {audit} SET data = replace(data, 'alice', 'mallory') WHERE {seq} = 5",
+        5,
+    ),
+    ("delete", "DELETE FROM {audit} WHERE {seq} = 7", 8),
+    (
+        "reorder",
+        "UPDATE {audit} SET {seq} = -3 WHERE {seq} = 3; UPDATE {audit} SET {seq} = 3 WHERE {seq} = 4; UPDATE {audit} SET {seq} = 4 WHERE {seq} = -3",
+        3,
+    ),
+    ("truncate", "DELETE FROM {audit} WHERE {seq} > 9", 12),
+];
+
+/// Edited, deleted, reordered and truncated rows in SQLite and in PostgreSQL: the verifier
+/// names the exact seq each time.
+#[tokio::test]
+async fn each_tampering_in_either_store_is_named_by_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, sql, seq) in TAMPERINGS {
+        let path = dir.path().join(format!("{kind}.db"));
+        let store = SqliteStore::open(&path).unwrap();
+        chained(&store).await;
+        let v = mcpgate_auth::integrity::verify_log(&store, "test.local", |_, _| true)
+            .await
+            .unwrap();
+        assert!(v.intact, "{kind}: {v:?}");
+        let sql = sql.replace("{audit}", "audit").replace("{seq}", "rowid");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(&sql)
+            .unwrap();
+        let v = mcpgate_auth::integrity::verify_log(&store, "test.local", |_, _| true)
+            .await
+            .unwrap();
+        assert_eq!(
+            (v.intact, v.seq),
+            (false, Some(seq)),
+            "sqlite {kind}: {v:?}"
+        );
+    }
+    let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must test PostgreSQL"
+        );
+        eprintln!("SKIPPED: PostgreSQL (MCPGATE_TEST_POSTGRES_URL is not set)");
+        return;
+    };
+    for (kind, sql, seq) in TAMPERINGS {
+        let (db, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
+        let store = mcpgate_store::PostgresStore::connect(&db).await.unwrap();
+        chained(&store).await;
+        let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let sql = sql
+            .replace("{audit}", "mcpgate_audit")
+            .replace("{seq}", "seq");
+        client.batch_execute(&sql).await.unwrap();
+        let v = mcpgate_auth::integrity::verify_log(&store, "test.local", |_, _| true)
+            .await
+            .unwrap();
+        assert_eq!(
+            (v.intact, v.seq),
+            (false, Some(seq)),
+            "postgres {kind}: {v:?}"
+        );
+        drop((client, store));
+        task.abort();
+        drop_db.await;
+    }
+}

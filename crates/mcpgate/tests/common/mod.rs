@@ -195,6 +195,18 @@ pub fn run(args: &[&str], stdin: Option<&str>, env: &[(&str, &Path)]) -> Out {
             let _ = pipe.write_all(input.as_bytes());
         }
     }
+    // Read both pipes while waiting: output larger than a pipe's buffer must not stall it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
@@ -203,11 +215,11 @@ pub fn run(args: &[&str], stdin: Option<&str>, env: &[(&str, &Path)]) -> Out {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
+    let status = child.wait().expect("wait");
     Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
 
