@@ -37,17 +37,32 @@ impl PinBook {
     }
 
     fn held(&self, tool: &str, why: &str) -> String {
+        if tool == pins::INSTRUCTIONS {
+            return format!(
+                "{why}; they are withheld until an admin approves them (mcpgate admin apps approve {})",
+                self.app
+            );
+        }
         format!(
             "{why}; it is held until an admin approves it (mcpgate admin apps approve {} --tool {tool})",
             self.app
         )
     }
 
+    /// `tool "x"`, or the server's instructions.
+    fn what(tool: &str) -> String {
+        if tool == pins::INSTRUCTIONS {
+            "the server's instructions".to_string()
+        } else {
+            format!("tool {tool:?}")
+        }
+    }
+
     fn not_yet(&self, tool: &str) -> String {
         if self.strict {
-            format!("tool {tool:?} is new on a pin: strict app")
+            format!("{} is new on a pin: strict app", Self::what(tool))
         } else {
-            format!("tool {tool:?} is not yet approved")
+            format!("{} is not yet approved", Self::what(tool))
         }
     }
 
@@ -61,7 +76,7 @@ impl PinBook {
             Some(p) => {
                 let known = p.held.as_ref().is_some_and(|h| h.hash == hash);
                 let why = if p.approved.is_some() {
-                    format!("tool {name:?} changed since it was approved")
+                    format!("{} changed since it was approved", Self::what(&name))
                 } else {
                     self.not_yet(&name)
                 };
@@ -73,7 +88,8 @@ impl PinBook {
                     Err(self.held(
                         &name,
                         &format!(
-                            "tool {name:?} hides characters in its definition ({})",
+                            "{} hides characters in its definition ({})",
+                            Self::what(&name),
                             hidden.join("; ")
                         ),
                     ))

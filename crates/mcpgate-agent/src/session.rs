@@ -313,6 +313,25 @@ impl Rules for SessionRules<'_> {
             SessionRules::Nothing(reason) => Err(reason.clone()),
         }
     }
+
+    fn offered_instructions(&self, text: &str) -> Result<(), String> {
+        match self {
+            SessionRules::App { pins, report, .. } => {
+                let definition = mcpgate_types::pins::instructions(text);
+                let Some(o) = pins.offered(&definition) else {
+                    return Err("instructions that cannot be judged".into());
+                };
+                if o.report {
+                    report
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(definition);
+                }
+                o.verdict
+            }
+            SessionRules::Nothing(reason) => Err(reason.clone()),
+        }
+    }
 }
 
 impl Session<'_> {
@@ -1010,14 +1029,14 @@ impl Session<'_> {
                 self.emit(self.event(codes::MCP_SESSION_START, true, f))
                     .await;
             }
+            let reported = match &book {
+                Ok(b) if !report.is_empty() => Some(self.report_tools(b, report).await),
+                _ => None,
+            };
             if let Some(tools) = &step.offered
                 && let Ok(book) = &book
             {
-                let pins = if report.is_empty() {
-                    book.pins.clone()
-                } else {
-                    self.report_tools(book, report).await
-                };
+                let pins = reported.unwrap_or_else(|| book.pins.clone());
                 self.agent
                     .catalog
                     .offer(self.app_name(), &pins.admitted(tools));

@@ -114,7 +114,7 @@ impl AuthService {
                 }
             }
         }
-        out.sort_by(|a, b| a.time.cmp(&b.time));
+        out.sort_by_key(|e| e.time);
         if let Some(limit) = query.limit {
             let extra = out.len().saturating_sub(limit as usize);
             out.drain(..extra);

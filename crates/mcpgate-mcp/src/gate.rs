@@ -46,6 +46,10 @@ pub trait Rules {
     /// Whether a `tools/list` entry (its whole definition) may be shown, beyond its name:
     /// tool-definition pins hide a definition that changed since it was approved.
     fn offered_tool(&self, tool: &Value) -> Result<(), String>;
+
+    /// Whether the `instructions` of the server's handshake answer may reach the client
+    /// (pinned like a tool's definition); withheld when not.
+    fn offered_instructions(&self, text: &str) -> Result<(), String>;
 }
 
 /// A compiled role set applied to one app.
@@ -86,6 +90,10 @@ impl Rules for AppRules<'_> {
 
     /// Roles judge names only.
     fn offered_tool(&self, _: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn offered_instructions(&self, _: &str) -> Result<(), String> {
         Ok(())
     }
 }
@@ -638,6 +646,19 @@ impl Gate {
                     ))),
                 }
             }
+            (Filter::Handshake, Some(result)) => match withheld_instructions(result.get(), rules) {
+                Some(result) => Verdict::Forward(Out::Bytes(
+                    format!(
+                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{result}}}\n",
+                        request.client_id
+                    )
+                    .into_bytes(),
+                )),
+                None => match env.id.and_then(|id| splice(line, id, &request.client_id)) {
+                    Some(bytes) => Verdict::Forward(Out::Bytes(bytes)),
+                    None => Verdict::Drop,
+                },
+            },
             _ => match env.id.and_then(|id| splice(line, id, &request.client_id)) {
                 Some(bytes) => Verdict::Forward(Out::Bytes(bytes)),
                 None => Verdict::Drop,
@@ -966,6 +987,23 @@ const LISTS: [(&str, &str, Subject); 4] = [
 /// `result` with only the allowed entries of every list it holds, as JSON; `None` if
 /// `result[required]` is not a list, or another list is not one. Entries without a string
 /// name are removed.
+/// The handshake result without its `instructions` when the rules withhold them (`None`:
+/// forward it as it is). Only results that hold instructions are parsed.
+fn withheld_instructions(result: &str, rules: &dyn Rules) -> Option<String> {
+    if !result.contains("\"instructions\"") {
+        return None;
+    }
+    let mut v: Value = serde_json::from_str(result).ok()?;
+    let text = v.get("instructions")?.as_str()?.to_string();
+    match rules.offered_instructions(&text) {
+        Ok(()) => None,
+        Err(_) => {
+            v.as_object_mut()?.remove("instructions");
+            serde_json::to_string(&v).ok()
+        }
+    }
+}
+
 fn filter_lists(mut v: Value, required: &str, rules: &dyn Rules) -> Option<String> {
     v.get(required)?.as_array()?;
     // A list under a key a case-insensitive client would read as one (`Tools`, `tooľs`…)
@@ -1023,6 +1061,10 @@ mod tests {
         }
 
         fn offered_tool(&self, _: &Value) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn offered_instructions(&self, _: &str) -> Result<(), String> {
             Ok(())
         }
     }

@@ -72,6 +72,10 @@ mod gate {
         fn offered_tool(&self, _: &Value) -> Result<(), String> {
             Ok(())
         }
+
+        fn offered_instructions(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     #[derive(Debug, Clone)]

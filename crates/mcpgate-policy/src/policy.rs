@@ -93,6 +93,14 @@ struct ArgConstraint {
     shown: String,
 }
 
+/// A role's `options.mcp_limits`, compiled.
+#[derive(Debug, Clone)]
+struct Limits {
+    all: Limit,
+    apps: Vec<(Matcher, Limit)>,
+    tools: Vec<(Matcher, Limit)>,
+}
+
 /// `allow.mcp.arguments` or `deny.mcp.arguments`: one tool pattern and what it says.
 #[derive(Debug, Clone)]
 struct ArgRule {
@@ -114,7 +122,7 @@ struct CompiledRole {
     /// `options.mcp_dry_run`: its MCP denials are recorded, not enforced.
     dry_run: bool,
     /// `options.mcp_limits`: on the identity, per app pattern, per tool pattern.
-    limits: Option<(Limit, Vec<(Matcher, Limit)>, Vec<(Matcher, Limit)>)>,
+    limits: Option<Limits>,
     allow_rules: Vec<Rule>,
     deny_rules: Vec<Rule>,
     max_session_ttl: Option<Duration>,
@@ -449,7 +457,7 @@ impl Policy {
         }
         let mut out: Vec<Bound<'_>> = Vec::new();
         for r in &self.roles {
-            let Some((all, apps, tools)) = &r.limits else {
+            let Some(Limits { all, apps, tools }) = &r.limits else {
                 continue;
             };
             add(&mut out, Scope::Identity, all, &r.name);
@@ -742,7 +750,11 @@ fn compile_role(
                         })
                         .collect::<Result<Vec<_>, _>>()
                 };
-                Some((l.all(), named("apps", &l.apps)?, named("tools", &l.tools)?))
+                Some(Limits {
+                    all: l.all(),
+                    apps: named("apps", &l.apps)?,
+                    tools: named("tools", &l.tools)?,
+                })
             }
         },
         allow_rules: spec.allow.rules.clone(),

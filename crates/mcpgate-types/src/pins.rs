@@ -9,15 +9,34 @@ use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
 /// The fields of a tool that make its definition; anything else (`_meta`, `icons`) may
-/// change freely.
-pub const FIELDS: [&str; 6] = [
+/// change freely. The server's instructions are pinned as the definition
+/// `{"name": "", "instructions": ...}` (no tool may be named ``).
+pub const FIELDS: [&str; 7] = [
     "name",
     "title",
     "description",
     "inputSchema",
     "outputSchema",
     "annotations",
+    "instructions",
 ];
+
+/// The pin name of the server's instructions.
+pub const INSTRUCTIONS: &str = "";
+
+/// The definition under which the server's `instructions` are pinned.
+pub fn instructions(text: &str) -> Value {
+    serde_json::json!({"name": INSTRUCTIONS, "instructions": text})
+}
+
+/// A pin's name for people: the tool's, escaped, or `(instructions)`.
+pub fn shown_name(tool: &str) -> String {
+    if tool == INSTRUCTIONS {
+        "(instructions)".to_string()
+    } else {
+        escaped(tool)
+    }
+}
 
 /// The pinned definition, with the fields of [`FIELDS`] only and object keys sorted at every
 /// depth.

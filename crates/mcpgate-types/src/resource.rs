@@ -132,7 +132,7 @@ pub struct RoleOptions {
     pub mcp_dry_run: bool,
     /// Rate and concurrency limits on MCP calls; of an identity's roles the strictest wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mcp_limits: Option<McpLimits>,
+    pub mcp_limits: Option<Box<McpLimits>>,
     /// Teleport options mcpgate does not use yet; kept so files round-trip.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<String, serde_json::Value>,

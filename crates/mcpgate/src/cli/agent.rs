@@ -443,7 +443,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 
 /// Bytes from lowercase or uppercase hex.
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

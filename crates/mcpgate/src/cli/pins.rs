@@ -47,7 +47,7 @@ pub async fn run(api: &Api, command: AppsCommand) -> anyhow::Result<()> {
             for p in &list {
                 println!(
                     "{:<32} {:<16} {:<20} {}",
-                    pins::escaped(&p.tool),
+                    pins::shown_name(&p.tool),
                     p.state(),
                     p.approved.as_ref().map_or("-".into(), |a| short(&a.hash)),
                     p.held.as_ref().map_or("-".into(), |h| short(&h.hash)),
@@ -59,7 +59,7 @@ pub async fn run(api: &Api, command: AppsCommand) -> anyhow::Result<()> {
                 let old = p.approved.as_ref().map_or(&empty, |a| &a.definition);
                 println!(
                     "\n{} (seen by {}):",
-                    pins::escaped(&p.tool),
+                    pins::shown_name(&p.tool),
                     pins::escaped(&held.by)
                 );
                 for line in pins::diff(old, &held.definition) {
@@ -90,7 +90,7 @@ pub async fn run(api: &Api, command: AppsCommand) -> anyhow::Result<()> {
             for p in &approved {
                 println!(
                     "Approved tool {} of app {app} ({}).",
-                    pins::escaped(&p.tool),
+                    pins::shown_name(&p.tool),
                     p.approved.as_ref().map_or("", |a| a.hash.as_str())
                 );
             }
