@@ -107,19 +107,7 @@ impl ArgMatcher {
                 path,
             });
         };
-        let regex = regex::RegexBuilder::new(&source)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| PatternError::Regex {
-                pattern: pattern.to_string(),
-                reason: e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or("invalid")
-                    .trim()
-                    .to_string(),
-            })?;
+        let regex = crate::matcher::compile(pattern, &source)?;
         Ok(ArgMatcher {
             kind: Kind::Regex(regex),
             path,

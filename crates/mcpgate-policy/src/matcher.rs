@@ -40,20 +40,7 @@ impl Matcher {
         } else {
             return Ok(Matcher::Literal(pattern.to_string()));
         };
-        regex::RegexBuilder::new(&source)
-            .size_limit(1 << 20)
-            .build()
-            .map(Matcher::Regex)
-            .map_err(|e| PatternError::Regex {
-                pattern: pattern.to_string(),
-                reason: e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or("invalid")
-                    .trim()
-                    .to_string(),
-            })
+        compile(pattern, &source).map(Matcher::Regex)
     }
 
     /// Whether `value` matches. Allocation-free.
@@ -64,6 +51,24 @@ impl Matcher {
             Matcher::Regex(r) => r.is_match(value),
         }
     }
+}
+
+/// Compiles the regular expression `source` made from `pattern` (named in the error),
+/// bounded in size.
+pub(crate) fn compile(pattern: &str, source: &str) -> Result<Regex, PatternError> {
+    regex::RegexBuilder::new(source)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| PatternError::Regex {
+            pattern: pattern.to_string(),
+            reason: e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .to_string(),
+        })
 }
 
 /// Expands `{{internal.x}}` / `{{external.x}}` in `pattern` with the identity's traits:
