@@ -41,12 +41,21 @@ pub trait Cluster: Send + Sync {
         strict: bool,
         tools: Vec<serde_json::Value>,
     ) -> BoxFuture<'a, Result<Vec<ToolPin>, String>>;
-    /// Counts a call of `session` against rate limits: the first one exceeded, if any.
+    /// Counts call `call` of `session` against its limits (calls per minute, and leases
+    /// for calls at once): the first one exceeded, if any.
     fn count_call<'a>(
         &'a self,
         session: &'a str,
+        call: &'a str,
         counters: Vec<Counter>,
     ) -> BoxFuture<'a, Result<Option<Limited>, String>>;
+    /// Gives back the leases call `call` of `session` holds.
+    fn release_call<'a>(
+        &'a self,
+        session: &'a str,
+        call: &'a str,
+        counters: Vec<Counter>,
+    ) -> BoxFuture<'a, Result<(), String>>;
     /// The cluster-signed identity assertion for session `session` (routed to this agent)
     /// to the app at `audience`, sent to HTTP upstreams.
     fn assertion<'a>(

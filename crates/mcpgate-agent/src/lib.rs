@@ -15,7 +15,6 @@
 pub mod catalog;
 pub mod cluster;
 pub mod http;
-pub mod inflight;
 pub mod journal;
 pub mod lines;
 pub mod pins;
@@ -62,8 +61,6 @@ pub struct Agent {
     pub(crate) journal: Arc<Journal>,
     /// The tools each app's server offers, announced to the proxy for `mcp ls`.
     pub(crate) catalog: catalog::Catalog,
-    /// Calls in flight, for concurrency limits.
-    pub(crate) in_flight: inflight::InFlight,
     /// This agent's audit redaction key (from the cluster), once known.
     redaction: std::sync::OnceLock<Vec<u8>>,
 }
@@ -101,7 +98,6 @@ impl Agent {
             verifier,
             journal,
             catalog: Default::default(),
-            in_flight: Default::default(),
             redaction: std::sync::OnceLock::new(),
         }))
     }

@@ -59,8 +59,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 struct State {
     gate: Gate,
     drafts: HashMap<u64, AuditEvent>,
-    /// Concurrency permits of the requests waiting for answers, released with them.
-    permits: HashMap<u64, Vec<crate::inflight::Permit>>,
+    /// The limits on calls at once under which each request waiting for its answer holds
+    /// a place (a lease in the cluster), given back when it ends.
+    leases: HashMap<u64, Vec<Counter>>,
 }
 
 struct CachedPolicy {
@@ -172,7 +173,7 @@ impl Agent {
             state: Mutex::new(State {
                 gate: Gate::new(self.limits, upstream_limits),
                 drafts: HashMap::new(),
-                permits: HashMap::new(),
+                leases: HashMap::new(),
             }),
             policy: Mutex::new(None),
             seen: Mutex::new(HashMap::new()),
@@ -631,8 +632,9 @@ impl Session<'_> {
         }
     }
 
-    /// Counts a call against the caller's `mcp_limits` (concurrency in this agent, calls per
-    /// minute in the cluster); `Err` says which limit it would exceed and when to retry.
+    /// Counts a call against the caller's `mcp_limits` (calls at once and calls per minute,
+    /// both in the cluster's store, so they hold across agents); `Err` says which limit it
+    /// would exceed and when to retry.
     async fn limit(
         &self,
         policy: &Policy,
@@ -650,73 +652,78 @@ impl Session<'_> {
             .filter(|(k, _)| *k == Subject::Tool)
             .map(|(_, t)| t.as_str());
         let app = self.app_name();
-        let who = format!("{}/{}", self.claims().kind.as_str(), self.claims().name);
-        let of = |scope: Scope| match (scope, tool) {
-            (Scope::Identity, _) => format!("by {}", self.claims().name),
-            (Scope::App, _) => format!("on app {app}"),
-            (Scope::Tool, t) => format!("of tool {:?} on app {app}", t.unwrap_or_default()),
+        let of = |scope: &str| match scope {
+            "app" => format!("on app {app}"),
+            "tool" => format!("of tool {:?} on app {app}", tool.unwrap_or_default()),
+            _ => format!("by {}", self.claims().name),
         };
-        let bounds = policy.limits(app, tool);
-        let mut permits = Vec::new();
-        for b in &bounds {
-            let Some((n, role)) = b.concurrent else {
-                continue;
+        let mut counters = Vec::new();
+        for b in policy.limits(app, tool) {
+            let scope = match b.scope {
+                Scope::Identity => "identity",
+                Scope::App => "app",
+                Scope::Tool => "tool",
             };
-            let key = match b.scope {
-                Scope::Identity => who.clone(),
-                Scope::App => format!("{who}/app/{app}"),
-                Scope::Tool => format!("{who}/tool/{app}/{}", tool.unwrap_or_default()),
+            let counter = |(limit, role): (u32, &str), concurrent| Counter {
+                scope: scope.into(),
+                tool: tool.filter(|_| b.scope == Scope::Tool).map(str::to_string),
+                limit,
+                role: role.to_string(),
+                concurrent,
             };
-            match self.agent.in_flight.acquire(key, n) {
-                Some(p) => permits.push(p),
-                None => {
-                    return Err(format!(
-                        "concurrency limit reached: at most {n} calls {} at once (role {role}); retry when one of them has been answered",
-                        of(b.scope)
-                    ));
-                }
-            }
+            counters.extend(b.concurrent.map(|l| counter(l, true)));
+            counters.extend(b.per_minute.map(|l| counter(l, false)));
         }
-        let counters: Vec<Counter> = bounds
-            .iter()
-            .filter_map(|b| {
-                let (limit, role) = b.per_minute?;
-                Some(Counter {
-                    scope: match b.scope {
-                        Scope::Identity => "identity",
-                        Scope::App => "app",
-                        Scope::Tool => "tool",
-                    }
-                    .into(),
-                    tool: tool.filter(|_| b.scope == Scope::Tool).map(str::to_string),
-                    limit,
-                    role: role.to_string(),
-                })
-            })
-            .collect();
+        if counters.is_empty() {
+            return Ok(());
+        }
+        let call = gid.to_string();
+        match self
+            .agent
+            .cluster
+            .count_call(&self.id, &call, counters.clone())
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(l)) if l.counter.concurrent => {
+                return Err(format!(
+                    "concurrency limit reached: at most {} calls {} at once (role {}); retry when one of them has been answered",
+                    l.counter.limit,
+                    of(&l.counter.scope),
+                    l.counter.role
+                ));
+            }
+            Ok(Some(l)) => {
+                return Err(format!(
+                    "rate limit reached: at most {} calls per minute {} (role {}); retry in {} s",
+                    l.counter.limit,
+                    of(&l.counter.scope),
+                    l.counter.role,
+                    l.retry_after
+                ));
+            }
+            // Fail closed: a limit that cannot be counted is not skipped.
+            Err(e) => return Err(format!("rate limits cannot be checked now: {e}")),
+        }
+        counters.retain(|c| c.concurrent);
         if !counters.is_empty() {
-            match self.agent.cluster.count_call(&self.id, counters).await {
-                Ok(None) => {}
-                Ok(Some(l)) => {
-                    let scope = match l.counter.scope.as_str() {
-                        "app" => Scope::App,
-                        "tool" => Scope::Tool,
-                        _ => Scope::Identity,
-                    };
-                    return Err(format!(
-                        "rate limit reached: at most {} calls per minute {} (role {}); retry in {} s",
-                        l.counter.limit,
-                        of(scope),
-                        l.counter.role,
-                        l.retry_after
-                    ));
-                }
-                // Fail closed: a limit that cannot be counted is not skipped.
-                Err(e) => return Err(format!("rate limits cannot be checked now: {e}")),
-            }
+            self.state().leases.insert(gid, counters);
         }
-        self.state().permits.insert(gid, permits);
         Ok(())
+    }
+
+    /// Gives back the places request `gid` held under limits on calls at once.
+    async fn release(&self, gid: u64) {
+        let held = self.state().leases.remove(&gid);
+        if let Some(counters) = held
+            && let Err(e) = self
+                .agent
+                .cluster
+                .release_call(&self.id, &gid.to_string(), counters)
+                .await
+        {
+            tracing::warn!(session = %self.id, error = %e, "cannot give back a call's place under a limit (it expires)");
+        }
     }
 
     /// Refuses every request of a session that may not proceed, auditing each.
@@ -899,7 +906,7 @@ impl Session<'_> {
                 Audit::Cancelled { env, gid, request } => {
                     self.notified(&env).await;
                     // The request it cancels ends here.
-                    self.state().permits.remove(&gid);
+                    self.release(gid).await;
                     let draft = self.state().drafts.remove(&gid);
                     if let Some(mut ev) = draft {
                         Self::finish(
@@ -949,10 +956,8 @@ impl Session<'_> {
                         if durable && let Err(e) = self.agent.journal.begin(&ev).await {
                             // Fail closed: a request that cannot be recorded is not forwarded.
                             tracing::error!(error = %e, "audit log unavailable: refusing a request");
-                            let mut state = self.state();
-                            state.gate.abandon(gid);
-                            state.permits.remove(&gid);
-                            drop(state);
+                            self.state().gate.abandon(gid);
+                            self.release(gid).await;
                             verdict = Verdict::Answer(error_line(
                                 env.id.map(|i| i.get()),
                                 code::INTERNAL_ERROR,
@@ -1087,7 +1092,7 @@ impl Session<'_> {
 
     /// Records how an answered request ended.
     async fn completed(&self, done: Done) {
-        self.state().permits.remove(&done.gid);
+        self.release(done.gid).await;
         let draft = self.state().drafts.remove(&done.gid);
         match draft {
             Some(mut ev) => {
@@ -1161,6 +1166,11 @@ impl Session<'_> {
             if let Err(e) = stored {
                 tracing::error!(error = %e, "audit write failed");
             }
+        }
+        // Places held under limits on calls at once are given back.
+        let held: Vec<u64> = self.state().leases.keys().copied().collect();
+        for gid in held {
+            self.release(gid).await;
         }
         // The session's calls are in the audit log before its end is.
         self.agent.journal.flush().await;

@@ -67,6 +67,7 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/agent/assertion", post(agent_assertion))
         .route("/v1/agent/pins", post(agent_tools_seen))
         .route("/v1/agent/count", post(agent_count))
+        .route("/v1/agent/release", post(agent_release))
         .route("/v1/agent/redaction-key", get(agent_redaction_key))
         .route("/v1/admin/audit/match", post(match_secret))
         .route("/v1/agent/pins/{app}", get(agent_pins))
@@ -522,9 +523,22 @@ async fn agent_count(
     AuthService::require_agent(&info)?;
     Ok(Json(
         s.auth
-            .count_call(&info.claims.name, &req.session, &req.counters)
+            .count_call(&info.claims.name, &req.session, &req.call, &req.counters)
             .await?,
     ))
+}
+
+async fn agent_release(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(req): Json<mcpgate_types::limits::CountRequest>,
+) -> ApiResult<serde_json::Value> {
+    let info = agent(&s, &conn).await?;
+    AuthService::require_agent(&info)?;
+    s.auth
+        .release_call(&info.claims.name, &req.session, &req.call, &req.counters)
+        .await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn agent_tools_seen(

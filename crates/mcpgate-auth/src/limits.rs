@@ -12,14 +12,8 @@ use crate::service::from_json;
 use crate::{AuthError, AuthService, Result};
 
 impl AuthService {
-    /// Counts one call of session `session` (routed to `agent`) against `counters`: the
-    /// first limit it would exceed, if any (counters before it have counted the call).
-    pub async fn count_call(
-        &self,
-        agent: &str,
-        session: &str,
-        counters: &[Counter],
-    ) -> Result<Option<Limited>> {
+    /// The session, if it is open on `agent`.
+    async fn open_session_of(&self, agent: &str, session: &str) -> Result<SessionRecord> {
         let record: SessionRecord = match self.store.get(&session_key(session)).await? {
             Some(b) => from_json(&b)?,
             None => return Err(AuthError::AccessDenied(format!("no session {session}"))),
@@ -29,31 +23,113 @@ impl AuthService {
                 "session {session} is not open on agent {agent}"
             )));
         }
+        Ok(record)
+    }
+
+    /// The store key a counter counts under: the session's identity (and app, and tool).
+    fn counter_key(record: &SessionRecord, c: &Counter) -> Result<String> {
+        let who = format!(
+            "{}/{}/{}",
+            if c.concurrent { "conc" } else { "rate" },
+            record.user_kind.as_str(),
+            record.user
+        );
+        match (c.scope.as_str(), &c.tool) {
+            ("identity", _) => Ok(who),
+            ("app", _) => Ok(format!("{who}/app/{}", record.app)),
+            ("tool", Some(tool)) => Ok(format!("{who}/tool/{}/{tool}", record.app)),
+            _ => Err(AuthError::BadRequest(format!("no scope {:?}", c.scope))),
+        }
+    }
+
+    /// Counts call `call` of session `session` (routed to `agent`) against `counters`:
+    /// leases for the limits on calls at once (held until [`Self::release_call`], or
+    /// [`LEASE`] seconds at most), then the calls per minute. The first limit it would
+    /// exceed, if any; a refused call holds no lease.
+    pub async fn count_call(
+        &self,
+        agent: &str,
+        session: &str,
+        call: &str,
+        counters: &[Counter],
+    ) -> Result<Option<Limited>> {
+        let record = self.open_session_of(agent, session).await?;
         let now = unix_secs(self.now());
-        let window = now.div_euclid(60);
-        let who = format!("rate/{}/{}", record.user_kind.as_str(), record.user);
-        for c in counters {
-            let key = match (c.scope.as_str(), &c.tool) {
-                ("identity", _) => who.clone(),
-                ("app", _) => format!("{who}/app/{}", record.app),
-                ("tool", Some(tool)) => format!("{who}/tool/{}/{tool}", record.app),
-                _ => return Err(AuthError::BadRequest(format!("no scope {:?}", c.scope))),
-            };
+        let lease = format!("{session}/{call}");
+        let mut taken = Vec::new();
+        let mut refused = None;
+        for c in counters.iter().filter(|c| c.concurrent) {
+            let key = Self::counter_key(&record, c)?;
             if self
                 .store
-                .hit(&key, window, u64::from(c.limit))
+                .lease(&key, &lease, u64::from(c.limit), now, now + LEASE)
                 .await?
-                .is_none()
             {
-                return Ok(Some(Limited {
+                taken.push(key);
+            } else {
+                refused = Some(Limited {
                     counter: c.clone(),
-                    retry_after: u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60),
-                }));
+                    retry_after: 0,
+                });
+                break;
             }
         }
-        Ok(None)
+        if refused.is_none() {
+            let window = now.div_euclid(60);
+            for c in counters.iter().filter(|c| !c.concurrent) {
+                let key = Self::counter_key(&record, c)?;
+                if self
+                    .store
+                    .hit(&key, window, u64::from(c.limit))
+                    .await?
+                    .is_none()
+                {
+                    refused = Some(Limited {
+                        counter: c.clone(),
+                        retry_after: u64::try_from(60 - now.rem_euclid(60)).unwrap_or(60),
+                    });
+                    break;
+                }
+            }
+        }
+        if refused.is_some() {
+            for key in taken {
+                self.store.release(&key, &lease).await?;
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Gives back the leases call `call` of `session` took (its answer came, or it ended).
+    pub async fn release_call(
+        &self,
+        agent: &str,
+        session: &str,
+        call: &str,
+        counters: &[Counter],
+    ) -> Result<()> {
+        let record: SessionRecord = match self.store.get(&session_key(session)).await? {
+            Some(b) => from_json(&b)?,
+            None => return Ok(()),
+        };
+        if record.agent != agent {
+            return Err(AuthError::AccessDenied(format!(
+                "session {session} is not on agent {agent}"
+            )));
+        }
+        let lease = format!("{session}/{call}");
+        for c in counters.iter().filter(|c| c.concurrent) {
+            self.store
+                .release(&Self::counter_key(&record, c)?, &lease)
+                .await?;
+        }
+        Ok(())
     }
 }
+
+/// The longest a call holds its place under a limit on calls at once (seconds): what an
+/// agent that died without giving it back costs.
+const LEASE: i64 = 15 * 60;
 
 /// Where the cluster's audit redaction key is kept (32 random bytes, made once).
 const REDACTION_KEY: &str = "audit/redaction-key";

@@ -52,6 +52,48 @@ async fn rate<S: Store>(s: Arc<S>) {
         counted += t.await.unwrap() as usize;
     }
     assert_eq!(counted, 5);
+
+    // Leases: at most `limit` unexpired at once; given back, or expired, they free a place.
+    assert!(s.lease("conc/a", "1", 2, 100, 160).await.unwrap());
+    assert!(s.lease("conc/a", "2", 2, 100, 160).await.unwrap());
+    assert!(
+        !s.lease("conc/a", "3", 2, 101, 161).await.unwrap(),
+        "the limit holds"
+    );
+    assert!(
+        s.lease("conc/b", "1", 2, 101, 161).await.unwrap(),
+        "keys are apart"
+    );
+    s.release("conc/a", "1").await.unwrap();
+    assert!(
+        s.lease("conc/a", "3", 2, 102, 162).await.unwrap(),
+        "a released place"
+    );
+    assert!(
+        s.lease("conc/a", "4", 2, 160, 220).await.unwrap(),
+        "an expired place"
+    );
+    assert!(
+        !s.lease("conc/a", "5", 0, 160, 220).await.unwrap(),
+        "a zero limit"
+    );
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.lease("conc/race", &i.to_string(), 4, 0, 60)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut taken = 0;
+    for t in tasks {
+        taken += t.await.unwrap() as usize;
+    }
+    assert_eq!(
+        taken, 4,
+        "of concurrent leases, exactly the limit are taken"
+    );
 }
 
 async fn kv<S: Store>(s: &S) {

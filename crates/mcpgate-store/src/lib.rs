@@ -74,6 +74,19 @@ pub trait Store: Send + Sync + 'static {
         window: i64,
         limit: u64,
     ) -> impl Future<Output = Result<Option<u64>>> + Send;
+    /// Takes lease `id` on `key`, expiring at `expires` (Unix seconds), if fewer than
+    /// `limit` leases on `key` are unexpired at `now`; false if not. Atomic across every
+    /// process sharing the store; expired leases of `key` are dropped.
+    fn lease(
+        &self,
+        key: &str,
+        id: &str,
+        limit: u64,
+        now: i64,
+        expires: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Gives lease `id` on `key` back (nothing if it is gone).
+    fn release(&self, key: &str, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Appends audit events durably. An event whose id is already stored is skipped, so
     /// shipping the same batch twice keeps one copy.
     fn append_events(&self, events: &[AuditEvent]) -> impl Future<Output = Result<()>> + Send;
@@ -245,6 +258,12 @@ impl Store for AnyStore {
     }
     async fn hit(&self, key: &str, window: i64, limit: u64) -> Result<Option<u64>> {
         delegate!(self, s => s.hit(key, window, limit))
+    }
+    async fn lease(&self, key: &str, id: &str, limit: u64, now: i64, expires: i64) -> Result<bool> {
+        delegate!(self, s => s.lease(key, id, limit, now, expires))
+    }
+    async fn release(&self, key: &str, id: &str) -> Result<()> {
+        delegate!(self, s => s.release(key, id))
     }
     async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
         delegate!(self, s => s.append_events(events))

@@ -14,6 +14,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcpgate_kv (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS mcpgate_rate (key TEXT NOT NULL, window_start BIGINT NOT NULL,
   n BIGINT NOT NULL, PRIMARY KEY (key, window_start));
+CREATE TABLE IF NOT EXISTS mcpgate_leases (key TEXT NOT NULL, id TEXT NOT NULL,
+  expires BIGINT NOT NULL, PRIMARY KEY (key, id));
 CREATE TABLE IF NOT EXISTS mcpgate_audit (
   seq BIGSERIAL,
   id TEXT PRIMARY KEY, time_us BIGINT NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
@@ -66,6 +68,8 @@ pub struct PostgresStore {
     client: Arc<Mutex<Arc<Client>>>,
     /// A connection of its own for appending events: each append is a transaction.
     writer: Arc<Mutex<Option<Client>>>,
+    /// A connection of its own for leases: each is a transaction, apart from the audit's.
+    leaser: Arc<Mutex<Option<Client>>>,
 }
 
 impl PostgresStore {
@@ -89,6 +93,7 @@ impl PostgresStore {
             url: url.to_string(),
             client: Arc::new(Mutex::new(client)),
             writer: Arc::new(Mutex::new(None)),
+            leaser: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -115,8 +120,9 @@ impl PostgresStore {
             .get(0);
         let kv = client
             .query_opt(
-                "SELECT count(*) = 2 FROM pg_tables WHERE schemaname = current_schema()
-                   AND tablename IN ('mcpgate_kv', 'mcpgate_rate') HAVING count(*) = 2",
+                "SELECT count(*) = 3 FROM pg_tables WHERE schemaname = current_schema()
+                   AND tablename IN ('mcpgate_kv', 'mcpgate_rate', 'mcpgate_leases')
+                   HAVING count(*) = 3",
                 &[],
             )
             .await?
@@ -320,6 +326,58 @@ impl Store for PostgresStore {
             .await?;
         }
         Ok(n.map(|n| n.unsigned_abs()))
+    }
+
+    async fn lease(&self, key: &str, id: &str, limit: u64, now: i64, expires: i64) -> Result<bool> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut leaser = self.leaser.lock().await;
+        if leaser.as_ref().is_none_or(|c| c.is_closed()) {
+            *leaser = Some(Self::open_client(&self.url).await?);
+        }
+        let Some(client) = leaser.as_mut() else {
+            return Err(crate::StoreError::Task("no connection for leases".into()));
+        };
+        let tx = client.transaction().await?;
+        // One key at a time across every instance; each statement after the lock sees
+        // what the holder before committed (READ COMMITTED).
+        tx.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&key],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM mcpgate_leases WHERE key = $1 AND expires <= $2",
+            &[&key, &now],
+        )
+        .await?;
+        let held: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM mcpgate_leases WHERE key = $1",
+                &[&key],
+            )
+            .await?
+            .get(0);
+        let taken = held < limit
+            && tx
+                .execute(
+                    "INSERT INTO mcpgate_leases (key, id, expires) VALUES ($1, $2, $3)
+                     ON CONFLICT (key, id) DO UPDATE SET expires = EXCLUDED.expires",
+                    &[&key, &id, &expires],
+                )
+                .await?
+                == 1;
+        tx.commit().await?;
+        Ok(taken)
+    }
+
+    async fn release(&self, key: &str, id: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "DELETE FROM mcpgate_leases WHERE key = $1 AND id = $2",
+            &[&key, &id],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {

@@ -16,6 +16,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rate (key TEXT NOT NULL, win INTEGER NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (key, win)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (key TEXT NOT NULL, id TEXT NOT NULL, expires INTEGER NOT NULL,
+  PRIMARY KEY (key, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
   id TEXT PRIMARY KEY, time_us INTEGER NOT NULL, type TEXT NOT NULL, user_name TEXT NOT NULL,
   app TEXT, tool TEXT, decision TEXT, data TEXT NOT NULL,
@@ -311,6 +313,42 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(n.map(|n| n.unsigned_abs()))
+        })
+        .await
+    }
+
+    async fn lease(&self, key: &str, id: &str, limit: u64, now: i64, expires: i64) -> Result<bool> {
+        let (key, id) = (key.to_string(), id.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM leases WHERE key = ?1 AND expires <= ?2",
+                params![key, now],
+            )?;
+            let held: i64 =
+                tx.query_row("SELECT count(*) FROM leases WHERE key = ?1", [&key], |r| {
+                    r.get(0)
+                })?;
+            let taken = held < limit
+                && tx.execute(
+                    "INSERT OR REPLACE INTO leases (key, id, expires) VALUES (?1, ?2, ?3)",
+                    params![key, id, expires],
+                )? == 1;
+            tx.commit()?;
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str, id: &str) -> Result<()> {
+        let (key, id) = (key.to_string(), id.to_string());
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE key = ?1 AND id = ?2",
+                params![key, id],
+            )
+            .map(|_| ())
         })
         .await
     }

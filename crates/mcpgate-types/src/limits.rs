@@ -11,8 +11,11 @@ pub struct Counter {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
-    /// Calls per minute.
+    /// Calls per minute, or calls at once when `concurrent`.
     pub limit: u32,
+    /// A limit on calls at once: the call holds a lease until it is released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub concurrent: bool,
     /// The role that sets it, for the message.
     pub role: String,
 }
@@ -21,7 +24,7 @@ pub struct Counter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limited {
     pub counter: Counter,
-    /// Seconds until the window ends.
+    /// Seconds until the window ends (0 for a limit on calls at once).
     pub retry_after: u64,
 }
 
@@ -29,5 +32,8 @@ pub struct Limited {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountRequest {
     pub session: String,
+    /// The call, unique in the session: what its leases are taken as.
+    #[serde(default)]
+    pub call: String,
     pub counters: Vec<Counter>,
 }

@@ -181,17 +181,39 @@ impl Cluster for Remote {
     fn count_call<'a>(
         &'a self,
         session: &'a str,
+        call: &'a str,
         counters: Vec<Counter>,
     ) -> BoxFuture<'a, Result<Option<Limited>, String>> {
         Box::pin(async move {
             let req = mcpgate_types::limits::CountRequest {
                 session: session.to_string(),
+                call: call.to_string(),
                 counters,
             };
             self.api()?
                 .post("/v1/agent/count", &req)
                 .await
                 .map_err(|e| format!("{e:#}"))
+        })
+    }
+    fn release_call<'a>(
+        &'a self,
+        session: &'a str,
+        call: &'a str,
+        counters: Vec<Counter>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let req = mcpgate_types::limits::CountRequest {
+                session: session.to_string(),
+                call: call.to_string(),
+                counters,
+            };
+            let _: serde_json::Value = self
+                .api()?
+                .post("/v1/agent/release", &req)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            Ok(())
         })
     }
     fn assertion<'a>(

@@ -70,11 +70,25 @@ impl Cluster for Local {
     fn count_call<'a>(
         &'a self,
         session: &'a str,
+        call: &'a str,
         counters: Vec<Counter>,
     ) -> BoxFuture<'a, Result<Option<Limited>, String>> {
         Box::pin(async move {
             self.0
-                .count_call(super::start::LOCAL_AGENT, session, &counters)
+                .count_call(super::start::LOCAL_AGENT, session, call, &counters)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn release_call<'a>(
+        &'a self,
+        session: &'a str,
+        call: &'a str,
+        counters: Vec<Counter>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .release_call(super::start::LOCAL_AGENT, session, call, &counters)
                 .await
                 .map_err(|e| e.to_string())
         })
