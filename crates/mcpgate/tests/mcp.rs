@@ -2202,6 +2202,115 @@ spec:
     assert_eq!(refused[1]["params"]["arguments"]["i"], "over");
 }
 
+/// Two daemons on one PostgreSQL are one cluster, and an identity's limits are counted
+/// once across them: calls per minute and calls at once, whichever proxy and agent serve.
+#[test]
+fn limits_hold_across_daemons_sharing_one_postgresql() {
+    let Some(url) = needs("MCPGATE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = format!("mcpgate_limits_{}", std::process::id());
+    let sql = |sql: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(sql).await.unwrap();
+        });
+    };
+    sql(&format!("DROP DATABASE IF EXISTS {db}"));
+    sql(&format!("CREATE DATABASE {db}"));
+    let db_url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
+    let s = Scratch::new();
+    let record = s.path("record.jsonl");
+    std::fs::write(&record, "").unwrap();
+    // One cluster app, served by the agent of each daemon (each named its own).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/recorder.py");
+    let m = marker("shared-limits");
+    let extra = |name: &str| {
+        format!(
+            "storage: {{type: postgres, url: \"{db_url}\"}}\nauth: {{second_factor: off, ca_key_file: {}}}\nagent:\n  name: {name}\n  resources:\n    - labels: {{env: dev}}\n",
+            s.path("ca.key").display()
+        )
+    };
+    let a = Daemon::start(&s, "a", &extra("gate-a"));
+    let b = Daemon::start(&s, "b", &extra("gate-b"));
+    let app = format!(
+        "kind: app\nversion: v3\nmetadata: {{name: rec, labels: {{env: dev}}}}\nspec:\n  uri: mcp+stdio://\n  mcp:\n    command: python3\n    args: [\"{script}\", \"{m}\"]\n    env: {{RECORD_FILE: \"{}\"}}\n---\n",
+        record.display()
+    );
+    let roles = "kind: role
+version: v8
+metadata: {name: metered}
+spec:
+  options:
+    mcp_limits:
+      calls_per_minute: 5
+      tools: {hang: {concurrent_calls: 1}}
+  allow:
+    app_labels: {env: dev}
+    mcp: {tools: ['*']}
+";
+    a.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", &(app + roles)).to_str().unwrap(),
+    ])
+    .ok();
+    let alice = Person::admitted(&s, &a, "alice", "metered");
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second > 45 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - second));
+    }
+    let mut via_a = Bridge::open(&alice, "rec", &[]);
+    let mut via_b = Bridge::open(&alice, "rec", &["--proxy", &b.addr]);
+    via_a.initialize();
+    via_b.initialize();
+    // A call waiting on one daemon holds the only place: the other refuses a second.
+    via_a.send(r#"{"jsonrpc":"2.0","id":"h","method":"tools/call","params":{"name":"hang","arguments":{}}}"#);
+    wait_recorded(&record, "hang");
+    let refused = via_b.call("hang", json!({}));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(
+                "concurrency limit reached: at most 1 calls of tool \"hang\" on app rec at once"
+            ),
+        "{refused}"
+    );
+    via_a
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"h"}}"#);
+    // Five calls a minute, wherever they go: the hang and four echoes, then none.
+    for i in 0..4 {
+        let bridge = if i % 2 == 0 { &mut via_b } else { &mut via_a };
+        assert!(
+            bridge.call("echo", json!({"i": i}))["result"].is_object(),
+            "call {i}"
+        );
+    }
+    let over = via_b.call("echo", json!({"i": "over"}));
+    assert!(
+        over["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("rate limit reached: at most 5 calls per minute by alice (role metered)"),
+        "{over}"
+    );
+    assert!(!recorded(&record).contains("\"over\""));
+    drop((via_a, via_b, a, b));
+    sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}
+
 #[test]
 fn a_burst_of_denials_is_a_finding_with_its_evidence() {
     let e = cluster("findings", "dev");

@@ -14,8 +14,8 @@ use mcpgate_types::limits::{Counter, Limited};
 use mcpgate_types::pins::Pin;
 use mcpgate_types::resource::{App, Lock, Role};
 
-/// The auth service in this process.
-pub struct Local(pub Arc<AuthService>);
+/// The auth service in this process, and the name its agent is registered under.
+pub struct Local(pub Arc<AuthService>, pub String);
 
 impl Cluster for Local {
     fn name(&self) -> &str {
@@ -62,7 +62,7 @@ impl Cluster for Local {
     ) -> BoxFuture<'a, Result<Vec<Pin>, String>> {
         Box::pin(async move {
             self.0
-                .record_tools(super::start::LOCAL_AGENT, app, strict, &tools)
+                .record_tools(&self.1, app, strict, &tools)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -75,7 +75,7 @@ impl Cluster for Local {
     ) -> BoxFuture<'a, Result<Option<Limited>, String>> {
         Box::pin(async move {
             self.0
-                .count_call(super::start::LOCAL_AGENT, session, call, &counters)
+                .count_call(&self.1, session, call, &counters)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -88,7 +88,7 @@ impl Cluster for Local {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             self.0
-                .release_call(super::start::LOCAL_AGENT, session, call, &counters)
+                .release_call(&self.1, session, call, &counters)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -100,7 +100,7 @@ impl Cluster for Local {
     ) -> BoxFuture<'a, Result<Assertion, String>> {
         Box::pin(async move {
             self.0
-                .assertion(super::start::LOCAL_AGENT, session, audience)
+                .assertion(&self.1, session, audience)
                 .await
                 .map_err(|e| e.to_string())
         })

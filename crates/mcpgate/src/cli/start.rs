@@ -256,6 +256,13 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         }
     });
     let mut services = vec!["auth".to_string(), "proxy".to_string()];
+    // Daemons sharing one PostgreSQL each name their agent (`agent.name`); one alone may
+    // leave it `local`.
+    let local_name = config
+        .agent
+        .name
+        .clone()
+        .unwrap_or_else(|| LOCAL_AGENT.to_string());
     let agent = if config.agent.enabled {
         // In-process, final audit events go straight to the audit log; pending ones live
         // in the same storage.
@@ -264,22 +271,22 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             mcpgate_agent::Sink::Log(auth.store().clone()),
             &instance_id(&config.data_dir)?,
         );
-        // The in-process agent is registered as `local` with every app in scope, and holds
+        // The in-process agent is registered (as `local`) with every app in scope, and holds
         // the names of its static apps (an agent that joins later cannot claim them).
         let names: Vec<String> = static_apps
             .iter()
             .map(|a| a.metadata.name.to_string())
             .collect();
-        auth.register_local_agent(LOCAL_AGENT, &names).await?;
+        auth.register_local_agent(&local_name, &names).await?;
         let agent = Agent::new(
-            LOCAL_AGENT,
-            Arc::new(super::local::Local(auth.clone())),
+            &local_name,
+            Arc::new(super::local::Local(auth.clone(), local_name.clone())),
             journal,
             static_apps,
             config.selectors(),
             mcpgate_mcp::Limits::default(),
         )?;
-        agent.set_redaction_key(auth.redaction_key_for(LOCAL_AGENT).await?);
+        agent.set_redaction_key(auth.redaction_key_for(&local_name).await?);
         agent.recover().await?;
         services.push("agent".to_string());
         Some(agent)
@@ -336,7 +343,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         let proxy = std::net::SocketAddr::new(ip, bound.port());
         let issuer = auth.clone();
         let claims = auth
-            .agent(LOCAL_AGENT)
+            .agent(&local_name)
             .await?
             .map(|record| auth.agent_claims(&record))
             .ok_or_else(|| anyhow::anyhow!("the local agent is not registered"))?;
@@ -357,7 +364,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 Ok((config, id.info.not_after))
             }),
         };
-        tokio::spawn(agent.run_tunnel(LOCAL_AGENT.to_string(), dial));
+        tokio::spawn(agent.run_tunnel(local_name.clone(), dial));
         wait_for_agent(&tunnels).await;
     }
     tokio::spawn(renew(
