@@ -38,6 +38,8 @@ struct Remote {
     roles: Cache<Vec<Role>>,
     apps: Cache<Vec<App>>,
     locks: Cache<Vec<Lock>>,
+    /// Tool pins by app: every session of an app reads them as often as its roles.
+    pins: Cache<Vec<Pin>>,
     client: std::sync::Mutex<Option<(Arc<Identity>, Arc<KeepAlive>)>>,
 }
 
@@ -63,12 +65,16 @@ impl<T: Clone> Cache<T> {
             return Ok(v.clone());
         }
         let v = fetch.await?;
+        self.put(key, v.clone());
+        Ok(v)
+    }
+
+    fn put(&self, key: &str, v: T) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 1024 {
             map.clear();
         }
-        map.insert(key.to_string(), (std::time::Instant::now(), v.clone()));
-        Ok(v)
+        map.insert(key.to_string(), (std::time::Instant::now(), v));
     }
 }
 
@@ -154,10 +160,13 @@ impl Cluster for Remote {
     }
     fn pins<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<Vec<Pin>, String>> {
         Box::pin(async move {
-            self.api()?
-                .get(&format!("/v1/agent/pins/{app}"))
-                .await
-                .map_err(|e| format!("{e:#}"))
+            let fetch = async {
+                self.api()?
+                    .get(&format!("/v1/agent/pins/{app}"))
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            };
+            self.pins.get(app, fetch).await
         })
     }
     fn tools_seen<'a>(
@@ -172,10 +181,14 @@ impl Cluster for Remote {
                 strict,
                 tools,
             };
-            self.api()?
+            let pins: Vec<Pin> = self
+                .api()?
                 .post("/v1/agent/pins", &req)
                 .await
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| format!("{e:#}"))?;
+            // What the cluster answers is the newest: no session reads an older copy.
+            self.pins.put(app, pins.clone());
+            Ok(pins)
         })
     }
     fn count_call<'a>(
@@ -315,6 +328,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         roles: Cache::new(),
         apps: Cache::new(),
         locks: Cache::new(),
+        pins: Cache::new(),
         client: std::sync::Mutex::new(None),
     });
     let agent = Agent::new(
