@@ -73,6 +73,9 @@ pub struct HttpUpstream {
 /// What the transport's tasks share.
 struct Shared {
     app: String,
+    /// The secrets its headers carry: taken out of an error body before it is cut short
+    /// for a message (a cut could leave part of one that no longer matches).
+    scrubber: secrets::Scrubber,
     client: HttpClient,
     /// Where messages are POSTed (for the legacy transport: the SSE stream's URL until the
     /// `endpoint` event names the POST URL).
@@ -161,6 +164,7 @@ impl HttpUpstream {
         let client = client(app.spec.tls.as_ref().unwrap_or(&UpstreamTls::default()))?;
         let (side, ours) = tokio::io::duplex(256 << 10);
         let (out, rx) = mpsc::channel(64);
+        let scrubber = secrets::Scrubber::new(given.iter().map(String::as_str));
         let shared = Arc::new(Shared {
             app: name,
             client,
@@ -177,6 +181,7 @@ impl HttpUpstream {
             listener: Mutex::new(None),
             ended: Notify::new(),
             max,
+            scrubber: scrubber.clone(),
         });
         let (r, w) = tokio::io::split(ours);
         let task = tokio::spawn(run(shared.clone(), r, w, rx));
@@ -184,7 +189,7 @@ impl HttpUpstream {
             side: Some(side),
             shared,
             task,
-            scrubber: secrets::Scrubber::new(given.iter().map(String::as_str)),
+            scrubber,
         })
     }
 
@@ -577,6 +582,10 @@ async fn post_once(shared: &Arc<Shared>, msg: &Msg) -> Result<(), PostError> {
             shared.send(body).await;
             return Ok(());
         }
+        let body = shared
+            .scrubber
+            .scrub(&body)
+            .unwrap_or_else(|| body.to_vec());
         let said = excerpt(&body);
         let hint = if status == StatusCode::NOT_FOUND {
             format!(

@@ -235,6 +235,12 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
     // The server echoes its headers back: the credential it was given does not reach the
     // client.
     assert_eq!(seen["authorization"], "Bearer [REDACTED]");
+    // An error page quoting it, cut short for the message where the credential would be cut
+    // in two: not even its beginning reaches the client.
+    let failed = b.call("echo", json!({"fail_with_headers": true}));
+    let message = failed.to_string();
+    assert!(message.contains("answered HTTP 500"), "{failed}");
+    assert!(!message.contains("ghp-e2e"), "{failed}");
     assert_eq!(seen["x-team"], "blue");
     assert_eq!(seen["mcp-method"], "tools/call");
     assert_eq!(seen["mcp-name"], "headers");
@@ -341,7 +347,12 @@ fn an_http_app_gets_its_credentials_on_the_agent_and_the_callers_assertion() {
 
     // The same audit as stdio: the calls, the denial, with the app's name.
     let calls = audit(&d, &["--app", "remote", "--tool", "echo"]);
-    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls.len(), 5, "four answered, one failed: {calls:?}");
+    assert!(
+        calls.iter().any(|c| c["outcome"] == "error"
+            && c["error"].as_str().unwrap().ends_with("Bearer [REDACTED")),
+        "{calls:?}"
+    );
     assert_eq!(calls[0]["user"], "alice");
     let denials = audit(&d, &["--app", "remote", "--decision", "deny"]);
     assert!(
