@@ -1,22 +1,32 @@
 //! The audit journal: the one owner of store-before-forward.
 //!
-//! - [`Journal::begin`]: a request's event is stored durably (a *pending* entry in the
-//!   agent's spool) before the request is forwarded; if that fails, the request is not
-//!   forwarded (fail closed).
-//! - [`Journal::complete`]: the final event (outcome, duration) replaces the pending entry;
-//!   completions are stored in batches by one writer task (group commit), off every
-//!   session's path. A crash in between only leaves the pending entry.
+//! - [`Journal::begin`]: a request's event is stored durably (a *pending* entry) before the
+//!   request is forwarded; if that fails, the request is not forwarded (fail closed). With a
+//!   journal directory ([`Journal::with_dir`], what the daemons use) the entry is one line
+//!   appended to a file with a single `write()`: in the page cache it survives the process
+//!   being killed (`kill -9`), and it costs microseconds, not a database transaction.
+//!   Without one, it is a key in the spool.
+//! - [`Journal::complete`]: the final event (outcome, duration) is stored by one writer task
+//!   in batches (group commit), off every session's path; it carries the pending event's id,
+//!   and storing is idempotent by id. A batch that cannot be stored is kept and tried again;
+//!   while the audit log refuses writes, [`Journal::begin`] refuses too, so what waits is
+//!   bounded by the requests in flight.
 //! - [`Journal::recover`]: at start, every pending entry left by a killed process becomes a
 //!   final event with `outcome: interrupted` — never a success: the gateway cannot know
-//!   whether the server acted.
+//!   whether the server acted. One whose final event was stored stays as it was (same id).
 //! - [`Journal::record`]: events that need no pending step (session start and end, denials).
 //! - [`Journal::ship`]: an agent on another host keeps final events in an outbox in its spool
 //!   and ships them to the auth service; storing is idempotent by event id, so a batch
 //!   shipped twice is stored once.
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mcpgate_store::{AnyStore, Store};
 use mcpgate_types::AuditEvent;
@@ -28,6 +38,11 @@ pub const PENDING: &str = "audit-pending/";
 pub const OUTBOX: &str = "outbox/";
 /// Events per shipped batch.
 const SHIP_BATCH: usize = 500;
+/// A journal file is closed for new entries past this size, and removed once every entry
+/// in it has its final event stored.
+const ROTATE_AT: u64 = 4 << 20;
+/// How long the batch writer waits before trying a refused batch again.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// Where final events go.
 pub enum Sink {
@@ -40,18 +55,131 @@ pub enum Sink {
 /// The audit journal of an agent, shared by its sessions.
 pub struct Journal {
     spool: Arc<AnyStore>,
-    /// Where this journal's pending entries live (`audit-pending/INSTANCE/`): several
-    /// gateway instances may share one store, and each recovers only its own.
+    /// Where this journal's pending entries live in the spool (`audit-pending/INSTANCE/`),
+    /// without a journal directory: several gateway instances may share one store, and
+    /// each recovers only its own.
     pending: String,
+    /// The journal files, when there is a directory for them.
+    files: Option<Files>,
     sink: Sink,
     completions: tokio::sync::mpsc::Sender<Completion>,
+    /// The last batch of final events could not be stored: new requests are refused.
+    failing: AtomicBool,
+}
+
+/// Pending entries as lines in files `DIR/INSTANCE-GENERATION.log`.
+struct Files {
+    dir: PathBuf,
+    instance: String,
+    /// [`ROTATE_AT`], smaller in tests.
+    rotate_at: u64,
+    state: Mutex<FilesState>,
+}
+
+struct FilesState {
+    generation: u64,
+    file: Option<std::fs::File>,
+    size: u64,
+    /// Entries of each generation whose final event is not stored yet.
+    open: HashMap<u64, u64>,
+    /// The generation of each entry not yet final, by event id.
+    of: HashMap<String, u64>,
 }
 
 /// What the batch writer is told.
 enum Completion {
     Event(Box<AuditEvent>),
-    /// Answer once everything sent before is stored.
+    /// Answer once everything sent before is stored (or was tried).
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Files {
+    fn path(&self, generation: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}-{generation:020}.log", self.instance))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FilesState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This instance's journal files, oldest first, with their generations.
+    fn existing(&self) -> Result<Vec<(u64, PathBuf)>, String> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(format!("{}: {e}", self.dir.display())),
+        };
+        let prefix = format!("{}-", self.instance);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(generation) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".log"))
+                .and_then(|g| g.parse::<u64>().ok())
+            {
+                out.push((generation, entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Appends one pending entry (one `write()`), opening a new file past [`ROTATE_AT`].
+    fn append(&self, id: &str, json: &[u8]) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(json.len() + 1);
+        line.extend_from_slice(json);
+        line.push(b'\n');
+        let mut st = self.state();
+        if st.file.is_none() || st.size >= self.rotate_at {
+            if st.file.is_some() {
+                st.generation += 1;
+            }
+            let generation = st.generation;
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            st.file = Some(options.open(self.path(generation))?);
+            st.size = 0;
+            // The previous generation may have nothing open any more.
+            let done: Vec<u64> = st
+                .open
+                .iter()
+                .filter(|(g, n)| **g < generation && **n == 0)
+                .map(|(g, _)| *g)
+                .collect();
+            for g in done {
+                st.open.remove(&g);
+                let _ = std::fs::remove_file(self.path(g));
+            }
+        }
+        let generation = st.generation;
+        if let Some(f) = st.file.as_mut() {
+            f.write_all(&line)?;
+        }
+        st.size += line.len() as u64;
+        *st.open.entry(generation).or_insert(0) += 1;
+        st.of.insert(id.to_string(), generation);
+        Ok(())
+    }
+
+    /// The final events of these ids are stored: a closed file with nothing open goes.
+    fn stored<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut st = self.state();
+        for id in ids {
+            let Some(g) = st.of.remove(id) else { continue };
+            let left = st.open.get_mut(&g).map(|n| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            if left == Some(0) && g != st.generation {
+                st.open.remove(&g);
+                let _ = std::fs::remove_file(self.path(g));
+            }
+        }
+    }
 }
 
 impl Journal {
@@ -59,12 +187,62 @@ impl Journal {
     /// of this gateway, distinct from other instances sharing the store) and final events in
     /// `sink`. Starts the batch writer (call within a tokio runtime).
     pub fn new(spool: Arc<AnyStore>, sink: Sink, instance: &str) -> Arc<Journal> {
+        Self::build(spool, sink, instance, None)
+    }
+
+    /// The same, with pending events appended to files in `dir` (created if needed, owner
+    /// only) instead of the spool. Call [`Journal::recover`] before the first request.
+    pub fn with_dir(
+        spool: Arc<AnyStore>,
+        sink: Sink,
+        instance: &str,
+        dir: &Path,
+    ) -> Result<Arc<Journal>, String> {
+        Self::with_files(spool, sink, instance, dir, ROTATE_AT)
+    }
+
+    fn with_files(
+        spool: Arc<AnyStore>,
+        sink: Sink,
+        instance: &str,
+        dir: &Path,
+        rotate_at: u64,
+    ) -> Result<Arc<Journal>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let files = Files {
+            dir: dir.to_path_buf(),
+            instance: instance.to_string(),
+            rotate_at,
+            state: Mutex::new(FilesState {
+                generation: 0,
+                file: None,
+                size: 0,
+                open: HashMap::new(),
+                of: HashMap::new(),
+            }),
+        };
+        Ok(Self::build(spool, sink, instance, Some(files)))
+    }
+
+    fn build(
+        spool: Arc<AnyStore>,
+        sink: Sink,
+        instance: &str,
+        files: Option<Files>,
+    ) -> Arc<Journal> {
         let (completions, rx) = tokio::sync::mpsc::channel(4096);
         let journal = Arc::new(Journal {
             spool,
             pending: format!("{PENDING}{instance}/"),
+            files,
             sink,
             completions,
+            failing: AtomicBool::new(false),
         });
         tokio::spawn(complete_in_batches(Arc::downgrade(&journal), rx));
         journal
@@ -95,17 +273,40 @@ impl Journal {
         }
     }
 
-    /// Stores `event` as pending: durable before its request is forwarded.
+    /// Stores `event` as pending: durable before its request is forwarded. Refused while
+    /// the audit log refuses final events.
     pub async fn begin(&self, event: &AuditEvent) -> Result<(), String> {
+        if self.failing.load(Ordering::Acquire) {
+            return Err("the audit log refuses writes".into());
+        }
         let bytes = serde_json::to_vec(event).map_err(|e| e.to_string())?;
-        self.spool
-            .put(&self.pending_key(&event.id), &bytes)
-            .await
-            .map_err(|e| e.to_string())
+        match &self.files {
+            Some(files) => files
+                .append(&event.id, &bytes)
+                .map_err(|e| format!("the audit journal cannot be written: {e}")),
+            None => self
+                .spool
+                .put(&self.pending_key(&event.id), &bytes)
+                .await
+                .map_err(|e| e.to_string()),
+        }
     }
 
     fn pending_key(&self, id: &str) -> String {
         format!("{}{id}", self.pending)
+    }
+
+    /// The final events of `events` are stored: their pending entries go.
+    async fn stored(&self, events: &[AuditEvent]) {
+        match &self.files {
+            Some(files) => files.stored(events.iter().map(|e| e.id.as_str())),
+            None => {
+                let keys: Vec<String> = events.iter().map(|e| self.pending_key(&e.id)).collect();
+                if let Err(e) = self.spool.delete_many(&keys).await {
+                    tracing::warn!(error = %e, "pending audit events stay until the next start");
+                }
+            }
+        }
     }
 
     /// Hands the final event of a begun request (same id) to the batch writer.
@@ -123,13 +324,11 @@ impl Journal {
     /// Stores the final event of a begun request now, and drops its pending entry.
     pub async fn complete_now(&self, event: AuditEvent) -> Result<(), String> {
         self.record(std::slice::from_ref(&event)).await?;
-        if let Err(e) = self.spool.delete(&self.pending_key(&event.id)).await {
-            tracing::warn!(error = %e, "a pending audit event stays until the next start");
-        }
+        self.stored(std::slice::from_ref(&event)).await;
         Ok(())
     }
 
-    /// Returns once every completion handed over before is stored (or failed).
+    /// Returns once every completion handed over before is stored (or was tried).
     pub async fn flush(&self) {
         let (done, flushed) = tokio::sync::oneshot::channel();
         if self.completions.send(Completion::Flush(done)).await.is_ok() {
@@ -139,9 +338,28 @@ impl Journal {
 
     /// Completes the events of requests that were forwarded when a process was killed:
     /// each becomes `outcome: interrupted`, not a success (stored once: storing is
-    /// idempotent by id). Returns how many.
+    /// idempotent by id, and one whose final event was stored keeps it). Returns how many
+    /// pending entries there were.
     pub async fn recover(&self) -> Result<usize, String> {
-        // Its own, and those of versions that kept them unscoped (`audit-pending/ID`).
+        let mut recovered = 0;
+        if let Some(files) = &self.files {
+            for (_, path) in files.existing()? {
+                let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                // A line cut short by the kill was never forwarded: it is skipped.
+                let events: Vec<AuditEvent> = text
+                    .split(|b| *b == b'\n')
+                    .filter_map(|l| serde_json::from_slice::<AuditEvent>(l).ok())
+                    .map(interrupted)
+                    .collect();
+                for chunk in events.chunks(500) {
+                    self.record(chunk).await?;
+                }
+                recovered += events.len();
+                std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        // Its own in the spool, and those of versions that kept them unscoped
+        // (`audit-pending/ID`).
         let pending: Vec<(String, Vec<u8>)> = self
             .spool
             .list(PENDING)
@@ -156,13 +374,14 @@ impl Journal {
             }
             self.spool.delete(key).await.map_err(|e| e.to_string())?;
         }
-        if !pending.is_empty() {
+        recovered += pending.len();
+        if recovered > 0 {
             tracing::warn!(
-                recovered = pending.len(),
-                "recorded requests forwarded before the last stop as interrupted"
+                pending = recovered,
+                "requests forwarded before the last stop: recorded as interrupted unless their answer was"
             );
         }
-        Ok(pending.len())
+        Ok(recovered)
     }
 
     /// Ships the outbox oldest first in batches through `upload`, deleting each batch once
@@ -207,15 +426,28 @@ fn interrupted(mut event: AuditEvent) -> AuditEvent {
 }
 
 /// Stores completed events in batches (one transaction for many requests), then drops
-/// their pending entries.
+/// their pending entries. A batch the audit log refuses is kept and tried again; meanwhile
+/// the journal refuses new requests.
 async fn complete_in_batches(
     journal: std::sync::Weak<Journal>,
     mut rx: tokio::sync::mpsc::Receiver<Completion>,
 ) {
-    let mut batch = Vec::with_capacity(256);
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(256);
     let mut flushed = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
+    loop {
+        let first = if batch.is_empty() {
+            match rx.recv().await {
+                Some(m) => Some(m),
+                None => return,
+            }
+        } else {
+            // Retrying: take what comes meanwhile, then try again.
+            match tokio::time::timeout(RETRY, rx.recv()).await {
+                Ok(Some(m)) => Some(m),
+                Ok(None) | Err(_) => None,
+            }
+        };
+        let mut next = first;
         while let Some(msg) = next.take() {
             match msg {
                 Completion::Event(ev) => batch.push(*ev),
@@ -230,16 +462,18 @@ async fn complete_in_batches(
         };
         match journal.record(&batch).await {
             Ok(()) => {
-                let keys: Vec<String> = batch.iter().map(|e| journal.pending_key(&e.id)).collect();
-                if let Err(e) = journal.spool.delete_many(&keys).await {
-                    tracing::warn!(error = %e, "pending audit events stay until the next start");
+                journal.stored(&batch).await;
+                if journal.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the audit log accepts writes again");
                 }
+                batch.clear();
             }
             Err(e) => {
-                tracing::error!(error = %e, "audit write failed; the pending events will be recovered")
+                if !journal.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "audit write failed: new requests are refused until it succeeds; retrying");
+                }
             }
         }
-        batch.clear();
         for done in flushed.drain(..) {
             let _ = done.send(());
         }
@@ -279,6 +513,88 @@ mod tests {
         Arc::new(AnyStore::Sqlite(
             SqliteStore::open(&dir.path().join(name)).unwrap(),
         ))
+    }
+
+    fn journal_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn journal_files_survive_a_crash_and_answered_requests_keep_their_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir, "log.db");
+        let jdir = dir.path().join("journal");
+        let (answered, cut) = (event(), event());
+        {
+            let j = Journal::with_dir(log.clone(), Sink::Log(log.clone()), "a", &jdir).unwrap();
+            j.begin(&answered).await.unwrap();
+            j.begin(&cut).await.unwrap();
+            j.complete(answered.clone()).await;
+            j.flush().await;
+            // Killed here: `cut` was forwarded and never answered. Nothing was flushed to
+            // disk by the journal itself: the page cache outlives the process.
+        }
+        assert_eq!(journal_files(&jdir), ["a-00000000000000000000.log"]);
+        let j = Journal::with_dir(log.clone(), Sink::Log(log.clone()), "a", &jdir).unwrap();
+        assert_eq!(
+            j.recover().await.unwrap(),
+            2,
+            "both entries were still in the file"
+        );
+        assert!(journal_files(&jdir).is_empty());
+        let found = log.search_events(&AuditQuery::default()).await.unwrap();
+        assert_eq!(found.len(), 2);
+        let by_id = |id: &str| found.iter().find(|e| e.id == id).unwrap();
+        assert!(
+            by_id(&answered.id).success,
+            "an answered request keeps its outcome"
+        );
+        assert_eq!(by_id(&cut.id).field("outcome"), Some("interrupted"));
+        // A line cut short by the kill is skipped.
+        std::fs::write(jdir.join("a-00000000000000000007.log"), b"{\"id\": \"trunc").unwrap();
+        assert_eq!(j.recover().await.unwrap(), 0);
+        // Another instance's files are its own.
+        let other = Journal::with_dir(log.clone(), Sink::Log(log.clone()), "b", &jdir).unwrap();
+        other.begin(&event()).await.unwrap();
+        assert_eq!(j.recover().await.unwrap(), 0);
+        assert_eq!(journal_files(&jdir).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_journal_file_goes_once_its_entries_are_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir, "log.db");
+        let jdir = dir.path().join("journal");
+        // Files of one entry each, to see them rotate.
+        let j = Journal::with_files(log.clone(), Sink::Log(log.clone()), "a", &jdir, 1).unwrap();
+        let (a, b, c) = (event(), event(), event());
+        j.begin(&a).await.unwrap();
+        j.begin(&b).await.unwrap(); // a second file: the first holds one entry
+        assert_eq!(journal_files(&jdir).len(), 2);
+        j.complete(a).await;
+        j.flush().await;
+        assert_eq!(
+            journal_files(&jdir),
+            ["a-00000000000000000001.log"],
+            "the first file went"
+        );
+        j.begin(&c).await.unwrap();
+        j.complete(b).await;
+        j.complete(c).await;
+        j.flush().await;
+        assert_eq!(
+            journal_files(&jdir),
+            ["a-00000000000000000002.log"],
+            "only the current stays"
+        );
     }
 
     #[tokio::test]

@@ -862,7 +862,11 @@ fn an_app_created_with_admin_create_is_served_without_a_restart() {
 }
 
 #[test]
-fn a_call_whose_audit_event_cannot_be_stored_is_not_forwarded() {
+/// Calls are journaled before they are forwarded (one append to a file); their final events
+/// are stored in batches. When the audit log refuses writes, the gateway refuses new calls
+/// as soon as a batch fails, keeps what it could not store, and stores it with its real
+/// outcome once the log accepts writes again: nothing forwarded is lost.
+fn while_the_audit_log_refuses_writes_calls_are_refused_and_nothing_is_lost() {
     let Some(url) = needs("MCPGATE_TEST_POSTGRES_URL") else {
         return;
     };
@@ -907,30 +911,66 @@ fn a_call_whose_audit_event_cannot_be_stored_is_not_forwarded() {
     b.initialize();
     assert!(b.call("echo", json!({"n": 1})).get("result").is_some());
 
-    // The audit log starts refusing writes of pending call events (a real database error).
-    // NOT VALID: the first call's own pending entry may not be completed yet.
+    // The audit log starts refusing every write (a real database error).
     sql(
-        "ALTER TABLE mcpgate_kv ADD CONSTRAINT refuse_pending CHECK (key NOT LIKE 'audit-pending/%') NOT VALID",
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER refuse BEFORE INSERT ON mcpgate_audit FOR EACH ROW EXECUTE FUNCTION refuse()",
         &db_url,
     );
-    let (code, msg) = error_of(&b.call("echo", json!({"n": "unrecorded"})));
+    // The first call after it is journaled and answered; its final event is refused, and
+    // from then on calls are refused before they reach the server.
+    let mut forwarded = Vec::new();
+    let refused = (0..50).find_map(|i| {
+        let tag = format!("during-{i}");
+        let answer = b.call("echo", json!({"n": tag}));
+        if answer.get("result").is_some() {
+            forwarded.push(tag);
+            None
+        } else {
+            Some((tag, answer))
+        }
+    });
+    let (tag, answer) = refused.expect("calls are refused while the audit log refuses writes");
+    let (code, msg) = error_of(&answer);
     assert_eq!(code, -32603, "{msg}");
     assert!(
         msg.contains("audit log is unavailable") && msg.contains("not forwarded"),
         "{msg}"
     );
     assert!(
-        !recorded(&record).contains("unrecorded"),
-        "the call never reached the upstream"
+        !recorded(&record).contains(&tag),
+        "the refused call never reached the server"
+    );
+    assert!(
+        !forwarded.is_empty() && forwarded.len() < 50,
+        "{forwarded:?}"
     );
 
-    // Once the audit log accepts writes again, calls go through in the same session.
-    sql(
-        "ALTER TABLE mcpgate_kv DROP CONSTRAINT refuse_pending",
-        &db_url,
-    );
-    assert!(b.call("echo", json!({"n": 3})).get("result").is_some());
+    // Once the audit log accepts writes again, calls go through in the same session, and
+    // what was answered meanwhile is in the log with its outcome.
+    sql("DROP TRIGGER refuse ON mcpgate_audit", &db_url);
+    let after = (0..100)
+        .find(|_| {
+            let ok = b
+                .call("echo", json!({"n": "after"}))
+                .get("result")
+                .is_some();
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        })
+        .is_some();
+    assert!(after, "calls go through again");
     drop(b);
+    for tag in &forwarded {
+        let found: Vec<Value> = audit(&d, &["--tool", "echo", "-q", tag])
+            .into_iter()
+            .filter(|e| e["params"]["arguments"]["n"] == tag.as_str())
+            .collect();
+        assert_eq!(found.len(), 1, "{tag}: {found:?}");
+        assert_eq!(found[0]["outcome"], "ok", "{tag}");
+    }
     drop(d);
     sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), &url);
 }

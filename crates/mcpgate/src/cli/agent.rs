@@ -316,9 +316,15 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .cloned()
         .ok_or_else(|| anyhow!("the identity holds no user CA certificate"))?;
     let spool = SqliteStore::open(&data_dir.join("agent").join("spool.db"))?;
-    // Pending and final events live in the local spool until shipped: nothing is lost
-    // when the auth service or this agent stops.
-    let journal = Journal::new(Arc::new(AnyStore::Sqlite(spool)), Sink::Outbox, "agent");
+    // Pending events are lines in journal files, final ones live in the local spool until
+    // shipped: nothing is lost when the auth service or this agent stops.
+    let journal = Journal::with_dir(
+        Arc::new(AnyStore::Sqlite(spool)),
+        Sink::Outbox,
+        "agent",
+        &data_dir.join("agent").join("journal"),
+    )
+    .map_err(|e| anyhow!("the audit journal: {e}"))?;
     let remote = Arc::new(Remote {
         proxy: proxy.clone(),
         cluster: id.info.claims.cluster.clone(),

@@ -264,13 +264,15 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| LOCAL_AGENT.to_string());
     let agent = if config.agent.enabled {
-        // In-process, final audit events go straight to the audit log; pending ones live
-        // in the same storage.
-        let journal = mcpgate_agent::Journal::new(
+        // In-process, final audit events go straight to the audit log; pending ones are
+        // lines in journal files in the data dir (one write each, batched commits after).
+        let journal = mcpgate_agent::Journal::with_dir(
             auth.store().clone(),
             mcpgate_agent::Sink::Log(auth.store().clone()),
             &instance_id(&config.data_dir)?,
-        );
+            &config.data_dir.join("journal"),
+        )
+        .map_err(|e| anyhow::anyhow!("the audit journal: {e}"))?;
         // The in-process agent is registered (as `local`) with every app in scope, and holds
         // the names of its static apps (an agent that joins later cannot claim them).
         let names: Vec<String> = static_apps
