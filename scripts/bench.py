@@ -86,6 +86,7 @@ agent:
       uri: mcp+stdio://
       mcp: {{command: node, args: ["{EVERYTHING}", "stdio"]}}
 """)
+    started = time.perf_counter()
     daemon = subprocess.Popen([BIN, "start", "--config", config], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     banner = {}
     for line in daemon.stdout:
@@ -94,6 +95,8 @@ agent:
             banner[k] = v.strip()
         if line.startswith("  mcpgate signup"):
             break
+    # The banner comes once the proxy listens and the in-process agent's tunnel is up.
+    ready_ms = (time.perf_counter() - started) * 1000
     addr, pin = banner["proxy"], banner["CA pin"]
     dd = ["--data-dir", f"{tmp}/data"]
     roles = os.path.join(tmp, "roles.yaml")
@@ -154,6 +157,8 @@ agent:
         *report,
         "",
         f"Memory: {per_session:.0f} KiB of daemon RSS per open session ({args.sessions} idle sessions after one call each; upstream processes not counted).",
+        "",
+        f"Ready: {ready_ms:.0f} ms from `mcpgate start` on an empty data dir (CAs made, SQLite created) to its banner (proxy listening, agent tunnel up).",
         "",
     ])
     print(text)
