@@ -51,9 +51,12 @@ pub enum Problem {
     NotAbsolute,
     /// A NUL character in a path.
     Nul,
-    /// A percent-encoded `.`, `/`, `\\` or NUL in a path, which a server that decodes it
-    /// would read as a traversal.
+    /// A percent-encoded `.`, `/`, `\\`, `%` or NUL, or a `\\`, in a path, which a server
+    /// that decodes it, or reads `\\` as a separator, would read as a traversal.
     Encoded,
+    /// Control characters, or spaces at either end: parsers disagree on what they mean
+    /// (a URL parser drops them, a pattern does not).
+    Unclear,
 }
 
 impl fmt::Display for Problem {
@@ -63,7 +66,8 @@ impl fmt::Display for Problem {
             Problem::NotText => "is not a string, number or boolean",
             Problem::NotAbsolute => "is not an absolute path",
             Problem::Nul => "holds a NUL character",
-            Problem::Encoded => "holds a percent-encoded dot or slash",
+            Problem::Encoded => "holds a backslash or a percent-encoded dot, slash or percent",
+            Problem::Unclear => "holds control characters or spaces at its ends",
         })
     }
 }
@@ -79,7 +83,8 @@ impl ArgMatcher {
             });
         }
         let source = if pattern.starts_with('^') && pattern.ends_with('$') && pattern.len() > 1 {
-            pattern.to_string()
+            // `.` matches a newline too: a value cannot slip past with one.
+            format!("(?s){pattern}")
         } else if pattern.contains('*') {
             let mut source = String::from("(?s)^");
             let mut rest = pattern;
@@ -124,6 +129,9 @@ impl ArgMatcher {
             Some(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
             Some(_) => return Fit::Unchecked(Problem::NotText),
         };
+        if text.chars().any(char::is_control) || text.trim() != text {
+            return Fit::Unchecked(Problem::Unclear);
+        }
         let text = if self.path {
             match normal_path(&text) {
                 Ok(p) => Cow::Owned(p),
@@ -151,9 +159,10 @@ pub fn normal_path(path: &str) -> Result<String, Problem> {
         return Err(Problem::NotAbsolute);
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"]
-        .iter()
-        .any(|e| lower.contains(e))
+    if path.contains('\\')
+        || ["%2e", "%2f", "%5c", "%00", "%25"]
+            .iter()
+            .any(|e| lower.contains(e))
     {
         return Err(Problem::Encoded);
     }
@@ -178,13 +187,23 @@ pub fn normal_path(path: &str) -> Result<String, Problem> {
     Ok(out)
 }
 
+/// A key as a case-insensitive decoder compares it (Unicode lowercase; `ſ` is `s`, the
+/// Kelvin sign `k`).
+fn folded(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == '\u{17f}' { 's' } else { c })
+        .collect()
+}
+
 /// The arguments of a tool call: `params.arguments` as an object, its keys unique.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Arguments(Vec<(String, Value)>);
 
 impl Arguments {
-    /// Reads `params.arguments` (absent: no arguments). An argument named twice is refused:
-    /// servers disagree on which of the two they use.
+    /// Reads `params.arguments` (absent: no arguments). An argument named twice — also in
+    /// another case or spelling that folds to the same name, as Go's JSON decoder reads
+    /// keys — is refused: servers disagree on which of the two they use.
     pub fn parse(raw: Option<&str>) -> Result<Arguments, String> {
         match raw {
             None => Ok(Arguments::default()),
@@ -196,9 +215,13 @@ impl Arguments {
         }
     }
 
-    /// The value of argument `name`.
+    /// The value of argument `name`, under any spelling that folds to it (`Path`, `PATH`).
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        let name = folded(name);
+        self.0
+            .iter()
+            .find(|(k, _)| folded(k) == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -213,8 +236,13 @@ impl<'de> serde::Deserialize<'de> for Arguments {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Arguments, M::Error> {
                 let mut out: Vec<(String, Value)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format!("names {key:?} twice")));
+                    let f = folded(&key);
+                    if let Some((first, _)) = out.iter().find(|(k, _)| folded(k) == f) {
+                        return Err(de::Error::custom(if *first == key {
+                            format!("names {key:?} twice")
+                        } else {
+                            format!("names {first:?} twice (also as {key:?})")
+                        }));
                     }
                     let value = map.next_value()?;
                     out.push((key, value));
@@ -264,12 +292,16 @@ mod tests {
         );
         assert_eq!(
             fit(docs, json!("/srv/docs/a\0")),
-            Fit::Unchecked(Problem::Nul)
+            Fit::Unchecked(Problem::Unclear),
+            "NUL, like every control character"
         );
+        assert_eq!(normal_path("/a\0"), Err(Problem::Nul));
         for encoded in [
             "/srv/docs/%2e%2e/%2E%2E/etc/passwd",
             "/srv/docs/..%2fsecret",
             "/srv/docs/%2E./x",
+            "/srv/docs/..\\..\\etc",
+            "/srv/docs/%252e%252e/x",
         ] {
             assert_eq!(
                 fit(docs, json!(encoded)),
@@ -320,6 +352,20 @@ mod tests {
             fit(ssrf, json!("https://example.com/?u=http://127.0.0.1")),
             Fit::NoMatch
         );
+        // What URL parsers strip or fold is not let past a deny rule.
+        for sly in [
+            "http://127.0.0.1/\n",
+            " http://127.0.0.1",
+            "http://127.0.0.1\t",
+            "ht\ntp://10.0.0.1",
+        ] {
+            assert_eq!(
+                fit(ssrf, json!(sly)),
+                Fit::Unchecked(Problem::Unclear),
+                "{sly:?}"
+            );
+        }
+        assert_eq!(fit("*", json!("any\nthing")), Fit::Match);
         assert!(ArgMatcher::new("^(bad$").is_err());
     }
 
@@ -327,11 +373,22 @@ mod tests {
     fn arguments_refuse_duplicates_and_non_objects() {
         let a = Arguments::parse(Some(r#"{"path": "/a", "n": 1}"#)).unwrap();
         assert_eq!(a.get("path"), Some(&json!("/a")));
-        assert_eq!(a.get("Path"), None);
+        assert_eq!(a.get("Path"), Some(&json!("/a")), "any spelling of the name");
         let e = Arguments::parse(Some(r#"{"path": "/srv/docs/a", "path": "/etc/passwd"}"#))
             .unwrap_err();
         assert!(e.contains("names \"path\" twice"), "{e}");
         assert!(Arguments::parse(Some("[1]")).is_err());
+        let e = Arguments::parse(Some(r#"{"path": "/srv/docs/a", "Path": "/etc/passwd"}"#))
+            .unwrap_err();
+        assert!(e.contains(r#"names "path" twice (also as "Path")"#), "{e}");
+        assert!(Arguments::parse(Some(r#"{"url": "a", "\u0055RL": "b"}"#)).is_err());
+        assert!(Arguments::parse(Some(r#"{"paſs": "a", "pass": "b"}"#)).is_err());
+        let a = Arguments::parse(Some(r#"{"URL": "http://x"}"#)).unwrap();
+        assert_eq!(
+            a.get("url"),
+            Some(&json!("http://x")),
+            "a deny rule sees any spelling"
+        );
         assert_eq!(Arguments::parse(None).unwrap(), Arguments::default());
     }
 }
