@@ -156,8 +156,14 @@ impl Files {
             }
         }
         let generation = st.generation;
-        if let Some(f) = st.file.as_mut() {
-            f.write_all(&line)?;
+        if let Some(f) = st.file.as_mut()
+            && let Err(e) = f.write_all(&line)
+        {
+            // Part of the line may be in the file: the next entry goes to a new one, so it
+            // is not glued to a fragment (which recovery skips: it was never forwarded).
+            st.file = None;
+            st.generation += 1;
+            return Err(e);
         }
         st.size += line.len() as u64;
         *st.open.entry(generation).or_insert(0) += 1;
@@ -250,6 +256,13 @@ impl Journal {
 
     /// Stores final events durably.
     pub async fn record(&self, events: &[AuditEvent]) -> Result<(), String> {
+        self.store_final(events, false).await
+    }
+
+    /// Stores final events; with `only_new`, an event whose id is stored already keeps what
+    /// it was (the audit log keeps the first of an id anyway; the outbox, keyed by time and
+    /// id, must not be overwritten by a recovered `interrupted` before it is shipped).
+    async fn store_final(&self, events: &[AuditEvent], only_new: bool) -> Result<(), String> {
         if events.is_empty() {
             return Ok(());
         }
@@ -263,10 +276,12 @@ impl Journal {
                         e.id
                     );
                     let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
-                    self.spool
-                        .put(&key, &bytes)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    if only_new {
+                        self.spool.create(&key, &bytes).await.map(|_| ())
+                    } else {
+                        self.spool.put(&key, &bytes).await
+                    }
+                    .map_err(|e| e.to_string())?;
                 }
                 Ok(())
             }
@@ -352,7 +367,7 @@ impl Journal {
                     .map(interrupted)
                     .collect();
                 for chunk in events.chunks(500) {
-                    self.record(chunk).await?;
+                    self.store_final(chunk, true).await?;
                 }
                 recovered += events.len();
                 std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -370,7 +385,7 @@ impl Journal {
             .collect();
         for (key, bytes) in &pending {
             if let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) {
-                self.record(&[interrupted(event)]).await?;
+                self.store_final(&[interrupted(event)], true).await?;
             }
             self.spool.delete(key).await.map_err(|e| e.to_string())?;
         }
@@ -566,6 +581,27 @@ mod tests {
         other.begin(&event()).await.unwrap();
         assert_eq!(j.recover().await.unwrap(), 0);
         assert_eq!(journal_files(&jdir).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn recovery_keeps_an_answered_event_in_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = store(&dir, "spool.db");
+        let jdir = dir.path().join("journal");
+        let ev = event();
+        {
+            let j = Journal::with_dir(spool.clone(), Sink::Outbox, "agent", &jdir).unwrap();
+            j.begin(&ev).await.unwrap();
+            j.complete(ev.clone()).await;
+            j.flush().await;
+            // Stopped before the outbox was shipped.
+        }
+        let j = Journal::with_dir(spool.clone(), Sink::Outbox, "agent", &jdir).unwrap();
+        assert_eq!(j.recover().await.unwrap(), 1);
+        let outbox = spool.list(OUTBOX).await.unwrap();
+        assert_eq!(outbox.len(), 1);
+        let stored: AuditEvent = serde_json::from_slice(&outbox[0].1).unwrap();
+        assert!(stored.success, "the answered event is shipped as it was");
     }
 
     #[tokio::test]

@@ -88,7 +88,7 @@ struct Session<'a> {
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
     /// The hash of the definition this session's server last offered, by tool name.
-    seen: Mutex<HashMap<String, String>>,
+    seen: Mutex<HashMap<String, (String, bool)>>,
     /// Takes the secrets the server was given (its env, its headers) out of what it sends.
     scrub: std::sync::OnceLock<crate::secrets::Scrubber>,
 }
@@ -244,7 +244,7 @@ enum SessionRules<'p> {
     App {
         roles: AppRules<'p>,
         pins: &'p PinBook,
-        seen: &'p Mutex<HashMap<String, String>>,
+        seen: &'p Mutex<HashMap<String, (String, bool)>>,
         /// Tools offered that the cluster has not seen yet, to report after the step.
         report: Mutex<Vec<Value>>,
     },
@@ -284,7 +284,10 @@ impl Rules for SessionRules<'_> {
                 let would = roles.decide_request(subject, value, arguments)?;
                 if subject == Subject::Tool {
                     let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    pins.callable(value, seen.get(value).map(String::as_str))?;
+                    pins.callable(
+                        value,
+                        seen.get(value).map(|(h, hidden)| (h.as_str(), *hidden)),
+                    )?;
                 }
                 Ok(would)
             }
@@ -308,7 +311,7 @@ impl Rules for SessionRules<'_> {
                 }
                 seen.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(o.name, o.hash);
+                    .insert(o.name, (o.hash, o.hidden));
                 o.verdict
             }
             SessionRules::Nothing(reason) => Err(reason.clone()),
@@ -905,8 +908,9 @@ impl Session<'_> {
                 Audit::Notification(env) => self.notified(&env).await,
                 Audit::Cancelled { env, gid, request } => {
                     self.notified(&env).await;
-                    // The request it cancels ends here.
-                    self.release(gid).await;
+                    // The request it cancels ends here for the client; the server may still
+                    // be working on it (cancelling is advisory), so a place it holds under a
+                    // limit on calls at once stays taken until the session ends.
                     let draft = self.state().drafts.remove(&gid);
                     if let Some(mut ev) = draft {
                         Self::finish(
@@ -1167,7 +1171,7 @@ impl Session<'_> {
                 tracing::error!(error = %e, "audit write failed");
             }
         }
-        // Places held under limits on calls at once are given back.
+        // Places held under limits on calls at once (cancelled calls' too) are given back.
         let held: Vec<u64> = self.state().leases.keys().copied().collect();
         for gid in held {
             self.release(gid).await;

@@ -580,7 +580,9 @@ async fn approve_pins(
 ) -> Pins {
     let c = caller(&s, &conn).await?;
     Ok(Json(
-        s.auth.approve_pins(&c, &app, req.tool.as_deref()).await?,
+        s.auth
+            .approve_pins(&c, &app, req.tool.as_deref(), req.hash.as_deref())
+            .await?,
     ))
 }
 

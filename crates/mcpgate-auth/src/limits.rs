@@ -195,6 +195,15 @@ impl AuthService {
             let extra = out.len().saturating_sub(limit as usize);
             out.drain(..extra);
         }
+        // Each search is itself on the record (a way to test guesses is watched).
+        self.emit(self.event(
+            mcpgate_types::audit::codes::AUDIT_MATCH_SECRET.0,
+            mcpgate_types::audit::codes::AUDIT_MATCH_SECRET.1,
+            &caller.info.claims,
+            true,
+            [("matched", serde_json::Value::from(out.len()))],
+        ))
+        .await?;
         Ok(out)
     }
 }

@@ -208,8 +208,16 @@ impl AuthService {
         caller: &Caller,
         app: &str,
         tool: Option<&str>,
+        hash: Option<&str>,
     ) -> Result<Vec<Pin>> {
         caller.require("app", "update")?;
+        if let Some(h) = hash
+            && (tool.is_none() || h.len() < "sha256:".len() + 8 || !h.starts_with("sha256:"))
+        {
+            return Err(AuthError::BadRequest(
+                "--hash names one held definition: give --tool too, and at least sha256: and 8 hex digits".into(),
+            ));
+        }
         let mut approved = Vec::new();
         let entries = match tool {
             Some(t) => match self.store.get(&key(app, t)).await? {
@@ -228,6 +236,14 @@ impl AuthService {
             let Some(held) = pin.held.clone() else {
                 continue;
             };
+            if let Some(h) = hash
+                && !held.hash.starts_with(h)
+            {
+                return Err(AuthError::BadRequest(format!(
+                    "tool {} on app {app} holds {} now, not {h}: look at `admin apps pins {app}` again",
+                    pin.tool, held.hash
+                )));
+            }
             let next = Pin {
                 approved: Some(Version {
                     at: now,

@@ -235,6 +235,10 @@ pub struct MatchSecret {
 pub struct ApproveRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The held definition the admin looked at (its hash, or a prefix of it): approve only
+    /// that one, not one the server has put in its place since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// `admin audit findings`: findings since this time (Unix microseconds).

@@ -987,20 +987,33 @@ const LISTS: [(&str, &str, Subject); 4] = [
 /// `result` with only the allowed entries of every list it holds, as JSON; `None` if
 /// `result[required]` is not a list, or another list is not one. Entries without a string
 /// name are removed.
-/// The handshake result without its `instructions` when the rules withhold them (`None`:
-/// forward it as it is). Only results that hold instructions are parsed.
+/// The handshake result as the client may see it: without its `instructions` when the
+/// rules withhold them, and never with another spelling of that key (`Instructions`, which
+/// a case-insensitive client would read). `None`: forward it as it is.
 fn withheld_instructions(result: &str, rules: &dyn Rules) -> Option<String> {
-    if !result.contains("\"instructions\"") {
-        return None;
-    }
     let mut v: Value = serde_json::from_str(result).ok()?;
-    let text = v.get("instructions")?.as_str()?.to_string();
-    match rules.offered_instructions(&text) {
-        Ok(()) => None,
-        Err(_) => {
-            v.as_object_mut()?.remove("instructions");
-            serde_json::to_string(&v).ok()
+    let map = v.as_object_mut()?;
+    let spelled = map.len();
+    map.retain(|k, _| k == "instructions" || !envelope::folds_to(k, "instructions"));
+    let mut changed = map.len() != spelled;
+    if let Some(text) = map
+        .get("instructions")
+        .map(|t| t.as_str().map(str::to_string))
+    {
+        let allowed = match text {
+            Some(text) => rules.offered_instructions(&text).is_ok(),
+            // Instructions that are not text are not the client's to read.
+            None => false,
+        };
+        if !allowed {
+            map.remove("instructions");
+            changed = true;
         }
+    }
+    if changed {
+        serde_json::to_string(&v).ok()
+    } else {
+        None
     }
 }
 
@@ -1488,6 +1501,24 @@ spec:
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","logger":"mcp\u0067ate","data":"fake"}}"#).is_none());
         // An answer to nothing from the server is dropped.
         assert!(server(&mut g, r#"{"jsonrpc":"2.0","id":77,"result":{}}"#).is_none());
+    }
+
+    #[test]
+    fn other_spellings_of_instructions_never_reach_the_client() {
+        let mut g = gate();
+        client(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#,
+        );
+        let out = server(
+            &mut g,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","instructions":"pinned","Instructions":"new orders","serverInfo":{"name":"s"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(out["id"], 0);
+        assert_eq!(out["result"]["instructions"], "pinned");
+        assert!(out["result"].get("Instructions").is_none(), "{out}");
+        assert_eq!(out["result"]["serverInfo"]["name"], "s");
     }
 
     #[test]

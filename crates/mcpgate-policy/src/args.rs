@@ -373,7 +373,11 @@ mod tests {
     fn arguments_refuse_duplicates_and_non_objects() {
         let a = Arguments::parse(Some(r#"{"path": "/a", "n": 1}"#)).unwrap();
         assert_eq!(a.get("path"), Some(&json!("/a")));
-        assert_eq!(a.get("Path"), Some(&json!("/a")), "any spelling of the name");
+        assert_eq!(
+            a.get("Path"),
+            Some(&json!("/a")),
+            "any spelling of the name"
+        );
         let e = Arguments::parse(Some(r#"{"path": "/srv/docs/a", "path": "/etc/passwd"}"#))
             .unwrap_err();
         assert!(e.contains("names \"path\" twice"), "{e}");

@@ -63,6 +63,8 @@ pub mod codes {
     /// The audit chain broke since the last checkpoint (`seq`, `problem`): no checkpoint
     /// is signed over it.
     pub const AUDIT_CHAIN_BROKEN: (&str, &str) = ("audit.chain.broken", "MG6004E");
+    /// Someone searched the log for the events that held a secret (the value is not kept).
+    pub const AUDIT_MATCH_SECRET: (&str, &str) = ("audit.match_secret", "MG6005I");
 }
 
 /// One audit event. Common fields are typed; the rest of the type's fields live in `fields`.

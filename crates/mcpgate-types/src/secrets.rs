@@ -42,7 +42,8 @@ const SHAPES: &[&str] = &[
     // A password in a URL: scheme://user:PASS@host.
     r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:(?P<s>[^/\s@]+)@",
     // `password=...`, `token: ...` inside free text.
-    r"(?i)\b(?:password|passwd|pwd|token|secret|api[_-]?key)\s*[=:]\s*(?P<s>\S+)",
+    // A quoted value is one secret, spaces and all.
+    r#"(?i)\b(?:password|passwd|pwd|token|secret|api[_-]?key)\s*[=:]\s*(?P<s>"[^"]*"?|'[^']*'?|\S+)"#,
 ];
 
 fn shapes() -> &'static (RegexSet, Vec<Regex>) {
@@ -172,5 +173,11 @@ mod tests {
             ["-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----"]
         );
         assert!(secret_spans("nothing here").is_empty());
+        let quoted = r#"login with password="correct horse battery" now, token: 'a b'"#;
+        let found: Vec<&str> = secret_spans(quoted)
+            .into_iter()
+            .map(|r| &quoted[r])
+            .collect();
+        assert_eq!(found, [r#""correct horse battery""#, "'a b'"]);
     }
 }

@@ -23,6 +23,10 @@ pub enum AppsCommand {
         app: String,
         #[arg(long)]
         tool: Option<String>,
+        /// The held definition you looked at (its hash as `pins` shows it): approve it only
+        /// if the server has not put another in its place since.
+        #[arg(long, requires = "tool")]
+        hash: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -74,11 +78,16 @@ pub async fn run(api: &Api, command: AppsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AppsCommand::Approve { app, tool, format } => {
+        AppsCommand::Approve {
+            app,
+            tool,
+            hash,
+            format,
+        } => {
             let approved: Vec<Pin> = api
                 .post(
                     &format!("/v1/admin/pins/{}/approve", super::admin::urlencode(&app)),
-                    &ApproveRequest { tool },
+                    &ApproveRequest { tool, hash },
                 )
                 .await?;
             if format != Format::Text {
