@@ -57,8 +57,9 @@ pub(crate) enum Text {
     /// `LIKE` over every event's JSON that the other filters leave.
     Scan,
     /// SQLite: the candidates come from the trigram index `audit_text` (which holds the
-    /// events from position `from` on; older ones are still scanned), `LIKE` confirms.
-    Indexed { from: i64 },
+    /// events at positions `from` to `to`; those on either side are scanned), `LIKE`
+    /// confirms.
+    Indexed { from: i64, to: i64 },
 }
 
 /// `SELECT pos, data` of the events matching `q` on `page`: newest first (once reversed
@@ -175,22 +176,14 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> Sql {
             &format!(" AND data {op} # ESCAPE '\\'"),
             [Arg::Text(pattern)],
         );
-        if let Text::Indexed { from } = text_plan {
+        if let Text::Indexed { from, to } = text_plan {
             // The index's own LIKE takes no ESCAPE: only needles without wildcards get here.
             let candidates = Arg::Text(format!("%{needle}%"));
-            if from > 1 {
-                sql.bind(
-                    d,
-                    " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #) OR rowid < #)",
-                    [candidates, Arg::Int(from)],
-                );
-            } else {
-                sql.bind(
-                    d,
-                    " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #))",
-                    [candidates],
-                );
-            }
+            sql.bind(
+                d,
+                " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #) OR rowid < # OR rowid > #)",
+                [candidates, Arg::Int(from), Arg::Int(to)],
+            );
         }
     }
     sql

@@ -65,19 +65,21 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Free text over the events' JSON: a trigram index (FTS5, external content: the text stays
-/// in `audit` only), filled by a trigger as events are stored. A log from before it is
-/// indexed from its newest events back, in the background; `audit_text_state.indexed_from`
-/// is the lowest position indexed, and free text scans what lies below it.
+/// in `audit` only). `audit_text_state` says which positions it holds, `indexed_from` to
+/// `indexed_to`; free text scans the events on either side. New events are indexed in
+/// steps of [`TEXT_INDEX_LAG`] after they are stored (one index update for many events, off
+/// the path of each call); a log from before the index is indexed from its newest events
+/// back, in the background.
 const TEXT_INDEX: &str = "
 BEGIN;
 CREATE VIRTUAL TABLE audit_text USING fts5(data, content='audit', content_rowid='rowid',
   tokenize='trigram', detail='none');
-CREATE TRIGGER audit_text_insert AFTER INSERT ON audit BEGIN
-  INSERT INTO audit_text(rowid, data) VALUES (new.rowid, new.data);
-END;
-CREATE TABLE audit_text_state (indexed_from INTEGER NOT NULL);
-INSERT INTO audit_text_state SELECT COALESCE(MAX(rowid), 0) + 1 FROM audit;
+CREATE TABLE audit_text_state (indexed_from INTEGER NOT NULL, indexed_to INTEGER NOT NULL);
+INSERT INTO audit_text_state SELECT COALESCE(MAX(rowid), 0) + 1, COALESCE(MAX(rowid), 0) FROM audit;
 COMMIT;";
+
+/// New events are indexed once this many wait (free text scans those meanwhile).
+const TEXT_INDEX_LAG: i64 = 256;
 
 /// Events indexed per step of the background fill (the store is held for one step, some
 /// 100 ms), and the pause between steps that lets the store's other users in.
@@ -95,7 +97,45 @@ fn create_text_index(c: &Connection) -> rusqlite::Result<()> {
     if !exists {
         c.execute_batch(TEXT_INDEX)?;
     }
+    // A store whose index was kept by a trigger: everything up to its newest event is in.
+    let upper = c
+        .prepare("SELECT 1 FROM pragma_table_info('audit_text_state') WHERE name = 'indexed_to'")?
+        .exists([])?;
+    if !upper {
+        c.execute_batch(
+            "BEGIN;
+             DROP TRIGGER IF EXISTS audit_text_insert;
+             ALTER TABLE audit_text_state ADD COLUMN indexed_to INTEGER NOT NULL DEFAULT 0;
+             UPDATE audit_text_state SET indexed_to = (SELECT COALESCE(MAX(rowid), 0) FROM audit);
+             COMMIT;",
+        )?;
+    }
     Ok(())
+}
+
+/// The highest position the text index holds.
+fn indexed_to(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT indexed_to FROM audit_text_state", [], |r| r.get(0))
+}
+
+/// Indexes the events stored since the index was last brought up to date, if at least
+/// `lag` wait (in one transaction: the index's cost is paid once for all of them).
+fn index_new(c: &mut Connection, lag: i64) -> rusqlite::Result<()> {
+    let to = indexed_to(c)?;
+    let head: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM audit", [], |r| {
+        r.get(0)
+    })?;
+    if head - to < lag.max(1) {
+        return Ok(());
+    }
+    let tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO audit_text(rowid, data) SELECT rowid, data FROM audit
+         WHERE rowid > ?1 AND rowid <= ?2",
+        params![to, head],
+    )?;
+    tx.execute("UPDATE audit_text_state SET indexed_to = ?1", [head])?;
+    tx.commit()
 }
 
 /// The lowest position the text index holds.
@@ -144,6 +184,7 @@ fn text_plan(c: &Connection, needle: Option<&str>) -> rusqlite::Result<query::Te
     }
     Ok(query::Text::Indexed {
         from: indexed_from(c)?,
+        to: indexed_to(c)?,
     })
 }
 
@@ -475,7 +516,13 @@ impl Store for SqliteStore {
                     prev = Some(hash);
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            // The text index follows in steps, after the events are safely stored: an
+            // error there costs a free-text scan, never an event.
+            if let Err(e) = index_new(c, TEXT_INDEX_LAG) {
+                tracing::warn!(error = %e, "the audit text index is behind; free text scans the newest events");
+            }
+            Ok(())
         })
         .await
     }

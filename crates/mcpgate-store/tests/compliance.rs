@@ -205,7 +205,7 @@ async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DROP TRIGGER audit_text_insert; DROP TABLE audit_text; DROP TABLE audit_text_state;",
+            "DROP TRIGGER IF EXISTS audit_text_insert; DROP TABLE audit_text; DROP TABLE audit_text_state;",
         )
         .unwrap();
     let store = SqliteStore::open(&path).unwrap();
