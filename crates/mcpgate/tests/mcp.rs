@@ -878,19 +878,7 @@ fn while_the_audit_log_refuses_writes_calls_are_refused_and_nothing_is_lost() {
         return;
     };
     let db = format!("mcpgate_failclosed_{}", std::process::id());
-    let sql = |sql: &str, target: &str| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(target, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c.batch_execute(sql).await.unwrap();
-        });
-    };
+    let sql = |sql: &str, target: &str| pg_exec(target, sql);
     sql(&format!("DROP DATABASE IF EXISTS {db}"), &url);
     sql(&format!("CREATE DATABASE {db}"), &url);
     let db_url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
@@ -2281,19 +2269,7 @@ fn limits_hold_across_daemons_sharing_one_postgresql() {
         return;
     };
     let db = format!("mcpgate_limits_{}", std::process::id());
-    let sql = |sql: &str| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c.batch_execute(sql).await.unwrap();
-        });
-    };
+    let sql = |sql: &str| pg_exec(&url, sql);
     sql(&format!("DROP DATABASE IF EXISTS {db}"));
     sql(&format!("CREATE DATABASE {db}"));
     let db_url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);

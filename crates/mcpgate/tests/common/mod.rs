@@ -362,6 +362,21 @@ pub fn audit(d: &Daemon, filters: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs `sql` (one or more statements) on the PostgreSQL server at `url`.
+pub fn pg_exec(url: &str, sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(sql).await.unwrap();
+    });
+}
+
 /// A test dependency installed by `scripts/test` and named by an environment variable.
 /// Without it the test is skipped — except under CI, where that is a failure.
 pub fn needs(var: &str) -> Option<String> {
