@@ -539,6 +539,9 @@ impl AuthService {
             record.closed = Some(mcpgate_types::clock::unix_secs(self.now()));
             self.store.put(&key, &to_json(&record)?).await?;
         }
+        // Places its calls held under limits on calls at once go with it, whatever its
+        // agent did.
+        self.store.release_all(&format!("{id}/")).await?;
         Ok(())
     }
 

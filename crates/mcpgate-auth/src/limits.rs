@@ -54,6 +54,37 @@ impl AuthService {
         counters: &[Counter],
     ) -> Result<Option<Limited>> {
         let record = self.open_session_of(agent, session).await?;
+        // The limits are the roles', as the session's certificate named them: an agent
+        // says what to count, never how much.
+        let roles = self.roles(&record.roles).await?;
+        let policy = mcpgate_policy::Policy::compile(&roles, &Default::default())
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let counters: Vec<Counter> = counters
+            .iter()
+            .filter_map(|c| {
+                let scope = match c.scope.as_str() {
+                    "identity" => mcpgate_policy::Scope::Identity,
+                    "app" => mcpgate_policy::Scope::App,
+                    "tool" => mcpgate_policy::Scope::Tool,
+                    _ => return None,
+                };
+                let bound = policy
+                    .limits(&record.app, c.tool.as_deref())
+                    .into_iter()
+                    .find(|b| b.scope == scope)?;
+                let (limit, role) = if c.concurrent {
+                    bound.concurrent?
+                } else {
+                    bound.per_minute?
+                };
+                Some(Counter {
+                    limit,
+                    role: role.to_string(),
+                    ..c.clone()
+                })
+            })
+            .collect();
+        let counters = &counters;
         let now = unix_secs(self.now());
         let lease = format!("{session}/{call}");
         let mut taken = Vec::new();

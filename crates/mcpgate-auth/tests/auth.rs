@@ -1137,3 +1137,81 @@ async fn each_tampering_in_either_store_is_named_by_its_seq() {
         drop_db.await;
     }
 }
+
+/// An agent says what a call counts against; the roles of the session's identity say how
+/// much, and the places a session held go when it ends, whatever its agent did.
+#[tokio::test]
+async fn an_agent_says_what_to_count_and_the_roles_say_how_much() {
+    use mcpgate_types::limits::Counter;
+    let env = Env::new();
+    let auth = env.open(SecondFactor::Off).await;
+    let adm = admin(&auth).await;
+    let role = "kind: role\nversion: v8\nmetadata: {name: metered}\nspec:\n  options:\n    mcp_limits: {calls_per_minute: 2, concurrent_calls: 1}\n";
+    auth.create_resources(&adm, "r.yaml", role, false)
+        .await
+        .unwrap();
+    let mut who = auth
+        .admin_identity(Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .info;
+    who.claims.name = "una".into();
+    who.claims.roles = vec!["metered".into()];
+    auth.open_session("s1", "edge", &who, "tools", None)
+        .await
+        .unwrap();
+    let greedy = |concurrent| Counter {
+        scope: "identity".into(),
+        tool: None,
+        limit: u32::MAX,
+        role: "made-up".into(),
+        concurrent,
+    };
+    for call in ["1", "2"] {
+        assert_eq!(
+            auth.count_call("edge", "s1", call, &[greedy(false)])
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    let over = auth
+        .count_call("edge", "s1", "3", &[greedy(false)])
+        .await
+        .unwrap()
+        .expect("over the roles' limit");
+    assert_eq!(
+        (over.counter.limit, over.counter.role.as_str()),
+        (2, "metered")
+    );
+    assert_eq!(
+        auth.count_call("edge", "s1", "4", &[greedy(true)])
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        auth.count_call("edge", "s1", "5", &[greedy(true)])
+            .await
+            .unwrap()
+            .is_some(),
+        "one call at once"
+    );
+    // Another agent cannot count for this session.
+    assert!(
+        auth.count_call("other", "s1", "6", &[greedy(true)])
+            .await
+            .is_err()
+    );
+    // The session ends: its place is free, though its agent never gave it back.
+    auth.close_session("s1").await.unwrap();
+    auth.open_session("s2", "edge", &who, "tools", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        auth.count_call("edge", "s2", "1", &[greedy(true)])
+            .await
+            .unwrap(),
+        None
+    );
+}

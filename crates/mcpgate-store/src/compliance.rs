@@ -94,6 +94,19 @@ async fn rate<S: Store>(s: Arc<S>) {
         taken, 4,
         "of concurrent leases, exactly the limit are taken"
     );
+    // A session's leases all go when it ends, on every key; others' stay.
+    assert!(s.lease("conc/x", "s1/1", 9, 0, 60).await.unwrap());
+    assert!(s.lease("conc/y", "s1/2", 9, 0, 60).await.unwrap());
+    assert!(s.lease("conc/y", "s10/1", 2, 0, 60).await.unwrap());
+    s.release_all("s1/").await.unwrap();
+    assert!(
+        s.lease("conc/x", "other", 1, 0, 60).await.unwrap(),
+        "s1's place is free"
+    );
+    assert!(
+        !s.lease("conc/y", "other", 1, 0, 60).await.unwrap(),
+        "s10's is not"
+    );
 }
 
 async fn kv<S: Store>(s: &S) {

@@ -87,6 +87,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Gives lease `id` on `key` back (nothing if it is gone).
     fn release(&self, key: &str, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Gives back every lease, on any key, whose id starts with `prefix`.
+    fn release_all(&self, prefix: &str) -> impl Future<Output = Result<()>> + Send;
     /// Appends audit events durably. An event whose id is already stored is skipped, so
     /// shipping the same batch twice keeps one copy.
     fn append_events(&self, events: &[AuditEvent]) -> impl Future<Output = Result<()>> + Send;
@@ -264,6 +266,9 @@ impl Store for AnyStore {
     }
     async fn release(&self, key: &str, id: &str) -> Result<()> {
         delegate!(self, s => s.release(key, id))
+    }
+    async fn release_all(&self, prefix: &str) -> Result<()> {
+        delegate!(self, s => s.release_all(prefix))
     }
     async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
         delegate!(self, s => s.append_events(events))

@@ -380,6 +380,17 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn release_all(&self, prefix: &str) -> Result<()> {
+        let c = self.client().await?;
+        let high = crate::prefix_end(prefix);
+        c.execute(
+            "DELETE FROM mcpgate_leases WHERE id >= $1 AND id < $2",
+            &[&prefix, &high],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn delete(&self, key: &str) -> Result<bool> {
         let c = self.client().await?;
         Ok(c.execute("DELETE FROM mcpgate_kv WHERE key = $1", &[&key])

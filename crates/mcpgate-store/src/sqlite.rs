@@ -394,6 +394,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_all(&self, prefix: &str) -> Result<()> {
+        let (low, high) = (prefix.to_string(), prefix_end(prefix));
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE id >= ?1 AND id < ?2",
+                params![low, high],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<bool> {
         let key = key.to_string();
         self.run(move |c| {
