@@ -2,7 +2,7 @@
 """Latency of a tools/call round trip through mcpgate versus the same MCP server run
 directly: interleaved rounds, paired differences, medians and p99. Starts its own daemon.
 
-Usage: scripts/bench [--rounds N] [--calls N]   (see scripts/bench)"""
+Usage: scripts/bench [--rounds N] [--calls N] [--sessions N] [--concurrency 1,8,64] [--seconds S]"""
 import argparse
 import json
 import os
@@ -65,6 +65,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--sessions", type=int, default=100, help="idle sessions held open to measure memory per session")
+    ap.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 64], help="concurrent sessions for the throughput runs, e.g. 1,8,64")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mcpgate-bench-")
     record = os.path.join(tmp, "record.jsonl")
@@ -134,6 +136,33 @@ agent:
         gated.close()
         rate = args.rounds * args.calls / t_gated
         report.append(f"| {label} | {statistics.median(d_all):.0f} | {statistics.median(g_all):.0f} | {statistics.median(diffs):.0f} | {p99(g_all) - p99(d_all):.0f} | {rate:.0f} |")
+    # Throughput: N sessions, each with its own bridge and upstream, calling as fast as
+    # their answers come, for a few seconds. The clients share the 2 cores with the daemon
+    # and the upstreams, so this is what one machine does end to end.
+    import threading
+    throughput = []
+    for n in args.concurrency:
+        clients = [Client([BIN, "mcp", "connect", "fast"], env=env).start() for _ in range(n)]
+        for c in clients:
+            c.timed_call("echo", {"message": "hi"})
+        counts = [0] * n
+        stop = time.perf_counter() + args.seconds
+
+        def run(i, c):
+            while time.perf_counter() < stop:
+                c.timed_call("echo", {"message": "hi"})
+                counts[i] += 1
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        throughput.append((n, sum(counts) / elapsed))
+        for c in clients:
+            c.close()
     # Memory: the daemon's resident set with N more idle, initialized sessions open
     # (the upstream processes are their own and not counted).
     def rss_kib():
@@ -159,6 +188,10 @@ agent:
         f"Memory: {per_session:.0f} KiB of daemon RSS per open session ({args.sessions} idle sessions after one call each; upstream processes not counted).",
         "",
         f"Ready: {ready_ms:.0f} ms from `mcpgate start` on an empty data dir (CAs made, SQLite created) to its banner (proxy listening, agent tunnel up).",
+        "",
+        "| concurrent sessions (fast upstream) | calls/s through mcpgate, audit on |",
+        "|---|---|",
+        *[f"| {n} | {rate:.0f} |" for n, rate in throughput],
         "",
     ])
     print(text)
