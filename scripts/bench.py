@@ -136,7 +136,21 @@ agent:
         gated.close()
         rate = args.rounds * args.calls / t_gated
         report.append(f"| {label} | {statistics.median(d_all):.0f} | {statistics.median(g_all):.0f} | {statistics.median(diffs):.0f} | {p99(g_all) - p99(d_all):.0f} | {rate:.0f} |")
-    # Throughput: N sessions, each with its own bridge and upstream, calling as fast as
+    # Memory: the daemon's resident set with N more idle, initialized sessions open
+    # (the upstream processes are their own and not counted).
+    def rss_kib():
+        with open(f"/proc/{daemon.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
+    warm = Client([BIN, "mcp", "connect", "fast"], env=env).start()
+    before = rss_kib()
+    idle = [Client([BIN, "mcp", "connect", "fast"], env=env).start() for _ in range(args.sessions)]
+    for c in idle:  # every session has been through the gate and back
+        c.timed_call("echo", {"message": "hi"})
+    per_session = (rss_kib() - before) / args.sessions
+    for c in idle + [warm]:
+        c.close()
+    # Throughput (after the memory figure, which the allocator's warm state would flatter):
+    # N sessions, each with its own bridge and upstream, calling as fast as
     # their answers come, for a few seconds. The clients share the 2 cores with the daemon
     # and the upstreams, so this is what one machine does end to end.
     import threading
@@ -163,19 +177,6 @@ agent:
         throughput.append((n, sum(counts) / elapsed))
         for c in clients:
             c.close()
-    # Memory: the daemon's resident set with N more idle, initialized sessions open
-    # (the upstream processes are their own and not counted).
-    def rss_kib():
-        with open(f"/proc/{daemon.pid}/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-    warm = Client([BIN, "mcp", "connect", "fast"], env=env).start()
-    before = rss_kib()
-    idle = [Client([BIN, "mcp", "connect", "fast"], env=env).start() for _ in range(args.sessions)]
-    for c in idle:  # every session has been through the gate and back
-        c.timed_call("echo", {"message": "hi"})
-    per_session = (rss_kib() - before) / args.sessions
-    for c in idle + [warm]:
-        c.close()
     daemon.terminate()
     daemon.wait(timeout=10)
     text = "\n".join([
