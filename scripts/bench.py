@@ -87,6 +87,10 @@ agent:
       labels: {{env: bench}}
       uri: mcp+stdio://
       mcp: {{command: node, args: ["{EVERYTHING}", "stdio"]}}
+    - name: rust
+      labels: {{env: bench}}
+      uri: mcp+stdio://
+      mcp: {{command: "{BIN}", args: [mcp, demo-server]}}
 """)
     started = time.perf_counter()
     daemon = subprocess.Popen([BIN, "start", "--config", config], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -103,7 +107,7 @@ agent:
     dd = ["--data-dir", f"{tmp}/data"]
     roles = os.path.join(tmp, "roles.yaml")
     with open(roles, "w") as f:
-        f.write("kind: role\nversion: v8\nmetadata: {name: bench}\nspec:\n  allow:\n    app_labels: {env: bench}\n    mcp: {tools: [echo]}\n")
+        f.write("kind: role\nversion: v8\nmetadata: {name: bench}\nspec:\n  allow:\n    app_labels: {env: bench}\n    mcp: {tools: [echo, get_time]}\n")
     subprocess.run([BIN, "admin", "create", "-f", roles, *dd], check=True, capture_output=True)
     token = json.loads(subprocess.run([BIN, "admin", "users", "add", "bench", "--roles", "bench", "--format", "json", *dd], check=True, capture_output=True, text=True).stdout)["token"]
     env = dict(os.environ, MCPGATE_HOME=os.path.join(tmp, "home"))
@@ -112,22 +116,23 @@ agent:
     subprocess.run([BIN, "login", "--proxy", addr, "--ca-pin", pin, "--user", "bench", "--password-stdin"], input=pw, env=env, check=True, capture_output=True, text=True)
 
     targets = [
-        ("fast (python stdio fixture)", ["python3", RECORDER], "fast", {"message": "hi"}),
-        ("server-everything (node)", ["node", EVERYTHING, "stdio"], "everything", {"message": "hi"}),
+        ("Rust stdio (`mcpgate mcp demo-server`, get_time)", [BIN, "mcp", "demo-server"], "rust", "get_time", {}),
+        ("fast (python stdio fixture)", ["python3", RECORDER], "fast", "echo", {"message": "hi"}),
+        ("server-everything (node)", ["node", EVERYTHING, "stdio"], "everything", "echo", {"message": "hi"}),
     ]
     report = ["| upstream | direct p50 µs | via mcpgate p50 µs | added p50 µs (paired) | added p99 µs | calls/s via mcpgate |", "|---|---|---|---|---|---|"]
-    for label, direct_argv, app, call_args in targets:
+    for label, direct_argv, app, tool, call_args in targets:
         direct = Client(direct_argv, env=dict(os.environ, RECORD_FILE="/dev/null")).start()
         gated = Client([BIN, "mcp", "connect", app], env=env).start()
         for c in (direct, gated):  # warm up
             for _ in range(50):
-                c.timed_call("echo", call_args)
+                c.timed_call(tool, call_args)
         diffs, d_all, g_all = [], [], []
         t_gated = 0.0
         for _ in range(args.rounds):
-            d = [direct.timed_call("echo", call_args) for _ in range(args.calls)]
+            d = [direct.timed_call(tool, call_args) for _ in range(args.calls)]
             t0 = time.perf_counter()
-            g = [gated.timed_call("echo", call_args) for _ in range(args.calls)]
+            g = [gated.timed_call(tool, call_args) for _ in range(args.calls)]
             t_gated += time.perf_counter() - t0
             diffs.append(statistics.median(g) - statistics.median(d))
             d_all += d
