@@ -73,7 +73,8 @@ impl PinBook {
         let name = tool.get("name")?.as_str()?.to_string();
         let definition = pins::definition(tool);
         let hash = pins::hash(&definition);
-        let hidden_chars = pins::hidden_in(&definition);
+        // Hidden characters matter only for what has no pin yet.
+        let mut hidden = false;
         let (verdict, report) = match self.by_tool.get(&name) {
             Some(p) if p.allows(&hash) => (Ok(()), false),
             Some(p) => {
@@ -86,18 +87,19 @@ impl PinBook {
                 (Err(self.held(&name, &why)), !known)
             }
             None => {
-                let hidden = &hidden_chars;
-                let verdict = if !hidden.is_empty() {
+                let found = pins::hidden_in(&definition);
+                hidden = !found.is_empty();
+                let verdict = if hidden {
                     Err(self.held(
                         &name,
                         &format!(
                             "{} hides characters in its definition ({})",
                             Self::what(&name),
-                            hidden.join("; ")
+                            found.join("; ")
                         ),
                     ))
                 } else if self.strict {
-                    Err(self.held(&name, &format!("tool {name:?} is new on a pin: strict app")))
+                    Err(self.held(&name, &self.not_yet(&name)))
                 } else {
                     // Trust on first use: the cluster pins it when the report arrives.
                     Ok(())
@@ -108,7 +110,7 @@ impl PinBook {
         Some(Offered {
             name,
             hash,
-            hidden: !hidden_chars.is_empty(),
+            hidden,
             verdict,
             report,
         })
@@ -133,9 +135,7 @@ impl PinBook {
                 tool,
                 &format!("{} hides characters in its definition", Self::what(tool)),
             )),
-            (None, _) if self.strict => {
-                Err(self.held(tool, &format!("tool {tool:?} is new on a pin: strict app")))
-            }
+            (None, _) if self.strict => Err(self.held(tool, &self.not_yet(tool))),
             _ => Ok(()),
         }
     }

@@ -198,6 +198,8 @@ fn folded(key: &str) -> String {
 
 /// The arguments of a tool call: `params.arguments` as an object, its keys unique.
 #[derive(Debug, Default, Clone, PartialEq)]
+/// Keys are kept folded (see [`folded`]): a name is looked up the way a case-insensitive
+/// decoder would.
 pub struct Arguments(Vec<(String, Value)>);
 
 impl Arguments {
@@ -218,10 +220,7 @@ impl Arguments {
     /// The value of argument `name`, under any spelling that folds to it (`Path`, `PATH`).
     pub fn get(&self, name: &str) -> Option<&Value> {
         let name = folded(name);
-        self.0
-            .iter()
-            .find(|(k, _)| folded(k) == name)
-            .map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 }
 
@@ -235,9 +234,12 @@ impl<'de> serde::Deserialize<'de> for Arguments {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Arguments, M::Error> {
                 let mut out: Vec<(String, Value)> = Vec::new();
+                // The keys as written, for the message.
+                let mut written: Vec<String> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     let f = folded(&key);
-                    if let Some((first, _)) = out.iter().find(|(k, _)| folded(k) == f) {
+                    if let Some(i) = out.iter().position(|(k, _)| *k == f) {
+                        let first = &written[i];
                         return Err(de::Error::custom(if *first == key {
                             format!("names {key:?} twice")
                         } else {
@@ -245,7 +247,8 @@ impl<'de> serde::Deserialize<'de> for Arguments {
                         }));
                     }
                     let value = map.next_value()?;
-                    out.push((key, value));
+                    out.push((f, value));
+                    written.push(key);
                 }
                 Ok(Arguments(out))
             }

@@ -118,13 +118,11 @@ fn indexed_to(c: &Connection) -> rusqlite::Result<i64> {
     c.query_row("SELECT indexed_to FROM audit_text_state", [], |r| r.get(0))
 }
 
-/// Indexes the events stored since the index was last brought up to date, if at least
-/// `lag` wait (in one transaction: the index's cost is paid once for all of them).
-fn index_new(c: &mut Connection, lag: i64) -> rusqlite::Result<()> {
+/// Indexes the events stored since the index was last brought up to date, up to `head`
+/// (the newest position), if at least `lag` wait (in one transaction: the index's cost is
+/// paid once for all of them).
+fn index_new(c: &mut Connection, head: i64, lag: i64) -> rusqlite::Result<()> {
     let to = indexed_to(c)?;
-    let head: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM audit", [], |r| {
-        r.get(0)
-    })?;
     if head - to < lag.max(1) {
         return Ok(());
     }
@@ -481,7 +479,7 @@ impl Store for SqliteStore {
             .collect::<Result<_>>()?;
         self.run(move |c| {
             let tx = c.transaction()?;
-            {
+            let head = {
                 // Each event is linked to the one before it: its position is the next one,
                 // and its hash covers the position, the previous hash and its JSON.
                 let head: Option<(i64, Option<Vec<u8>>)> = tx
@@ -527,11 +525,12 @@ impl Store for SqliteStore {
                     ])?;
                     prev = Some(hash);
                 }
-            }
+                seq
+            };
             tx.commit()?;
             // The text index follows in steps, after the events are safely stored: an
             // error there costs a free-text scan, never an event.
-            if let Err(e) = index_new(c, TEXT_INDEX_LAG) {
+            if let Err(e) = index_new(c, head, TEXT_INDEX_LAG) {
                 tracing::warn!(error = %e, "the audit text index is behind; free text scans the newest events");
             }
             Ok(())
