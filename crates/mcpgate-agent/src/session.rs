@@ -252,6 +252,26 @@ enum SessionRules<'p> {
 }
 
 impl SessionRules<'_> {
+    /// Judges a definition the server offers (a tool, or its instructions) against the
+    /// pins, keeping what the cluster has not seen for the report.
+    fn judge(&self, definition: &Value) -> Result<crate::pins::Offered, String> {
+        match self {
+            SessionRules::App { pins, report, .. } => {
+                let o = pins
+                    .offered(definition)
+                    .ok_or("a definition without a name")?;
+                if o.report {
+                    report
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(definition.clone());
+                }
+                Ok(o)
+            }
+            SessionRules::Nothing(reason) => Err(reason.clone()),
+        }
+    }
+
     fn take_report(&self) -> Vec<Value> {
         match self {
             SessionRules::App { report, .. } => {
@@ -296,45 +316,18 @@ impl Rules for SessionRules<'_> {
     }
 
     fn offered_tool(&self, tool: &Value) -> Result<(), String> {
-        match self {
-            SessionRules::App {
-                pins, seen, report, ..
-            } => {
-                let Some(o) = pins.offered(tool) else {
-                    return Err("a tool without a name".into());
-                };
-                if o.report {
-                    report
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(tool.clone());
-                }
-                seen.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(o.name, (o.hash, o.hidden));
-                o.verdict
-            }
-            SessionRules::Nothing(reason) => Err(reason.clone()),
+        let o = self.judge(tool)?;
+        if let SessionRules::App { seen, .. } = self {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(o.name, (o.hash, o.hidden));
         }
+        o.verdict
     }
 
     fn offered_instructions(&self, text: &str) -> Result<(), String> {
-        match self {
-            SessionRules::App { pins, report, .. } => {
-                let definition = mcpgate_types::pins::instructions(text);
-                let Some(o) = pins.offered(&definition) else {
-                    return Err("instructions that cannot be judged".into());
-                };
-                if o.report {
-                    report
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(definition);
-                }
-                o.verdict
-            }
-            SessionRules::Nothing(reason) => Err(reason.clone()),
-        }
+        self.judge(&mcpgate_types::pins::instructions(text))?
+            .verdict
     }
 }
 
