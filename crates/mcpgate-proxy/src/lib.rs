@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use mcpgate_types::IdentityKind;
 use mcpgate_wire::{Hello, HelloReply, OpenMeta};
@@ -26,7 +26,7 @@ pub mod apps;
 pub mod tunnels;
 use mcpgate_auth::api::ConnInfo;
 use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP, ALPN_TUNNEL};
-pub use tunnels::Tunnels;
+pub use tunnels::{LocalAgent, LocalOpen, Tunnels};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,6 +228,22 @@ async fn mcp(
             .await?;
         return Ok(());
     }
+    if let Some(local) = routes.tunnels.local(&tunnel) {
+        // The agent of this process: the session is handed to it in memory.
+        write.write_all(&HelloReply::line(None)).await?;
+        write.flush().await?;
+        let open = LocalOpen {
+            app: hello.app,
+            addr: conn.addr,
+            certs,
+            session: session.clone(),
+        };
+        tokio::select! {
+            _ = local.serve(open, &mut reader, &mut write) => {}
+            _ = tunnel.cut() => {}
+        }
+        return end(&tunnel, write, &routes, &session).await;
+    }
     let meta = OpenMeta {
         app: hello.app,
         addr: conn.addr,
@@ -263,6 +279,17 @@ async fn mcp(
             _ = &mut up => down.await,
         }
     }
+    end(&tunnel, write, &routes, &session).await
+}
+
+/// Ends a session: a client whose agent's tunnel was cut hears why, its stream is closed,
+/// and the session's end is recorded.
+async fn end<W: AsyncWrite + Unpin>(
+    tunnel: &tunnels::Tunnel,
+    mut write: W,
+    routes: &Routes,
+    session: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // A tunnel the proxy cut (a lock, a removal): the client hears why.
     if let Some(why) = tunnel.cut_reason() {
         let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": format!("the session was ended: {why}")}});
@@ -271,7 +298,7 @@ async fn mcp(
     // Close the client's stream cleanly (TLS close_notify): the session is over, and its
     // agent gets no more assertions for it.
     let _ = write.shutdown().await;
-    if let Err(e) = routes.auth.close_session(&session).await {
+    if let Err(e) = routes.auth.close_session(session).await {
         tracing::warn!(error = %e, "cannot record a session's end");
     }
     Ok(())

@@ -68,6 +68,32 @@ pub struct Tunnels {
     list: Mutex<Vec<Arc<Tunnel>>>,
     turn: AtomicUsize,
     admission: Arc<dyn Admission>,
+    /// The agent running in this process (`mcpgate start`), by its name.
+    local: std::sync::OnceLock<(String, Arc<dyn LocalAgent>)>,
+}
+
+/// The agent of this process. It holds a tunnel like any other agent (its standing, scope
+/// and announcements are checked the same way), but the sessions routed to its tunnel are
+/// handed to it in memory instead of over an HTTP/2 stream on a loopback TLS connection:
+/// the same checks, two fewer hops for every message.
+pub trait LocalAgent: Send + Sync {
+    /// Serves one client session until it ends; dropping the future ends it.
+    fn serve<'a>(
+        &'a self,
+        open: LocalOpen,
+        reader: &'a mut (dyn AsyncRead + Unpin + Send),
+        writer: &'a mut (dyn AsyncWrite + Unpin + Send),
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// What the proxy knows of a session it hands to the agent of this process: what the
+/// stream's [`OpenMeta`] carries to an agent elsewhere.
+pub struct LocalOpen {
+    pub app: String,
+    pub addr: SocketAddr,
+    /// The client's certificate chain, for the agent to verify again.
+    pub certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub session: String,
 }
 
 impl Tunnels {
@@ -76,7 +102,22 @@ impl Tunnels {
             list: Mutex::new(Vec::new()),
             turn: AtomicUsize::new(0),
             admission,
+            local: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Names the agent of this process: sessions routed to the tunnel of the agent called
+    /// `name` are handed to `agent` directly. Set once.
+    pub fn set_local(&self, name: &str, agent: Arc<dyn LocalAgent>) {
+        let _ = self.local.set((name.to_string(), agent));
+    }
+
+    /// The agent of this process, if `tunnel` is its tunnel.
+    pub fn local(&self, tunnel: &Tunnel) -> Option<Arc<dyn LocalAgent>> {
+        self.local
+            .get()
+            .filter(|(name, _)| *name == tunnel.agent)
+            .map(|(_, agent)| agent.clone())
     }
 
     /// An agent serving `app` — one that announced it within its scope, or, for a cluster
@@ -428,6 +469,12 @@ impl Tunnel {
     /// Why the tunnel was cut, if the proxy cut it.
     pub fn cut_reason(&self) -> Option<String> {
         self.cut.borrow().clone()
+    }
+
+    /// Resolves when the proxy cuts the tunnel (at once if it already has).
+    pub async fn cut(&self) {
+        let mut cut = self.cut.subscribe();
+        let _ = cut.wait_for(Option::is_some).await;
     }
 
     /// Opens a stream for a client session: the writer takes what the client sends, the

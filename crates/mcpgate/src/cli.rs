@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod bench;
 mod bot;
 mod config;
 mod demo;

@@ -208,6 +208,40 @@ fn filtered_list_allowed_call_and_denied_call_never_forwarded() {
     );
 }
 
+/// Sessions on the daemon's own agent are handed to it in memory, not over its tunnel: a
+/// lock on that agent still ends them at once, and says why.
+#[test]
+fn a_lock_on_the_daemons_own_agent_ends_its_sessions_and_says_why() {
+    let e = cluster("locallock", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    let ok = b.call("echo", json!({"message": "before"}));
+    assert_eq!(
+        ok["result"]["content"][0]["text"],
+        "{\"message\": \"before\"}"
+    );
+    let locked_at = std::time::Instant::now();
+    e.d.admin(&["lock", "--agent", "local", "--message", "host incident 7"])
+        .ok();
+    let note = b.recv();
+    let elapsed = locked_at.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(3),
+        "cut after {elapsed:?}"
+    );
+    assert_eq!(note["method"], "notifications/message", "{note}");
+    assert!(
+        note["params"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("host incident 7"),
+        "{note}"
+    );
+    assert_eq!(b.close(), 1, "a cut session's bridge exits non-zero");
+    let err = Bridge::refused(&e.alice, "rec");
+    assert!(err.contains("not found"), "{err}");
+}
+
 #[test]
 fn bypass_attempts_are_refused_and_the_session_goes_on() {
     let e = cluster("bypass", "dev");

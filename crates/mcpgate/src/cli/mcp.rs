@@ -82,6 +82,10 @@ enum McpCommand {
     /// Serve the built-in demo MCP server on stdin/stdout (used by `start --demo`).
     #[command(hide = true)]
     DemoServer,
+    /// Call a tool through the gateway (or a server directly) as fast as the answers come,
+    /// and print latency and throughput as JSON (`scripts/bench`'s load client).
+    #[command(hide = true)]
+    Bench(super::bench::BenchArgs),
 }
 
 /// `--listen`: `HOST:PORT`, `localhost:PORT`, `[::1]:PORT` or a port alone (on 127.0.0.1).
@@ -152,6 +156,7 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
             who,
         } => config(name, all, client, write, file, &who).await,
         McpCommand::DemoServer => super::demo::serve(),
+        McpCommand::Bench(args) => super::bench::run(args).await,
     }
 }
 

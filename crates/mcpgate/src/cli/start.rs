@@ -366,6 +366,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 Ok((config, id.info.not_after))
             }),
         };
+        tunnels.set_local(&local_name, Arc::new(InProcess(agent.clone())));
         tokio::spawn(agent.run_tunnel(local_name.clone(), dial));
         wait_for_agent(&tunnels).await;
     }
@@ -607,5 +608,25 @@ mod tests {
             redact_url("postgres://postgres@127.0.0.1/x"),
             "postgres://postgres@127.0.0.1/x"
         );
+    }
+}
+
+/// The agent of this process, as the proxy hands it sessions routed to its tunnel.
+struct InProcess(Arc<Agent>);
+
+impl mcpgate_proxy::LocalAgent for InProcess {
+    fn serve<'a>(
+        &'a self,
+        open: mcpgate_proxy::LocalOpen,
+        reader: &'a mut (dyn tokio::io::AsyncRead + Unpin + Send),
+        writer: &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> mcpgate_proxy::tunnels::BoxFuture<'a, ()> {
+        let conn = mcpgate_agent::ClientConn {
+            certs: open.certs,
+            addr: open.addr,
+            app: open.app,
+            session: Some(open.session),
+        };
+        Box::pin(self.0.serve(conn, reader, writer))
     }
 }

@@ -1,0 +1,215 @@
+//! `mcpgate mcp bench`: the project's own load client for `scripts/bench` (hidden). Raw
+//! JSON lines, no SDK, so that what it measures is the gateway and not a client library.
+//!
+//! Opens `--sessions` MCP sessions — through the gateway to an app as the caller's identity,
+//! the same connection `mcp connect` makes, or with `--direct`, to a server command run as a
+//! child over stdio — initializes each, warms them up, then calls one tool on every session
+//! as fast as the answers come (each session waits for its answer before its next call).
+//! Prints one JSON object: calls, seconds, calls per second, and latency percentiles.
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::mcp::Who;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The app to call through the gateway.
+    #[arg(required_unless_present = "direct")]
+    app: Option<String>,
+    /// Run this server command directly instead (split on spaces): the path without mcpgate.
+    #[arg(long, conflicts_with = "app")]
+    direct: Option<String>,
+    /// The tool to call.
+    #[arg(long, default_value = "get_time")]
+    tool: String,
+    /// Its arguments (a JSON object).
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// Sessions calling at once.
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Calls per session (ignored with --seconds).
+    #[arg(long, default_value_t = 300)]
+    calls: usize,
+    /// Call for this long instead of a number of calls.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Calls per session before measuring.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Open and warm the sessions, print `{"open": N, ...}`, then hold them idle until
+    /// stdin ends, and call nothing (to measure memory per idle session).
+    #[arg(long)]
+    hold: bool,
+    #[command(flatten)]
+    who: Who,
+}
+
+/// One session's two ends.
+struct Conn {
+    read: Box<dyn AsyncBufRead + Unpin + Send>,
+    write: Box<dyn AsyncWrite + Unpin + Send>,
+    /// A direct server, killed when the session ends.
+    _child: Option<tokio::process::Child>,
+    line: Vec<u8>,
+    next: u64,
+}
+
+impl Conn {
+    async fn open(args: &BenchArgs) -> anyhow::Result<Conn> {
+        let mut conn = match (&args.app, &args.direct) {
+            (_, Some(command)) => {
+                let mut words = command.split_whitespace();
+                let program = words.next().ok_or_else(|| anyhow!("--direct is empty"))?;
+                let mut child = tokio::process::Command::new(program)
+                    .args(words)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("cannot run {program:?}"))?;
+                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                    bail!("the server's pipes are missing");
+                };
+                Conn {
+                    read: Box::new(BufReader::new(stdout)),
+                    write: Box::new(stdin),
+                    _child: Some(child),
+                    line: Vec::new(),
+                    next: 0,
+                }
+            }
+            (Some(app), None) => {
+                let stream = super::mcp::open(app, &args.who).await?;
+                let (read, write) = tokio::io::split(stream);
+                Conn {
+                    read: Box::new(BufReader::new(read)),
+                    write: Box::new(write),
+                    _child: None,
+                    line: Vec::new(),
+                    next: 0,
+                }
+            }
+            (None, None) => bail!("name an app, or a server with --direct"),
+        };
+        let init = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "mcpgate-bench", "version": "1"}});
+        conn.request("initialize", &init).await?;
+        conn.write
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+            .await?;
+        Ok(conn)
+    }
+
+    /// Sends a request and reads until its answer; an error answer is an error.
+    async fn request(&mut self, method: &str, params: &Value) -> anyhow::Result<()> {
+        self.next += 1;
+        let id = self.next;
+        let mut out = serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )?;
+        out.push(b'\n');
+        self.write.write_all(&out).await?;
+        self.write.flush().await?;
+        loop {
+            self.line.clear();
+            if self.read.read_until(b'\n', &mut self.line).await? == 0 {
+                bail!("{method}: the server closed the session");
+            }
+            let msg: Value = match serde_json::from_slice(&self.line) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if msg.get("id").and_then(Value::as_u64) != Some(id) {
+                continue;
+            }
+            if let Some(e) = msg.get("error") {
+                bail!("{method}: {e}");
+            }
+            if msg.pointer("/result/isError") == Some(&Value::Bool(true)) {
+                bail!("{method}: the tool failed: {}", msg["result"]);
+            }
+            return Ok(());
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let params: Value = serde_json::from_str(&args.args)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| anyhow!("--args must be a JSON object"))?;
+    let call = json!({"name": args.tool, "arguments": params});
+    if args.sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    let mut conns = Vec::with_capacity(args.sessions);
+    let opening = Instant::now();
+    for _ in 0..args.sessions {
+        conns.push(Conn::open(&args).await?);
+    }
+    let opened_per_second = args.sessions as f64 / opening.elapsed().as_secs_f64();
+    for conn in &mut conns {
+        for _ in 0..args.warmup {
+            conn.request("tools/call", &call).await?;
+        }
+    }
+    if args.hold {
+        println!(
+            "{}",
+            json!({"open": conns.len(), "opened_per_second": opened_per_second})
+        );
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut rest).await?;
+        return Ok(());
+    }
+    let until = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let started = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (call, calls) = (call.clone(), args.calls);
+            tokio::spawn(async move {
+                let mut times = Vec::with_capacity(calls);
+                loop {
+                    match until {
+                        Some(t) if Instant::now() >= t => break,
+                        None if times.len() >= calls => break,
+                        _ => {}
+                    }
+                    let t = Instant::now();
+                    conn.request("tools/call", &call).await?;
+                    times.push(t.elapsed().as_nanos() as u64);
+                }
+                Ok::<_, anyhow::Error>(times)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    times.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1));
+        times.get(i).map_or(0.0, |ns| *ns as f64 / 1000.0)
+    };
+    let report = json!({
+        "sessions": args.sessions,
+        "opened_per_second": opened_per_second,
+        "calls": times.len(),
+        "seconds": seconds,
+        "calls_per_second": times.len() as f64 / seconds,
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+    });
+    println!("{report}");
+    Ok(())
+}
