@@ -70,7 +70,7 @@ agent:
         f.write("kind: role\nversion: v8\nmetadata: {name: bench}\nspec:\n  allow:\n    app_labels: {env: bench}\n    mcp: {tools: [echo, get_time]}\n")
     subprocess.run([BIN, "admin", "create", "-f", roles, *dd], check=True, capture_output=True)
     token = json.loads(subprocess.run([BIN, "admin", "users", "add", "bench", "--roles", "bench", "--format", "json", *dd], check=True, capture_output=True, text=True).stdout)["token"]
-    env = dict(os.environ, MCPGATE_HOME=os.path.join(tmp, "home"))
+    env = dict(os.environ, MCPGATE_HOME=os.path.join(tmp, "home"), RECORD_FILE="/dev/null")
     pw = "benchmark password 1\n"
     subprocess.run([BIN, "signup", "--proxy", addr, "--ca-pin", pin, "--invite", token, "--password-stdin"], input=pw, env=env, check=True, capture_output=True, text=True)
     subprocess.run([BIN, "login", "--proxy", addr, "--ca-pin", pin, "--user", "bench", "--password-stdin"], input=pw, env=env, check=True, capture_output=True, text=True)

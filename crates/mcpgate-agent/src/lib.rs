@@ -21,6 +21,7 @@ pub mod pins;
 pub mod redact;
 pub mod secrets;
 pub mod session;
+mod shared;
 pub mod tunnel;
 pub mod upstream;
 
@@ -63,6 +64,10 @@ pub struct Agent {
     pub(crate) catalog: catalog::Catalog,
     /// This agent's audit redaction key (from the cluster), once known.
     redaction: std::sync::OnceLock<Vec<u8>>,
+    /// Compiled policies by roles and traits, shared by the sessions.
+    pub(crate) policies: shared::Shared<mcpgate_policy::Policy>,
+    /// Tool pins by app, shared by the sessions.
+    pub(crate) pin_books: shared::Shared<pins::PinBook>,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
@@ -99,6 +104,8 @@ impl Agent {
             journal,
             catalog: Default::default(),
             redaction: std::sync::OnceLock::new(),
+            policies: Default::default(),
+            pin_books: Default::default(),
         }))
     }
 

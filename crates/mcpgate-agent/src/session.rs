@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use mcpgate_mcp::answer::error_line;
 use mcpgate_mcp::gate::{AppRules, Audit, Done, Out, Outcome, Pending, Verdict};
@@ -47,6 +47,9 @@ pub struct ClientConn {
 
 /// Messages from the upstream may be larger than client messages (images, files).
 const UPSTREAM_MAX: usize = 64 << 20;
+/// The read buffer for the upstream's output, one per session (a larger message is read in
+/// several steps into the line buffer, which grows as needed).
+const UPSTREAM_BUFFER: usize = 8 << 10;
 /// How long a cached policy may be used before the roles are read again, for changes made
 /// by another auth instance (changes in this process reload at once).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(1);
@@ -87,6 +90,11 @@ struct Session<'a> {
     addr: String,
     state: Mutex<State>,
     policy: Mutex<Option<CachedPolicy>>,
+    /// The key of the caller's compiled policy among the agent's shared ones: their roles
+    /// and traits.
+    policy_key: String,
+    /// The key of the app's pins among the agent's shared ones.
+    pins_key: String,
     /// The hash of the definition this session's server last offered, by tool name.
     seen: Mutex<HashMap<String, (String, bool)>>,
     /// Takes the secrets the server was given (its env, its headers) out of what it sends.
@@ -112,14 +120,14 @@ enum End {
 }
 
 impl Agent {
-    /// Serves one client session until either side closes.
-    pub async fn serve<R, W>(&self, conn: ClientConn, reader: R, writer: W)
+    /// Serves one client session until either side closes. The reader is the stream's own
+    /// buffer (a tunnel stream's frames, the proxy's TLS reader): no second one per session.
+    pub async fn serve<R, W>(&self, conn: ClientConn, mut reader: R, writer: W)
     where
-        R: AsyncRead + Unpin + Send,
+        R: AsyncBufRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
         let writer = tokio::sync::Mutex::new(writer);
-        let mut reader = BufReader::with_capacity(64 << 10, reader);
         self.serve_inner(conn, &mut reader, &writer).await;
         // Close the client's stream cleanly (TLS close_notify) whatever happened.
         let _ = writer.lock().await.shutdown().await;
@@ -128,10 +136,10 @@ impl Agent {
     async fn serve_inner<R, W>(
         &self,
         conn: ClientConn,
-        reader: &mut BufReader<R>,
+        reader: &mut R,
         writer: &tokio::sync::Mutex<W>,
     ) where
-        R: AsyncRead + Unpin + Send,
+        R: AsyncBufRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
         let max = self.limits.max_bytes;
@@ -159,6 +167,11 @@ impl Agent {
             max_bytes: UPSTREAM_MAX,
             max_depth: 128,
         };
+        // Sessions share a compiled policy only under exactly the same roles and traits
+        // (a key that cannot be made shares nothing).
+        let policy_key = serde_json::to_string(&(&info.claims.roles, &info.claims.traits))
+            .unwrap_or_else(|_| mcpgate_types::audit::random_id());
+        let pins_key = format!("{}\n{:?}", app.metadata.name, app.spec.pin);
         let session = Session {
             agent: self,
             labels: app.metadata.labels.clone(),
@@ -176,6 +189,8 @@ impl Agent {
                 leases: HashMap::new(),
             }),
             policy: Mutex::new(None),
+            policy_key,
+            pins_key,
             seen: Mutex::new(HashMap::new()),
             scrub: std::sync::OnceLock::new(),
         };
@@ -205,13 +220,9 @@ impl Agent {
 }
 
 /// Answers every request with `message` until the client leaves (no upstream is started).
-async fn refuse_all<R, W>(
-    reader: &mut BufReader<R>,
-    writer: &tokio::sync::Mutex<W>,
-    message: &str,
-    max: usize,
-) where
-    R: AsyncRead + Unpin,
+async fn refuse_all<R, W>(reader: &mut R, writer: &tokio::sync::Mutex<W>, message: &str, max: usize)
+where
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
@@ -378,29 +389,49 @@ impl Session<'_> {
         {
             return Ok(c.book.clone());
         }
-        let roles = self.agent.cluster.roles(&self.claims().roles).await?;
-        let policy =
-            Arc::new(Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())?);
-        let pins = self
-            .agent
-            .cluster
-            .pins(self.app_name())
-            .await
-            .map_err(|e| format!("the app's tool pins cannot be read: {e}"))?;
-        let book = Rulebook {
-            policy,
-            pins: Arc::new(PinBook::new(self.app_name(), pins, self.strict())),
+        let agent = self.agent;
+        let policy = match agent
+            .policies
+            .current(&self.policy_key, epoch, POLICY_MAX_AGE)
+        {
+            Some(shared) => shared,
+            None => {
+                let at = Instant::now();
+                let roles = agent.cluster.roles(&self.claims().roles).await?;
+                let policy = Arc::new(
+                    Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())?,
+                );
+                agent.policies.put(&self.policy_key, epoch, policy.clone());
+                (policy, at)
+            }
         };
-        self.remember(epoch, book.clone());
+        let pins = match agent
+            .pin_books
+            .current(&self.pins_key, epoch, POLICY_MAX_AGE)
+        {
+            Some(shared) => shared,
+            None => {
+                let at = Instant::now();
+                let pins = agent
+                    .cluster
+                    .pins(self.app_name())
+                    .await
+                    .map_err(|e| format!("the app's tool pins cannot be read: {e}"))?;
+                let pins = Arc::new(PinBook::new(self.app_name(), pins, self.strict()));
+                agent.pin_books.put(&self.pins_key, epoch, pins.clone());
+                (pins, at)
+            }
+        };
+        let ((policy, policy_at), (pins, pins_at)) = (policy, pins);
+        let book = Rulebook { policy, pins };
+        // As old as the older of the two: never kept longer than the limit from its read.
+        self.remember(epoch, policy_at.min(pins_at), book.clone());
         Ok(book)
     }
 
-    fn remember(&self, epoch: u64, book: Rulebook) {
-        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = Some(CachedPolicy {
-            epoch,
-            at: Instant::now(),
-            book,
-        });
+    fn remember(&self, epoch: u64, at: Instant, book: Rulebook) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(CachedPolicy { epoch, at, book });
     }
 
     /// Reports tools the cluster has not seen; the pins it answers with apply at once.
@@ -415,8 +446,19 @@ impl Session<'_> {
         {
             Ok(pins) => {
                 let pins = Arc::new(PinBook::new(self.app_name(), pins, self.strict()));
+                self.agent
+                    .pin_books
+                    .put(&self.pins_key, epoch, pins.clone());
+                // The roles are as old as they were: the new pins do not renew them.
+                let at = self
+                    .policy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map_or_else(Instant::now, |c| c.at);
                 self.remember(
                     epoch,
+                    at,
                     Rulebook {
                         policy: book.policy.clone(),
                         pins: pins.clone(),
@@ -460,9 +502,9 @@ impl Session<'_> {
         }
     }
 
-    async fn run<R, W>(&self, reader: &mut BufReader<R>, writer: &tokio::sync::Mutex<W>)
+    async fn run<R, W>(&self, reader: &mut R, writer: &tokio::sync::Mutex<W>)
     where
-        R: AsyncRead + Unpin,
+        R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         // A locked identity starts nothing.
@@ -532,14 +574,14 @@ impl Session<'_> {
         let end = match &mut upstream {
             Running::Stdio(u) => {
                 let _ = self.scrub.set(u.scrubber());
-                let mut up_out = BufReader::with_capacity(64 << 10, u.take_stdout());
+                let mut up_out = BufReader::with_capacity(UPSTREAM_BUFFER, u.take_stdout());
                 self.pump(reader, writer, &mut u.take_stdin(), &mut up_out)
                     .await
             }
             Running::Http(u) => {
                 let _ = self.scrub.set(u.scrubber());
                 let (up_out, mut up_in) = tokio::io::split(u.take_io());
-                let mut up_out = BufReader::with_capacity(64 << 10, up_out);
+                let mut up_out = BufReader::with_capacity(UPSTREAM_BUFFER, up_out);
                 self.pump(reader, writer, &mut up_in, &mut up_out).await
             }
         };
@@ -566,13 +608,13 @@ impl Session<'_> {
     /// Moves messages both ways until the session ends, and says why it did.
     async fn pump<R, W, UI, UO>(
         &self,
-        reader: &mut BufReader<R>,
+        reader: &mut R,
         writer: &tokio::sync::Mutex<W>,
         up_in: &mut UI,
         up_out: &mut BufReader<UO>,
     ) -> End
     where
-        R: AsyncRead + Unpin,
+        R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
         UI: AsyncWrite + Unpin,
         UO: AsyncRead + Unpin,
@@ -725,12 +767,12 @@ impl Session<'_> {
     /// Refuses every request of a session that may not proceed, auditing each.
     async fn refuse_session<R, W>(
         &self,
-        reader: &mut BufReader<R>,
+        reader: &mut R,
         writer: &tokio::sync::Mutex<W>,
         code: i64,
         message: &str,
     ) where
-        R: AsyncRead + Unpin,
+        R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let mut buf = Vec::new();
@@ -834,12 +876,12 @@ impl Session<'_> {
 
     async fn client_loop<R, W, U>(
         &self,
-        reader: &mut BufReader<R>,
+        reader: &mut R,
         writer: &tokio::sync::Mutex<W>,
         up: &mut U,
     ) -> End
     where
-        R: AsyncRead + Unpin,
+        R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
         U: AsyncWrite + Unpin,
     {

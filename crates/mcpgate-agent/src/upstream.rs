@@ -126,8 +126,9 @@ impl Upstream {
             let (kept, app, scrub) = (stderr.clone(), app.to_string(), scrubber.clone());
             tokio::spawn(async move {
                 // Read to the end whatever it writes (a server whose stderr closes would die
-                // of SIGPIPE), one bounded line at a time.
-                let mut pipe = tokio::io::BufReader::new(pipe);
+                // of SIGPIPE), one bounded line at a time (a small buffer: most servers
+                // say little there, and every session holds one).
+                let mut pipe = tokio::io::BufReader::with_capacity(1 << 10, pipe);
                 let mut buf = Vec::new();
                 loop {
                     match crate::lines::read_line(&mut pipe, &mut buf, 16 << 10).await {

@@ -147,7 +147,9 @@ async fn mcp(
     routes: Routes,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (read, mut write) = tokio::io::split(tls);
-    let mut reader = BufReader::new(read);
+    // The session's only read buffer (the agent reads from it): TLS records are at most
+    // 16 KiB, most MCP messages far smaller, and every open session holds one.
+    let mut reader = BufReader::with_capacity(4 << 10, read);
     let mut line = Vec::new();
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let n = (&mut reader)

@@ -81,7 +81,7 @@ pub trait LocalAgent: Send + Sync {
     fn serve<'a>(
         &'a self,
         open: LocalOpen,
-        reader: &'a mut (dyn AsyncRead + Unpin + Send),
+        reader: &'a mut (dyn tokio::io::AsyncBufRead + Unpin + Send),
         writer: &'a mut (dyn AsyncWrite + Unpin + Send),
     ) -> BoxFuture<'a, ()>;
 }

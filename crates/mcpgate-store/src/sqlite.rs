@@ -79,7 +79,7 @@ INSERT INTO audit_text_state SELECT COALESCE(MAX(rowid), 0) + 1, COALESCE(MAX(ro
 COMMIT;";
 
 /// New events are indexed once this many wait (free text scans those meanwhile).
-const TEXT_INDEX_LAG: i64 = 256;
+const TEXT_INDEX_LAG: i64 = 2_048;
 
 /// Events indexed per step of the background fill (the store is held for one step, some
 /// 100 ms), and the pause between steps that lets the store's other users in.

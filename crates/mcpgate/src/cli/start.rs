@@ -618,7 +618,7 @@ impl mcpgate_proxy::LocalAgent for InProcess {
     fn serve<'a>(
         &'a self,
         open: mcpgate_proxy::LocalOpen,
-        reader: &'a mut (dyn tokio::io::AsyncRead + Unpin + Send),
+        reader: &'a mut (dyn tokio::io::AsyncBufRead + Unpin + Send),
         writer: &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> mcpgate_proxy::tunnels::BoxFuture<'a, ()> {
         let conn = mcpgate_agent::ClientConn {
