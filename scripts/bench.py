@@ -18,6 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "mcpgate")
 RECORDER = os.path.join(ROOT, "crates", "mcpgate", "tests", "fixtures", "recorder.py")
 EVERYTHING = os.path.join(ROOT, ".cache", "npm", "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
+# The peers (installed by scripts/bench).
+MCP_PROXY = os.path.join(ROOT, ".cache", "venv-bench", "bin", "mcp-proxy")
+SUPERGATEWAY = os.path.join(ROOT, ".cache", "bench-npm", "node_modules", "supergateway", "dist", "index.js")
 
 
 def main():
@@ -54,6 +57,14 @@ agent:
 """)
     started = time.perf_counter()
     daemon = subprocess.Popen([BIN, "start", "--config", config], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        measure(args, tmp, daemon, started)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+def measure(args, tmp, daemon, started):
     banner = {}
     for line in daemon.stdout:
         if ":" in line and line.startswith("  "):
@@ -97,6 +108,67 @@ agent:
             g_runs.append(g)
         med = lambda runs, k: statistics.median(r[k] for r in runs)
         report.append(f"| {label} | {med(d_runs, 'p50_us'):.0f} | {med(g_runs, 'p50_us'):.0f} | {statistics.median(diffs):.0f} | {med(g_runs, 'p99_us') - med(d_runs, 'p99_us'):.0f} | {med(g_runs, 'calls_per_second'):.0f} |")
+    # The HTTP path: an HTTP client → `mcpgate mcp proxy` → the gateway → the Rust upstream,
+    # beside the peers a user would otherwise put in front of the same stdio server (no
+    # auth, no policy, no audit): PyPI mcp-proxy and npm supergateway.
+    http_report = []
+    servers = []
+    try:
+        def free_port():
+            import socket
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+
+        def wait_listening(port, proc):
+            import socket
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args[0]} exited")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            raise RuntimeError(f"{proc.args[0]} did not listen")
+
+        gate_http = subprocess.Popen([BIN, "mcp", "proxy", "rust", "--listen", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        servers.append(gate_http)
+        paths = [("mcpgate (`mcp proxy` → gateway, audit on)", gate_http.stdout.readline().strip())]
+        rust_cmd = f"{BIN} mcp demo-server"
+        if os.path.exists(MCP_PROXY):
+            port = free_port()
+            p = subprocess.Popen([MCP_PROXY, "--host", "127.0.0.1", "--port", str(port), "--", BIN, "mcp", "demo-server"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            servers.append(p)
+            wait_listening(port, p)
+            paths.append(("PyPI mcp-proxy 0.13.0", f"http://127.0.0.1:{port}/mcp"))
+        if os.path.exists(SUPERGATEWAY):
+            port = free_port()
+            p = subprocess.Popen(["node", SUPERGATEWAY, "--stdio", rust_cmd, "--outputTransport", "streamableHttp", "--stateful", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            servers.append(p)
+            wait_listening(port, p)
+            paths.append(("npm supergateway 4.0.0 (--stateful)", f"http://127.0.0.1:{port}/mcp"))
+        common = ["--tool", "get_time", "--calls", str(args.calls)]
+        added = {label: [] for label, _ in paths}
+        p50s = {label: [] for label, _ in paths}
+        p99s = {label: [] for label, _ in paths}
+        for _ in range(args.rounds):
+            d = bench("--direct", rust_cmd, *common)
+            for label, url in paths:
+                r = bench("--url", url, *common)
+                added[label].append(r["p50_us"] - d["p50_us"])
+                p50s[label].append(r["p50_us"])
+                p99s[label].append(r["p99_us"] - d["p99_us"])
+        gate_added = statistics.median(added[paths[0][0]])
+        for label, _ in paths:
+            a = statistics.median(added[label])
+            ratio = "" if label == paths[0][0] else f"{gate_added / a:.2f}" if a > 0 else "n/a"
+            http_report.append(f"| {label} | {statistics.median(p50s[label]):.0f} | {a:.0f} | {statistics.median(p99s[label]):.0f} | {ratio} |")
+    finally:
+        for p in servers:
+            p.terminate()
+            p.wait(timeout=10)
     # Memory: the daemon's resident set with N more idle, initialized sessions open
     # (the upstream processes are their own and not counted).
     def rss_kib():
@@ -117,14 +189,18 @@ agent:
     for n in args.concurrency:
         r = bench("rust", "--sessions", str(n), "--warmup", "5", "--seconds", str(args.seconds))
         throughput.append((n, r["calls_per_second"], r["p50_us"], r["p99_us"]))
-    daemon.terminate()
-    daemon.wait(timeout=10)
     text = "\n".join([
         f"# mcpgate latency and memory, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores",
         f"{args.rounds} interleaved rounds x {args.calls} sequential `tools/call` per path, from the project's Rust load client (`mcpgate mcp bench`, raw JSON lines); audit on (SQLite, synchronous=normal, the default).",
         "Direct: the client runs the server as its child over stdio. Via mcpgate: the client speaks TLS to the proxy as a logged-in user, as `mcp connect` does.",
         "",
         *report,
+        "",
+        "HTTP path: a Streamable HTTP client (the same Rust load client) in front of the Rust upstream (`get_time`), each row paired with that round's direct stdio run. Ratio: what mcpgate adds over what the peer adds (target: at most 0.25).",
+        "",
+        "| path | p50 µs | added p50 µs (paired) | added p99 µs | mcpgate's added / this one's |",
+        "|---|---|---|---|---|",
+        *http_report,
         "",
         f"Memory: {per_session:.0f} KiB of daemon RSS per open session ({args.sessions} idle sessions after one call each; upstream processes not counted). Sessions opened: {held['opened_per_second']:.0f}/s (TLS, hello, upstream started, initialize).",
         "",

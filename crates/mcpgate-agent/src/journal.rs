@@ -43,6 +43,12 @@ const SHIP_BATCH: usize = 500;
 const ROTATE_AT: u64 = 4 << 20;
 /// How long the batch writer waits before trying a refused batch again.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long the batch writer gathers completed events into one transaction. A final event
+/// waits at most this long more (its pending entry covers a crash meanwhile); a session's
+/// end flushes at once.
+const GATHER: Duration = Duration::from_millis(5);
+/// Final events per transaction at most.
+const BATCH_MAX: usize = 512;
 
 /// Where final events go.
 pub enum Sink {
@@ -447,10 +453,11 @@ async fn complete_in_batches(
     journal: std::sync::Weak<Journal>,
     mut rx: tokio::sync::mpsc::Receiver<Completion>,
 ) {
-    let mut batch: Vec<AuditEvent> = Vec::with_capacity(256);
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
     let mut flushed = Vec::new();
     loop {
-        let first = if batch.is_empty() {
+        let retrying = !batch.is_empty();
+        let first = if !retrying {
             match rx.recv().await {
                 Some(m) => Some(m),
                 None => return,
@@ -463,13 +470,26 @@ async fn complete_in_batches(
             }
         };
         let mut next = first;
-        while let Some(msg) = next.take() {
-            match msg {
-                Completion::Event(ev) => batch.push(*ev),
-                Completion::Flush(done) => flushed.push(done),
+        let gather_until = tokio::time::Instant::now() + GATHER;
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    Completion::Event(ev) => batch.push(*ev),
+                    Completion::Flush(done) => flushed.push(done),
+                }
+                if batch.len() < BATCH_MAX {
+                    next = rx.try_recv().ok();
+                }
             }
-            if batch.len() < 512 {
-                next = rx.try_recv().ok();
+            // Group commit: the calls that complete in the next few milliseconds go into
+            // the same transaction — unless someone waits for a flush, the batch is full,
+            // or it is a refused batch being tried again.
+            if retrying || !flushed.is_empty() || batch.len() >= BATCH_MAX {
+                break;
+            }
+            match tokio::time::timeout_at(gather_until, rx.recv()).await {
+                Ok(Some(m)) => next = Some(m),
+                Ok(None) | Err(_) => break,
             }
         }
         let Some(journal) = journal.upgrade() else {

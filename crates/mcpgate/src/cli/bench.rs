@@ -17,11 +17,15 @@ use super::mcp::Who;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The app to call through the gateway.
-    #[arg(required_unless_present = "direct")]
+    #[arg(required_unless_present_any = ["direct", "url"])]
     app: Option<String>,
     /// Run this server command directly instead (split on spaces): the path without mcpgate.
     #[arg(long, conflicts_with = "app")]
     direct: Option<String>,
+    /// Or call a Streamable HTTP endpoint (http://HOST:PORT/PATH), such as `mcp proxy`'s or
+    /// a peer gateway's.
+    #[arg(long, conflicts_with_all = ["app", "direct"])]
+    url: Option<String>,
     /// The tool to call.
     #[arg(long, default_value = "get_time")]
     tool: String,
@@ -46,6 +50,139 @@ pub struct BenchArgs {
     hold: bool,
     #[command(flatten)]
     who: Who,
+}
+
+/// One session: lines over a stream, or Streamable HTTP.
+enum Session {
+    Lines(Conn),
+    Http(HttpConn),
+}
+
+impl Session {
+    async fn open(args: &BenchArgs) -> anyhow::Result<Session> {
+        match &args.url {
+            Some(url) => Ok(Session::Http(HttpConn::open(url).await?)),
+            None => Ok(Session::Lines(Conn::open(args).await?)),
+        }
+    }
+
+    async fn request(&mut self, method: &str, params: &Value) -> anyhow::Result<()> {
+        match self {
+            Session::Lines(c) => c.request(method, params).await,
+            Session::Http(c) => c.request(method, params).await.map(|_| ()),
+        }
+    }
+}
+
+/// A Streamable HTTP session over one kept-alive HTTP/1.1 connection.
+struct HttpConn {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    uri: hyper::Uri,
+    session: Option<String>,
+    next: u64,
+}
+
+impl HttpConn {
+    async fn open(url: &str) -> anyhow::Result<HttpConn> {
+        let uri: hyper::Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("--url takes http:// (a loopback endpoint)");
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow!("{url:?} has no host"))?
+            .to_string();
+        let tcp = tokio::net::TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("cannot reach {authority}"))?;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let mut conn = HttpConn {
+            sender,
+            uri,
+            session: None,
+            next: 0,
+        };
+        let init = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "mcpgate-bench", "version": "1"}});
+        conn.request("initialize", &init).await?;
+        conn.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        Ok(conn)
+    }
+
+    /// POSTs one message; the response's status, content type and body.
+    async fn post(&mut self, message: &Value) -> anyhow::Result<(u16, String, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        // Origin form (`/mcp`), as HTTP/1.1 clients send to a server (not a proxy).
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut req = hyper::Request::post(path)
+            .header("host", self.uri.authority().map_or("", |a| a.as_str()))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(s) = &self.session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(
+            serde_json::to_vec(message)?,
+        )))?;
+        self.sender.ready().await?;
+        let res = self.sender.send_request(req).await?;
+        if let Some(s) = res.headers().get("mcp-session-id")
+            && let Ok(s) = s.to_str()
+        {
+            self.session = Some(s.to_string());
+        }
+        let status = res.status().as_u16();
+        let kind = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok((status, kind, body))
+    }
+
+    async fn request(&mut self, method: &str, params: &Value) -> anyhow::Result<Value> {
+        self.next += 1;
+        let id = self.next;
+        let (status, kind, body) = self
+            .post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "{method}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // A JSON answer, or an event stream whose `data:` lines carry it.
+        let messages: Vec<Value> = if kind.starts_with("text/event-stream") {
+            String::from_utf8_lossy(&body)
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str(d.trim()).ok())
+                .collect()
+        } else {
+            vec![serde_json::from_slice(&body)?]
+        };
+        let answer = messages
+            .into_iter()
+            .find(|m| m.get("id").and_then(Value::as_u64) == Some(id))
+            .ok_or_else(|| anyhow!("{method}: no answer in the response"))?;
+        if let Some(e) = answer.get("error") {
+            bail!("{method}: {e}");
+        }
+        if answer.pointer("/result/isError") == Some(&Value::Bool(true)) {
+            bail!("{method}: the tool failed: {}", answer["result"]);
+        }
+        Ok(answer)
+    }
 }
 
 /// One session's two ends.
@@ -149,7 +286,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut conns = Vec::with_capacity(args.sessions);
     let opening = Instant::now();
     for _ in 0..args.sessions {
-        conns.push(Conn::open(&args).await?);
+        conns.push(Session::open(&args).await?);
     }
     let opened_per_second = args.sessions as f64 / opening.elapsed().as_secs_f64();
     for conn in &mut conns {
