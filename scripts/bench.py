@@ -185,10 +185,18 @@ def measure(args, tmp, daemon, started):
     # N sessions over their own TLS connections from one Rust client, each calling as fast
     # as its answers come. The client and the upstreams share the 2 cores with the daemon,
     # so this is what one machine does end to end.
+    def cpu_seconds():
+        with open(f"/proc/{daemon.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     throughput = []
     for n in args.concurrency:
+        cpu = cpu_seconds()
         r = bench("rust", "--sessions", str(n), "--warmup", "5", "--seconds", str(args.seconds))
-        throughput.append((n, r["calls_per_second"], r["p50_us"], r["p99_us"]))
+        # The daemon's CPU over the whole run (sessions opening included) per measured call.
+        cpu_us = (cpu_seconds() - cpu) * 1e6 / max(r["calls"], 1)
+        throughput.append((n, r["calls_per_second"], r["p50_us"], r["p99_us"], cpu_us))
     text = "\n".join([
         f"# mcpgate latency and memory, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores",
         f"{args.rounds} interleaved rounds x {args.calls} sequential `tools/call` per path, from the project's Rust load client (`mcpgate mcp bench`, raw JSON lines); audit on (SQLite, synchronous=normal, the default).",
@@ -206,9 +214,9 @@ def measure(args, tmp, daemon, started):
         "",
         f"Ready: {ready_ms:.0f} ms from `mcpgate start` on an empty data dir (CAs made, SQLite created) to its banner (proxy listening, agent tunnel up).",
         "",
-        "| concurrent sessions (Rust upstream) | calls/s through mcpgate, audit on | p50 µs | p99 µs |",
-        "|---|---|---|---|",
-        *[f"| {n} | {rate:.0f} | {p50:.0f} | {p99:.0f} |" for n, rate, p50, p99 in throughput],
+        "| concurrent sessions (Rust upstream) | calls/s through mcpgate, audit on | p50 µs | p99 µs | daemon CPU µs per call |",
+        "|---|---|---|---|---|",
+        *[f"| {n} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.0f} |" for n, rate, p50, p99, cpu in throughput],
         "",
     ])
     print(text)
