@@ -91,6 +91,34 @@ def measure(args, tmp, daemon, started):
         out = subprocess.run([BIN, "mcp", "bench", *argv], env=env, check=True, capture_output=True, text=True).stdout
         return json.loads(out)
 
+    # Memory first, on a daemon that has served one session: its resident set with N more
+    # idle, initialized sessions open
+    # (the upstream processes are their own and not counted).
+    def rss_kib():
+        with open(f"/proc/{daemon.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
+    bench("rust", "--calls", "10")  # the first session's one-time costs
+    before = rss_kib()
+    holder = subprocess.Popen([BIN, "mcp", "bench", "rust", "--sessions", str(args.sessions), "--warmup", "1", "--hold"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    held = json.loads(holder.stdout.readline())
+    per_session = (rss_kib() - before) / args.sessions
+    holder.stdin.close()
+    holder.wait(timeout=60)
+
+    def upstreams():
+        n = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    n += f.read().rsplit(")", 1)[1].split()[1] == str(daemon.pid)
+            except OSError:
+                pass
+        return n
+
+    # The held sessions' upstreams are stopped before anything is timed.
+    deadline = time.time() + 60
+    while upstreams() > 0 and time.time() < deadline:
+        time.sleep(0.1)
     targets = [
         ("Rust stdio (`mcpgate mcp demo-server`, get_time)", f"{BIN} mcp demo-server", "rust", "get_time", {}),
         ("fast (python stdio fixture)", f"python3 {RECORDER}", "fast", "echo", {"message": "hi"}),
@@ -169,18 +197,6 @@ def measure(args, tmp, daemon, started):
         for p in servers:
             p.terminate()
             p.wait(timeout=10)
-    # Memory: the daemon's resident set with N more idle, initialized sessions open
-    # (the upstream processes are their own and not counted).
-    def rss_kib():
-        with open(f"/proc/{daemon.pid}/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-    bench("rust", "--calls", "10")  # the first session's one-time costs
-    before = rss_kib()
-    holder = subprocess.Popen([BIN, "mcp", "bench", "rust", "--sessions", str(args.sessions), "--warmup", "1", "--hold"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    held = json.loads(holder.stdout.readline())
-    per_session = (rss_kib() - before) / args.sessions
-    holder.stdin.close()
-    holder.wait(timeout=60)
     # Throughput (after the memory figure, which the allocator's warm state would flatter):
     # N sessions over their own TLS connections from one Rust client, each calling as fast
     # as its answers come. The client and the upstreams share the 2 cores with the daemon,

@@ -886,7 +886,7 @@ impl Session<'_> {
         U: AsyncWrite + Unpin,
     {
         let limits = self.agent.limits;
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = Vec::new();
         loop {
             match read_line(reader, &mut buf, limits.max_bytes).await {
                 Ok(Line::Ok) => {}
@@ -1043,7 +1043,7 @@ impl Session<'_> {
         up: &mut BufReader<U>,
         writer: &tokio::sync::Mutex<W>,
     ) -> End {
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = Vec::new();
         loop {
             match read_line(up, &mut buf, UPSTREAM_MAX).await {
                 Ok(Line::Ok) => {}
