@@ -121,6 +121,7 @@ def measure(args, tmp, daemon, started):
         time.sleep(0.1)
     targets = [
         ("Rust stdio (`mcpgate mcp demo-server`, get_time)", f"{BIN} mcp demo-server", "rust", "get_time", {}),
+        ("the same through the `mcp connect` bridge", f"{BIN} mcp demo-server", f"--direct={BIN} mcp connect rust", "get_time", {}),
         ("fast (python stdio fixture)", f"python3 {RECORDER}", "fast", "echo", {"message": "hi"}),
         ("server-everything (node)", f"node {EVERYTHING} stdio", "everything", "echo", {"message": "hi"}),
     ]

@@ -69,6 +69,12 @@ impl Cli {
             _ => "warn",
         }
     }
+
+    /// The MCP client commands (`mcp connect`, `mcp proxy`, ...) serve one person's client:
+    /// one thread moves their messages without handing them between cores on the way.
+    pub fn single_threaded(&self) -> bool {
+        matches!(self.command, Command::Mcp(_))
+    }
 }
 
 #[derive(Debug, Subcommand)]

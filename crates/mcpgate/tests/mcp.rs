@@ -939,6 +939,19 @@ fn while_the_audit_log_refuses_writes_calls_are_refused_and_nothing_is_lost() {
     let mut b = Bridge::open(&alice, "rec", &[]);
     b.initialize();
     assert!(b.call("echo", json!({"n": 1})).get("result").is_some());
+    // Its final event is stored (completions are committed in groups a few milliseconds
+    // after the answer) before the log starts refusing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !audit(&d, &["--tool", "echo"])
+        .iter()
+        .any(|e| e["params"]["arguments"]["n"] == 1 && e["outcome"] == "ok")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first call's event was never stored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // The audit log starts refusing every write (a real database error).
     sql(
