@@ -23,6 +23,7 @@ use mcpgate_wire::{Hello, HelloReply, OpenMeta};
 
 pub mod admission;
 pub mod apps;
+mod local;
 pub mod tunnels;
 use mcpgate_auth::api::ConnInfo;
 use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP, ALPN_TUNNEL};
@@ -240,9 +241,20 @@ async fn mcp(
             certs,
             session: session.clone(),
         };
-        tokio::select! {
-            _ = local.serve(open, &mut reader, &mut write) => {}
-            _ = tunnel.cut() => {}
+        {
+            // A cut tunnel (a lock on the agent) ends the session as a tunnel's end would:
+            // the agent's reads end and its writes fail, and it closes the session itself
+            // (its end audited, its server stopped) — waited for briefly, then dropped.
+            let mut from_client = local::Cuttable::new(&mut reader, tunnel.cut());
+            let mut to_client = local::Cuttable::new(&mut write, tunnel.cut());
+            let serve = local.serve(open, &mut from_client, &mut to_client);
+            tokio::pin!(serve);
+            tokio::select! {
+                _ = &mut serve => {}
+                _ = tunnel.cut() => {
+                    let _ = tokio::time::timeout(local::CUT_GRACE, &mut serve).await;
+                }
+            }
         }
         return end(&tunnel, write, &routes, &session).await;
     }

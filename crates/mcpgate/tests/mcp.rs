@@ -238,6 +238,13 @@ fn a_lock_on_the_daemons_own_agent_ends_its_sessions_and_says_why() {
         "{note}"
     );
     assert_eq!(b.close(), 1, "a cut session's bridge exits non-zero");
+    // The agent closed the session itself: its server is stopped and its end audited.
+    assert!(
+        wait_no_processes(&e.marker).is_empty(),
+        "the server of a cut session is stopped"
+    );
+    let ends = audit(&e.d, &["--type", "mcp.session.end", "--user", "alice"]);
+    assert_eq!(ends.len(), 1, "{ends:?}");
     let err = Bridge::refused(&e.alice, "rec");
     assert!(err.contains("not found"), "{err}");
 }
