@@ -401,7 +401,9 @@ impl Session<'_> {
                 let policy = Arc::new(
                     Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())?,
                 );
-                agent.policies.put(&self.policy_key, epoch, policy.clone());
+                agent
+                    .policies
+                    .put(&self.policy_key, epoch, at, policy.clone());
                 (policy, at)
             }
         };
@@ -418,7 +420,7 @@ impl Session<'_> {
                     .await
                     .map_err(|e| format!("the app's tool pins cannot be read: {e}"))?;
                 let pins = Arc::new(PinBook::new(self.app_name(), pins, self.strict()));
-                agent.pin_books.put(&self.pins_key, epoch, pins.clone());
+                agent.pin_books.put(&self.pins_key, epoch, at, pins.clone());
                 (pins, at)
             }
         };
@@ -448,7 +450,7 @@ impl Session<'_> {
                 let pins = Arc::new(PinBook::new(self.app_name(), pins, self.strict()));
                 self.agent
                     .pin_books
-                    .put(&self.pins_key, epoch, pins.clone());
+                    .put(&self.pins_key, epoch, Instant::now(), pins.clone());
                 // The roles are as old as they were: the new pins do not renew them.
                 let at = self
                     .policy

@@ -41,8 +41,9 @@ impl<T> Shared<T> {
             .map(|(_, at, v)| (v.clone(), *at))
     }
 
-    /// Shares `value`, made at `epoch` (unless a newer epoch's value is there already).
-    pub(crate) fn put(&self, key: &str, epoch: u64, value: Arc<T>) {
+    /// Shares `value`, read at `epoch` and time `at` (unless a newer epoch's value is there
+    /// already).
+    pub(crate) fn put(&self, key: &str, epoch: u64, at: Instant, value: Arc<T>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.get(key).is_some_and(|(e, _, _)| *e > epoch) {
             return;
@@ -50,7 +51,7 @@ impl<T> Shared<T> {
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(key) {
             entries.clear();
         }
-        entries.insert(key.to_string(), (epoch, Instant::now(), value));
+        entries.insert(key.to_string(), (epoch, at, value));
     }
 }
 
@@ -64,20 +65,20 @@ mod tests {
         let s: Shared<u32> = Shared::default();
         let age = Duration::from_secs(60);
         assert!(s.current("k", 1, age).is_none());
-        s.put("k", 1, Arc::new(7));
+        s.put("k", 1, Instant::now(), Arc::new(7));
         assert_eq!(*s.current("k", 1, age).unwrap().0, 7);
         assert!(s.current("k", 2, age).is_none(), "a newer epoch misses");
         assert!(
             s.current("k", 1, Duration::ZERO).is_none(),
             "too old misses"
         );
-        s.put("k", 0, Arc::new(8));
+        s.put("k", 0, Instant::now(), Arc::new(8));
         assert_eq!(
             *s.current("k", 1, age).unwrap().0,
             7,
             "an older epoch never replaces"
         );
-        s.put("k", 2, Arc::new(9));
+        s.put("k", 2, Instant::now(), Arc::new(9));
         assert_eq!(*s.current("k", 2, age).unwrap().0, 9);
     }
 
@@ -85,7 +86,7 @@ mod tests {
     fn the_cache_is_bounded() {
         let s: Shared<usize> = Shared::default();
         for i in 0..MAX_ENTRIES + 10 {
-            s.put(&i.to_string(), 1, Arc::new(i));
+            s.put(&i.to_string(), 1, Instant::now(), Arc::new(i));
         }
         assert!(s.entries.lock().unwrap().len() <= MAX_ENTRIES);
         let last = (MAX_ENTRIES + 9).to_string();

@@ -179,9 +179,13 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> Sql {
         if let Text::Indexed { from, to } = text_plan {
             // The index's own LIKE takes no ESCAPE: only needles without wildcards get here.
             let candidates = Arg::Text(format!("%{needle}%"));
+            // One set of positions (not an OR of conditions, which SQLite answers by
+            // reading every event): the index's candidates and the events on either side.
             sql.bind(
                 d,
-                " AND (rowid IN (SELECT rowid FROM audit_text WHERE data LIKE #) OR rowid < # OR rowid > #)",
+                " AND rowid IN (SELECT rowid FROM audit_text WHERE data LIKE # \
+                 UNION ALL SELECT rowid FROM audit WHERE rowid < # \
+                 UNION ALL SELECT rowid FROM audit WHERE rowid > #)",
                 [candidates, Arg::Int(from), Arg::Int(to)],
             );
         }
