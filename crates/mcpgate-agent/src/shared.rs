@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 /// Entries kept at most; past that the cache starts over (each entry is rebuilt on use).
 const MAX_ENTRIES: usize = 4_096;
 
-/// Shared values by key, each with the epoch and time it was made at.
+/// A shared value: the epoch and time it was read at, and the value.
+type Entry<T> = (u64, Instant, Arc<T>);
+
+/// Shared values by key.
 pub(crate) struct Shared<T> {
-    entries: Mutex<HashMap<String, (u64, Instant, Arc<T>)>>,
+    entries: Mutex<HashMap<String, Entry<T>>>,
 }
 
 impl<T> Default for Shared<T> {

@@ -594,23 +594,6 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u@h:5432/db"
-        );
-        assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1/x"),
-            "postgres://postgres@127.0.0.1/x"
-        );
-    }
-}
-
 /// The agent of this process, as the proxy hands it sessions routed to its tunnel.
 struct InProcess(Arc<Agent>);
 
@@ -628,5 +611,22 @@ impl mcpgate_proxy::LocalAgent for InProcess {
             session: Some(open.session),
         };
         Box::pin(self.0.serve(conn, reader, writer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
     }
 }
