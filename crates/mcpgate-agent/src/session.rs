@@ -99,7 +99,13 @@ struct Session<'a> {
     seen: Mutex<HashMap<String, (String, bool)>>,
     /// Takes the secrets the server was given (its env, its headers) out of what it sends.
     scrub: std::sync::OnceLock<crate::secrets::Scrubber>,
+    /// Resolves, with a reason, when the session must end as a lock ends it (taken by the
+    /// loop that moves its messages).
+    cut: Mutex<Option<Cut>>,
 }
+
+/// A signal that ends a session, with its reason.
+type Cut = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 /// The upstream of a session.
 enum Running {
@@ -122,13 +128,28 @@ enum End {
 impl Agent {
     /// Serves one client session until either side closes. The reader is the stream's own
     /// buffer (a tunnel stream's frames, the proxy's TLS reader): no second one per session.
-    pub async fn serve<R, W>(&self, conn: ClientConn, mut reader: R, writer: W)
+    pub async fn serve<R, W>(&self, conn: ClientConn, reader: R, writer: W)
     where
         R: AsyncBufRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
+        self.serve_until(conn, reader, writer, std::future::pending())
+            .await;
+    }
+
+    /// [`Agent::serve`], and when `cut` resolves the session ends as a lock ends it, with
+    /// its reason: the client is told, what waits is answered and audited, the end is
+    /// audited (the proxy's signal that the agent lost its standing, for sessions it hands
+    /// over in memory).
+    pub async fn serve_until<R, W, C>(&self, conn: ClientConn, mut reader: R, writer: W, cut: C)
+    where
+        R: AsyncBufRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+        C: std::future::Future<Output = String> + Send + 'static,
+    {
         let writer = tokio::sync::Mutex::new(writer);
-        self.serve_inner(conn, &mut reader, &writer).await;
+        self.serve_inner(conn, &mut reader, &writer, Box::pin(cut))
+            .await;
         // Close the client's stream cleanly (TLS close_notify) whatever happened.
         let _ = writer.lock().await.shutdown().await;
     }
@@ -138,6 +159,7 @@ impl Agent {
         conn: ClientConn,
         reader: &mut R,
         writer: &tokio::sync::Mutex<W>,
+        cut: Cut,
     ) where
         R: AsyncBufRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
@@ -193,6 +215,7 @@ impl Agent {
             pins_key,
             seen: Mutex::new(HashMap::new()),
             scrub: std::sync::OnceLock::new(),
+            cut: Mutex::new(Some(cut)),
         };
         session.run(reader, writer).await;
     }
@@ -623,11 +646,19 @@ impl Session<'_> {
     {
         let answers = self.upstream_loop(up_out, writer);
         let locks = self.watch_locks();
-        tokio::pin!(answers, locks);
+        let taken = self.cut.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let cut = async move {
+            match taken {
+                Some(cut) => cut.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(answers, locks, cut);
         let end = tokio::select! {
             end = self.client_loop(reader, writer, up_in) => end,
             end = &mut answers => end,
             reason = &mut locks => End::Cut(reason),
+            reason = &mut cut => End::Cut(reason),
         };
         // A client that finished sending (`printf '...' | mcpgate mcp connect`) still
         // gets the answers it waits for, for a while; the server's input stays open.
@@ -641,6 +672,7 @@ impl Session<'_> {
                 _ = drained => End::Client,
                 end = &mut answers => end,
                 reason = &mut locks => End::Cut(reason),
+                reason = &mut cut => End::Cut(reason),
                 _ = tokio::time::sleep(DRAIN) => End::Unanswered,
             }
         } else {

@@ -23,11 +23,14 @@ use mcpgate_wire::{Hello, HelloReply, OpenMeta};
 
 pub mod admission;
 pub mod apps;
-mod local;
 pub mod tunnels;
 use mcpgate_auth::api::ConnInfo;
 use mcpgate_pki::tls::{ALPN_HTTP1, ALPN_MCP, ALPN_TUNNEL};
 pub use tunnels::{LocalAgent, LocalOpen, Tunnels};
+
+/// How long the agent of this process may take to end a session itself once it lost its
+/// standing (answering and auditing what waits) before the session is dropped.
+const CUT_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -200,7 +203,12 @@ async fn mcp(
             .await?;
         return Ok(());
     };
-    // A lock or removal reaches routing at once, not only at the tunnel's next check.
+    // A lock or removal reaches routing at once, not only at the tunnel's next check (and
+    // one found after this check ends a session handed over in memory).
+    let (agent_cut, proxy_cut) = (
+        routes.tunnels.agent_cut(&tunnel.agent),
+        routes.tunnels.agent_cut(&tunnel.agent),
+    );
     let standing = routes.tunnels.standing(&tunnel).await;
     if let Err(why) = standing {
         tracing::warn!(agent = %tunnel.agent, "not routing to it: {why}");
@@ -232,7 +240,9 @@ async fn mcp(
         return Ok(());
     }
     if let Some(local) = routes.tunnels.local(&tunnel) {
-        // The agent of this process: the session is handed to it in memory.
+        // The agent of this process: the session is handed to it in memory. It ends the
+        // session itself when the agent loses its standing (told, answered, audited); one
+        // that cannot (not yet moving messages) is dropped after a grace period.
         write.write_all(&HelloReply::line(None)).await?;
         write.flush().await?;
         let open = LocalOpen {
@@ -240,23 +250,22 @@ async fn mcp(
             addr: conn.addr,
             certs,
             session: session.clone(),
+            cut: agent_cut,
         };
+        let mut unfinished = None;
         {
-            // A cut tunnel (a lock on the agent) ends the session as a tunnel's end would:
-            // the agent's reads end and its writes fail, and it closes the session itself
-            // (its end audited, its server stopped) — waited for briefly, then dropped.
-            let mut from_client = local::Cuttable::new(&mut reader, tunnel.cut());
-            let mut to_client = local::Cuttable::new(&mut write, tunnel.cut());
-            let serve = local.serve(open, &mut from_client, &mut to_client);
+            let serve = local.serve(open, &mut reader, &mut write);
             tokio::pin!(serve);
             tokio::select! {
                 _ = &mut serve => {}
-                _ = tunnel.cut() => {
-                    let _ = tokio::time::timeout(local::CUT_GRACE, &mut serve).await;
+                why = proxy_cut => {
+                    if tokio::time::timeout(CUT_GRACE, &mut serve).await.is_err() {
+                        unfinished = Some(why);
+                    }
                 }
             }
         }
-        return end(&tunnel, write, &routes, &session).await;
+        return end(unfinished, write, &routes, &session).await;
     }
     let meta = OpenMeta {
         app: hello.app,
@@ -293,19 +302,19 @@ async fn mcp(
             _ = &mut up => down.await,
         }
     }
-    end(&tunnel, write, &routes, &session).await
+    end(tunnel.cut_reason(), write, &routes, &session).await
 }
 
-/// Ends a session: a client whose agent's tunnel was cut hears why, its stream is closed,
-/// and the session's end is recorded.
+/// Ends a session: a client whose agent lost its standing (`cut`, when the agent did not
+/// say so itself) hears why, its stream is closed, and the session's end is recorded.
 async fn end<W: AsyncWrite + Unpin>(
-    tunnel: &tunnels::Tunnel,
+    cut: Option<String>,
     mut write: W,
     routes: &Routes,
     session: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // A tunnel the proxy cut (a lock, a removal): the client hears why.
-    if let Some(why) = tunnel.cut_reason() {
+    if let Some(why) = cut {
         let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": format!("the session was ended: {why}")}});
         let _ = write.write_all(format!("{note}\n").as_bytes()).await;
     }

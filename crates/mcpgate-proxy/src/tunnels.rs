@@ -70,6 +70,11 @@ pub struct Tunnels {
     admission: Arc<dyn Admission>,
     /// The agent running in this process (`mcpgate start`), by its name.
     local: std::sync::OnceLock<(String, Arc<dyn LocalAgent>)>,
+    /// Each agent's loss of standing (a lock, a removal), with its reason, whichever of its
+    /// tunnels saw it: sessions handed over in memory outlive the tunnel they were routed
+    /// on (a reconnection), not the agent's standing.
+    agent_cuts:
+        Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<Option<String>>>>,
 }
 
 /// The agent of this process. It holds a tunnel like any other agent (its standing, scope
@@ -94,6 +99,9 @@ pub struct LocalOpen {
     /// The client's certificate chain, for the agent to verify again.
     pub certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     pub session: String,
+    /// Resolves, with the reason, when the agent loses its standing: the session ends as a
+    /// lock ends it.
+    pub cut: BoxFuture<'static, String>,
 }
 
 impl Tunnels {
@@ -103,7 +111,34 @@ impl Tunnels {
             turn: AtomicUsize::new(0),
             admission,
             local: std::sync::OnceLock::new(),
+            agent_cuts: Mutex::new(Default::default()),
         }
+    }
+
+    fn agent_cut_sender(&self, agent: &str) -> tokio::sync::watch::Sender<Option<String>> {
+        self.agent_cuts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(agent.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(None).0)
+            .clone()
+    }
+
+    /// Resolves, with the reason, the next time `agent` is found out of standing (by any
+    /// of its tunnels, or when one is refused). Take it before checking the standing.
+    pub fn agent_cut(&self, agent: &str) -> BoxFuture<'static, String> {
+        let mut rx = self.agent_cut_sender(agent).subscribe();
+        Box::pin(async move {
+            match rx.changed().await {
+                Ok(()) => rx.borrow().clone().unwrap_or_default(),
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+
+    fn cut_agent(&self, agent: &str, why: &str) {
+        self.agent_cut_sender(agent)
+            .send_replace(Some(why.to_string()));
     }
 
     /// Names the agent of this process: sessions routed to the tunnel of the agent called
@@ -262,6 +297,7 @@ impl Tunnels {
             Ok(scope) => scope,
             Err(why) => {
                 tracing::warn!(%addr, "tunnel refused: {why}");
+                self.cut_agent(&claims.name, &why);
                 return;
             }
         };
@@ -369,6 +405,7 @@ impl Tunnels {
                         Err(why) => {
                             tracing::warn!(agent = %tunnel.agent, "closing its tunnel: {why}");
                             // Sessions tell their clients why before the connection ends.
+                            self.cut_agent(&tunnel.agent, &why);
                             tunnel.cut.send_replace(Some(why));
                             break;
                         }

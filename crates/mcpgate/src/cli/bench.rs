@@ -280,9 +280,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(Value::is_object)
         .ok_or_else(|| anyhow!("--args must be a JSON object"))?;
     let call = json!({"name": args.tool, "arguments": params});
-    if args.sessions == 0 {
-        bail!("--sessions must be at least 1");
+    if !(1..=100_000).contains(&args.sessions) {
+        bail!("--sessions must be from 1 to 100000");
     }
+    if args.calls > 10_000_000 {
+        bail!("--calls must be at most 10000000");
+    }
+    let length = match args.seconds {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => bail!("--seconds must be a number of seconds above 0, at most 86400"),
+    };
     let mut conns = Vec::with_capacity(args.sessions);
     let opening = Instant::now();
     for _ in 0..args.sessions {
@@ -303,9 +311,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut rest).await?;
         return Ok(());
     }
-    let until = args
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let until = length.map(|d| Instant::now() + d);
     let started = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()

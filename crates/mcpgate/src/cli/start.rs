@@ -610,7 +610,7 @@ impl mcpgate_proxy::LocalAgent for InProcess {
             app: open.app,
             session: Some(open.session),
         };
-        Box::pin(self.0.serve(conn, reader, writer))
+        Box::pin(self.0.serve_until(conn, reader, writer, open.cut))
     }
 }
 
