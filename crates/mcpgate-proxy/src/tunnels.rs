@@ -549,6 +549,61 @@ mod tests {
         }
     }
 
+    /// Refuses every agent, as a lock does.
+    struct Locked;
+
+    impl Admission for Locked {
+        fn standing<'a>(
+            &'a self,
+            _: &'a Claims,
+            _: bool,
+        ) -> BoxFuture<'a, Result<AgentScope, String>> {
+            Box::pin(async { Err("the agent is locked: incident 9".to_string()) })
+        }
+        fn cluster_apps(&self) -> BoxFuture<'_, Vec<App>> {
+            Box::pin(async { Vec::new() })
+        }
+        fn denied<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> BoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_out_of_standing_ends_what_was_handed_to_it_and_nothing_else() {
+        let tunnels = Arc::new(Tunnels::new(Arc::new(Locked)));
+        let edge = tunnels.agent_cut("edge");
+        let other = tunnels.agent_cut("other");
+        // Its new tunnel is refused (the agent reconnecting after a lock).
+        let (_agent_io, proxy_io) = tokio::io::duplex(1 << 16);
+        tunnels
+            .clone()
+            .accept(
+                proxy_io,
+                claims("edge"),
+                "127.0.0.1:9".parse().unwrap(),
+                SystemTime::now() + Duration::from_secs(3600),
+                Arc::new(FakeClock::new(SystemTime::now())),
+            )
+            .await;
+        let why = tokio::time::timeout(Duration::from_secs(5), edge)
+            .await
+            .expect("the agent's sessions are told");
+        assert!(why.contains("incident 9"), "{why}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), other)
+                .await
+                .is_err(),
+            "another agent's sessions go on"
+        );
+        // A session handed over after that (the agent unlocked again) is not ended by it.
+        let later = tunnels.agent_cut("edge");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), later)
+                .await
+                .is_err()
+        );
+    }
+
     fn claims(name: &str) -> Claims {
         Claims {
             name: name.into(),
@@ -564,6 +619,7 @@ mod tests {
     async fn a_tunnel_lives_only_as_long_as_its_agent_certificate() {
         let clock = FakeClock::new(SystemTime::now());
         let tunnels = Arc::new(Tunnels::new(Arc::new(Everyone)));
+        let handed_over = tunnels.agent_cut("edge");
         let (agent_io, proxy_io) = tokio::io::duplex(1 << 16);
         let expires = SystemTime::now() + Duration::from_secs(3600);
         tokio::spawn(tunnels.clone().accept(
@@ -612,5 +668,12 @@ mod tests {
             "no stream opens after the expiry"
         );
         assert!(tunnels.agents().is_empty());
+        // A tunnel that closes is not a loss of standing: sessions handed over in memory
+        // go on (the agent reconnects).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), handed_over)
+                .await
+                .is_err()
+        );
     }
 }
