@@ -32,6 +32,39 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mcpgate-bench-")
+    # server-everything over Streamable HTTP, for the HTTP upstream path.
+    http_port = free_port()
+    everything_http = subprocess.Popen(["node", EVERYTHING, "streamableHttp"], env=dict(os.environ, PORT=str(http_port)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(http_port, everything_http)
+        run(args, tmp, http_port)
+    finally:
+        everything_http.terminate()
+        everything_http.wait(timeout=10)
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port, proc):
+    import socket
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.args[0]} did not listen")
+
+
+def run(args, tmp, http_port):
     record = os.path.join(tmp, "record.jsonl")
     config = os.path.join(tmp, "mcpgate.yaml")
     with open(config, "w") as f:
@@ -54,17 +87,20 @@ agent:
       labels: {{env: bench}}
       uri: mcp+stdio://
       mcp: {{command: "{BIN}", args: [mcp, demo-server]}}
+    - name: everything-http
+      labels: {{env: bench}}
+      uri: mcp+http://127.0.0.1:{http_port}/mcp
 """)
     started = time.perf_counter()
     daemon = subprocess.Popen([BIN, "start", "--config", config], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        measure(args, tmp, daemon, started)
+        measure(args, tmp, daemon, started, http_port)
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
 
 
-def measure(args, tmp, daemon, started):
+def measure(args, tmp, daemon, started, http_port):
     banner = {}
     for line in daemon.stdout:
         if ":" in line and line.startswith("  "):
@@ -143,25 +179,6 @@ def measure(args, tmp, daemon, started):
     http_report = []
     servers = []
     try:
-        def free_port():
-            import socket
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
-
-        def wait_listening(port, proc):
-            import socket
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[0]} exited")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    return
-                except OSError:
-                    time.sleep(0.05)
-            raise RuntimeError(f"{proc.args[0]} did not listen")
-
         gate_http = subprocess.Popen([BIN, "mcp", "proxy", "rust", "--listen", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         servers.append(gate_http)
         paths = [("mcpgate (`mcp proxy` → gateway, audit on)", gate_http.stdout.readline().strip())]
@@ -189,6 +206,19 @@ def measure(args, tmp, daemon, started):
                 added[label].append(r["p50_us"] - d["p50_us"])
                 p50s[label].append(r["p50_us"])
                 p99s[label].append(r["p99_us"] - d["p99_us"])
+        # An HTTP upstream app: the same client over TLS through the gateway to
+        # server-everything's Streamable HTTP endpoint, against that endpoint directly.
+        echo = ["--tool", "echo", "--args", json.dumps({"message": "hi"}), "--calls", str(args.calls)]
+        up_direct, up_gated = [], []
+        for _ in range(args.rounds):
+            up_direct.append(bench("--url", f"http://127.0.0.1:{http_port}/mcp", *echo))
+            up_gated.append(bench("everything-http", *echo))
+        http_upstream = (
+            statistics.median(r["p50_us"] for r in up_direct),
+            statistics.median(r["p50_us"] for r in up_gated),
+            statistics.median(g["p50_us"] - d["p50_us"] for d, g in zip(up_direct, up_gated)),
+            statistics.median(g["p99_us"] - d["p99_us"] for d, g in zip(up_direct, up_gated)),
+        )
         gate_added = statistics.median(added[paths[0][0]])
         for label, _ in paths:
             a = statistics.median(added[label])
@@ -226,6 +256,12 @@ def measure(args, tmp, daemon, started):
         "| path | p50 µs | added p50 µs (paired) | added p99 µs | mcpgate's added / this one's |",
         "|---|---|---|---|---|",
         *http_report,
+        "",
+        "HTTP upstream: server-everything over Streamable HTTP (`echo`), called directly over HTTP, and as an app through the gateway (client over TLS, the agent's HTTP transport to it).",
+        "",
+        "| direct HTTP p50 µs | via mcpgate p50 µs | added p50 µs (paired) | added p99 µs |",
+        "|---|---|---|---|",
+        "| {:.0f} | {:.0f} | {:.0f} | {:.0f} |".format(*http_upstream),
         "",
         f"Memory: {per_session:.0f} KiB of daemon RSS per open session ({args.sessions} idle sessions after one call each; upstream processes not counted). Sessions opened: {held['opened_per_second']:.0f}/s (TLS, hello, upstream started, initialize).",
         "",
