@@ -413,41 +413,24 @@ impl Session<'_> {
             return Ok(c.book.clone());
         }
         let agent = self.agent;
-        let policy = match agent
+        let (policy, policy_at) = agent
             .policies
-            .current(&self.policy_key, epoch, POLICY_MAX_AGE)
-        {
-            Some(shared) => shared,
-            None => {
-                let at = Instant::now();
+            .get_or_read(&self.policy_key, epoch, POLICY_MAX_AGE, || async {
                 let roles = agent.cluster.roles(&self.claims().roles).await?;
-                let policy = Arc::new(
-                    Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())?,
-                );
-                agent
-                    .policies
-                    .put(&self.policy_key, epoch, at, policy.clone());
-                (policy, at)
-            }
-        };
-        let pins = match agent
+                Policy::compile(&roles, &self.claims().traits).map_err(|e| e.to_string())
+            })
+            .await?;
+        let (pins, pins_at) = agent
             .pin_books
-            .current(&self.pins_key, epoch, POLICY_MAX_AGE)
-        {
-            Some(shared) => shared,
-            None => {
-                let at = Instant::now();
+            .get_or_read(&self.pins_key, epoch, POLICY_MAX_AGE, || async {
                 let pins = agent
                     .cluster
                     .pins(self.app_name())
                     .await
                     .map_err(|e| format!("the app's tool pins cannot be read: {e}"))?;
-                let pins = Arc::new(PinBook::new(self.app_name(), pins, self.strict()));
-                agent.pin_books.put(&self.pins_key, epoch, at, pins.clone());
-                (pins, at)
-            }
-        };
-        let ((policy, policy_at), (pins, pins_at)) = (policy, pins);
+                Ok(PinBook::new(self.app_name(), pins, self.strict()))
+            })
+            .await?;
         let book = Rulebook { policy, pins };
         // As old as the older of the two: never kept longer than the limit from its read.
         self.remember(epoch, policy_at.min(pins_at), book.clone());

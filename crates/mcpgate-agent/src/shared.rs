@@ -44,6 +44,28 @@ impl<T> Shared<T> {
             .map(|(_, at, v)| (v.clone(), *at))
     }
 
+    /// The current value under `key` and when it was read; else `read` reads it now, and
+    /// it is shared.
+    pub(crate) async fn get_or_read<F, Fut>(
+        &self,
+        key: &str,
+        epoch: u64,
+        max_age: Duration,
+        read: F,
+    ) -> Result<(Arc<T>, Instant), String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        if let Some(current) = self.current(key, epoch, max_age) {
+            return Ok(current);
+        }
+        let at = Instant::now();
+        let value = Arc::new(read().await?);
+        self.put(key, epoch, at, value.clone());
+        Ok((value, at))
+    }
+
     /// Shares `value`, read at `epoch` and time `at` (unless a newer epoch's value is there
     /// already).
     pub(crate) fn put(&self, key: &str, epoch: u64, at: Instant, value: Arc<T>) {

@@ -205,10 +205,10 @@ async fn mcp(
     };
     // A lock or removal reaches routing at once, not only at the tunnel's next check (and
     // one found after this check ends a session handed over in memory).
-    let (agent_cut, proxy_cut) = (
-        routes.tunnels.agent_cut(&tunnel.agent),
-        routes.tunnels.agent_cut(&tunnel.agent),
-    );
+    let local = routes.tunnels.local(&tunnel).map(|agent| {
+        let cut = || routes.tunnels.agent_cut(&tunnel.agent);
+        (agent, cut(), cut())
+    });
     let standing = routes.tunnels.standing(&tunnel).await;
     if let Err(why) = standing {
         tracing::warn!(agent = %tunnel.agent, "not routing to it: {why}");
@@ -239,7 +239,7 @@ async fn mcp(
             .await?;
         return Ok(());
     }
-    if let Some(local) = routes.tunnels.local(&tunnel) {
+    if let Some((local, agent_cut, proxy_cut)) = local {
         // The agent of this process: the session is handed to it in memory. It ends the
         // session itself when the agent loses its standing (told, answered, audited); one
         // that cannot (not yet moving messages) is dropped after a grace period.

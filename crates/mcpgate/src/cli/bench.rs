@@ -175,12 +175,7 @@ impl HttpConn {
             .into_iter()
             .find(|m| m.get("id").and_then(Value::as_u64) == Some(id))
             .ok_or_else(|| anyhow!("{method}: no answer in the response"))?;
-        if let Some(e) = answer.get("error") {
-            bail!("{method}: {e}");
-        }
-        if answer.pointer("/result/isError") == Some(&Value::Bool(true)) {
-            bail!("{method}: the tool failed: {}", answer["result"]);
-        }
+        succeeded(method, &answer)?;
         Ok(answer)
     }
 }
@@ -263,15 +258,20 @@ impl Conn {
             if msg.get("id").and_then(Value::as_u64) != Some(id) {
                 continue;
             }
-            if let Some(e) = msg.get("error") {
-                bail!("{method}: {e}");
-            }
-            if msg.pointer("/result/isError") == Some(&Value::Bool(true)) {
-                bail!("{method}: the tool failed: {}", msg["result"]);
-            }
-            return Ok(());
+            return succeeded(method, &msg);
         }
     }
+}
+
+/// An answer that is an error, or a tool's failure, is an error.
+fn succeeded(method: &str, answer: &Value) -> anyhow::Result<()> {
+    if let Some(e) = answer.get("error") {
+        bail!("{method}: {e}");
+    }
+    if answer.pointer("/result/isError") == Some(&Value::Bool(true)) {
+        bail!("{method}: the tool failed: {}", answer["result"]);
+    }
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
