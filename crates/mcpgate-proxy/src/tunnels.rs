@@ -508,12 +508,6 @@ impl Tunnel {
         self.cut.borrow().clone()
     }
 
-    /// Resolves when the proxy cuts the tunnel (at once if it already has).
-    pub async fn cut(&self) {
-        let mut cut = self.cut.subscribe();
-        let _ = cut.wait_for(Option::is_some).await;
-    }
-
     /// Opens a stream for a client session: the writer takes what the client sends, the
     /// reader gives what the agent answers, each with its own flow control.
     pub async fn open(&self, meta: &OpenMeta) -> Result<(RecvReader, SendWriter), WireError> {
