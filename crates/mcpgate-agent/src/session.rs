@@ -1105,6 +1105,11 @@ impl Session<'_> {
             if let Some(why) = step.dropped {
                 tracing::warn!(app = self.app_name(), session = %self.id, "dropped {why}");
             }
+            // A place held under a limit on calls at once is given back before the answer
+            // goes out: a client that calls again on hearing it finds the place free.
+            if let Some(done) = &step.done {
+                self.release(done.gid).await;
+            }
             let sent = match step.verdict {
                 Verdict::Forward(Out::Original) => {
                     buf.push(b'\n');
@@ -1146,9 +1151,8 @@ impl Session<'_> {
         }
     }
 
-    /// Records how an answered request ended.
+    /// Records how an answered request ended (its place under a limit is already given back).
     async fn completed(&self, done: Done) {
-        self.release(done.gid).await;
         let draft = self.state().drafts.remove(&done.gid);
         match draft {
             Some(mut ev) => {
