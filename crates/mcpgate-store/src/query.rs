@@ -56,8 +56,8 @@ impl Dialect {
 pub(crate) enum Text {
     /// `LIKE` over every event's JSON that the other filters leave.
     Scan,
-    /// SQLite: the candidates come from the trigram index `audit_text` (which holds the
-    /// events at positions `from` to `to`; those on either side are scanned), `LIKE`
+    /// SQLite: the candidates come from the trigram index `text.audit_text` (which holds
+    /// the events at positions `from` to `to`; those on either side are scanned), `LIKE`
     /// confirms.
     Indexed { from: i64, to: i64 },
 }
@@ -176,22 +176,54 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> Sql {
             &format!(" AND data {op} # ESCAPE '\\'"),
             [Arg::Text(pattern)],
         );
-        if let Text::Indexed { from, to } = text_plan {
-            // The index's own LIKE takes no ESCAPE: only needles without wildcards get here.
-            let candidates = Arg::Text(format!("%{needle}%"));
+        if let Text::Indexed { from, to } = text_plan
+            && let Some(terms) = trigrams(needle)
+        {
             // One set of positions (not an OR of conditions, which SQLite answers by
             // reading every event): the index's candidates and the events on either side.
             sql.bind(
                 d,
-                " AND rowid IN (SELECT rowid FROM audit_text WHERE data LIKE # \
+                " AND rowid IN (SELECT rowid FROM text.audit_text WHERE audit_text MATCH # \
                  UNION ALL SELECT rowid FROM audit WHERE rowid < # \
                  UNION ALL SELECT rowid FROM audit WHERE rowid > #)",
-                [candidates, Arg::Int(from), Arg::Int(to)],
+                [Arg::Text(terms), Arg::Int(from), Arg::Int(to)],
             );
         }
     }
     sql
 }
+
+/// The trigram index's query for events that may hold `needle`: each of its (at most
+/// [`MAX_TRIGRAMS`]) distinct trigrams, all of them. The index keeps no positions, so this
+/// finds a superset (the trigrams anywhere in the event) and `LIKE` confirms. `None` for a
+/// needle shorter than a trigram.
+pub(crate) fn trigrams(needle: &str) -> Option<String> {
+    let chars: Vec<char> = needle.chars().collect();
+    let mut seen: Vec<String> = Vec::new();
+    for w in chars.windows(3) {
+        // As written: the index folds case itself (and folding here could make a trigram
+        // of more than three characters, which the index would take as a phrase).
+        let t: String = w.iter().collect();
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+        if seen.len() == MAX_TRIGRAMS {
+            break;
+        }
+    }
+    if seen.is_empty() {
+        return None;
+    }
+    let quoted: Vec<String> = seen
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
+    Some(quoted.join(" AND "))
+}
+
+/// Trigrams a free-text lookup asks the index for: enough to be selective, few enough to
+/// stay cheap.
+const MAX_TRIGRAMS: usize = 12;
 
 /// The calls matching `q` counted by bucket of `width_us` (its start), tool, app, user and
 /// whether they were denied.
@@ -264,6 +296,26 @@ fn glob_to_like(glob: &str) -> String {
 mod tests {
     use super::*;
     use mcpgate_types::Cursor;
+
+    #[test]
+    fn free_text_asks_the_index_for_each_distinct_trigram() {
+        assert_eq!(trigrams("ab"), None, "shorter than a trigram");
+        assert_eq!(
+            trigrams("abcab").as_deref(),
+            Some(r#""abc" AND "bca" AND "cab""#)
+        );
+        assert_eq!(
+            trigrams(r#"a"b%_"#).as_deref(),
+            Some(r#""a""b" AND """b%" AND "b%_""#),
+            "quotes doubled, wildcards literal"
+        );
+        assert_eq!(trigrams("Ünïcödé").unwrap().matches(" AND ").count(), 4);
+        let long = "x".repeat(3) + &"abcdefghijklmnopqrstuvwxyz".repeat(2);
+        assert_eq!(
+            trigrams(&long).unwrap().matches(" AND ").count(),
+            MAX_TRIGRAMS - 1
+        );
+    }
 
     #[test]
     fn values_are_bound_never_spliced() {

@@ -5,6 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
@@ -64,125 +65,209 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Free text over the events' JSON: a trigram index (FTS5, external content: the text stays
-/// in `audit` only). `audit_text_state` says which positions it holds, `indexed_from` to
-/// `indexed_to`; free text scans the events on either side. New events are indexed in
-/// steps of [`TEXT_INDEX_LAG`] after they are stored (one index update for many events, off
-/// the path of each call); a log from before the index is indexed from its newest events
-/// back, in the background.
-const TEXT_INDEX: &str = "
-BEGIN;
-CREATE VIRTUAL TABLE audit_text USING fts5(data, content='audit', content_rowid='rowid',
-  tokenize='trigram', detail='none');
-CREATE TABLE audit_text_state (indexed_from INTEGER NOT NULL, indexed_to INTEGER NOT NULL);
-INSERT INTO audit_text_state SELECT COALESCE(MAX(rowid), 0) + 1, COALESCE(MAX(rowid), 0) FROM audit;
-COMMIT;";
+/// Free text over the events' JSON: a trigram index (FTS5, contentless: the text stays in
+/// `audit` only) in a file of its own beside the store, `PATH-text`, written by a thread
+/// with its own connection. Storing an event never waits for the index and the index never
+/// holds the store: events are stored at the rate SQLite inserts rows and indexed on
+/// another core. `audit_text_state` says which positions it holds, `indexed_from` to
+/// `indexed_to`; free text scans the events on either side, so an answer never depends on
+/// how far the index has come. The file is derived data: one that is missing, unreadable
+/// or from another log is made anew and filled from the newest events back.
+const TEXT_SCHEMA: &str = "
+CREATE VIRTUAL TABLE IF NOT EXISTS audit_text USING fts5(data, content='', tokenize='trigram',
+  detail='none');
+CREATE TABLE IF NOT EXISTS audit_text_state (indexed_from INTEGER NOT NULL,
+  indexed_to INTEGER NOT NULL, anchor TEXT);";
 
-/// New events are indexed once this many wait (free text scans those meanwhile).
+/// New events are indexed once this many wait, or once the store has been quiet for
+/// [`TEXT_IDLE`] (free text scans those meanwhile): one index update for many events.
 const TEXT_INDEX_LAG: i64 = 2_048;
+const TEXT_IDLE: Duration = Duration::from_secs(1);
 
-/// Events indexed per step of the background fill (the store is held for one step, some
-/// 100 ms), and the pause between steps that lets the store's other users in.
-const TEXT_FILL_STEP: i64 = 1_000;
-const TEXT_FILL_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Events indexed per transaction of the index's own file.
+const TEXT_INDEX_STEP: i64 = 8_192;
+
+/// Events of a log older than its index indexed per step, and the pause between steps
+/// that leaves the machine to the calls.
+const TEXT_FILL_STEP: i64 = 2_000;
+const TEXT_FILL_PAUSE: Duration = Duration::from_millis(20);
 
 /// Free text is looked up in the index when it names at most this many events; a needle
 /// found in more is found as fast by reading the newest events.
 const TEXT_INDEX_MAX: i64 = 5_000;
 
-fn create_text_index(c: &Connection) -> rusqlite::Result<()> {
-    let exists = c
-        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'audit_text'")?
-        .exists([])?;
-    if !exists {
-        c.execute_batch(TEXT_INDEX)?;
-    }
-    // A store whose index was kept by a trigger: everything up to its newest event is in.
-    let upper = c
-        .prepare("SELECT 1 FROM pragma_table_info('audit_text_state') WHERE name = 'indexed_to'")?
-        .exists([])?;
-    if !upper {
-        c.execute_batch(
-            "BEGIN;
-             DROP TRIGGER IF EXISTS audit_text_insert;
-             ALTER TABLE audit_text_state ADD COLUMN indexed_to INTEGER NOT NULL DEFAULT 0;
-             UPDATE audit_text_state SET indexed_to = (SELECT COALESCE(MAX(rowid), 0) FROM audit);
-             COMMIT;",
-        )?;
-    }
-    Ok(())
+/// The file of the free-text index of the store at `path`.
+fn text_path(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-text");
+    p.into()
 }
 
-/// The highest position the text index holds.
-fn indexed_to(c: &Connection) -> rusqlite::Result<i64> {
-    c.query_row("SELECT indexed_to FROM audit_text_state", [], |r| r.get(0))
+/// Opens the free-text index of the store at `path` (attached as `m`), making it anew when
+/// it cannot be read or was built from another log.
+fn open_text_index(path: &Path) -> Result<Connection> {
+    let file = text_path(path);
+    match open_text_file(&file, path) {
+        Ok(Some(c)) => return Ok(c),
+        Ok(None) => tracing::info!("the audit text index is from another log: made anew"),
+        Err(e) => tracing::warn!(error = %e, "the audit text index cannot be read: made anew"),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = file.as_os_str().to_owned();
+        f.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(f));
+    }
+    open_text_file(&file, path)?
+        .ok_or_else(|| crate::StoreError::Corrupt("a new audit text index is out of step".into()))
 }
 
-/// Indexes the events stored since the index was last brought up to date, up to `head`
-/// (the newest position), if at least `lag` wait (in one transaction: the index's cost is
-/// paid once for all of them).
-fn index_new(c: &mut Connection, head: i64, lag: i64) -> rusqlite::Result<()> {
-    let to = indexed_to(c)?;
-    if head - to < lag.max(1) {
-        return Ok(());
-    }
-    let tx = c.transaction()?;
-    tx.execute(
-        "INSERT INTO audit_text(rowid, data) SELECT rowid, data FROM audit
-         WHERE rowid > ?1 AND rowid <= ?2",
-        params![to, head],
+/// The index's connection, or `None` when its newest position holds another event than the
+/// one it indexed there (the store was replaced, say by an older copy).
+fn open_text_file(file: &Path, store: &Path) -> Result<Option<Connection>> {
+    let c = Connection::open(file)?;
+    restrict(file)?;
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
     )?;
-    tx.execute("UPDATE audit_text_state SET indexed_to = ?1", [head])?;
-    tx.commit()
+    c.execute_batch(TEXT_SCHEMA)?;
+    c.execute("ATTACH DATABASE ?1 AS m", [store.to_string_lossy()])?;
+    let state: Option<(i64, Option<String>)> = c
+        .query_row("SELECT indexed_to, anchor FROM audit_text_state", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    match state {
+        None => {
+            // Everything older than the newest event is filled in the background.
+            c.execute(
+                "INSERT INTO audit_text_state
+                 SELECT COALESCE(MAX(rowid), 0) + 1, COALESCE(MAX(rowid), 0),
+                   (SELECT id FROM m.audit ORDER BY rowid DESC LIMIT 1) FROM m.audit",
+                [],
+            )?;
+        }
+        Some((to, anchor)) => {
+            let there: Option<String> = c
+                .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [to], |r| r.get(0))
+                .optional()?;
+            if there != anchor {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(c))
 }
 
-/// The lowest position the text index holds.
-fn indexed_from(c: &Connection) -> rusqlite::Result<i64> {
-    c.query_row("SELECT indexed_from FROM audit_text_state", [], |r| {
+/// What the index thread does next.
+enum Next {
+    /// More new events wait: at once.
+    Now,
+    /// Older events wait: after [`TEXT_FILL_PAUSE`].
+    Fill,
+    /// All is indexed, or too few new events wait: when the store says or is quiet.
+    Wait,
+}
+
+/// One step of the index thread: new events first (when enough wait, or the store has been
+/// quiet), else a step of older ones.
+fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
+    let head: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM m.audit", [], |r| {
         r.get(0)
-    })
-}
-
-/// Indexes the next older step of a log from before the index; false once all is indexed.
-fn fill_text_index(c: &mut Connection) -> rusqlite::Result<bool> {
-    let from = indexed_from(c)?;
+    })?;
+    let (from, to): (i64, i64) = c.query_row(
+        "SELECT indexed_from, indexed_to FROM audit_text_state",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let waiting = head - to;
+    if waiting > 0 && (waiting >= TEXT_INDEX_LAG || !woken) {
+        let upto = (to + TEXT_INDEX_STEP).min(head);
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO audit_text(rowid, data) SELECT rowid, data FROM m.audit
+             WHERE rowid > ?1 AND rowid <= ?2",
+            params![to, upto],
+        )?;
+        tx.execute(
+            "UPDATE audit_text_state SET indexed_to = ?1,
+               anchor = (SELECT id FROM m.audit WHERE rowid = ?1)",
+            [upto],
+        )?;
+        tx.commit()?;
+        return Ok(if upto < head {
+            Next::Now
+        } else if from > 1 {
+            Next::Fill
+        } else {
+            Next::Wait
+        });
+    }
     if from <= 1 {
-        return Ok(false);
+        return Ok(Next::Wait);
     }
     let low = (from - TEXT_FILL_STEP).max(1);
     let tx = c.transaction()?;
     tx.execute(
-        "INSERT INTO audit_text(rowid, data) SELECT rowid, data FROM audit
+        "INSERT INTO audit_text(rowid, data) SELECT rowid, data FROM m.audit
          WHERE rowid >= ?1 AND rowid < ?2",
         params![low, from],
     )?;
     tx.execute("UPDATE audit_text_state SET indexed_from = ?1", [low])?;
     tx.commit()?;
-    Ok(low > 1)
+    Ok(if low > 1 { Next::Fill } else { Next::Wait })
 }
 
-/// How to find `needle`: through the index when it can be used and the needle is rare.
-fn text_plan(c: &Connection, needle: Option<&str>) -> rusqlite::Result<query::Text> {
-    let Some(needle) = needle else {
-        return Ok(query::Text::Scan);
+/// Keeps the index until the store is dropped, woken by each batch the store commits.
+fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut next = Next::Now;
+    loop {
+        let wait = match next {
+            Next::Now => Duration::ZERO,
+            Next::Fill => TEXT_FILL_PAUSE,
+            Next::Wait => TEXT_IDLE,
+        };
+        let woken = match wake.recv_timeout(wait) {
+            Ok(()) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        next = match index_step(&mut c, woken) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit text index is behind; free text scans the events it lacks");
+                Next::Wait
+            }
+        };
+    }
+}
+
+/// How to find `needle`: through the index when there is one and the needle is rare in it.
+/// An index that cannot be read costs a scan, never an answer.
+fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text {
+    let Some(terms) = needle.filter(|_| indexed).and_then(query::trigrams) else {
+        return query::Text::Scan;
     };
-    // Trigrams need three characters; the index's LIKE takes no ESCAPE.
-    if needle.chars().count() < 3 || needle.contains(['%', '_', '\\']) {
-        return Ok(query::Text::Scan);
-    }
-    let found: i64 = c
-        .prepare_cached(
-            "SELECT count(*) FROM (SELECT rowid FROM audit_text WHERE data LIKE ?1 LIMIT ?2)",
-        )?
-        .query_row(params![format!("%{needle}%"), TEXT_INDEX_MAX + 1], |r| {
-            r.get(0)
-        })?;
-    if found > TEXT_INDEX_MAX {
-        return Ok(query::Text::Scan);
-    }
-    Ok(query::Text::Indexed {
-        from: indexed_from(c)?,
-        to: indexed_to(c)?,
+    let plan = || -> rusqlite::Result<query::Text> {
+        let found: i64 = c
+            .prepare_cached(
+                "SELECT count(*) FROM
+                   (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
+            )?
+            .query_row(params![terms, TEXT_INDEX_MAX + 1], |r| r.get(0))?;
+        if found > TEXT_INDEX_MAX {
+            return Ok(query::Text::Scan);
+        }
+        let (from, to) = c.query_row(
+            "SELECT indexed_from, indexed_to FROM text.audit_text_state",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(query::Text::Indexed { from, to })
+    };
+    plan().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the audit text index cannot be read; free text scans");
+        query::Text::Scan
     })
 }
 
@@ -205,10 +290,14 @@ pub enum Sync {
     Full,
 }
 
-/// SQLite storage. Calls run on tokio's blocking pool, one at a time.
+/// SQLite storage. Calls run on tokio's blocking pool, one at a time; the free-text index
+/// is kept beside it by a thread of its own.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Wakes the index thread after a batch of events is stored (`None`: no index); the
+    /// thread ends when the last copy of the store is dropped.
+    text: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl SqliteStore {
@@ -219,6 +308,15 @@ impl SqliteStore {
 
     /// Opens with the given durability.
     pub fn open_with(path: &Path, sync: Sync) -> Result<Self> {
+        Self::open_inner(path, sync, true)
+    }
+
+    /// Opens a store that is never searched by free text (the agent's spool): no index.
+    pub fn open_unindexed(path: &Path) -> Result<Self> {
+        Self::open_inner(path, Sync::Normal, false)
+    }
+
+    fn open_inner(path: &Path, sync: Sync, indexed: bool) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -234,29 +332,56 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(INDEXES)?;
-        create_text_index(&conn)?;
-        let filling = indexed_from(&conn)? > 1;
-        let conn = Arc::new(Mutex::new(conn));
-        if filling {
-            // A step at a time, letting every other use of the store in between; it stops
-            // when the store is dropped.
-            let weak = Arc::downgrade(&conn);
-            std::thread::spawn(move || {
-                while let Some(conn) = weak.upgrade() {
-                    let step = fill_text_index(&mut conn.lock().unwrap_or_else(|p| p.into_inner()));
-                    drop(conn);
-                    match step {
-                        Ok(true) => std::thread::sleep(TEXT_FILL_PAUSE),
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the audit text index could not be filled; free text scans the older events");
-                            break;
-                        }
-                    }
-                }
-            });
+        // The index once lived in the store's own file (and held it while indexing): it is
+        // dropped there and made anew in its own.
+        if conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'audit_text_state'")?
+            .exists([])?
+        {
+            conn.execute_batch(
+                "BEGIN;
+                 DROP TRIGGER IF EXISTS audit_text_insert;
+                 DROP TABLE IF EXISTS audit_text;
+                 DROP TABLE audit_text_state;
+                 COMMIT;",
+            )?;
         }
-        Ok(Self { conn })
+        let text = if indexed {
+            let index = open_text_index(path)?;
+            conn.execute(
+                "ATTACH DATABASE ?1 AS text",
+                [text_path(path).to_string_lossy()],
+            )?;
+            let (wake, woken) = std::sync::mpsc::sync_channel(1);
+            std::thread::Builder::new()
+                .name("audit-text-index".into())
+                .spawn(move || run_text_index(index, woken))?;
+            Some(wake)
+        } else {
+            None
+        };
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            text,
+        })
+    }
+
+    /// How many stored events the free-text index does not hold yet (free text scans
+    /// them); 0 for a store without one.
+    pub async fn text_index_behind(&self) -> Result<u64> {
+        if self.text.is_none() {
+            return Ok(0);
+        }
+        self.run(|c| {
+            c.query_row(
+                "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM audit) - indexed_to + indexed_from - 1
+                 FROM text.audit_text_state",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n.max(0) as u64)
     }
 
     async fn run<T: Send + 'static>(
@@ -479,7 +604,7 @@ impl Store for SqliteStore {
             .collect::<Result<_>>()?;
         self.run(move |c| {
             let tx = c.transaction()?;
-            let head = {
+            {
                 // Each event is linked to the one before it: its position is the next one,
                 // and its hash covers the position, the previous hash and its JSON.
                 let head: Option<(i64, Option<Vec<u8>>)> = tx
@@ -525,17 +650,16 @@ impl Store for SqliteStore {
                     ])?;
                     prev = Some(hash);
                 }
-                seq
-            };
-            tx.commit()?;
-            // The text index follows in steps, after the events are safely stored: an
-            // error there costs a free-text scan, never an event.
-            if let Err(e) = index_new(c, head, TEXT_INDEX_LAG) {
-                tracing::warn!(error = %e, "the audit text index is behind; free text scans the newest events");
             }
+            tx.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        // The index follows on its own thread (a wake already pending is enough).
+        if let Some(wake) = &self.text {
+            let _ = wake.try_send(());
+        }
+        Ok(())
     }
 
     async fn search_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
@@ -546,9 +670,10 @@ impl Store for SqliteStore {
 
     async fn page_events(&self, query: &AuditQuery, page: Page) -> Result<Vec<(i64, AuditEvent)>> {
         let query = query.clone();
+        let indexed = self.text.is_some();
         let rows: Vec<(i64, String)> = self
             .run(move |c| {
-                let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
+                let plan = text_plan(c, indexed, query.text.as_deref().filter(|t| !t.is_empty()));
                 let sql = query::select_with(Dialect::Sqlite, &query, page, plan);
                 let args = values(sql.args);
                 let mut stmt = c.prepare_cached(&sql.text)?;
@@ -567,8 +692,9 @@ impl Store for SqliteStore {
 
     async fn tally_events(&self, query: &AuditQuery, width_us: i64) -> Result<Vec<crate::Tally>> {
         let query = query.clone();
+        let indexed = self.text.is_some();
         self.run(move |c| {
-            let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
+            let plan = text_plan(c, indexed, query.text.as_deref().filter(|t| !t.is_empty()));
             let sql = query::tally(Dialect::Sqlite, &query, width_us, plan);
             let mut stmt = c.prepare_cached(&sql.text)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values(sql.args)), |r| {
@@ -588,8 +714,9 @@ impl Store for SqliteStore {
 
     async fn durations(&self, query: &AuditQuery, limit: u32) -> Result<Vec<f64>> {
         let query = query.clone();
+        let indexed = self.text.is_some();
         self.run(move |c| {
-            let plan = text_plan(c, query.text.as_deref().filter(|t| !t.is_empty()))?;
+            let plan = text_plan(c, indexed, query.text.as_deref().filter(|t| !t.is_empty()));
             let sql = query::durations(Dialect::Sqlite, &query, limit, plan);
             let mut stmt = c.prepare_cached(&sql.text)?;
             let rows =

@@ -180,36 +180,49 @@ async fn postgres_positions_are_never_overtaken() {
     drop_db.await;
 }
 
-/// A log from before the free-text index: its events are found at once (by a scan of what
-/// is not indexed yet) and, once the index has been filled from the newest back, through it.
+/// Free text has an index of its own, in a file beside the store's: a log from when the
+/// index lived in the store's own file is found at once (by a scan of what is not indexed
+/// yet) and, once the index has been filled from the newest back, through it; an index
+/// from another log or unreadable is made anew, never trusted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
+async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     use mcpgate_types::{AuditEvent, AuditQuery, Page};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let events: Vec<AuditEvent> = (0..2_500)
-        .map(|i| {
-            request(
-                format!("old{i:04}"),
-                "ann",
-                i,
-                ("note", json!(format!("needle-{i:04}"))),
-            )
-        })
-        .collect();
+    let text = dir.path().join("state.db-text");
+    let events = |tag: &str| -> Vec<AuditEvent> {
+        (0..2_500)
+            .map(|i| {
+                request(
+                    format!("{tag}{i:04}"),
+                    "ann",
+                    i,
+                    ("note", json!(format!("{tag}-needle-{i:04} abcxbcd"))),
+                )
+            })
+            .collect()
+    };
+    let remove_text = || {
+        for f in ["state.db-text", "state.db-text-wal", "state.db-text-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+    };
     {
         let store = SqliteStore::open(&path).unwrap();
-        store.append_events(&events).await.unwrap();
+        store.append_events(&events("old")).await.unwrap();
     }
-    // As a log written before the index existed.
+    // As a log of a version that kept the index in the store's own file.
+    remove_text();
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DROP TRIGGER IF EXISTS audit_text_insert; DROP TABLE audit_text; DROP TABLE audit_text_state;",
+            "CREATE VIRTUAL TABLE audit_text USING fts5(data, content='audit',
+               content_rowid='rowid', tokenize='trigram', detail='none');
+             CREATE TABLE audit_text_state (indexed_from INTEGER NOT NULL, indexed_to INTEGER NOT NULL);
+             INSERT INTO audit_text_state VALUES (1, 0);",
         )
         .unwrap();
-    let store = SqliteStore::open(&path).unwrap();
-    let find = async |text: &str| {
+    let find = async |store: &SqliteStore, text: &str| {
         let q = AuditQuery {
             text: Some(text.into()),
             ..AuditQuery::default()
@@ -217,33 +230,66 @@ async fn sqlite_indexes_an_older_log_for_free_text_in_the_background() {
         let page = store.page_events(&q, Page::Newest).await.unwrap();
         page.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
     };
-    assert_eq!(
-        find("NEEDLE-0007").await,
-        ["old0007"],
-        "found before it is indexed"
-    );
-    let state = rusqlite::Connection::open(&path).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while state
-        .query_row("SELECT indexed_from FROM audit_text_state", [], |r| {
-            r.get::<_, i64>(0)
-        })
+    let indexed = async |store: &SqliteStore| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.text_index_behind().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never indexed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    let left: i64 = rusqlite::Connection::open(&path)
         .unwrap()
-        > 1
-    {
-        assert!(std::time::Instant::now() < deadline, "never indexed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let indexed: i64 = state
         .query_row(
-            "SELECT count(*) FROM audit_text WHERE data LIKE '%needle-0007%'",
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'audit_text%'",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(indexed, 1, "the oldest events are in the index");
-    assert_eq!(find("needle-0007").await, ["old0007"]);
-    assert_eq!(find("needle-2499").await, ["old2499"]);
+    assert_eq!(left, 0, "the old index is gone from the store's file");
+    assert_eq!(
+        find(&store, "OLD-NEEDLE-0007").await,
+        ["old0007"],
+        "found before it is indexed"
+    );
+    indexed(&store).await;
+    // The oldest events are in the index (the eighth stored is `old0007`).
+    let in_index: i64 = rusqlite::Connection::open(&text)
+        .unwrap()
+        .query_row(
+            r#"SELECT count(*) FROM audit_text WHERE audit_text MATCH '"-00" AND "007"' AND rowid = 8"#,
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(in_index, 1, "the oldest events are in the index");
+    assert_eq!(find(&store, "old-needle-0007").await, ["old0007"]);
+    assert_eq!(find(&store, "old-needle-2499").await, ["old2499"]);
+    // Each trigram of `abcd` is in every event, the word in none: the index's candidates
+    // are confirmed.
+    assert!(find(&store, "abcd").await.is_empty());
+    drop(store);
+
+    // The store replaced by another log, its index left over: made anew.
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.append_events(&events("new")).await.unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    indexed(&store).await;
+    assert!(find(&store, "old-needle-0007").await.is_empty());
+    assert_eq!(find(&store, "new-needle-0007").await, ["new0007"]);
+    assert_eq!(find(&store, "new-needle-1234").await, ["new1234"]);
+    drop(store);
+
+    // An unreadable index: made anew.
+    std::fs::write(&text, b"not a database, not at all, not a single page of one").unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    indexed(&store).await;
+    assert_eq!(find(&store, "new-needle-2000").await, ["new2000"]);
 }
 
 mod tampering {

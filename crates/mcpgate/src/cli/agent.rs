@@ -315,7 +315,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .find(|c| mcpgate_pki::CertInfo::issuer_cn(c).is_some_and(|cn| cn == "mcpgate user CA"))
         .cloned()
         .ok_or_else(|| anyhow!("the identity holds no user CA certificate"))?;
-    let spool = SqliteStore::open(&data_dir.join("agent").join("spool.db"))?;
+    let spool = SqliteStore::open_unindexed(&data_dir.join("agent").join("spool.db"))?;
     // Pending events are lines in journal files, final ones live in the local spool until
     // shipped: nothing is lost when the auth service or this agent stops.
     let journal = Journal::with_dir(
