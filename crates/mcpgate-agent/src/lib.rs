@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod http;
 pub mod journal;
+mod locks;
 pub mod lines;
 pub mod pins;
 pub mod redact;
@@ -68,6 +69,8 @@ pub struct Agent {
     pub(crate) policies: shared::Shared<mcpgate_policy::Policy>,
     /// Tool pins by app, shared by the sessions.
     pub(crate) pin_books: shared::Shared<pins::PinBook>,
+    /// The locks in force, read once for all the sessions.
+    pub(crate) locks: locks::LockView,
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
@@ -106,6 +109,7 @@ impl Agent {
             redaction: std::sync::OnceLock::new(),
             policies: Default::default(),
             pin_books: Default::default(),
+            locks: Default::default(),
         }))
     }
 

@@ -53,8 +53,6 @@ const UPSTREAM_BUFFER: usize = 8 << 10;
 /// How long a cached policy may be used before the roles are read again, for changes made
 /// by another auth instance (changes in this process reload at once).
 const POLICY_MAX_AGE: Duration = Duration::from_secs(1);
-/// How often a live session checks for locks (a lock ends sessions well within 5 s).
-const LOCK_CHECK: Duration = Duration::from_secs(1);
 /// How long answers are awaited after the client finished sending.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -666,22 +664,33 @@ impl Session<'_> {
     /// Why this identity is locked now, if it is (a lock that cannot be read counts as one:
     /// fail closed).
     async fn lock_reason(&self) -> Option<String> {
+        let locks = self.agent.cluster.locks().await;
+        self.locked_by(locks.as_deref())
+    }
+
+    /// Why one of `locks` bans this identity, if one does.
+    fn locked_by(&self, locks: Result<&Vec<Lock>, &String>) -> Option<String> {
         let now = mcpgate_types::clock::unix_secs(self.agent.cluster.clock().now());
         let c = self.claims();
-        match self.agent.cluster.locks().await {
+        match locks {
             Ok(locks) => locks
-                .into_iter()
+                .iter()
                 .find(|l| l.applies(c.kind, &c.name, &c.roles, now, Some(self.info.issued())))
                 .map(|lock| format!("{} is locked: {}", lock.target, lock.message)),
             Err(e) => Some(format!("locks cannot be checked: {e}")),
         }
     }
 
-    /// Returns once the identity is locked (checked every [`LOCK_CHECK`]).
+    /// Returns once the identity is locked, checked each time the agent's view of the
+    /// locks changes.
     async fn watch_locks(&self) -> String {
+        let mut view = self.agent.locks.watch(&self.agent.cluster);
         loop {
-            tokio::time::sleep(LOCK_CHECK).await;
-            if let Some(reason) = self.lock_reason().await {
+            if view.changed().await.is_err() {
+                return "locks cannot be checked: the agent is stopping".into();
+            }
+            let locks = view.borrow_and_update().clone();
+            if let Some(reason) = self.locked_by(locks.as_deref()) {
                 return reason;
             }
         }
