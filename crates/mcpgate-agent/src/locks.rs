@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use mcpgate_types::Lock;
+use mcpgate_types::resource::Lock;
 use tokio::sync::watch;
 
 use crate::cluster::Cluster;
@@ -44,7 +44,7 @@ async fn refresh(cluster: Weak<dyn Cluster>, tx: watch::Sender<Locks>) {
         let epoch = c.epoch();
         let now = c.locks().await.map(Arc::new);
         if first {
-            tx.send_replace(now);
+            let _ = tx.send_replace(now);
             first = false;
         } else {
             tx.send_if_modified(|old| {

@@ -669,7 +669,7 @@ impl Session<'_> {
     }
 
     /// Why one of `locks` bans this identity, if one does.
-    fn locked_by(&self, locks: Result<&Vec<Lock>, &String>) -> Option<String> {
+    fn locked_by(&self, locks: Result<&[mcpgate_types::resource::Lock], &String>) -> Option<String> {
         let now = mcpgate_types::clock::unix_secs(self.agent.cluster.clock().now());
         let c = self.claims();
         match locks {
@@ -690,7 +690,7 @@ impl Session<'_> {
                 return "locks cannot be checked: the agent is stopping".into();
             }
             let locks = view.borrow_and_update().clone();
-            if let Some(reason) = self.locked_by(locks.as_deref()) {
+            if let Some(reason) = self.locked_by(locks.as_deref().map(Vec::as_slice)) {
                 return reason;
             }
         }
