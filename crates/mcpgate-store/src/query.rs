@@ -52,14 +52,14 @@ impl Dialect {
 }
 
 /// How free text is found.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) enum Text {
     /// `LIKE` over every event's JSON that the other filters leave.
     Scan,
-    /// SQLite: the candidates come from the trigram index `text.audit_text` (which holds
-    /// the events at positions `from` to `to`; those on either side are scanned), `LIKE`
-    /// confirms.
-    Indexed { from: i64, to: i64 },
+    /// SQLite: the candidates are `hits` (a JSON array of positions), found in the trigram
+    /// index `text.audit_text`, which holds the events at positions `from` to `to`; those
+    /// on either side are scanned. `LIKE` confirms.
+    Indexed { from: i64, to: i64, hits: String },
 }
 
 /// `SELECT pos, data` of the events matching `q` on `page`: newest first (once reversed
@@ -176,54 +176,38 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> Sql {
             &format!(" AND data {op} # ESCAPE '\\'"),
             [Arg::Text(pattern)],
         );
-        if let Text::Indexed { from, to } = text_plan
-            && let Some(terms) = trigrams(needle)
-        {
+        if let Text::Indexed { from, to, hits } = text_plan {
             // One set of positions (not an OR of conditions, which SQLite answers by
             // reading every event): the index's candidates and the events on either side.
             sql.bind(
                 d,
-                " AND rowid IN (SELECT rowid FROM text.audit_text WHERE audit_text MATCH # \
+                " AND rowid IN (SELECT value FROM json_each(#) \
                  UNION ALL SELECT rowid FROM audit WHERE rowid < # \
                  UNION ALL SELECT rowid FROM audit WHERE rowid > #)",
-                [Arg::Text(terms), Arg::Int(from), Arg::Int(to)],
+                [Arg::Text(hits), Arg::Int(from), Arg::Int(to)],
             );
         }
     }
     sql
 }
 
-/// The trigram index's query for events that may hold `needle`: each of its (at most
-/// [`MAX_TRIGRAMS`]) distinct trigrams, all of them. The index keeps no positions, so this
-/// finds a superset (the trigrams anywhere in the event) and `LIKE` confirms. `None` for a
-/// needle shorter than a trigram.
-pub(crate) fn trigrams(needle: &str) -> Option<String> {
+/// The distinct trigrams of `needle`, each quoted as a term of the trigram index's query
+/// (an event that holds the needle holds all of them; the index keeps no positions, so
+/// `LIKE` confirms). Empty for a needle shorter than a trigram.
+pub(crate) fn trigrams(needle: &str) -> Vec<String> {
     let chars: Vec<char> = needle.chars().collect();
-    let mut seen: Vec<String> = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     for w in chars.windows(3) {
         // As written: the index folds case itself (and folding here could make a trigram
         // of more than three characters, which the index would take as a phrase).
         let t: String = w.iter().collect();
-        if !seen.contains(&t) {
-            seen.push(t);
-        }
-        if seen.len() == MAX_TRIGRAMS {
-            break;
+        let quoted = format!("\"{}\"", t.replace('"', "\"\""));
+        if !out.contains(&quoted) {
+            out.push(quoted);
         }
     }
-    if seen.is_empty() {
-        return None;
-    }
-    let quoted: Vec<String> = seen
-        .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-        .collect();
-    Some(quoted.join(" AND "))
+    out
 }
-
-/// Trigrams a free-text lookup asks the index for: enough to be selective, few enough to
-/// stay cheap.
-const MAX_TRIGRAMS: usize = 12;
 
 /// The calls matching `q` counted by bucket of `width_us` (its start), tool, app, user and
 /// whether they were denied.
@@ -299,22 +283,14 @@ mod tests {
 
     #[test]
     fn free_text_asks_the_index_for_each_distinct_trigram() {
-        assert_eq!(trigrams("ab"), None, "shorter than a trigram");
+        assert!(trigrams("ab").is_empty(), "shorter than a trigram");
+        assert_eq!(trigrams("abcab"), [r#""abc""#, r#""bca""#, r#""cab""#]);
         assert_eq!(
-            trigrams("abcab").as_deref(),
-            Some(r#""abc" AND "bca" AND "cab""#)
-        );
-        assert_eq!(
-            trigrams(r#"a"b%_"#).as_deref(),
-            Some(r#""a""b" AND """b%" AND "b%_""#),
+            trigrams(r#"a"b%_"#),
+            [r#""a""b""#, r#""""b%""#, r#""b%_""#],
             "quotes doubled, wildcards literal"
         );
-        assert_eq!(trigrams("Ünïcödé").unwrap().matches(" AND ").count(), 4);
-        let long = "x".repeat(3) + &"abcdefghijklmnopqrstuvwxyz".repeat(2);
-        assert_eq!(
-            trigrams(&long).unwrap().matches(" AND ").count(),
-            MAX_TRIGRAMS - 1
-        );
+        assert_eq!(trigrams("Ünïcödé").len(), 5);
     }
 
     #[test]

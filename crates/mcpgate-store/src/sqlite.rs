@@ -117,6 +117,11 @@ const TEXT_FILL_PAUSE: Duration = Duration::from_millis(20);
 /// found in more is found as fast by reading the newest events.
 const TEXT_INDEX_MAX: i64 = 5_000;
 
+/// Trigrams of a needle whose counts are asked for, and the rarest of them looked up
+/// together.
+const TEXT_PROBES: usize = 16;
+const TEXT_TERMS: usize = 3;
+
 /// The file of the free-text index of the store at `path`.
 fn text_path(path: &Path) -> std::path::PathBuf {
     let mut p = path.as_os_str().to_owned();
@@ -278,18 +283,40 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
 }
 
 /// How to find `needle`: through the index when there is one and the needle is rare in it.
-/// An index that cannot be read costs a scan, never an answer.
+/// The index is asked how many events hold each trigram (counting to [`TEXT_INDEX_MAX`] at
+/// most) and then for those that hold the rarest few together: the work follows the rare
+/// trigrams, not the common ones (`"`, `.rs`, `repo`) that every event holds. An index
+/// that cannot be read costs a scan, never an answer.
 fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text {
-    let Some(terms) = needle.filter(|_| indexed).and_then(query::trigrams) else {
-        return query::Text::Scan;
+    let grams = match needle {
+        Some(n) if indexed => query::trigrams(n),
+        _ => Vec::new(),
     };
+    if grams.is_empty() {
+        return query::Text::Scan;
+    }
     let plan = || -> rusqlite::Result<query::Text> {
-        let found: i64 = c
-            .prepare_cached(
-                "SELECT count(*) FROM
-                   (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
-            )?
-            .query_row(params![terms, TEXT_INDEX_MAX + 1], |r| r.get(0))?;
+        let mut count = c.prepare_cached(
+            "SELECT count(*) FROM
+               (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
+        )?;
+        // Spread over a long needle.
+        let step = grams.len().div_ceil(TEXT_PROBES);
+        let mut counted = Vec::new();
+        for g in grams.iter().step_by(step) {
+            let n: i64 = count.query_row(params![g, TEXT_INDEX_MAX + 1], |r| r.get(0))?;
+            counted.push((n, g.as_str()));
+        }
+        counted.sort_unstable();
+        let terms: Vec<&str> = counted.iter().take(TEXT_TERMS).map(|(_, g)| *g).collect();
+        let mut hits = c.prepare_cached(
+            "SELECT json_group_array(rowid), count(*) FROM
+               (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
+        )?;
+        let (hits, found): (String, i64) = hits
+            .query_row(params![terms.join(" AND "), TEXT_INDEX_MAX + 1], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         if found > TEXT_INDEX_MAX {
             return Ok(query::Text::Scan);
         }
@@ -298,7 +325,7 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(query::Text::Indexed { from, to })
+        Ok(query::Text::Indexed { from, to, hits })
     };
     plan().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "the audit text index cannot be read; free text scans");

@@ -268,6 +268,8 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     // Each trigram of `abcd` is in every event, the word in none: the index's candidates
     // are confirmed.
     assert!(find(&store, "abcd").await.is_empty());
+    assert_eq!(find(&store, "needle-1234 ABCX").await, ["old1234"]);
+    assert!(find(&store, "needle-9999").await.is_empty(), "a trigram in none");
     drop(store);
 
     // The store replaced by another log, its index left over: made anew.
