@@ -105,6 +105,9 @@ CREATE TABLE IF NOT EXISTS audit_text_state (indexed_from INTEGER NOT NULL,
 const TEXT_INDEX_LAG: i64 = 2_048;
 const TEXT_IDLE: Duration = Duration::from_secs(1);
 
+/// How much lower the index thread's scheduling priority is than the process's.
+const TEXT_NICE: i32 = 10;
+
 /// Events indexed per transaction of the index's own file.
 const TEXT_INDEX_STEP: i64 = 8_192;
 
@@ -260,6 +263,10 @@ fn add_to_index(tx: &rusqlite::Transaction<'_>, rows: &[(i64, String)]) -> rusql
 /// Keeps the index until the store is dropped, woken by each batch the store commits.
 fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
+    // Indexing can wait; the calls cannot: on Linux a thread's nice value is its own, so
+    // this thread yields the cores to the sessions (and whatever else runs) when they want
+    // them.
+    let _ = rustix::process::nice(TEXT_NICE);
     let mut next = Next::Now;
     loop {
         let wait = match next {
