@@ -96,7 +96,7 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 /// or from another log is made anew and filled from the newest events back.
 const TEXT_SCHEMA: &str = "
 CREATE VIRTUAL TABLE IF NOT EXISTS audit_text USING fts5(data, content='', tokenize='trigram',
-  detail='none');
+  detail='none', columnsize=0);
 CREATE TABLE IF NOT EXISTS audit_text_state (indexed_from INTEGER NOT NULL,
   indexed_to INTEGER NOT NULL, anchor TEXT);";
 
