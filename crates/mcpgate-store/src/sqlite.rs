@@ -120,10 +120,12 @@ const TEXT_FILL_PAUSE: Duration = Duration::from_millis(20);
 /// found in more is found as fast by reading the newest events.
 const TEXT_INDEX_MAX: i64 = 5_000;
 
-/// Trigrams of a needle whose counts are asked for, and the rarest of them looked up
-/// together.
+/// Trigrams of a needle whose counts are asked for; how far they are counted when too few
+/// are rare; how many of the rarest are looked up together (first three: the fewest
+/// lists to walk; then six: fewer events that hold them all apart, not as the needle).
 const TEXT_PROBES: usize = 16;
-const TEXT_TERMS: usize = 3;
+const TEXT_PROBE_DEEP: i64 = 20_000;
+const TEXT_TERMS: [usize; 2] = [3, 6];
 
 /// The file of the free-text index of the store at `path`.
 fn text_path(path: &Path) -> std::path::PathBuf {
@@ -290,10 +292,11 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
 }
 
 /// How to find `needle`: through the index when there is one and the needle is rare in it.
-/// The index is asked how many events hold each trigram (counting to [`TEXT_INDEX_MAX`] at
-/// most) and then for those that hold the rarest few together: the work follows the rare
-/// trigrams, not the common ones (`"`, `.rs`, `repo`) that every event holds. An index
-/// that cannot be read costs a scan, never an answer.
+/// The index is asked how many events hold each trigram (to [`TEXT_INDEX_MAX`], and where
+/// too few are rarer than that, again to [`TEXT_PROBE_DEEP`]), then for the events that
+/// hold the rarest few together, and the rarest several when those are too many: the work
+/// follows the rare trigrams, not the common ones (`"`, `.rs`, `repo`) that every event
+/// holds. An index that cannot be read costs a scan, never an answer.
 fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text {
     let grams = match needle {
         Some(n) if indexed => query::trigrams(n),
@@ -314,25 +317,39 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
             let n: i64 = count.query_row(params![g, TEXT_INDEX_MAX + 1], |r| r.get(0))?;
             counted.push((n, g.as_str()));
         }
+        if counted.iter().filter(|(n, _)| *n <= TEXT_INDEX_MAX).count() < TEXT_TERMS[0] {
+            for (n, g) in counted.iter_mut().filter(|(n, _)| *n > TEXT_INDEX_MAX) {
+                *n = count.query_row(params![*g, TEXT_PROBE_DEEP + 1], |r| r.get(0))?;
+            }
+        }
         counted.sort_unstable();
-        let terms: Vec<&str> = counted.iter().take(TEXT_TERMS).map(|(_, g)| *g).collect();
         let mut hits = c.prepare_cached(
             "SELECT json_group_array(rowid), count(*) FROM
                (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
         )?;
-        let (hits, found): (String, i64) = hits
-            .query_row(params![terms.join(" AND "), TEXT_INDEX_MAX + 1], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        if found > TEXT_INDEX_MAX {
-            return Ok(query::Text::Scan);
+        for take in TEXT_TERMS {
+            let terms: Vec<&str> = counted.iter().take(take).map(|(_, g)| *g).collect();
+            let (found_at, found): (String, i64) = hits
+                .query_row(params![terms.join(" AND "), TEXT_INDEX_MAX + 1], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if found <= TEXT_INDEX_MAX {
+                let (from, to) = c.query_row(
+                    "SELECT indexed_from, indexed_to FROM text.audit_text_state",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                return Ok(query::Text::Indexed {
+                    from,
+                    to,
+                    hits: found_at,
+                });
+            }
+            if take >= counted.len() {
+                break;
+            }
         }
-        let (from, to) = c.query_row(
-            "SELECT indexed_from, indexed_to FROM text.audit_text_state",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok(query::Text::Indexed { from, to, hits })
+        Ok(query::Text::Scan)
     };
     plan().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "the audit text index cannot be read; free text scans");
