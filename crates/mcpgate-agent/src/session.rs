@@ -669,7 +669,10 @@ impl Session<'_> {
     }
 
     /// Why one of `locks` bans this identity, if one does.
-    fn locked_by(&self, locks: Result<&[mcpgate_types::resource::Lock], &String>) -> Option<String> {
+    fn locked_by(
+        &self,
+        locks: Result<&[mcpgate_types::resource::Lock], &String>,
+    ) -> Option<String> {
         let now = mcpgate_types::clock::unix_secs(self.agent.cluster.clock().now());
         let c = self.claims();
         match locks {

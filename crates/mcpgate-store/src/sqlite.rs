@@ -179,7 +179,9 @@ fn open_text_file(file: &Path, store: &Path) -> Result<Option<Connection>> {
         }
         Some((to, anchor)) => {
             let there: Option<String> = c
-                .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [to], |r| r.get(0))
+                .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [to], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if there != anchor {
                 return Ok(None);
@@ -215,7 +217,9 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
         let upto = (to + TEXT_INDEX_STEP).min(head);
         let rows = read_events(c, to + 1, upto)?;
         let anchor: Option<String> = c
-            .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [upto], |r| r.get(0))
+            .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [upto], |r| {
+                r.get(0)
+            })
             .optional()?;
         let tx = c.transaction()?;
         add_to_index(&tx, &rows)?;

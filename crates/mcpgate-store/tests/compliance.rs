@@ -269,7 +269,10 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     // are confirmed.
     assert!(find(&store, "abcd").await.is_empty());
     assert_eq!(find(&store, "needle-1234 ABCX").await, ["old1234"]);
-    assert!(find(&store, "needle-9999").await.is_empty(), "a trigram in none");
+    assert!(
+        find(&store, "needle-9999").await.is_empty(),
+        "a trigram in none"
+    );
     drop(store);
 
     // The store replaced by another log, its index left over: made anew.
@@ -288,7 +291,11 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     drop(store);
 
     // An unreadable index: made anew.
-    std::fs::write(&text, b"not a database, not at all, not a single page of one").unwrap();
+    std::fs::write(
+        &text,
+        b"not a database, not at all, not a single page of one",
+    )
+    .unwrap();
     let store = SqliteStore::open(&path).unwrap();
     indexed(&store).await;
     assert_eq!(find(&store, "new-needle-2000").await, ["new2000"]);
