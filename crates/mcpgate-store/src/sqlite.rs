@@ -120,11 +120,10 @@ const TEXT_FILL_PAUSE: Duration = Duration::from_millis(20);
 /// found in more is found as fast by reading the newest events.
 const TEXT_INDEX_MAX: i64 = 5_000;
 
-/// Trigrams of a needle whose counts are asked for; how far they are counted when too few
-/// are rare; how many of the rarest are looked up together (first three: the fewest
-/// lists to walk; then six: fewer events that hold them all apart, not as the needle).
+/// Trigrams of a needle whose counts are asked for, and how many of the rarest are looked
+/// up together (first three: the fewest lists to walk; then six: fewer events that hold
+/// them all apart, not as the needle).
 const TEXT_PROBES: usize = 16;
-const TEXT_PROBE_DEEP: i64 = 20_000;
 const TEXT_TERMS: [usize; 2] = [3, 6];
 
 /// The file of the free-text index of the store at `path`.
@@ -296,11 +295,13 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
 }
 
 /// How to find `needle`: through the index when there is one and the needle is rare in it.
-/// The index is asked how many events hold each trigram (to [`TEXT_INDEX_MAX`], and where
-/// too few are rarer than that, again to [`TEXT_PROBE_DEEP`]), then for the events that
-/// hold the rarest few together, and the rarest several when those are too many: the work
-/// follows the rare trigrams, not the common ones (`"`, `.rs`, `repo`) that every event
-/// holds. An index that cannot be read costs a scan, never an answer.
+/// The index is asked for each trigram's first [`TEXT_INDEX_MAX`] events: their number, and
+/// for a trigram in more, how far into the log they reach, which estimates how many events
+/// hold it (a trigram in every event reaches 5,000 events in, one in 1 % of them half a
+/// million). The rarest few are then looked up together, and the rarest several when those
+/// are held apart by too many events: the work follows the rare trigrams, not the common
+/// ones (`"`, `.rs`, `repo`) that every event holds. An index that cannot be read costs a
+/// scan, never an answer.
 fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text {
     let grams = match needle {
         Some(n) if indexed => query::trigrams(n),
@@ -310,23 +311,30 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
         return query::Text::Scan;
     }
     let plan = || -> rusqlite::Result<query::Text> {
-        let mut count = c.prepare_cached(
-            "SELECT count(*) FROM
+        let (from, to): (i64, i64) = c.query_row(
+            "SELECT indexed_from, indexed_to FROM text.audit_text_state",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let span = (to - from + 1).max(1) as f64;
+        let mut probe = c.prepare_cached(
+            "SELECT count(*), COALESCE(max(rowid), 0) FROM
                (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
         )?;
         // Spread over a long needle.
         let step = grams.len().div_ceil(TEXT_PROBES);
-        let mut counted = Vec::new();
+        let mut counted: Vec<(f64, &str)> = Vec::new();
         for g in grams.iter().step_by(step) {
-            let n: i64 = count.query_row(params![g, TEXT_INDEX_MAX + 1], |r| r.get(0))?;
-            counted.push((n, g.as_str()));
+            let (n, reach): (i64, i64) = probe
+                .query_row(params![g, TEXT_INDEX_MAX + 1], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let estimate = if n <= TEXT_INDEX_MAX {
+                n as f64
+            } else {
+                n as f64 * span / (reach - from + 1).max(1) as f64
+            };
+            counted.push((estimate, g.as_str()));
         }
-        if counted.iter().filter(|(n, _)| *n <= TEXT_INDEX_MAX).count() < TEXT_TERMS[0] {
-            for (n, g) in counted.iter_mut().filter(|(n, _)| *n > TEXT_INDEX_MAX) {
-                *n = count.query_row(params![*g, TEXT_PROBE_DEEP + 1], |r| r.get(0))?;
-            }
-        }
-        counted.sort_unstable();
+        counted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
         let mut hits = c.prepare_cached(
             "SELECT json_group_array(rowid), count(*) FROM
                (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
@@ -338,11 +346,6 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
             if found <= TEXT_INDEX_MAX {
-                let (from, to) = c.query_row(
-                    "SELECT indexed_from, indexed_to FROM text.audit_text_state",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
                 return Ok(query::Text::Indexed {
                     from,
                     to,
