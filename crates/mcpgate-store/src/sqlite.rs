@@ -325,8 +325,9 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
         let step = grams.len().div_ceil(TEXT_PROBES);
         let mut counted: Vec<(f64, &str)> = Vec::new();
         for g in grams.iter().step_by(step) {
-            let (n, reach): (i64, i64) = probe
-                .query_row(params![g, TEXT_INDEX_MAX + 1], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (n, reach): (i64, i64) = probe.query_row(params![g, TEXT_INDEX_MAX + 1], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             let estimate = if n <= TEXT_INDEX_MAX {
                 n as f64
             } else {
