@@ -220,7 +220,9 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
                 r.get(0)
             })
             .optional()?;
-        let tx = c.transaction()?;
+        let Some(tx) = claim(c, (from, to))? else {
+            return Ok(Next::Now);
+        };
         add_to_index(&tx, &rows)?;
         tx.execute(
             "UPDATE audit_text_state SET indexed_to = ?1, anchor = ?2",
@@ -240,11 +242,29 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
     }
     let low = (from - TEXT_FILL_STEP).max(1);
     let rows = read_events(c, low, from - 1)?;
-    let tx = c.transaction()?;
+    let Some(tx) = claim(c, (from, to))? else {
+        return Ok(Next::Now);
+    };
     add_to_index(&tx, &rows)?;
     tx.execute("UPDATE audit_text_state SET indexed_from = ?1", [low])?;
     tx.commit()?;
     Ok(if low > 1 { Next::Fill } else { Next::Wait })
+}
+
+/// The index's write transaction, if it still holds the positions `seen` (another process
+/// with the same store open, `admin audit verify --offline` say, may have indexed them
+/// meanwhile: then nothing is indexed twice, the step is taken again).
+fn claim(
+    c: &mut Connection,
+    seen: (i64, i64),
+) -> rusqlite::Result<Option<rusqlite::Transaction<'_>>> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let now: (i64, i64) = tx.query_row(
+        "SELECT indexed_from, indexed_to FROM audit_text_state",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((now == seen).then_some(tx))
 }
 
 /// The events at positions `from` to `to`, read in one short read of the store: a read

@@ -72,8 +72,9 @@ pub async fn verify_offline(
             if !path.exists() {
                 anyhow::bail!("no audit log at {}", path.display());
             }
+            // Read only for the chain: no index of its own beside the daemon's.
             AnyStore::Sqlite(
-                SqliteStore::open(&path)
+                SqliteStore::open_unindexed(&path)
                     .with_context(|| format!("cannot open {}", path.display()))?,
             )
         }
