@@ -258,7 +258,13 @@ fn claim(
     c: &mut Connection,
     seen: (i64, i64),
 ) -> rusqlite::Result<Option<rusqlite::Transaction<'_>>> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // A write to the index's file first takes its lock and no other: `BEGIN IMMEDIATE`
+    // would lock every attached file, the store's too, and hold its writer for the step.
+    let tx = c.transaction()?;
+    tx.execute(
+        "UPDATE audit_text_state SET indexed_from = indexed_from",
+        [],
+    )?;
     let now: (i64, i64) = tx.query_row(
         "SELECT indexed_from, indexed_to FROM audit_text_state",
         [],
