@@ -177,17 +177,29 @@ fn open_text_file(file: &Path, store: &Path) -> Result<Option<Connection>> {
             )?;
         }
         Some((to, anchor)) => {
-            let there: Option<String> = c
-                .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [to], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if there != anchor {
+            if id_at(&c, to)? != anchor {
                 return Ok(None);
             }
         }
     }
     Ok(Some(c))
+}
+
+/// The positions the index holds, `indexed_from` to `indexed_to`.
+fn index_state(c: &Connection) -> rusqlite::Result<(i64, i64)> {
+    c.query_row(
+        "SELECT indexed_from, indexed_to FROM audit_text_state",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// The id of the store's event at `pos`, if there is one.
+fn id_at(c: &Connection, pos: i64) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT id FROM m.audit WHERE rowid = ?1", [pos], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// What the index thread does next.
@@ -206,24 +218,14 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
     let head: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM m.audit", [], |r| {
         r.get(0)
     })?;
-    let (from, to): (i64, i64) = c.query_row(
-        "SELECT indexed_from, indexed_to FROM audit_text_state",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (from, to) = index_state(c)?;
     let waiting = head - to;
     if waiting > 0 && (waiting >= TEXT_INDEX_LAG || !woken) {
         let upto = (to + TEXT_INDEX_STEP).min(head);
-        let rows = read_events(c, to + 1, upto)?;
-        let anchor: Option<String> = c
-            .query_row("SELECT id FROM m.audit WHERE rowid = ?1", [upto], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(tx) = claim(c, (from, to))? else {
+        let anchor = id_at(c, upto)?;
+        let Some(tx) = index_range(c, (from, to), to + 1, upto)? else {
             return Ok(Next::Now);
         };
-        add_to_index(&tx, &rows)?;
         tx.execute(
             "UPDATE audit_text_state SET indexed_to = ?1, anchor = ?2",
             params![upto, anchor],
@@ -241,23 +243,25 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
         return Ok(Next::Wait);
     }
     let low = (from - TEXT_FILL_STEP).max(1);
-    let rows = read_events(c, low, from - 1)?;
-    let Some(tx) = claim(c, (from, to))? else {
+    let Some(tx) = index_range(c, (from, to), low, from - 1)? else {
         return Ok(Next::Now);
     };
-    add_to_index(&tx, &rows)?;
     tx.execute("UPDATE audit_text_state SET indexed_from = ?1", [low])?;
     tx.commit()?;
     Ok(if low > 1 { Next::Fill } else { Next::Wait })
 }
 
-/// The index's write transaction, if it still holds the positions `seen` (another process
-/// with the same store open, `admin audit verify --offline` say, may have indexed them
-/// meanwhile: then nothing is indexed twice, the step is taken again).
-fn claim(
+/// The store's events at positions `lo` to `hi` added to the index, in its write
+/// transaction (for the caller to record and commit) if the index still holds the
+/// positions `seen`: another process with the same store open may have indexed them
+/// meanwhile, and then nothing is indexed twice, the step is taken again.
+fn index_range(
     c: &mut Connection,
     seen: (i64, i64),
+    lo: i64,
+    hi: i64,
 ) -> rusqlite::Result<Option<rusqlite::Transaction<'_>>> {
+    let rows = read_events(c, lo, hi)?;
     // A write to the index's file first takes its lock and no other: `BEGIN IMMEDIATE`
     // would lock every attached file, the store's too, and hold its writer for the step.
     let tx = c.transaction()?;
@@ -265,12 +269,16 @@ fn claim(
         "UPDATE audit_text_state SET indexed_from = indexed_from",
         [],
     )?;
-    let now: (i64, i64) = tx.query_row(
-        "SELECT indexed_from, indexed_to FROM audit_text_state",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok((now == seen).then_some(tx))
+    if index_state(&tx)? != seen {
+        return Ok(None);
+    }
+    {
+        let mut add = tx.prepare_cached("INSERT INTO audit_text(rowid, data) VALUES (?1, ?2)")?;
+        for (pos, data) in &rows {
+            add.execute(params![pos, data])?;
+        }
+    }
+    Ok(Some(tx))
 }
 
 /// The events at positions `from` to `to`, read in one short read of the store: a read
@@ -281,14 +289,6 @@ fn read_events(c: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<(i64,
         c.prepare_cached("SELECT rowid, data FROM m.audit WHERE rowid >= ?1 AND rowid <= ?2")?;
     let rows = stmt.query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
-}
-
-fn add_to_index(tx: &rusqlite::Transaction<'_>, rows: &[(i64, String)]) -> rusqlite::Result<()> {
-    let mut add = tx.prepare_cached("INSERT INTO audit_text(rowid, data) VALUES (?1, ?2)")?;
-    for (pos, data) in rows {
-        add.execute(params![pos, data])?;
-    }
-    Ok(())
 }
 
 /// Keeps the index until the store is dropped, woken by each batch the store commits.
