@@ -533,6 +533,7 @@ mod tests {
             traits: Default::default(),
             generation: 0,
             cluster: "c".into(),
+            oauth_client: None,
         };
         let mut f = serde_json::Map::new();
         f.insert("method".into(), Value::from("tools/call"));

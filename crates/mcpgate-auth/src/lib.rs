@@ -19,6 +19,7 @@ pub mod integrity;
 pub mod jwt;
 pub mod limits;
 pub mod login;
+pub mod oauth;
 pub mod pins;
 pub mod service;
 pub mod users;

@@ -337,6 +337,7 @@ impl AuthService {
             traits: Default::default(),
             generation: 0,
             cluster: self.cluster().into(),
+            oauth_client: None,
         }
     }
 

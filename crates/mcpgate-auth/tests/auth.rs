@@ -1038,6 +1038,7 @@ async fn chained<S: Store>(store: &S) {
                     traits: Default::default(),
                     generation: 0,
                     cluster: "test.local".into(),
+                    oauth_client: None,
                 },
                 true,
                 Default::default(),

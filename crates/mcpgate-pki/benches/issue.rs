@@ -20,6 +20,7 @@ fn main() {
         traits: Default::default(),
         generation: 0,
         cluster: "bench.local".into(),
+        oauth_client: None,
     };
     let ttl = Duration::from_secs(12 * 3600);
     for _ in 0..200 {

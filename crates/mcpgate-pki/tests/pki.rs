@@ -27,6 +27,7 @@ fn claims(name: &str, kind: IdentityKind) -> Claims {
         traits: BTreeMap::from([("mcp_tools".into(), vec!["echo".into()])]),
         generation: 0,
         cluster: CLUSTER.into(),
+        oauth_client: None,
     }
 }
 

@@ -145,12 +145,15 @@ async fn connection(
 /// Each direction is its own future: a client that stops reading stalls only the copy to it,
 /// and through the stream's HTTP/2 window only its own session on the agent — never the
 /// tunnel's other streams.
-async fn mcp(
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+async fn mcp<S>(
+    stream: S,
     conn: ConnInfo,
     routes: Routes,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (read, mut write) = tokio::io::split(tls);
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (read, mut write) = tokio::io::split(stream);
     // The session's only read buffer (the agent reads from it): TLS records are at most
     // 16 KiB, most MCP messages far smaller, and every open session holds one.
     let mut reader = BufReader::with_capacity(4 << 10, read);
@@ -303,6 +306,31 @@ async fn mcp(
         }
     }
     end(tunnel.cut_reason(), write, &routes, &session).await
+}
+
+/// Opens an MCP session in memory for a caller the proxy authenticated itself (an OAuth
+/// client at `/mcp/apps/NAME`): `certs` is the chain the session presents, `addr` the
+/// client's address. The stream speaks what a bridge's TLS connection does (the hello
+/// line, its answer, then MCP lines), and the session is routed and checked the same way.
+pub fn open_in_memory(
+    routes: &Routes,
+    certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    addr: SocketAddr,
+) -> tokio::io::DuplexStream {
+    // Each direction holds at most this much before the writer waits: a client that stops
+    // reading stalls its own session only.
+    let (ours, theirs) = tokio::io::duplex(64 << 10);
+    let conn = ConnInfo {
+        peer: Some(Arc::new(certs)),
+        addr,
+    };
+    let routes = routes.clone();
+    tokio::spawn(async move {
+        if let Err(e) = mcp(theirs, conn, routes).await {
+            tracing::debug!(%addr, error = %e, "in-memory session ended");
+        }
+    });
+    ours
 }
 
 /// Ends a session: a client whose agent lost its standing (`cut`, when the agent did not

@@ -606,6 +606,7 @@ mod tests {
             traits: Default::default(),
             generation: 1,
             cluster: "c".into(),
+            oauth_client: None,
         }
     }
 

@@ -65,6 +65,18 @@ pub mod codes {
     pub const AUDIT_CHAIN_BROKEN: (&str, &str) = ("audit.chain.broken", "MG6004E");
     /// Someone searched the log for the events that held a secret (the value is not kept).
     pub const AUDIT_MATCH_SECRET: (&str, &str) = ("audit.match_secret", "MG6005I");
+    /// An OAuth client was registered (`via`: `dcr`, dynamic registration, or `admin`).
+    pub const OAUTH_CLIENT_CREATE: (&str, &str) = ("oauth.client.create", "MG7000I");
+    /// An admin removed an OAuth client (its grants end with it).
+    pub const OAUTH_CLIENT_DELETE: (&str, &str) = ("oauth.client.delete", "MG7001I");
+    /// A person let an OAuth client act for them on an app (an authorization code issued).
+    pub const OAUTH_GRANT: (&str, &str) = ("oauth.grant", "MG7002I");
+    /// Tokens issued to an OAuth client (`grant_type`: `authorization_code`, `refresh_token`).
+    pub const OAUTH_TOKEN: (&str, &str) = ("oauth.token.create", "MG7003I");
+    /// A used authorization code or refresh token came back: the whole grant is revoked.
+    pub const OAUTH_TOKEN_REUSE: (&str, &str) = ("oauth.token.reuse", "MG7004W");
+    /// A grant was revoked (RFC 7009, by its client; or by the reuse of a token).
+    pub const OAUTH_TOKEN_REVOKE: (&str, &str) = ("oauth.token.revoke", "MG7005I");
 }
 
 /// One audit event. Common fields are typed; the rest of the type's fields live in `fields`.
@@ -122,8 +134,11 @@ impl AuditEvent {
         (kind, code): (&str, &str),
         who: &Claims,
         success: bool,
-        fields: Map<String, Value>,
+        mut fields: Map<String, Value>,
     ) -> AuditEvent {
+        if let Some(client) = &who.oauth_client {
+            fields.insert("oauth_client".into(), Value::from(client.as_str()));
+        }
         AuditEvent {
             id: random_id(),
             time,

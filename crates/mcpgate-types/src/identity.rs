@@ -41,6 +41,10 @@ pub struct Claims {
     pub generation: u64,
     /// The cluster that issued the certificate.
     pub cluster: String,
+    /// The OAuth client acting for the identity, when the certificate stands for an OAuth
+    /// grant (a session at `/mcp/apps/NAME`): every audit event of the session names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client: Option<String>,
 }
 
 /// A signed identity assertion (a JWT) for an HTTP upstream, and when it expires.

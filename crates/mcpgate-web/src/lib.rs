@@ -26,6 +26,7 @@ pub mod assets;
 mod audit;
 mod findings;
 mod inventory;
+pub mod oauth;
 mod overview;
 mod page;
 mod session;

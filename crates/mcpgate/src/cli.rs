@@ -6,6 +6,7 @@ mod bench;
 mod bot;
 mod config;
 mod demo;
+mod apps_http;
 mod endpoint;
 mod local;
 mod mcp;

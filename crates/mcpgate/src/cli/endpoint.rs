@@ -37,10 +37,16 @@ use mcpgate_agent::lines::{Line, read_line};
 use mcpgate_mcp::answer::error_line;
 use mcpgate_mcp::{Envelope, Kind, Limits, code, headers, sse};
 
-use super::mcp::{Who, gateway_message, open};
+use super::mcp::{Who, dial, gateway_message, hello};
 
-type Body = BoxBody<Bytes, Infallible>;
-type Tunnel = tokio::io::BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
+
+/// A connection carrying one gateway session: a bridge's TLS connection to the proxy, or
+/// (at the proxy) an in-memory stream to the session it routes.
+pub(crate) trait GatewayStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> GatewayStream for S {}
+
+type Tunnel = tokio::io::BufReader<Box<dyn GatewayStream>>;
 
 /// The largest message a client may POST (under the gateway's 4 MiB by the room an id of the
 /// endpoint's own may take).
@@ -91,19 +97,18 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let endpoint = Arc::new(Endpoint {
-        app: name.to_string(),
-        who: who.clone(),
-        port: addr.port(),
-        token,
-        allowed: allow_origins
-            .iter()
-            .map(|o| o.trim_end_matches('/').to_string())
-            .collect(),
-        sessions: Arc::new(Mutex::new(HashMap::new())),
-        params: Arc::new(Mutex::new(HashMap::new())),
-        stateless: tokio::sync::Mutex::new(None),
-    });
+    let endpoint = Arc::new(Endpoint::new(
+        name,
+        Opener::Bridge(who.clone()),
+        Edge::Local {
+            port: addr.port(),
+            token,
+            allowed: allow_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_string())
+                .collect(),
+        },
+    ));
     tokio::spawn(reap(endpoint.sessions.clone()));
     println!("http://{addr}/mcp");
     eprintln!("mcpgate: serving app {name:?} at http://{addr}/mcp (Ctrl-C to stop)");
@@ -171,6 +176,13 @@ type Params = Arc<Mutex<HashMap<String, Vec<(String, String)>>>>;
 async fn reap(sessions: Sessions) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        reap_once(&sessions).await;
+    }
+}
+
+/// Ends the sessions idle for [`IDLE`] now.
+async fn reap_once(sessions: &Sessions) {
+    {
         let idle: Vec<Arc<Session>> = {
             let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
             let ids: Vec<String> = map
@@ -191,14 +203,37 @@ async fn reap(sessions: Sessions) {
     }
 }
 
-struct Endpoint {
+/// How an endpoint opens a gateway session.
+pub(crate) enum Opener {
+    /// Over TLS to the proxy, with the identity `mcpgate login` (or a bot) holds.
+    Bridge(Who),
+    /// At the proxy, in memory, for an OAuth grant: each session presents a certificate
+    /// chain made for the grant (its claims, the client named), which the agent checks.
+    Proxy {
+        routes: mcpgate_proxy::Routes,
+        bearer: mcpgate_auth::oauth::Bearer,
+        addr: SocketAddr,
+    },
+}
+
+/// What the endpoint checks itself before a request reaches it.
+pub(crate) enum Edge {
+    /// The loopback endpoint of `mcp proxy`: DNS rebinding, its own bearer token, CORS.
+    Local {
+        port: u16,
+        /// The bearer token every request must carry, when one is required.
+        token: Option<String>,
+        /// Origins of web pages allowed to use the endpoint besides its own.
+        allowed: Vec<String>,
+    },
+    /// The proxy's `/mcp/apps/NAME`: the OAuth layer in front checked the token.
+    Proxy,
+}
+
+pub(crate) struct Endpoint {
     app: String,
-    who: Who,
-    port: u16,
-    /// The bearer token every request must carry, when one is required.
-    token: Option<String>,
-    /// Origins of web pages allowed to use the endpoint besides its own.
-    allowed: Vec<String>,
+    opener: Opener,
+    edge: Edge,
     /// Session-era sessions by their `Mcp-Session-Id`.
     sessions: Sessions,
     params: Params,
@@ -588,6 +623,25 @@ impl Unknown {
 }
 
 impl Endpoint {
+    pub(crate) fn new(app: &str, opener: Opener, edge: Edge) -> Endpoint {
+        Endpoint {
+            app: app.to_string(),
+            opener,
+            edge,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            params: Arc::new(Mutex::new(HashMap::new())),
+            stateless: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Origins of web pages allowed to use the endpoint besides its own.
+    fn allowed(&self) -> &[String] {
+        match &self.edge {
+            Edge::Local { allowed, .. } => allowed,
+            Edge::Proxy => &[],
+        }
+    }
+
     async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
         // A web page of an origin given with --allow-origin (the Inspector's web UI, say)
         // gets the CORS grant it needs; no other page gets any.
@@ -596,7 +650,7 @@ impl Endpoint {
             .get(ORIGIN)
             .filter(|o| {
                 o.to_str()
-                    .is_ok_and(|o| self.allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+                    .is_ok_and(|o| self.allowed().iter().any(|a| a.eq_ignore_ascii_case(o)))
             })
             .cloned();
         let preflight = req.method() == Method::OPTIONS;
@@ -634,7 +688,10 @@ impl Endpoint {
         if let Err(why) = self.check_origin(req.headers()) {
             return rpc_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
         }
-        if let Some(token) = &self.token {
+        if let Edge::Local {
+            token: Some(token), ..
+        } = &self.edge
+        {
             let sent = text(req.headers(), http::header::AUTHORIZATION.as_str())
                 .and_then(|v| v.strip_prefix("Bearer "));
             // Compared in constant time: the token is the key to an identity.
@@ -663,6 +720,15 @@ impl Endpoint {
                 "not found: the MCP endpoint is /mcp\n",
             );
         }
+        self.dispatch(req).await
+    }
+
+    /// A request that passed the edge's checks, by its method.
+    pub(crate) async fn dispatch<B>(self: Arc<Self>, req: http::Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         match *req.method() {
             Method::POST => self.post(req).await,
             Method::GET => self.listen(req.headers()),
@@ -682,9 +748,12 @@ impl Endpoint {
     /// endpoint (a loopback name and its port), and an `Origin`, when sent, this endpoint's
     /// own.
     fn check_origin(&self, h: &HeaderMap) -> Result<(), String> {
+        let Edge::Local { port, .. } = &self.edge else {
+            return Ok(());
+        };
         let ours = |authority: &str| {
-            authority.rsplit_once(':').is_some_and(|(host, port)| {
-                matches!(host, "127.0.0.1" | "localhost" | "[::1]") && port == self.port.to_string()
+            authority.rsplit_once(':').is_some_and(|(host, p)| {
+                matches!(host, "127.0.0.1" | "localhost" | "[::1]") && p == port.to_string()
             })
         };
         let host = text(h, HOST.as_str()).unwrap_or("");
@@ -694,7 +763,7 @@ impl Endpoint {
         if let Some(origin) = h.get(ORIGIN) {
             let o = origin.to_str().unwrap_or("");
             let authority = o.strip_prefix("http://").unwrap_or("");
-            if !ours(authority) && !self.allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) {
+            if !ours(authority) && !self.allowed().iter().any(|a| a.eq_ignore_ascii_case(o)) {
                 return Err(format!("Origin {o:?} may not use this endpoint"));
             }
         }
@@ -718,7 +787,11 @@ impl Endpoint {
         }
     }
 
-    async fn post(self: Arc<Self>, req: http::Request<Incoming>) -> Response<Body> {
+    async fn post<B>(self: Arc<Self>, req: http::Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
         let json =
@@ -1079,7 +1152,7 @@ impl Endpoint {
         }
     }
 
-    fn session_count(&self) -> usize {
+    pub(crate) fn session_count(&self) -> usize {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1106,9 +1179,38 @@ impl Endpoint {
         Ok(s)
     }
 
+    /// Ends the sessions idle for too long (the proxy's sweep; `mcp proxy` has a task).
+    pub(crate) async fn reap_idle(&self) {
+        reap_once(&self.sessions).await;
+    }
+
+    /// Whether the endpoint holds no session (none open, no shared one alive).
+    pub(crate) fn unused(&self) -> bool {
+        self.session_count() == 0
+            && self
+                .stateless
+                .try_lock()
+                .is_ok_and(|s| s.as_ref().is_none_or(|s| s.routes().ended.is_some()))
+    }
+
     /// Opens a gateway session and starts delivering what it sends.
     async fn open(&self) -> anyhow::Result<Arc<Session>> {
-        let tunnel = open(&self.app, &self.who).await?;
+        let tunnel: Tunnel = match &self.opener {
+            Opener::Bridge(who) => {
+                let boxed: Box<dyn GatewayStream> = Box::new(dial(who).await?);
+                hello(tokio::io::BufReader::new(boxed), &self.app).await?
+            }
+            Opener::Proxy {
+                routes,
+                bearer,
+                addr,
+            } => {
+                let chain = routes.auth.oauth_chain(bearer)?;
+                let stream = mcpgate_proxy::open_in_memory(routes, chain, *addr);
+                let boxed: Box<dyn GatewayStream> = Box::new(stream);
+                hello(tokio::io::BufReader::new(boxed), &self.app).await?
+            }
+        };
         let (mut from_gateway, to_gateway) = tokio::io::split(tunnel);
         let session = Arc::new(Session {
             id: mcpgate_types::audit::random_id(),

@@ -513,6 +513,11 @@ pub(super) fn gateway_message(line: &[u8]) -> Option<String> {
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 
 pub(super) async fn open(name: &str, who: &Who) -> anyhow::Result<BufReader<Stream>> {
+    hello(BufReader::new(dial(who).await?), name).await
+}
+
+/// A TLS connection to the proxy for MCP, with `who`'s certificate.
+pub(super) async fn dial(who: &Who) -> anyhow::Result<Stream> {
     let (identity, proxy) = who.resolve()?;
     if !identity.info.valid_at(std::time::SystemTime::now()) {
         bail!("your certificate has expired; run `mcpgate login` again");
@@ -533,7 +538,14 @@ pub(super) async fn open(name: &str, who: &Who) -> anyhow::Result<BufReader<Stre
         .connect(server, tcp)
         .await
         .with_context(|| format!("TLS with the proxy at {proxy} failed"))?;
-    let mut stream = BufReader::new(tls);
+    Ok(tls)
+}
+
+/// Asks the proxy on `stream` for a session with app `name` (the first line each way).
+pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: BufReader<S>,
+    name: &str,
+) -> anyhow::Result<BufReader<S>> {
     let mut hello = serde_json::to_vec(&Hello {
         app: name.to_string(),
     })?;

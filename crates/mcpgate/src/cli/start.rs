@@ -254,6 +254,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             if let Err(e) = reader.sweep_web_sessions().await {
                 tracing::warn!(error = %e, "dashboard sessions could not be swept");
             }
+            if let Err(e) = reader.sweep_oauth().await {
+                tracing::warn!(error = %e, "expired OAuth codes and tokens could not be swept");
+            }
         }
     });
     let mut services = vec!["auth".to_string(), "proxy".to_string()];
@@ -327,6 +330,19 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 Arc::new(move |app: &str| tunnels.tools(app))
             },
         ));
+    // OAuth clients (Streamable HTTP, no bridge): the authorization server, and every app
+    // at `https://PUBLIC/mcp/apps/NAME` behind its tokens, routed like a bridge's sessions.
+    let issuer = format!("https://{public}");
+    let in_memory = mcpgate_proxy::Routes {
+        api: axum::Router::new(),
+        tunnels: tunnels.clone(),
+        auth: auth.clone(),
+        cluster: auth.cluster().into(),
+        clock: auth.clock().clone(),
+    };
+    let api = api
+        .merge(mcpgate_web::oauth::router(auth.clone(), issuer.clone()))
+        .merge(super::apps_http::router(auth.clone(), in_memory, issuer));
     let routes = mcpgate_proxy::Routes {
         api,
         tunnels: tunnels.clone(),

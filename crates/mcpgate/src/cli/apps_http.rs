@@ -1,0 +1,210 @@
+//! `https://PROXY/mcp/apps/NAME`: every app as a Streamable HTTP endpoint for MCP clients
+//! that cannot run a bridge, protected by the proxy's own OAuth access tokens
+//! (`mcpgate_auth::oauth`). A request is checked here — the bearer token (known, not
+//! expired, its grant alive, issued for this app's URL, no lock on the person), no token in
+//! the query string — and then served by the same endpoint code as `mcp proxy`, whose
+//! sessions the proxy routes in memory with a certificate chain made for the grant: the
+//! agent checks that chain, the caller's roles and every message as for a bridge, and
+//! the audit names the person and the OAuth client. The client's token goes no further.
+
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mcpgate_auth::AuthService;
+use mcpgate_auth::api::ConnInfo;
+use mcpgate_auth::oauth::{APPS_PATH, SCOPE};
+
+use super::endpoint::{Edge, Endpoint, Opener};
+
+/// Grants with an endpoint at once, at most (each holds its own sessions, 256 at most).
+const MAX_ENDPOINTS: usize = 4096;
+
+struct Apps {
+    auth: Arc<AuthService>,
+    routes: mcpgate_proxy::Routes,
+    issuer: String,
+    /// Per grant and app, the endpoint that holds its sessions: a session id is only ever
+    /// looked up among the sessions of the grant presenting it.
+    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+}
+
+/// The routes, and a task that ends idle sessions and forgets unused endpoints.
+pub fn router(auth: Arc<AuthService>, routes: mcpgate_proxy::Routes, issuer: String) -> axum::Router {
+    let apps = Arc::new(Apps {
+        auth,
+        routes,
+        issuer,
+        endpoints: Mutex::new(HashMap::new()),
+    });
+    let sweeper = Arc::downgrade(&apps);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            let Some(apps) = sweeper.upgrade() else { return };
+            let all: Vec<Arc<Endpoint>> = apps.map().values().cloned().collect();
+            for e in all {
+                e.reap_idle().await;
+            }
+            apps.map().retain(|_, e| !e.unused());
+        }
+    });
+    axum::Router::new()
+        .route("/mcp/apps/{name}", axum::routing::any(serve))
+        .with_state(apps)
+}
+
+impl Apps {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Endpoint>>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// 401 with where to find out how to get a token (RFC 9728 §5.1).
+fn unauthorized(apps: &Apps, name: &str, error: Option<&str>) -> Response {
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource{APPS_PATH}{name}",
+        apps.issuer
+    );
+    let challenge = match error {
+        Some(e) => format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{metadata}\", scope=\"{SCOPE}\"",
+            e.replace(['"', '\\'], "'")
+        ),
+        None => format!("Bearer resource_metadata=\"{metadata}\", scope=\"{SCOPE}\""),
+    };
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(serde_json::json!({
+            "error": if error.is_some() { "invalid_token" } else { "unauthorized" },
+            "error_description": error.unwrap_or("this app needs an OAuth access token"),
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    // Bearer tokens, never cookies: any origin may call, as with any OAuth API.
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("mcp-session-id, www-authenticate"),
+    );
+    r
+}
+
+async fn serve(
+    State(apps): State<Arc<Apps>>,
+    Path(name): Path<String>,
+    Extension(conn): Extension<ConnInfo>,
+    req: axum::extract::Request,
+) -> Response {
+    cors(answer(apps, name, conn, req).await)
+}
+
+async fn answer(
+    apps: Arc<Apps>,
+    name: String,
+    conn: ConnInfo,
+    req: axum::extract::Request,
+) -> Response {
+    if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, mcp-param-*",
+            ),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        return r;
+    }
+    if mcpgate_types::Name::new(&name).is_err() {
+        return (StatusCode::NOT_FOUND, "no such app\n").into_response();
+    }
+    // A token in a URL ends up in logs and histories: refused (OAuth 2.1 §5.1.3).
+    let in_query = req.uri().query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+    });
+    if in_query {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({
+                "error": "invalid_request",
+                "error_description": "send the access token in the Authorization header, never in the URL",
+            })),
+        )
+            .into_response();
+    }
+    let Some(token) = bearer(req.headers()) else {
+        return unauthorized(&apps, &name, None);
+    };
+    let resource = format!("{}{APPS_PATH}{name}", apps.issuer);
+    let who = match apps.auth.oauth_bearer(token, &resource).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(why)) => return unauthorized(&apps, &name, Some(&why.0)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check an access token");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the authorization server cannot answer now\n",
+            )
+                .into_response();
+        }
+    };
+    let endpoint = {
+        let mut map = apps.map();
+        let key = (who.grant.clone(), name.clone());
+        if let Some(e) = map.get(&key) {
+            e.clone()
+        } else {
+            if map.len() >= MAX_ENDPOINTS {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many OAuth sessions are open on this proxy\n",
+                )
+                    .into_response();
+            }
+            let e = Arc::new(Endpoint::new(
+                &name,
+                Opener::Proxy {
+                    routes: apps.routes.clone(),
+                    bearer: who,
+                    addr: conn.addr,
+                },
+                Edge::Proxy,
+            ));
+            map.insert(key, e.clone());
+            e
+        }
+    };
+    endpoint.dispatch(req).await.map(axum::body::Body::new)
+}
+
+/// The token of `Authorization: Bearer TOKEN` (the scheme in any case, RFC 7235).
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
