@@ -57,6 +57,14 @@ pub fn router(auth: Arc<AuthService>, services: Vec<String>, agents: AgentList) 
         .route("/v1/admin/bots/{name}", post(update_bot))
         .route("/v1/admin/tokens", post(add_token))
         .route("/v1/admin/locks", post(lock))
+        .route(
+            "/v1/admin/oauth/clients",
+            post(add_oauth_client).get(oauth_clients),
+        )
+        .route(
+            "/v1/admin/oauth/clients/{id}",
+            axum::routing::delete(remove_oauth_client),
+        )
         .route("/v1/bot/join", post(bot_join))
         .route("/v1/agent/join", post(agent_join))
         .route("/v1/agent/renew", post(agent_renew))
@@ -362,6 +370,38 @@ async fn add_token(
         )
         .await?;
     Ok(Json(TokenResponse { token, expires }))
+}
+
+async fn add_oauth_client(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    Json(reg): Json<crate::oauth::Registration>,
+) -> ApiResult<serde_json::Value> {
+    let c = caller(&s, &conn).await?;
+    match s.auth.oauth_register(reg, Some(&c)).await {
+        Ok(client) => Ok(Json(client.registration())),
+        Err(e) if e.error == "access_denied" => Err(AuthError::AccessDenied(e.description).into()),
+        Err(e) if e.error == "server_error" => Err(AuthError::Internal(e.description).into()),
+        Err(e) => Err(AuthError::BadRequest(e.description).into()),
+    }
+}
+
+async fn oauth_clients(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> ApiResult<Vec<crate::oauth::OAuthClient>> {
+    let c = caller(&s, &conn).await?;
+    Ok(Json(s.auth.oauth_clients(&c).await?))
+}
+
+async fn remove_oauth_client(
+    State(s): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let c = caller(&s, &conn).await?;
+    s.auth.oauth_remove_client(&c, &id).await?;
+    Ok(Json(serde_json::json!({"removed": id})))
 }
 
 async fn lock(

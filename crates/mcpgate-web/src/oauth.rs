@@ -288,7 +288,7 @@ async fn authorize(
     match o.auth.oauth_begin(&o.issuer, &params, &browser).await {
         Ok(p) => {
             let mut r = login_page(&o, &p, StatusCode::OK, None);
-            let c = format!("{COOKIE}={browser}; Path=/oauth; Secure; HttpOnly; SameSite=Lax; Max-Age=600");
+            let c = format!("{COOKIE}={browser}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=600");
             if let Ok(v) = HeaderValue::from_str(&c) {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }

@@ -75,6 +75,12 @@ enum AdminCommand {
         #[command(subcommand)]
         command: JwtCommand,
     },
+    /// OAuth clients of the apps served at https://PROXY/mcp/apps/NAME (clients may also
+    /// register themselves, RFC 7591).
+    Oauth {
+        #[command(subcommand)]
+        command: OauthCommand,
+    },
     /// Lock a user, bot, role or agent: no new certificates or sessions; live sessions end
     /// (a locked agent's tunnels close).
     #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "bot", "role", "agent"])))]
@@ -158,6 +164,38 @@ enum JwtCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum OauthCommand {
+    /// Registered OAuth clients.
+    Clients {
+        #[command(subcommand)]
+        command: OauthClientsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OauthClientsCommand {
+    /// Register a client (public, PKCE): prints its client_id.
+    Add {
+        /// The name people see on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Where the client receives the code: https, or http on a loopback address (any
+        /// port then matches). Repeat for several.
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List registered clients.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a client; the tokens it holds are refused from now on.
+    Rm { client_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,6 +415,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Rm { target, force } => rm(&api, &target, force).await,
         AdminCommand::Bots { command } => bots(&api, command).await,
         AdminCommand::Tokens { command } => tokens(&api, command).await,
+        AdminCommand::Oauth {
+            command: OauthCommand::Clients { command },
+        } => oauth_clients(&api, command).await,
         AdminCommand::Jwt {
             command: JwtCommand::Rotate { format },
         } => {
@@ -1152,5 +1193,59 @@ async fn tokens(api: &Api, command: TokensCommand) -> anyhow::Result<()> {
         }
         TokensCommand::Ls { format } => get(api, "tokens", None, format).await,
         TokensCommand::Rm { id } => rm(api, &format!("token/{id}"), false).await,
+    }
+}
+
+async fn oauth_clients(api: &Api, command: OauthClientsCommand) -> anyhow::Result<()> {
+    match command {
+        OauthClientsCommand::Add {
+            name,
+            redirect_uris,
+            format,
+        } => {
+            let v: serde_json::Value = api
+                .post(
+                    "/v1/admin/oauth/clients",
+                    &serde_json::json!({"client_name": name, "redirect_uris": redirect_uris}),
+                )
+                .await?;
+            if format != Format::Text {
+                return print_data(&v, format);
+            }
+            println!(
+                "OAuth client {:?} registered: client_id {}",
+                name,
+                v["client_id"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        OauthClientsCommand::Ls { format } => {
+            let clients: Vec<mcpgate_auth::oauth::OAuthClient> =
+                api.get("/v1/admin/oauth/clients").await?;
+            if format != Format::Text {
+                return print_data(&clients, format);
+            }
+            if clients.is_empty() {
+                println!("No OAuth clients.");
+            }
+            for c in clients {
+                println!(
+                    "{}  {:?}  {}  via {}  redirects: {}",
+                    c.client_id,
+                    c.display_name(),
+                    c.application_type,
+                    c.via,
+                    c.redirect_uris.join(" ")
+                );
+            }
+            Ok(())
+        }
+        OauthClientsCommand::Rm { client_id } => {
+            let _: serde_json::Value = api
+                .delete(&format!("/v1/admin/oauth/clients/{client_id}"))
+                .await?;
+            println!("OAuth client {client_id} removed; its tokens are refused from now on.");
+            Ok(())
+        }
     }
 }
