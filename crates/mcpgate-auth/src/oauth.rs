@@ -469,7 +469,10 @@ impl AuthService {
             && m != "none"
         {
             // Clients that ask for a secret get a public registration: PKCE binds the code.
-            tracing::debug!(method = m, "registered as a public client (auth method none)");
+            tracing::debug!(
+                method = m,
+                "registered as a public client (auth method none)"
+            );
         }
         if let Some(g) = &reg.grant_types
             && g.iter()
@@ -496,7 +499,11 @@ impl AuthService {
             client_id: format!("mcpgate-{}", mcpgate_types::audit::random_id()),
             client_name: name,
             redirect_uris: reg.redirect_uris,
-            application_type: if native { "native".into() } else { "web".into() },
+            application_type: if native {
+                "native".into()
+            } else {
+                "web".into()
+            },
             via: by.map_or("dcr".into(), |c| format!("admin:{}", c.name())),
             created: unix_secs(self.now()),
         };
@@ -524,7 +531,9 @@ impl AuthService {
             ))
             .await
         };
-        stored.await.map_err(|e| bad("server_error", e.to_string()))?;
+        stored
+            .await
+            .map_err(|e| bad("server_error", e.to_string()))?;
         Ok(client)
     }
 
@@ -748,7 +757,9 @@ impl AuthService {
             .await?
             .is_some();
         if consented {
-            return Ok(AfterLogin::Redirect(self.oauth_grant(issuer, pending).await?));
+            return Ok(AfterLogin::Redirect(
+                self.oauth_grant(issuer, pending).await?,
+            ));
         }
         self.store
             .put(
@@ -760,7 +771,12 @@ impl AuthService {
     }
 
     /// The person's answer on the consent page: where the browser goes next.
-    pub async fn oauth_consent(&self, issuer: &str, pending: Pending, allow: bool) -> Result<String> {
+    pub async fn oauth_consent(
+        &self,
+        issuer: &str,
+        pending: Pending,
+        allow: bool,
+    ) -> Result<String> {
         let Some(user) = pending.user().map(str::to_string) else {
             return Err(AuthError::BadRequest(
                 "log in before answering the consent".into(),
@@ -918,8 +934,7 @@ impl AuthService {
                 "code_verifier is required (PKCE)",
             ));
         };
-        if !(43..=128).contains(&verifier.len()) || !same(&s256(verifier), &stored.code_challenge)
-        {
+        if !(43..=128).contains(&verifier.len()) || !same(&s256(verifier), &stored.code_challenge) {
             return Err(invalid("code_verifier does not match the code_challenge"));
         }
         if let Some(r) = req.resource.as_deref()
@@ -1080,10 +1095,7 @@ impl AuthService {
             code.1,
             &grant.claims,
             !reuse,
-            [
-                ("grant", Value::from(id)),
-                ("reason", Value::from(reason)),
-            ],
+            [("grant", Value::from(id)), ("reason", Value::from(reason))],
         ))
         .await
     }
@@ -1138,11 +1150,7 @@ impl AuthService {
         if now >= access.expires {
             return refuse("the access token expired");
         }
-        let Some(g) = self
-            .store
-            .get(&format!("{GRANTS}{}", access.grant))
-            .await?
-        else {
+        let Some(g) = self.store.get(&format!("{GRANTS}{}", access.grant)).await? else {
             return refuse("the access token was revoked");
         };
         let grant: Grant = from_json(&g)?;
@@ -1231,9 +1239,15 @@ mod tests {
         assert!(loopback_match(r, "http://127.0.0.1:53123/callback"));
         assert!(!loopback_match(r, "http://127.0.0.1:53123/callback/x"));
         assert!(!loopback_match(r, "http://localhost:53123/callback"));
-        assert!(!loopback_match(r, "http://127.0.0.1.evil.example:80/callback"));
+        assert!(!loopback_match(
+            r,
+            "http://127.0.0.1.evil.example:80/callback"
+        ));
         assert!(!loopback_match(r, "http://evil@127.0.0.1:80/callback"));
-        assert!(!loopback_match("https://app.example/cb", "https://app.example:444/cb"));
+        assert!(!loopback_match(
+            "https://app.example/cb",
+            "https://app.example:444/cb"
+        ));
     }
 
     #[test]
@@ -1264,10 +1278,19 @@ mod tests {
     #[test]
     fn resources_name_apps_of_this_issuer_only() {
         let iss = "https://proxy.example:3080";
-        assert_eq!(app_of(iss, "https://proxy.example:3080/mcp/apps/git"), Some("git"));
-        assert_eq!(app_of(iss, "https://proxy.example:3080/mcp/apps/git/"), Some("git"));
+        assert_eq!(
+            app_of(iss, "https://proxy.example:3080/mcp/apps/git"),
+            Some("git")
+        );
+        assert_eq!(
+            app_of(iss, "https://proxy.example:3080/mcp/apps/git/"),
+            Some("git")
+        );
         assert_eq!(app_of(iss, "https://other.example/mcp/apps/git"), None);
-        assert_eq!(app_of(iss, "https://proxy.example:3080/mcp/apps/../x"), None);
+        assert_eq!(
+            app_of(iss, "https://proxy.example:3080/mcp/apps/../x"),
+            None
+        );
         assert_eq!(app_of(iss, "https://proxy.example:3080/mcp/apps/"), None);
     }
 }

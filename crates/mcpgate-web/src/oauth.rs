@@ -288,7 +288,9 @@ async fn authorize(
     match o.auth.oauth_begin(&o.issuer, &params, &browser).await {
         Ok(p) => {
             let mut r = login_page(&o, &p, StatusCode::OK, None);
-            let c = format!("{COOKIE}={browser}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=600");
+            let c = format!(
+                "{COOKIE}={browser}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=600"
+            );
             if let Ok(v) = HeaderValue::from_str(&c) {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }
@@ -443,10 +445,7 @@ async fn token(
         req.client_id = basic_client(&headers);
     }
     match o.auth.oauth_token(&req).await {
-        Ok(t) => open_json(
-            StatusCode::OK,
-            serde_json::to_value(t).unwrap_or_default(),
-        ),
+        Ok(t) => open_json(StatusCode::OK, serde_json::to_value(t).unwrap_or_default()),
         Err(e) => token_error(e),
     }
 }

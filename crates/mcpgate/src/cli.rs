@@ -2,11 +2,11 @@
 
 mod admin;
 mod agent;
+mod apps_http;
 mod bench;
 mod bot;
 mod config;
 mod demo;
-mod apps_http;
 mod endpoint;
 mod local;
 mod mcp;

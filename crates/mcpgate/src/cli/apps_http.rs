@@ -32,7 +32,11 @@ struct Apps {
 }
 
 /// The routes, and a task that ends idle sessions and forgets unused endpoints.
-pub fn router(auth: Arc<AuthService>, routes: mcpgate_proxy::Routes, issuer: String) -> axum::Router {
+pub fn router(
+    auth: Arc<AuthService>,
+    routes: mcpgate_proxy::Routes,
+    issuer: String,
+) -> axum::Router {
     let apps = Arc::new(Apps {
         auth,
         routes,
@@ -43,7 +47,9 @@ pub fn router(auth: Arc<AuthService>, routes: mcpgate_proxy::Routes, issuer: Str
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            let Some(apps) = sweeper.upgrade() else { return };
+            let Some(apps) = sweeper.upgrade() else {
+                return;
+            };
             let all: Vec<Arc<Endpoint>> = apps.map().values().cloned().collect();
             for e in all {
                 e.reap_idle().await;
@@ -141,9 +147,10 @@ async fn answer(
         return (StatusCode::NOT_FOUND, "no such app\n").into_response();
     }
     // A token in a URL ends up in logs and histories: refused (OAuth 2.1 §5.1.3).
-    let in_query = req.uri().query().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
-    });
+    let in_query = req
+        .uri()
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"));
     if in_query {
         return (
             StatusCode::BAD_REQUEST,

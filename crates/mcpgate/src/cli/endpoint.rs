@@ -43,7 +43,10 @@ pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// A connection carrying one gateway session: a bridge's TLS connection to the proxy, or
 /// (at the proxy) an in-memory stream to the session it routes.
-pub(crate) trait GatewayStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+pub(crate) trait GatewayStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
+{
+}
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> GatewayStream for S {}
 
 type Tunnel = tokio::io::BufReader<Box<dyn GatewayStream>>;

@@ -1,0 +1,416 @@
+//! MCP clients that speak only Streamable HTTP with OAuth reach apps at
+//! `https://PROXY/mcp/apps/NAME`: the proxy is their authorization server (discovery,
+//! registration, login and consent, PKCE, audience-bound tokens that rotate), and a session
+//! over it is the same person, policy and audit as over the bridge.
+
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const ROLES: &str = "kind: role
+version: v8
+metadata: {name: remote}
+spec:
+  allow:
+    app_labels: {env: remote}
+    mcp: {tools: [echo]}
+";
+
+/// The path of a fixture file of these tests.
+macro_rules! fixture {
+    ($name:literal) => {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $name)
+    };
+}
+
+/// A daemon (no second factor) serving two recorder apps, `notes` and `files`, and alice of
+/// role `remote` (echo only).
+fn cluster(s: &Scratch, marker: &str) -> (Daemon, Person) {
+    let apps = format!(
+        "{}{}",
+        recorder_app("notes", "{env: remote}", &s.path("notes.jsonl"), marker),
+        recorder_app("files", "{env: remote}", &s.path("files.jsonl"), marker)
+    );
+    let d = gateway_daemon(s, &apps, ROLES);
+    let alice = Person::new(s, "alice");
+    alice.signup(&d, &invite(&d, "alice", "remote"));
+    (d, alice)
+}
+
+/// Runs a Python fixture as an OAuth client of `d`: the cluster's CA trusted, alice's
+/// password given.
+fn python_oauth(python: &str, d: &Daemon, args: &[&str]) -> Value {
+    let out = Command::new(python)
+        .args(args)
+        .env("SSL_CERT_FILE", d.data_dir.join("host-ca.pem"))
+        .env("MCPGATE_PASSWORD", PASSWORD)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
+
+/// `curl` over the cluster's CA: the status and the body.
+fn curl(d: &Daemon, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(d.data_dir.join("host-ca.pem"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn the_python_sdk_logs_in_with_oauth_and_acts_as_the_person_under_their_roles() {
+    let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let marker = marker("oauth-sdk");
+    let (d, _alice) = cluster(&s, &marker);
+    let url = format!("https://{}/mcp/apps/notes", d.addr);
+
+    // Discovery: the authorization server's metadata, as clients read it.
+    let (status, body) = curl(
+        &d,
+        &[&format!(
+            "https://{}/.well-known/oauth-authorization-server",
+            d.addr
+        )],
+    );
+    assert_eq!(status, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["issuer"], format!("https://{}", d.addr));
+    assert_eq!(meta["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
+    let (status, openid) = curl(
+        &d,
+        &[&format!(
+            "https://{}/.well-known/openid-configuration",
+            d.addr
+        )],
+    );
+    assert_eq!((status, &openid), (200, &body));
+
+    // The SDK finds all of it from the 401, registers, and its browser logs in and allows.
+    let v = python_oauth(
+        &python,
+        &d,
+        &[
+            fixture!("oauth_client.py"),
+            &url,
+            "alice",
+            "echo",
+            r#"{"message": "over OAuth"}"#,
+            "delete_all",
+        ],
+    );
+    assert_eq!(v["pages"], json!(["login", "consent"]), "{v}");
+    assert_eq!(v["iss"], format!("https://{}", d.addr), "RFC 9207: {v}");
+    // The role's policy, as over the bridge: the list filtered, the call run, a denial.
+    assert_eq!(v["tools"], json!(["echo"]), "{v}");
+    assert_eq!(v["is_error"], false, "{v}");
+    assert_eq!(v["text"], json!([r#"{"message": "over OAuth"}"#]), "{v}");
+    assert!(
+        v["denied"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("access denied"),
+        "{v}"
+    );
+    let client = v["client_id"].as_str().unwrap().to_string();
+    assert!(client.starts_with("mcpgate-"), "{v}");
+
+    // The audit names the person and the client; no token is in it.
+    let calls = audit(&d, &["--tool", "echo", "--app", "notes"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["user"], "alice");
+    assert_eq!(calls[0]["oauth_client"], client.as_str());
+    assert_eq!(calls[0]["params"]["arguments"]["message"], "over OAuth");
+    let denied = audit(&d, &["--tool", "delete_all", "--decision", "deny"]);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["oauth_client"], client.as_str());
+    let grants = audit(&d, &["--type", "oauth.grant"]);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["user"], "alice");
+    assert_eq!(grants[0]["app"], "notes");
+    let everything = serde_json::to_string(&audit(&d, &[])).unwrap();
+    assert!(everything.contains(&client), "the search reads every event");
+    for secret in ["access_token", "refresh_token"] {
+        let token = v[secret].as_str().unwrap();
+        assert!(!everything.contains(token), "{secret} in the audit log");
+    }
+    // Stored only as hashes.
+    let db = std::fs::read(d.data_dir.join("state.db")).unwrap();
+    let wal = std::fs::read(d.data_dir.join("state.db-wal")).unwrap_or_default();
+    for secret in ["access_token", "refresh_token"] {
+        let token = v[secret].as_str().unwrap().as_bytes();
+        for file in [&db, &wal] {
+            assert!(
+                !file.windows(token.len()).any(|w| w == token),
+                "{secret} stored"
+            );
+        }
+    }
+
+    // The client the SDK registered is listed for admins, and removing it ends its tokens.
+    let listed = d.admin(&["oauth", "clients", "ls"]).ok();
+    assert!(
+        listed.contains(&client) && listed.contains("sdk test client") && listed.contains("dcr"),
+        "{listed}"
+    );
+    let bearer = format!(
+        "authorization: Bearer {}",
+        v["access_token"].as_str().unwrap()
+    );
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    let post = |d: &Daemon| {
+        curl(
+            d,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &bearer,
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "accept: application/json, text/event-stream",
+                "-d",
+                init,
+                &url,
+            ],
+        )
+    };
+    assert_eq!(post(&d).0, 200);
+    let out = d.admin(&["oauth", "clients", "rm", &client]).ok();
+    assert!(out.contains("removed"), "{out}");
+    let (status, body) = post(&d);
+    assert_eq!(status, 401, "{body}");
+    let out = d.admin(&["oauth", "clients", "rm", &client]).fails();
+    assert!(out.contains("not found"), "{out}");
+}
+
+#[test]
+fn oauth_attacks_are_refused() {
+    let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let marker = marker("oauth-attacks");
+    let (d, _alice) = cluster(&s, &marker);
+    let issuer = format!("https://{}", d.addr);
+    let v = python_oauth(
+        &python,
+        &d,
+        &[
+            fixture!("oauth_attacks.py"),
+            &issuer,
+            "notes",
+            "files",
+            "alice",
+        ],
+    );
+    // A redirect URI the client did not register is never redirected to.
+    for name in ["foreign", "suffix", "userinfo", "path", "scheme"] {
+        assert_eq!(
+            v[format!("redirect_{name}")],
+            json!([400, null]),
+            "{name}: {v}"
+        );
+    }
+    assert_eq!(v["redirect_other_port"], 200, "loopback, any port: {v}");
+    // Other errors go back to the client, with its state and the issuer.
+    for (name, error) in [
+        ("pkce_missing", "invalid_request"),
+        ("pkce_plain", "invalid_request"),
+        ("no_resource", "invalid_target"),
+        ("foreign_resource", "invalid_target"),
+    ] {
+        assert_eq!(v[name], json!([303, error, "st4te", issuer]), "{name}: {v}");
+    }
+    let challenge = format!(
+        "Bearer resource_metadata=\"{issuer}/.well-known/oauth-protected-resource/mcp/apps/notes\", scope=\"mcp\""
+    );
+    assert_eq!(v["unauthenticated"], json!([401, challenge]), "{v}");
+    assert_eq!(v["prm"]["resource"], format!("{issuer}/mcp/apps/notes"));
+    assert_eq!(v["prm"]["authorization_servers"], json!([issuer]));
+    assert_eq!(v["wrong_verifier"], "invalid_grant", "{v}");
+    assert_eq!(v["no_verifier"], "invalid_request", "{v}");
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 600, "access tokens live 10 minutes: {v}");
+    assert_eq!(v["app_a"], 200, "{v}");
+    assert_eq!(
+        v["app_b"], 401,
+        "a token for one app is refused by another: {v}"
+    );
+    assert_eq!(v["query_token"], 400, "{v}");
+    assert_eq!(v["garbage_token"], 401, "{v}");
+    assert_eq!(v["code_replay"], "invalid_grant", "{v}");
+    assert_eq!(v["after_code_replay"], 401, "a replayed code revokes: {v}");
+    assert_eq!(v["code_of_another_client"], "invalid_grant", "{v}");
+    assert_eq!(v["refreshed_differs"], true, "{v}");
+    assert_eq!(v["refreshed_works"], 200, "{v}");
+    assert_eq!(v["refresh_reuse"], "invalid_grant", "{v}");
+    assert_eq!(
+        v["after_refresh_reuse"], 401,
+        "reuse revokes the grant: {v}"
+    );
+    assert_eq!(v["newest_refresh_after_reuse"], "invalid_grant", "{v}");
+    assert_eq!(v["revoke"], 200, "{v}");
+    assert_eq!(v["after_revoke"], 401, "{v}");
+    assert_eq!(v["b_token_on_b"], 200, "{v}");
+    assert_eq!(v["b_token_on_a"], 401, "{v}");
+    let reuse = audit(&d, &["--type", "oauth.token.reuse"]);
+    assert_eq!(reuse.len(), 2, "code replay and refresh reuse: {reuse:?}");
+
+    // A lock on the person ends their tokens at once.
+    let live = v["live_token"].as_str().unwrap();
+    d.admin(&["lock", "--user", "alice", "--message", "offboarded"])
+        .ok();
+    let (status, body) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("authorization: Bearer {live}"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            &format!("{issuer}/mcp/apps/notes"),
+        ],
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("offboarded"), "{body}");
+}
+
+/// The conformance suite's authorization-server scenarios, its login step driven in
+/// Chromium by Playwright.
+#[test]
+fn the_conformance_suite_authorization_scenarios_pass_with_a_browser() {
+    let (Some(conformance), Some(node22), Some(playwright), Some(chromium)) = (
+        needs("MCPGATE_TEST_CONFORMANCE"),
+        needs("MCPGATE_TEST_NODE22_BIN"),
+        needs("MCPGATE_TEST_PLAYWRIGHT"),
+        needs("MCPGATE_TEST_CHROMIUM"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let marker = marker("oauth-conformance");
+    let (d, _alice) = cluster(&s, &marker);
+    let port = free_port();
+    let callback = format!("http://127.0.0.1:{port}/callback");
+    let client: Value = serde_json::from_str(
+        &d.admin(&[
+            "oauth",
+            "clients",
+            "add",
+            "--name",
+            "conformance suite",
+            "--redirect-uri",
+            &callback,
+            "--format",
+            "json",
+        ])
+        .ok(),
+    )
+    .unwrap();
+    let issuer = format!("https://{}", d.addr);
+    let out = s.path("conformance-out");
+    let path = format!("{node22}:{}", std::env::var("PATH").unwrap_or_default());
+    let mut suite = Command::new(format!("{node22}/node"))
+        .arg(&conformance)
+        .args(["authorization", "--url", &issuer, "--client-id"])
+        .arg(client["client_id"].as_str().unwrap())
+        .args(["--resource", &format!("{issuer}/mcp/apps/notes")])
+        .args(["-p", &port.to_string(), "-o"])
+        .arg(&out)
+        .env("PATH", &path)
+        .env("NODE_EXTRA_CA_CERTS", d.data_dir.join("host-ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut printed = String::new();
+    let mut lines = BufReader::new(suite.stdout.take().unwrap()).lines();
+    // The suite prints the URL a person opens, then waits for the browser's redirect.
+    let url = loop {
+        let line = lines.next().expect("the suite printed no URL").unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with(&format!("{issuer}/oauth/authorize?")) {
+            break line;
+        }
+    };
+    let browser = Command::new(format!("{node22}/node"))
+        .arg(fixture!("../browser/oauth_login.cjs"))
+        .env("PLAYWRIGHT", &playwright)
+        .env("CHROMIUM", &chromium)
+        .env("URL", &url)
+        .env("USER_NAME", "alice")
+        .env("PASSWORD", PASSWORD)
+        .env("CALLBACK", &callback)
+        .output()
+        .unwrap();
+    assert!(
+        browser.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&browser.stdout),
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    for line in lines {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    assert!(suite.wait().unwrap().success(), "{printed}");
+    assert!(printed.contains("Total: 2 passed, 0 failed"), "{printed}");
+    // Every check of both scenarios, warnings included.
+    let mut checks = Vec::new();
+    collect_checks(&out, &mut checks);
+    assert!(checks.len() >= 3, "{checks:?}");
+    for c in &checks {
+        assert_eq!(c["status"], "SUCCESS", "{c}");
+    }
+    let grants = audit(&d, &["--type", "oauth.grant"]);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["oauth_client"], client["client_id"]);
+}
+
+fn collect_checks(dir: &Path, into: &mut Vec<Value>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_checks(&path, into);
+        } else if path.file_name().is_some_and(|n| n == "checks.json") {
+            let v: Vec<Value> =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            into.extend(v);
+        }
+    }
+}
+
+/// A TCP port free now on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
