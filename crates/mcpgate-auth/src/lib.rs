@@ -14,6 +14,7 @@ pub mod admin;
 pub mod agents;
 pub mod api;
 pub mod bots;
+pub mod cimd;
 pub mod findings;
 pub mod integrity;
 pub mod jwt;

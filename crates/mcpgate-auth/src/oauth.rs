@@ -85,9 +85,14 @@ impl OAuthClient {
         })
     }
 
-    /// The name shown on the consent page: the client's own, marked as such.
-    pub fn display_name(&self) -> &str {
-        self.client_name.as_deref().unwrap_or(&self.client_id)
+    /// The name shown on the consent page: the client's own, and for a client known by its
+    /// metadata document, the host that vouches for it.
+    pub fn display_name(&self) -> String {
+        let name = self.client_name.as_deref().unwrap_or(&self.client_id);
+        match (self.via.as_str(), self.client_id.parse::<axum::http::Uri>()) {
+            ("cimd", Ok(u)) => format!("{name} (from {})", u.host().unwrap_or_default()),
+            _ => name.to_string(),
+        }
     }
 
     /// The registered redirect URI `given` stands for: the same text, or for a loopback
@@ -537,8 +542,38 @@ impl AuthService {
         Ok(client)
     }
 
-    /// A registered client.
+    /// A registered client, or one known by its metadata document (an https client id;
+    /// `BadRequest` says why such a document cannot be used).
     pub async fn oauth_client(&self, id: &str) -> Result<Option<OAuthClient>> {
+        if crate::cimd::is_document_id(id) {
+            let doc = self
+                .cimd
+                .document(id)
+                .await
+                .map_err(AuthError::BadRequest)?;
+            let native = doc
+                .redirect_uris
+                .iter()
+                .all(|u| origin(u).starts_with("http://"));
+            for u in &doc.redirect_uris {
+                check_redirect(u, native)
+                    .map_err(|e| AuthError::BadRequest(format!("client_id {id:?}: {e}")))?;
+            }
+            return Ok(Some(OAuthClient {
+                client_id: id.to_string(),
+                client_name: doc
+                    .client_name
+                    .map(|n| n.chars().filter(|c| !c.is_control()).take(100).collect()),
+                redirect_uris: doc.redirect_uris,
+                application_type: if native {
+                    "native".into()
+                } else {
+                    "web".into()
+                },
+                via: "cimd".into(),
+                created: unix_secs(self.now()),
+            }));
+        }
         if id.is_empty() || id.len() > 200 || id.contains('/') {
             return Ok(None);
         }
@@ -594,11 +629,12 @@ impl AuthService {
             .client_id
             .as_deref()
             .ok_or_else(|| show("the request names no client_id".into()))?;
-        let client = self
-            .oauth_client(client_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| show(format!("unknown client {client_id:?}")))?;
+        let client = match self.oauth_client(client_id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(show(format!("unknown client {client_id:?}"))),
+            Err(AuthError::BadRequest(why)) => return Err(show(why)),
+            Err(e) => return Err(internal(e)),
+        };
         let given = p
             .redirect_uri
             .as_deref()
@@ -676,7 +712,7 @@ impl AuthService {
         let pending = Pending {
             id: random_token().map_err(internal)?,
             client_id: client.client_id.clone(),
-            client_name: client.display_name().to_string(),
+            client_name: client.display_name(),
             redirect_uri,
             state: p.state.clone(),
             code_challenge: challenge,
@@ -869,8 +905,11 @@ impl AuthService {
             .client_id
             .as_deref()
             .ok_or_else(|| TokenError::new("invalid_client", "client_id is required"))?;
-        if self.oauth_client(client_id).await?.is_none() {
-            return Err(TokenError::new("invalid_client", "unknown client"));
+        match self.oauth_client(client_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(TokenError::new("invalid_client", "unknown client")),
+            Err(AuthError::BadRequest(why)) => return Err(TokenError::new("invalid_client", why)),
+            Err(e) => return Err(e.into()),
         }
         match req.grant_type.as_deref() {
             Some("authorization_code") => self.exchange_code(client_id, req).await,
@@ -1270,8 +1309,8 @@ mod tests {
     #[test]
     fn pkce_s256_as_rfc7636_appendix_b() {
         assert_eq!(
-            s256("dBjftJeZ4CVP-1mB2K7KRwNR0PVlbZkYqYJ7J9I0RJw"),
-            "E9Melhoa2OwvFrEMTJguCQ6Tkr5lJM7O5jUiA3oN9Q8"
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 

@@ -226,6 +226,8 @@ pub struct AuthService {
     pub(crate) epoch: std::sync::atomic::AtomicU64,
     /// The assertion signing key in use, opened once (by key id).
     pub(crate) jwt_key: Mutex<Option<(String, Arc<ring::signature::EcdsaKeyPair>)>>,
+    /// OAuth clients known by their metadata documents, fetched and cached.
+    pub cimd: crate::cimd::Fetcher,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -269,6 +271,7 @@ impl AuthService {
             login_permits: tokio::sync::Semaphore::new(4),
             epoch: std::sync::atomic::AtomicU64::new(0),
             jwt_key: Mutex::new(None),
+            cimd: Default::default(),
         };
         // Presets are created once; an admin may change `access` afterwards.
         let (presets, _) = mcpgate_types::resource::parse_resources("presets", PRESETS)

@@ -118,7 +118,7 @@ async fn metadata(State(o): State<Arc<OAuth>>) -> Response {
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "code_challenge_methods_supported": ["S256"],
-            "client_id_metadata_document_supported": false,
+            "client_id_metadata_document_supported": true,
             "authorization_response_iss_parameter_supported": true,
         }),
     )

@@ -59,6 +59,9 @@ pub struct Auth {
     /// How often the head of the audit chain is signed (a checkpoint), e.g. `30s`, `5m`:
     /// at most this much of a log's tail could be cut off unnoticed. Default 30s.
     pub audit_checkpoint: Option<String>,
+    /// OAuth clients known by a metadata document (an https client_id) are accepted only
+    /// from these domains and their subdomains; unset: from any public host.
+    pub client_metadata_domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +136,7 @@ impl Default for Auth {
             second_factor: SecondFactor::Otp,
             ca_key_file: None,
             audit_checkpoint: None,
+            client_metadata_domains: None,
         }
     }
 }

@@ -277,6 +277,72 @@ fn oauth_attacks_are_refused() {
     let reuse = audit(&d, &["--type", "oauth.token.reuse"]);
     assert_eq!(reuse.len(), 2, "code replay and refresh reuse: {reuse:?}");
 
+    // Client ID Metadata Documents that point inside: refused before any connection (a
+    // canary listening on loopback sees nothing).
+    let canary = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    canary.set_nonblocking(true).unwrap();
+    let port = canary.local_addr().unwrap().port();
+    for (id, why) in [
+        (
+            format!("https://127.0.0.1:{port}/client.json"),
+            "not a public internet address",
+        ),
+        (
+            format!("https://localhost:{port}/client.json"),
+            "not a public internet address",
+        ),
+        (
+            format!("https://[::1]:{port}/client.json"),
+            "not a public internet address",
+        ),
+        (
+            format!("https://[::ffff:127.0.0.1]:{port}/client.json"),
+            "not a public internet address",
+        ),
+        (
+            format!("https://[::ffff:7f00:1]:{port}/client.json"),
+            "not a public internet address",
+        ),
+        (
+            "https://169.254.169.254/latest/meta-data".into(),
+            "not a public internet address",
+        ),
+        (
+            "https://[fd00:ec2::254]/latest".into(),
+            "not a public internet address",
+        ),
+        (
+            format!("https://2130706433:{port}/client.json"),
+            "client_id",
+        ),
+        (
+            format!("http://127.0.0.1:{port}/client.json"),
+            "unknown client",
+        ),
+        (format!("https://127.0.0.1:{port}/"), "has no path"),
+    ] {
+        let q = format!(
+            "response_type=code&client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcb&code_challenge={}&code_challenge_method=S256&resource={}",
+            enc(&id),
+            "a".repeat(43),
+            enc(&format!("{issuer}/mcp/apps/notes"))
+        );
+        let (status, page) = curl(
+            &d,
+            &[
+                "-D",
+                "/dev/stderr",
+                &format!("{issuer}/oauth/authorize?{q}"),
+            ],
+        );
+        assert_eq!(status, 400, "{id}: {page}");
+        assert!(page.contains(why), "{id}: {page}");
+    }
+    assert!(
+        matches!(canary.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a metadata fetch reached the canary"
+    );
+
     // A lock on the person ends their tokens at once.
     let live = v["live_token"].as_str().unwrap();
     d.admin(&["lock", "--user", "alice", "--message", "offboarded"])
@@ -380,7 +446,17 @@ fn the_conformance_suite_authorization_scenarios_pass_with_a_browser() {
         printed.push('\n');
     }
     assert!(suite.wait().unwrap().success(), "{printed}");
-    assert!(printed.contains("Total: 2 passed, 0 failed"), "{printed}");
+    for scenario in [
+        "authorization-server-metadata-endpoint",
+        "authorization-code-grant",
+    ] {
+        assert!(
+            printed.contains(&format!("✓ {scenario}: ")),
+            "{scenario}: {printed}"
+        );
+    }
+    let total = printed.lines().find(|l| l.starts_with("Total: ")).unwrap();
+    assert!(total.ends_with(" passed, 0 failed"), "{printed}");
     // Every check of both scenarios, warnings included.
     let mut checks = Vec::new();
     collect_checks(&out, &mut checks);
@@ -404,6 +480,19 @@ fn collect_checks(dir: &Path, into: &mut Vec<Value>) {
             into.extend(v);
         }
     }
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// A TCP port free now on loopback.

@@ -174,6 +174,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    auth.cimd
+        .set_domains(config.auth.client_metadata_domains.clone());
     let auth = Arc::new(auth);
 
     let listener = TcpListener::bind(&config.proxy.listen)
