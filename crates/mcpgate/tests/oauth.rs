@@ -205,6 +205,48 @@ fn the_python_sdk_logs_in_with_oauth_and_acts_as_the_person_under_their_roles() 
 }
 
 #[test]
+fn the_2026_sdk_speaks_the_2026_07_28_revision_over_oauth() {
+    let Some(python) = needs("MCPGATE_TEST_MCP2_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let server = fixture!("modern_server.py");
+    let apps = format!(
+        "    - name: modern\n      labels: {{env: remote}}\n      uri: mcp+stdio://\n      mcp: {{command: \"{python}\", args: [\"{server}\"]}}\n"
+    );
+    let d = gateway_daemon(&s, &apps, ROLES);
+    Person::new(&s, "alice").signup(&d, &invite(&d, "alice", "remote"));
+    let url = format!("https://{}/mcp/apps/modern", d.addr);
+    let v = python_oauth(
+        &python,
+        &d,
+        &[
+            fixture!("oauth_client2.py"),
+            &url,
+            "alice",
+            "echo",
+            r#"{"message": "hello"}"#,
+        ],
+    );
+    assert_eq!(v["protocol"], "2026-07-28", "{v}");
+    assert_eq!(v["tools"], json!(["echo"]), "the role's filter: {v}");
+    assert_eq!(v["text"], "modern: hello", "{v}");
+    let requests = audit(&d, &["--app", "modern", "--type", "mcp.session.request"]);
+    assert!(
+        requests
+            .iter()
+            .any(|e| e["method"] == "server/discover" && e["user"] == "alice"),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().all(|e| e["oauth_client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("mcpgate-"))),
+        "{requests:?}"
+    );
+}
+
+#[test]
 fn oauth_attacks_are_refused() {
     let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
         return;
