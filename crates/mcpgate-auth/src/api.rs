@@ -378,7 +378,7 @@ async fn add_oauth_client(
     Json(reg): Json<crate::oauth::Registration>,
 ) -> ApiResult<serde_json::Value> {
     let c = caller(&s, &conn).await?;
-    match s.auth.oauth_register(reg, Some(&c)).await {
+    match s.auth.oauth_register(reg, Some(&c), None).await {
         Ok(client) => Ok(Json(client.registration())),
         Err(e) if e.error == "access_denied" => Err(AuthError::AccessDenied(e.description).into()),
         Err(e) if e.error == "server_error" => Err(AuthError::Internal(e.description).into()),

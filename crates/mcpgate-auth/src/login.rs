@@ -43,7 +43,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn limited(&mut self, key: &str, max: u32, now: SystemTime) -> bool {
+    pub(crate) fn limited(&mut self, key: &str, max: u32, now: SystemTime) -> bool {
         match self.failures.get(key) {
             Some((start, _)) if now.duration_since(*start).unwrap_or_default() >= WINDOW => {
                 self.failures.remove(key);
@@ -61,7 +61,7 @@ impl RateLimiter {
         }
     }
 
-    fn fail(&mut self, key: String, now: SystemTime) {
+    pub(crate) fn fail(&mut self, key: String, now: SystemTime) {
         if self.failures.len() > 100_000 {
             self.failures
                 .retain(|_, (start, _)| now.duration_since(*start).unwrap_or_default() < WINDOW);

@@ -40,6 +40,8 @@ const CODE_TTL: i64 = 60;
 const REQUEST_TTL: i64 = 10 * 60;
 /// How long a taken code is remembered (to revoke what it yielded if it comes back).
 const USED_TTL: i64 = 10 * 60;
+/// Dynamic registrations one source address may make in the limiter's window.
+const REGISTRATIONS_PER_ADDR: u32 = 20;
 /// The one scope: use the app's MCP endpoint as the person who granted it.
 pub const SCOPE: &str = "mcp";
 /// Where apps are served to OAuth clients, under the issuer.
@@ -91,6 +93,7 @@ impl OAuthClient {
         let name = self.client_name.as_deref().unwrap_or(&self.client_id);
         match (self.via.as_str(), self.client_id.parse::<axum::http::Uri>()) {
             ("cimd", Ok(u)) => format!("{name} (from {})", u.host().unwrap_or_default()),
+            ("dcr", _) => format!("{name} (registered itself)"),
             _ => name.to_string(),
         }
     }
@@ -442,11 +445,28 @@ impl AuthService {
         &self,
         reg: Registration,
         by: Option<&Caller>,
+        addr: Option<IpAddr>,
     ) -> std::result::Result<OAuthClient, RegistrationError> {
         let bad = |error, description: String| RegistrationError { error, description };
         if let Some(c) = by {
             c.require("oauth_client", "create")
                 .map_err(|e| bad("access_denied", e.to_string()))?;
+        }
+        // Anyone may register: a source address gets a few registrations per window.
+        if by.is_none()
+            && let Some(a) = addr
+        {
+            let key = format!("register:{a}");
+            let now = self.now();
+            let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            if rl.limited(&key, REGISTRATIONS_PER_ADDR, now) {
+                return Err(bad(
+                    "rate_limited",
+                    "too many client registrations from this address; try again in a few minutes"
+                        .into(),
+                ));
+            }
+            rl.fail(key, now);
         }
         let application_type = reg.application_type.clone().unwrap_or("web".into());
         if !matches!(application_type.as_str(), "web" | "native") {
@@ -496,10 +516,7 @@ impl AuthService {
                 "response_types: code only".into(),
             ));
         }
-        let name = reg
-            .client_name
-            .as_deref()
-            .map(|n| n.chars().filter(|c| !c.is_control()).take(100).collect());
+        let name = reg.client_name.as_deref().map(clean_name);
         let client = OAuthClient {
             client_id: format!("mcpgate-{}", mcpgate_types::audit::random_id()),
             client_name: name,
@@ -561,9 +578,7 @@ impl AuthService {
             }
             return Ok(Some(OAuthClient {
                 client_id: id.to_string(),
-                client_name: doc
-                    .client_name
-                    .map(|n| n.chars().filter(|c| !c.is_control()).take(100).collect()),
+                client_name: doc.client_name.as_deref().map(clean_name),
                 redirect_uris: doc.redirect_uris,
                 application_type: if native {
                     "native".into()
@@ -1262,6 +1277,12 @@ impl AuthService {
         self.store.delete_many(&gone).await?;
         Ok(gone.len())
     }
+}
+
+/// A client's name as people are shown it: 100 characters at most, hidden and control
+/// characters (bidi overrides, zero-width) written out as escapes.
+fn clean_name(name: &str) -> String {
+    mcpgate_types::pins::escaped(&name.chars().take(100).collect::<String>()).replace('\n', " ")
 }
 
 fn consent_key(user: &str, client: &str) -> String {

@@ -1216,3 +1216,190 @@ async fn an_agent_says_what_to_count_and_the_roles_say_how_much() {
         None
     );
 }
+
+/// An OAuth authorization from request to tokens, as the pages and the token endpoint drive
+/// it: `(the code's redirect, the verifier)`.
+async fn oauth_code(
+    auth: &AuthService,
+    client: &str,
+    user: &str,
+) -> (mcpgate_auth::oauth::AfterLogin, String) {
+    use base64::Engine;
+    let verifier = "v".repeat(43) + user;
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    let params = mcpgate_auth::oauth::AuthorizeParams {
+        response_type: Some("code".into()),
+        client_id: Some(client.into()),
+        redirect_uri: Some("http://127.0.0.1:5555/cb".into()),
+        state: Some("s".into()),
+        scope: Some("mcp".into()),
+        code_challenge: Some(challenge),
+        code_challenge_method: Some("S256".into()),
+        resource: Some(format!("{ISSUER}/mcp/apps/tools")),
+    };
+    let pending = auth
+        .oauth_begin(ISSUER, &params, "browser-1")
+        .await
+        .unwrap();
+    // The request belongs to the browser that opened it, and to its form.
+    assert!(
+        auth.oauth_pending(&pending.id, "browser-2", &pending.csrf)
+            .await
+            .is_err()
+    );
+    assert!(
+        auth.oauth_pending(&pending.id, "browser-1", "forged")
+            .await
+            .is_err()
+    );
+    let pending = auth
+        .oauth_pending(&pending.id, "browser-1", &pending.csrf)
+        .await
+        .unwrap();
+    let after = auth
+        .oauth_login(ISSUER, pending, user, "correct horse", None, None)
+        .await
+        .unwrap();
+    (after, verifier)
+}
+
+const ISSUER: &str = "https://proxy.test:3080";
+
+fn code_of(redirect: &str) -> String {
+    redirect
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn oauth_tokens_expire_and_a_grant_ends_with_the_login_it_came_from() {
+    use mcpgate_auth::oauth::{AfterLogin, Registration, TokenRequest};
+    let env = Env::new();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
+    signed_up(&auth, &adm, "bob", "correct horse").await;
+    let client = auth
+        .oauth_register(
+            Registration {
+                redirect_uris: vec!["http://127.0.0.1:0/cb".into()],
+                client_name: Some("Tool\u{202e}Evil".into()),
+                ..Default::default()
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(client.via, "dcr");
+    let login_time = env.clock.now();
+
+    // First time: the person is asked; the code is single-use and bound to its verifier.
+    let (after, verifier) = oauth_code(&auth, &client.client_id, "bob").await;
+    let AfterLogin::Consent(pending) = after else {
+        panic!("a new client needs consent")
+    };
+    assert_eq!(pending.client_name, "Tool\\u{202e}Evil (registered itself)");
+    let redirect = auth.oauth_consent(ISSUER, pending, true).await.unwrap();
+    assert!(redirect.contains(&format!("iss={}", "https%3A%2F%2Fproxy.test%3A3080")));
+    let exchange = TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        code: Some(code_of(&redirect)),
+        redirect_uri: Some("http://127.0.0.1:5555/cb".into()),
+        client_id: Some(client.client_id.clone()),
+        code_verifier: Some(verifier),
+        ..Default::default()
+    };
+    let tokens = auth.oauth_token(&exchange).await.unwrap();
+    assert_eq!(tokens.expires_in, 600);
+    let resource = format!("{ISSUER}/mcp/apps/tools");
+    let bearer = auth
+        .oauth_bearer(&tokens.access_token, &resource)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bearer.claims.name, "bob");
+    assert_eq!(
+        bearer.claims.oauth_client.as_deref(),
+        Some(client.client_id.as_str())
+    );
+    // The session's certificate: the person's claims with the client, until the grant ends.
+    let chain = auth.oauth_chain(&bearer).unwrap();
+    let info =
+        mcpgate_pki::tls::peer_identity(Some(&chain), "test.local", env.clock.now()).unwrap();
+    assert_eq!(info.claims, bearer.claims);
+    assert_eq!(
+        info.not_after.duration_since(login_time).unwrap().as_secs(),
+        2 * 3600,
+        "role dev's max_session_ttl"
+    );
+
+    // Ten minutes later the access token is refused; the refresh token still works.
+    env.clock.advance(Duration::from_secs(601));
+    let refused = auth
+        .oauth_bearer(&tokens.access_token, &resource)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.0.contains("expired"), "{}", refused.0);
+    let refresh = |token: &str| TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: Some(token.into()),
+        client_id: Some(client.client_id.clone()),
+        ..Default::default()
+    };
+    let second = auth
+        .oauth_token(&refresh(&tokens.refresh_token))
+        .await
+        .unwrap();
+    assert!(
+        auth.oauth_bearer(&second.access_token, &resource)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    // Near the login's end, tokens live only as long as it has left; past it, nothing.
+    env.clock.advance(Duration::from_secs(2 * 3600 - 601 - 100));
+    let last = auth
+        .oauth_token(&refresh(&second.refresh_token))
+        .await
+        .unwrap();
+    assert_eq!(last.expires_in, 100);
+    env.clock.advance(Duration::from_secs(100));
+    let ended = auth
+        .oauth_token(&refresh(&last.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(ended.error, "invalid_grant");
+    assert!(
+        auth.oauth_bearer(&last.access_token, &resource)
+            .await
+            .unwrap()
+            .is_err()
+    );
+
+    // The consent is remembered for this person and client: straight back with a code.
+    let (after, _) = oauth_code(&auth, &client.client_id, "bob").await;
+    let AfterLogin::Redirect(to) = after else {
+        panic!("consent is remembered")
+    };
+    assert!(to.starts_with("http://127.0.0.1:5555/cb?code="), "{to}");
+
+    // What has ended is swept from storage.
+    env.clock.advance(Duration::from_secs(3600));
+    assert!(auth.sweep_oauth().await.unwrap() > 0);
+    for prefix in [
+        "oauth/grants/",
+        "oauth/access/",
+        "oauth/refresh/",
+        "oauth/codes/",
+        "oauth/requests/",
+    ] {
+        let left = auth.store().list(prefix).await.unwrap();
+        assert!(left.is_empty(), "{prefix}: {} left", left.len());
+    }
+}

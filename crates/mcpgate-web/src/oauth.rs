@@ -142,7 +142,11 @@ async fn resource_metadata(State(o): State<Arc<OAuth>>, Path(name): Path<String>
 }
 
 /// `POST /oauth/register` (RFC 7591): public clients, PKCE.
-async fn register(State(o): State<Arc<OAuth>>, body: axum::body::Bytes) -> Response {
+async fn register(
+    State(o): State<Arc<OAuth>>,
+    Extension(conn): Extension<ConnInfo>,
+    body: axum::body::Bytes,
+) -> Response {
     let reg: Registration = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -152,8 +156,12 @@ async fn register(State(o): State<Arc<OAuth>>, body: axum::body::Bytes) -> Respo
             );
         }
     };
-    match o.auth.oauth_register(reg, None).await {
+    match o.auth.oauth_register(reg, None, Some(conn.addr.ip())).await {
         Ok(c) => open_json(StatusCode::CREATED, c.registration()),
+        Err(e) if e.error == "rate_limited" => open_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"error": "invalid_client_metadata", "error_description": e.description}),
+        ),
         Err(e) if e.error == "server_error" => {
             tracing::error!(error = %e.description, "client registration failed");
             open_json(
@@ -439,8 +447,14 @@ fn token_error(e: mcpgate_auth::oauth::TokenError) -> Response {
 async fn token(
     State(o): State<Arc<OAuth>>,
     headers: HeaderMap,
-    Form(mut req): Form<TokenRequest>,
+    form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let Ok(Form(mut req)) = form else {
+        return token_error(mcpgate_auth::oauth::TokenError {
+            error: "invalid_request",
+            description: "the request must be a form (application/x-www-form-urlencoded)".into(),
+        });
+    };
     if req.client_id.is_none() {
         req.client_id = basic_client(&headers);
     }
@@ -461,8 +475,14 @@ struct RevokeForm {
 async fn revoke(
     State(o): State<Arc<OAuth>>,
     headers: HeaderMap,
-    Form(f): Form<RevokeForm>,
+    form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let Ok(Form(f)) = form else {
+        return token_error(mcpgate_auth::oauth::TokenError {
+            error: "invalid_request",
+            description: "the request must be a form (application/x-www-form-urlencoded)".into(),
+        });
+    };
     let Some(client) = f.client_id.or_else(|| basic_client(&headers)) else {
         return token_error(mcpgate_auth::oauth::TokenError {
             error: "invalid_client",

@@ -316,6 +316,17 @@ fn oauth_attacks_are_refused() {
     assert_eq!(v["after_revoke"], 401, "{v}");
     assert_eq!(v["b_token_on_b"], 200, "{v}");
     assert_eq!(v["b_token_on_a"], 401, "{v}");
+    // Two clients registered above, then a flood: 20 per address per window.
+    assert_eq!(
+        v["register_flood"],
+        json!({"created": 18, "refused": 7, "last": 429}),
+        "{v}"
+    );
+    assert_eq!(
+        v["json_token_request"],
+        json!([400, "invalid_request"]),
+        "{v}"
+    );
     let reuse = audit(&d, &["--type", "oauth.token.reuse"]);
     assert_eq!(reuse.len(), 2, "code replay and refresh reuse: {reuse:?}");
 
