@@ -247,6 +247,72 @@ fn the_2026_sdk_speaks_the_2026_07_28_revision_over_oauth() {
 }
 
 #[test]
+fn mcp_remote_authorizes_through_its_browser_and_bridges_stdio_to_the_app() {
+    let (Some(python), Some(mcp_remote)) = (
+        needs("MCPGATE_TEST_PYTHON"),
+        needs("MCPGATE_TEST_MCP_REMOTE"),
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let marker = marker("oauth-mcp-remote");
+    let (d, _alice) = cluster(&s, &marker);
+    // The browser mcp-remote opens (through xdg-open's $BROWSER): a person logging in.
+    let browser = s.write(
+        "browser.sh",
+        &format!(
+            "#!/bin/sh\nexec \"{python}\" \"{}\" \"$1\"\n",
+            fixture!("oauth_browser.py")
+        ),
+    );
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let home = s.path("remote-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let ca = d.data_dir.join("host-ca.pem");
+    let mut cmd = Command::new("node");
+    cmd.arg(&mcp_remote)
+        .arg(format!("https://{}/mcp/apps/notes", d.addr))
+        .arg(free_port().to_string())
+        .env("HOME", &home)
+        .env("MCP_REMOTE_CONFIG_DIR", home.join("auth"))
+        .env("BROWSER", &browser)
+        .env("NODE_EXTRA_CA_CERTS", &ca)
+        .env("SSL_CERT_FILE", &ca)
+        .env("MCPGATE_USER", "alice")
+        .env("MCPGATE_PASSWORD", PASSWORD);
+    let mut remote = Bridge::spawn(cmd);
+    let init = remote.initialize();
+    assert_eq!(init["result"]["serverInfo"]["name"], "recorder", "{init}");
+    assert_eq!(remote.tools(), ["echo"]);
+    let r = remote.call("echo", json!({"message": "via mcp-remote"}));
+    assert_eq!(
+        r["result"]["content"][0]["text"], r#"{"message": "via mcp-remote"}"#,
+        "{r}"
+    );
+    let denied = remote.call("delete_all", json!({}));
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("access denied"),
+        "{denied}"
+    );
+    let calls = audit(&d, &["--tool", "echo", "--app", "notes"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["user"], "alice");
+    let client = calls[0]["oauth_client"].as_str().unwrap().to_string();
+    let listed = d.admin(&["oauth", "clients", "ls"]).ok();
+    assert!(
+        listed.contains(&client) && listed.contains("MCP CLI Proxy"),
+        "{listed}"
+    );
+}
+
+#[test]
 fn oauth_attacks_are_refused() {
     let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
         return;
