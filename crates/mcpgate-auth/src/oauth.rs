@@ -276,7 +276,9 @@ pub struct Tokens {
     pub access_token: String,
     pub token_type: String,
     pub expires_in: u64,
-    pub refresh_token: String,
+    /// None for a bot (client credentials): it asks again with its renewed certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     pub scope: String,
 }
 
@@ -1106,7 +1108,7 @@ impl AuthService {
                 access_token: access,
                 token_type: "Bearer".into(),
                 expires_in: ttl as u64,
-                refresh_token: refresh,
+                refresh_token: Some(refresh),
                 scope: SCOPE.into(),
             },
             refresh_hash,
@@ -1152,6 +1154,86 @@ impl AuthService {
             [("grant", Value::from(id)), ("reason", Value::from(reason))],
         ))
         .await
+    }
+
+    /// The client credentials grant for bots (RFC 6749 §4.4), the client authenticated by
+    /// the bot's certificate on the TLS connection (RFC 8705 §2): an HTTP-only agent uses its
+    /// bot identity. The token lives 10 minutes at most and never past the certificate; no
+    /// refresh token (the bot asks again with its renewed certificate).
+    pub async fn oauth_client_credentials(
+        &self,
+        issuer: &str,
+        peer: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+        req: &TokenRequest,
+    ) -> std::result::Result<Tokens, TokenError> {
+        let caller = match self.caller(peer).await {
+            Ok(c) => c,
+            Err(AuthError::Store(e)) => return Err(AuthError::Store(e).into()),
+            Err(e) => {
+                return Err(TokenError::new(
+                    "invalid_client",
+                    format!("client credentials need a bot's certificate on the connection: {e}"),
+                ));
+            }
+        };
+        if caller.info.claims.kind != mcpgate_types::IdentityKind::Bot {
+            return Err(TokenError::new(
+                "unauthorized_client",
+                "the client credentials grant is for bots; people authorize in a browser",
+            ));
+        }
+        let Some(resource) = req.resource.as_deref().map(|r| r.trim_end_matches('/')) else {
+            return Err(TokenError::new(
+                "invalid_target",
+                "resource is required: the URL of the app (RFC 8707)",
+            ));
+        };
+        let Some(app) = app_of(issuer, resource) else {
+            return Err(TokenError::new(
+                "invalid_target",
+                format!("resource must be an app's URL: {issuer}{APPS_PATH}NAME"),
+            ));
+        };
+        if let Some(scope) = req.scope.as_deref()
+            && scope.split(' ').any(|s| !s.is_empty() && s != SCOPE)
+        {
+            return Err(TokenError::new(
+                "invalid_scope",
+                format!("the only scope is {SCOPE:?}"),
+            ));
+        }
+        let mut claims = caller.info.claims.clone();
+        claims.oauth_client = Some(format!("bot:{}", claims.name));
+        let grant = Grant {
+            id: mcpgate_types::audit::random_id(),
+            claims,
+            client_id: format!("bot:{}", caller.info.claims.name),
+            resource: resource.to_string(),
+            issued: caller.info.issued(),
+            until: unix_secs(caller.info.not_after),
+            refresh: String::new(),
+        };
+        let now = unix_secs(self.now());
+        self.store
+            .put(&format!("{GRANTS}{}", grant.id), &to_json(&grant)?)
+            .await?;
+        let (mut tokens, _) = self.new_tokens(&grant, now).await?;
+        tokens.refresh_token = None;
+        self.emit(self.event(
+            codes::OAUTH_TOKEN.0,
+            codes::OAUTH_TOKEN.1,
+            &grant.claims,
+            true,
+            [
+                ("grant", Value::from(grant.id.as_str())),
+                ("grant_type", Value::from("client_credentials")),
+                ("app", Value::from(app)),
+                ("resource", Value::from(resource)),
+                ("expires_in", Value::from(tokens.expires_in)),
+            ],
+        ))
+        .await?;
+        Ok(tokens)
     }
 
     /// Revocation (RFC 7009): a refresh or access token of the client's; its grant ends.

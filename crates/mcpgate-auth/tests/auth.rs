@@ -1353,7 +1353,7 @@ async fn oauth_tokens_expire_and_a_grant_ends_with_the_login_it_came_from() {
         ..Default::default()
     };
     let second = auth
-        .oauth_token(&refresh(&tokens.refresh_token))
+        .oauth_token(&refresh(tokens.refresh_token.as_deref().unwrap()))
         .await
         .unwrap();
     assert!(
@@ -1365,13 +1365,13 @@ async fn oauth_tokens_expire_and_a_grant_ends_with_the_login_it_came_from() {
     // Near the login's end, tokens live only as long as it has left; past it, nothing.
     env.clock.advance(Duration::from_secs(2 * 3600 - 601 - 100));
     let last = auth
-        .oauth_token(&refresh(&second.refresh_token))
+        .oauth_token(&refresh(second.refresh_token.as_deref().unwrap()))
         .await
         .unwrap();
     assert_eq!(last.expires_in, 100);
     env.clock.advance(Duration::from_secs(100));
     let ended = auth
-        .oauth_token(&refresh(&last.refresh_token))
+        .oauth_token(&refresh(last.refresh_token.as_deref().unwrap()))
         .await
         .unwrap_err();
     assert_eq!(ended.error, "invalid_grant");

@@ -114,8 +114,8 @@ async fn metadata(State(o): State<Arc<OAuth>>) -> Response {
             "scopes_supported": [SCOPE],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
-            "token_endpoint_auth_methods_supported": ["none"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "token_endpoint_auth_methods_supported": ["none", "tls_client_auth"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "code_challenge_methods_supported": ["S256"],
             "client_id_metadata_document_supported": true,
@@ -446,6 +446,7 @@ fn token_error(e: mcpgate_auth::oauth::TokenError) -> Response {
 /// `POST /oauth/token`.
 async fn token(
     State(o): State<Arc<OAuth>>,
+    Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -455,6 +456,13 @@ async fn token(
             description: "the request must be a form (application/x-www-form-urlencoded)".into(),
         });
     };
+    if req.grant_type.as_deref() == Some("client_credentials") {
+        let peer = conn.peer.as_deref().map(Vec::as_slice);
+        return match o.auth.oauth_client_credentials(&o.issuer, peer, &req).await {
+            Ok(t) => open_json(StatusCode::OK, serde_json::to_value(t).unwrap_or_default()),
+            Err(e) => token_error(e),
+        };
+    }
     if req.client_id.is_none() {
         req.client_id = basic_client(&headers);
     }

@@ -313,6 +313,127 @@ fn mcp_remote_authorizes_through_its_browser_and_bridges_stdio_to_the_app() {
 }
 
 #[test]
+fn a_bot_gets_tokens_with_its_certificate_for_an_http_only_agent() {
+    let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let marker = marker("oauth-bot");
+    let (d, alice) = cluster(&s, &marker);
+    let out = d
+        .admin(&["bots", "add", "ci", "--roles", "remote", "--format", "json"])
+        .ok();
+    let token: Value = serde_json::from_str(&out).unwrap();
+    let base = s.path("ci");
+    let cfg = s.write(
+        "ci.yaml",
+        &format!(
+            "version: v1\nproxy_server: {}\nonboarding: {{join_method: token, token: \"{}\", ca_pins: [\"{}\"]}}\nstorage: {{type: directory, path: {}}}\nservices:\n  - type: identity\n    destination: {{type: directory, path: {}}}\n",
+            d.addr,
+            token["token"].as_str().unwrap(),
+            d.pin,
+            base.join("state").display(),
+            base.join("out").display()
+        ),
+    );
+    let joined = run(
+        &["bot", "start", "-c", cfg.to_str().unwrap(), "--oneshot"],
+        None,
+        &[],
+    );
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    let identity = base.join("out/identity");
+    let url = format!("https://{}/mcp/apps/notes", d.addr);
+    let ask = |cert: Option<&Path>, resource: &str| {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(c) = cert {
+            let c = c.to_str().unwrap().to_string();
+            args.extend(["--cert".into(), c.clone(), "--key".into(), c]);
+        }
+        args.extend([
+            "-d".into(),
+            format!("grant_type=client_credentials&resource={}", enc(resource)),
+            format!("https://{}/oauth/token", d.addr),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, body) = curl(&d, &args);
+        (status, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let (status, tokens) = ask(Some(&identity), &url);
+    assert_eq!(status, 200, "{tokens}");
+    assert!(tokens.get("refresh_token").is_none(), "{tokens}");
+    let expires = tokens["expires_in"].as_u64().unwrap();
+    assert!(expires <= 600 && expires > 500, "{tokens}");
+    let v = python_oauth(
+        &python,
+        &d,
+        &[
+            fixture!("bearer_client.py"),
+            &url,
+            tokens["access_token"].as_str().unwrap(),
+            "echo",
+            r#"{"message": "from the bot"}"#,
+        ],
+    );
+    assert_eq!(v["tools"], json!(["echo"]), "the bot's roles: {v}");
+    assert_eq!(v["text"], json!([r#"{"message": "from the bot"}"#]), "{v}");
+    let calls = audit(&d, &["--tool", "echo", "--app", "notes"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["user"], "ci");
+    assert_eq!(calls[0]["user_kind"], "bot");
+    assert_eq!(calls[0]["oauth_client"], "bot:ci");
+
+    // Bots only, with a certificate, for an app's URL.
+    let (status, e) = ask(None, &url);
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{e}"
+    );
+    alice.login(&d, None, &[]).ok();
+    let (status, e) = ask(Some(&alice.identity()), &url);
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{e}"
+    );
+    let (status, e) = ask(Some(&identity), "https://evil.example/mcp/apps/notes");
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{e}"
+    );
+    // A locked bot gets nothing, and its tokens stop working.
+    d.admin(&["lock", "--bot", "ci", "--message", "rotated"])
+        .ok();
+    let (status, e) = ask(Some(&identity), &url);
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{e}"
+    );
+    let bearer = format!(
+        "authorization: Bearer {}",
+        tokens["access_token"].as_str().unwrap()
+    );
+    let (status, body) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            &url,
+        ],
+    );
+    assert_eq!(status, 401, "{body}");
+}
+
+#[test]
 fn oauth_attacks_are_refused() {
     let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
         return;
