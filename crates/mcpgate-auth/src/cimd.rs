@@ -11,7 +11,6 @@
 //! most. An optional list of domains narrows it further. Documents are kept as long as their
 //! `Cache-Control` says (5 minutes when it says nothing, a day at most).
 
-use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 /// The largest document read.
 const MAX_DOCUMENT: usize = 5 << 10;
 /// The whole fetch, from resolving to the last byte.
-const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(6);
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Documents kept at most (the oldest are dropped first).
@@ -207,25 +206,7 @@ impl Fetcher {
     }
 
     fn tls(&self) -> Arc<rustls::ClientConfig> {
-        self.tls
-            .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
-                let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-                .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                });
-                c.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Arc::new(c)
-            })
-            .clone()
+        self.tls.get_or_init(crate::fetch::system_roots).clone()
     }
 
     /// The document at `id`, from the cache while it is fresh.
@@ -284,60 +265,22 @@ impl Fetcher {
                 "client_id {id:?}: {host} is not a public internet address"
             ));
         }
-        let addr = addrs[0];
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("client_id {id:?}: cannot connect to {host}: {e}"))?;
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|_| format!("client_id {id:?}: {host} is not a valid host name"))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("client_id {id:?}: TLS with {host} failed: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("client_id {id:?}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let authority = if port == 443 {
-            host.clone()
-        } else if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let req = axum::http::Request::get(&path)
-            .header(axum::http::header::HOST, authority)
-            .header(axum::http::header::ACCEPT, "application/json")
-            .header(axum::http::header::USER_AGENT, "mcpgate")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| format!("client_id {id:?}: {e}"))?;
-        let res = sender
-            .send_request(req)
+        let answer = crate::fetch::at(addrs[0], &host, &path, self.tls(), MAX_DOCUMENT)
             .await
             .map_err(|e| format!("client_id {id:?}: {e}"))?;
-        let status = res.status();
-        if status.is_redirection() {
+        if answer.status.is_redirection() {
             return Err(format!(
                 "client_id {id:?}: the server answered with a redirect, which is not followed"
             ));
         }
-        if status != axum::http::StatusCode::OK {
-            return Err(format!("client_id {id:?}: the server answered {status}"));
+        if answer.status != axum::http::StatusCode::OK {
+            return Err(format!(
+                "client_id {id:?}: the server answered {}",
+                answer.status
+            ));
         }
-        let keep = ttl(res
-            .headers()
-            .get(axum::http::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok()));
-        let body = Limited::new(res.into_body(), MAX_DOCUMENT)
-            .collect()
-            .await
-            .map_err(|_| {
-                format!("client_id {id:?}: the document is larger than {MAX_DOCUMENT} bytes")
-            })?
-            .to_bytes();
+        let keep = ttl(answer.cache_control.as_deref());
+        let body = answer.body;
         let doc: Document = serde_json::from_slice(&body)
             .map_err(|e| format!("client_id {id:?}: the document is not client metadata: {e}"))?;
         if doc.client_id != id {

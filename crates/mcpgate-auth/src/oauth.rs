@@ -216,7 +216,7 @@ pub fn origin(uri: &str) -> String {
 /// What the login step leads to.
 pub enum AfterLogin {
     /// The person has not let this client act for them before: ask.
-    Consent(Pending),
+    Consent(Box<Pending>),
     /// Consent remembered: back to the client with a code.
     Redirect(String),
 }
@@ -820,7 +820,7 @@ impl AuthService {
                 &to_json(&pending)?,
             )
             .await?;
-        Ok(AfterLogin::Consent(pending))
+        Ok(AfterLogin::Consent(Box::new(pending)))
     }
 
     /// The person's answer on the consent page: where the browser goes next.

@@ -228,6 +228,8 @@ pub struct AuthService {
     pub(crate) jwt_key: Mutex<Option<(String, Arc<ring::signature::EcdsaKeyPair>)>>,
     /// OAuth clients known by their metadata documents, fetched and cached.
     pub cimd: crate::cimd::Fetcher,
+    /// Identity providers whose tokens chosen apps accept.
+    pub idp: crate::idp::Issuers,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -272,6 +274,7 @@ impl AuthService {
             epoch: std::sync::atomic::AtomicU64::new(0),
             jwt_key: Mutex::new(None),
             cimd: Default::default(),
+            idp: Default::default(),
         };
         // Presets are created once; an admin may change `access` afterwards.
         let (presets, _) = mcpgate_types::resource::parse_resources("presets", PRESETS)

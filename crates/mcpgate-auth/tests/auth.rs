@@ -1304,7 +1304,7 @@ async fn oauth_tokens_expire_and_a_grant_ends_with_the_login_it_came_from() {
         panic!("a new client needs consent")
     };
     assert_eq!(pending.client_name, "Tool\\u{202e}Evil (registered itself)");
-    let redirect = auth.oauth_consent(ISSUER, pending, true).await.unwrap();
+    let redirect = auth.oauth_consent(ISSUER, *pending, true).await.unwrap();
     assert!(redirect.contains(&format!("iss={}", "https%3A%2F%2Fproxy.test%3A3080")));
     let exchange = TokenRequest {
         grant_type: Some("authorization_code".into()),

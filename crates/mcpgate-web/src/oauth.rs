@@ -129,11 +129,14 @@ async fn resource_metadata(State(o): State<Arc<OAuth>>, Path(name): Path<String>
     if mcpgate_types::Name::new(&name).is_err() {
         return open_json(StatusCode::NOT_FOUND, json!({"error": "not_found"}));
     }
+    // This proxy first, then identity providers trusted for the app.
+    let mut servers = vec![o.issuer.clone()];
+    servers.extend(o.auth.idp.issuers_for(&name));
     open_json(
         StatusCode::OK,
         json!({
             "resource": format!("{}{APPS_PATH}{name}", o.issuer),
-            "authorization_servers": [o.issuer],
+            "authorization_servers": servers,
             "scopes_supported": [SCOPE],
             "bearer_methods_supported": ["header"],
             "resource_name": format!("{name} (mcpgate)"),

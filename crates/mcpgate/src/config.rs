@@ -62,6 +62,9 @@ pub struct Auth {
     /// OAuth clients known by a metadata document (an https client_id) are accepted only
     /// from these domains and their subdomains; unset: from any public host.
     pub client_metadata_domains: Option<Vec<String>>,
+    /// Identity providers whose access tokens chosen apps accept at `/mcp/apps/NAME`.
+    #[serde(default)]
+    pub trusted_issuers: Vec<mcpgate_auth::idp::TrustedIssuer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +140,7 @@ impl Default for Auth {
             ca_key_file: None,
             audit_checkpoint: None,
             client_metadata_domains: None,
+            trusted_issuers: Vec::new(),
         }
     }
 }

@@ -433,6 +433,179 @@ fn a_bot_gets_tokens_with_its_certificate_for_an_http_only_agent() {
     assert_eq!(status, 401, "{body}");
 }
 
+/// The fake identity provider: its port and the file of its certificate.
+fn fake_idp(python: &str, s: &Scratch) -> (std::process::Child, u16, std::path::PathBuf) {
+    let ca = s.path("idp-ca.pem");
+    let mut child = Command::new(python)
+        .arg(fixture!("fake_idp.py"))
+        .arg(&ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+    (child, port, ca)
+}
+
+#[test]
+fn an_app_accepts_the_companys_identity_provider_tokens() {
+    let Some(python) = needs("MCPGATE_TEST_PYTHON") else {
+        return;
+    };
+    let s = Scratch::new();
+    let (mut idp_process, port, idp_ca) = fake_idp(&python, &s);
+    let idp = format!("https://127.0.0.1:{port}");
+    let marker = marker("oauth-idp");
+    let apps = format!(
+        "{}{}",
+        recorder_app("notes", "{env: remote}", &s.path("notes.jsonl"), &marker),
+        recorder_app("files", "{env: remote}", &s.path("files.jsonl"), &marker)
+    );
+    let d = Daemon::start(
+        &s,
+        "gate",
+        &format!(
+            "auth:\n  second_factor: off\n  trusted_issuers:\n    - {{issuer: \"{idp}\", jwks_url: \"{idp}/jwks.json\", user_claim: preferred_username, apps: [notes], ca_file: \"{}\"}}\nagent:\n  apps:\n{apps}",
+            idp_ca.display()
+        ),
+    );
+    d.admin(&[
+        "create",
+        "-f",
+        s.write("roles.yaml", ROLES).to_str().unwrap(),
+    ])
+    .ok();
+    Person::new(&s, "alice").signup(&d, &invite(&d, "alice", "remote"));
+    let notes = format!("https://{}/mcp/apps/notes", d.addr);
+    let files = format!("https://{}/mcp/apps/files", d.addr);
+    let mint = |query: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&idp_ca)
+            .arg(format!("{idp}/token?iss={}&{query}", enc(&idp)))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let good = mint(&format!(
+        "sub=00u1&preferred_username=alice&azp=okta-ide&aud={}",
+        enc(&notes)
+    ));
+    // Its protected resource metadata names the identity provider too.
+    let (_, prm) = curl(
+        &d,
+        &[&format!(
+            "https://{}/.well-known/oauth-protected-resource/mcp/apps/notes",
+            d.addr
+        )],
+    );
+    let prm: Value = serde_json::from_str(&prm).unwrap();
+    assert_eq!(
+        prm["authorization_servers"],
+        json!([format!("https://{}", d.addr), idp]),
+        "{prm}"
+    );
+
+    let v = python_oauth(
+        &python,
+        &d,
+        &[
+            fixture!("bearer_client.py"),
+            &notes,
+            &good,
+            "echo",
+            r#"{"message": "with the company's token"}"#,
+        ],
+    );
+    assert_eq!(v["tools"], json!(["echo"]), "alice's roles: {v}");
+    assert_eq!(
+        v["text"],
+        json!([r#"{"message": "with the company's token"}"#])
+    );
+    let calls = audit(&d, &["--tool", "echo", "--app", "notes"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["user"], "alice");
+    assert_eq!(calls[0]["oauth_client"], "idp:okta-ide");
+
+    let status = |url: &str, token: &str| {
+        curl(
+            &d,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("authorization: Bearer {token}"),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                "{}",
+                url,
+            ],
+        )
+    };
+    let refused = |url: &str, token: &str, why: &str| {
+        let (code, body) = status(url, token);
+        assert_eq!(code, 401, "{why}: {body}");
+        assert!(body.contains(why), "{why}: {body}");
+    };
+    // Only the apps that trust the provider; only for the audience; only valid tokens.
+    refused(&files, &good, "invalid or revoked");
+    let for_files = mint(&format!(
+        "sub=00u1&preferred_username=alice&aud={}",
+        enc(&files)
+    ));
+    refused(&notes, &for_files, "audience");
+    refused(
+        &notes,
+        &mint(&format!(
+            "sub=00u1&preferred_username=alice&exp_in=-120&aud={}",
+            enc(&notes)
+        )),
+        "expired",
+    );
+    refused(
+        &notes,
+        &mint(&format!(
+            "sub=00u1&preferred_username=alice&key=stranger&aud={}",
+            enc(&notes)
+        )),
+        "signature",
+    );
+    refused(
+        &notes,
+        &mint(&format!(
+            "sub=00u9&preferred_username=mallory&aud={}",
+            enc(&notes)
+        )),
+        "not a user",
+    );
+    refused(
+        &notes,
+        &mint(&format!(
+            "iss=https://other.example&sub=00u1&preferred_username=alice&aud={}",
+            enc(&notes)
+        )),
+        "not accepted",
+    );
+    // alg none: the same claims, no signature.
+    let claims = good.split('.').nth(1).unwrap();
+    refused(
+        &notes,
+        &format!("eyJhbGciOiJub25lIiwia2lkIjoiazEifQ.{claims}."),
+        "alg",
+    );
+    // A lock on the person ends what the provider's tokens can do.
+    d.admin(&["lock", "--user", "alice", "--message", "left the company"])
+        .ok();
+    refused(&notes, &good, "left the company");
+    let _ = idp_process.kill();
+    let _ = idp_process.wait();
+}
+
 #[test]
 fn oauth_attacks_are_refused() {
     let Some(python) = needs("MCPGATE_TEST_PYTHON") else {

@@ -165,7 +165,13 @@ async fn answer(
         return unauthorized(&apps, &name, None);
     };
     let resource = format!("{}{APPS_PATH}{name}", apps.issuer);
-    let who = match apps.auth.oauth_bearer(token, &resource).await {
+    // A JWT, for an app that trusts an identity provider: the company's own token.
+    let checked = if mcpgate_auth::idp::looks_like_jwt(token) && apps.auth.idp.any_for(&name) {
+        apps.auth.idp_bearer(token, &name, &resource).await
+    } else {
+        apps.auth.oauth_bearer(token, &resource).await
+    };
+    let who = match checked {
         Ok(Ok(b)) => b,
         Ok(Err(why)) => return unauthorized(&apps, &name, Some(&why.0)),
         Err(e) => {
@@ -194,7 +200,7 @@ async fn answer(
                 &name,
                 Opener::Proxy {
                     routes: apps.routes.clone(),
-                    bearer: who,
+                    bearer: Box::new(who),
                     addr: conn.addr,
                 },
                 Edge::Proxy,

@@ -214,7 +214,7 @@ pub(crate) enum Opener {
     /// chain made for the grant (its claims, the client named), which the agent checks.
     Proxy {
         routes: mcpgate_proxy::Routes,
-        bearer: mcpgate_auth::oauth::Bearer,
+        bearer: Box<mcpgate_auth::oauth::Bearer>,
         addr: SocketAddr,
     },
 }

@@ -176,6 +176,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     .await?;
     auth.cimd
         .set_domains(config.auth.client_metadata_domains.clone());
+    auth.idp
+        .set(config.auth.trusted_issuers.clone())
+        .map_err(|e| anyhow::anyhow!("auth.trusted_issuers: {e}"))?;
     let auth = Arc::new(auth);
 
     let listener = TcpListener::bind(&config.proxy.listen)
