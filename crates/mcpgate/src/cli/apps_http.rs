@@ -118,6 +118,15 @@ async fn serve(
     cors(answer(apps, name, conn, req).await)
 }
 
+/// A refusal before the request's body was read: the connection is closed after it, and
+/// the client is told so (`Connection: close`), rather than left to reuse a connection the
+/// server is about to drop.
+fn refusal(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 async fn answer(
     apps: Arc<Apps>,
     name: String,
@@ -144,7 +153,7 @@ async fn answer(
         return r;
     }
     if mcpgate_types::Name::new(&name).is_err() {
-        return (StatusCode::NOT_FOUND, "no such app\n").into_response();
+        return refusal((StatusCode::NOT_FOUND, "no such app\n").into_response());
     }
     // A token in a URL ends up in logs and histories: refused (OAuth 2.1 §5.1.3).
     let in_query = req
@@ -152,17 +161,19 @@ async fn answer(
         .query()
         .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"));
     if in_query {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(serde_json::json!({
-                "error": "invalid_request",
-                "error_description": "send the access token in the Authorization header, never in the URL",
-            })),
-        )
-            .into_response();
+        return refusal(
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({
+                    "error": "invalid_request",
+                    "error_description": "send the access token in the Authorization header, never in the URL",
+                })),
+            )
+                .into_response(),
+        );
     }
     let Some(token) = bearer(req.headers()) else {
-        return unauthorized(&apps, &name, None);
+        return refusal(unauthorized(&apps, &name, None));
     };
     let resource = format!("{}{APPS_PATH}{name}", apps.issuer);
     // A JWT, for an app that trusts an identity provider: the company's own token.
@@ -173,34 +184,39 @@ async fn answer(
     };
     let who = match checked {
         Ok(Ok(b)) => b,
-        Ok(Err(why)) => return unauthorized(&apps, &name, Some(&why.0)),
+        Ok(Err(why)) => return refusal(unauthorized(&apps, &name, Some(&why.0))),
         Err(e) => {
             tracing::error!(error = %e, "cannot check an access token");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the authorization server cannot answer now\n",
-            )
-                .into_response();
+            return refusal(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the authorization server cannot answer now\n",
+                )
+                    .into_response(),
+            );
         }
     };
     let endpoint = {
         let mut map = apps.map();
         let key = (who.grant.clone(), name.clone());
         if let Some(e) = map.get(&key) {
+            e.renew(who);
             e.clone()
         } else {
             if map.len() >= MAX_ENDPOINTS {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many OAuth sessions are open on this proxy\n",
-                )
-                    .into_response();
+                return refusal(
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many OAuth sessions are open on this proxy\n",
+                    )
+                        .into_response(),
+                );
             }
             let e = Arc::new(Endpoint::new(
                 &name,
                 Opener::Proxy {
                     routes: apps.routes.clone(),
-                    bearer: Box::new(who),
+                    bearer: Mutex::new(Box::new(who)),
                     addr: conn.addr,
                 },
                 Edge::Proxy,

@@ -214,7 +214,9 @@ pub(crate) enum Opener {
     /// chain made for the grant (its claims, the client named), which the agent checks.
     Proxy {
         routes: mcpgate_proxy::Routes,
-        bearer: Box<mcpgate_auth::oauth::Bearer>,
+        /// The grant as its newest request showed it (an identity provider's token, say,
+        /// is replaced by a later one that lasts longer).
+        bearer: Mutex<Box<mcpgate_auth::oauth::Bearer>>,
         addr: SocketAddr,
     },
 }
@@ -1182,6 +1184,13 @@ impl Endpoint {
         Ok(s)
     }
 
+    /// The grant as the newest request showed it: sessions opened from now on present it.
+    pub(crate) fn renew(&self, bearer: mcpgate_auth::oauth::Bearer) {
+        if let Opener::Proxy { bearer: held, .. } = &self.opener {
+            *held.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(bearer);
+        }
+    }
+
     /// Ends the sessions idle for too long (the proxy's sweep; `mcp proxy` has a task).
     pub(crate) async fn reap_idle(&self) {
         reap_once(&self.sessions).await;
@@ -1208,7 +1217,8 @@ impl Endpoint {
                 bearer,
                 addr,
             } => {
-                let chain = routes.auth.oauth_chain(bearer)?;
+                let bearer = bearer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let chain = routes.auth.oauth_chain(&bearer)?;
                 let stream = mcpgate_proxy::open_in_memory(routes, chain, *addr);
                 let boxed: Box<dyn GatewayStream> = Box::new(stream);
                 hello(tokio::io::BufReader::new(boxed), &self.app).await?
