@@ -23,8 +23,12 @@ const MAX_DOCUMENT: usize = 5 << 10;
 const TIMEOUT: Duration = Duration::from_secs(6);
 const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Documents kept at most (the oldest are dropped first).
+/// Documents kept at most (those that expire soonest are dropped first).
 const MAX_CACHED: usize = 1024;
+/// Fetches at once.
+const MAX_FETCHING: usize = 8;
+/// How long a failed fetch's answer is given again without fetching.
+const FAILED_TTL: Duration = Duration::from_secs(60);
 
 /// A client's metadata as its document states it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -43,6 +47,10 @@ pub struct Document {
 /// Fetches and caches client metadata documents.
 pub struct Fetcher {
     tls: OnceLock<Arc<rustls::ClientConfig>>,
+    /// Fetches at once, at most: a flood of unseen client ids waits here.
+    fetching: tokio::sync::Semaphore,
+    /// Client ids whose fetch failed, and until when that answer stands.
+    failed: Mutex<HashMap<String, (Instant, String)>>,
     /// Tests only: private addresses allowed (a local server), with its own roots.
     private_ok: bool,
     domains: Mutex<Option<Vec<String>>>,
@@ -53,6 +61,8 @@ impl Default for Fetcher {
     fn default() -> Self {
         Fetcher {
             tls: OnceLock::new(),
+            fetching: tokio::sync::Semaphore::new(MAX_FETCHING),
+            failed: Mutex::new(HashMap::new()),
             private_ok: false,
             domains: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
@@ -99,8 +109,11 @@ fn public_v6(ip: Ipv6Addr) -> bool {
     match s {
         // ::/96, IPv4-compatible (and :: and ::1).
         [0, 0, 0, 0, 0, 0, hi, lo] => hi != 0 && embedded(hi, lo),
-        // NAT64 well-known prefix.
+        // NAT64: the well-known prefix and the local-use one (64:ff9b:1::/48).
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => embedded(hi, lo),
+        [0x64, 0xff9b, 1, ..] => embedded(s[6], s[7]),
+        // SIIT's IPv4-translated addresses (::ffff:0:a.b.c.d).
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => embedded(hi, lo),
         // 6to4 carries its IPv4 address in bits 16..48.
         [0x2002, hi, lo, ..] => embedded(hi, lo),
         _ => {
@@ -216,19 +229,49 @@ impl Fetcher {
         {
             return Ok(doc.clone());
         }
-        let (doc, keep) = tokio::time::timeout(TIMEOUT, self.fetch(id))
+        if let Some((until, why)) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            && *until > Instant::now()
+        {
+            return Err(why.clone());
+        }
+        let _turn = self
+            .fetching
+            .acquire()
             .await
-            .map_err(|_| format!("the client metadata at {id} took longer than 5 s"))??;
+            .map_err(|_| "shutting down".to_string())?;
+        let fetched = tokio::time::timeout(TIMEOUT, self.fetch(id))
+            .await
+            .map_err(|_| format!("the client metadata at {id} took longer than 5 s"))
+            .and_then(|r| r);
+        let (doc, keep) = match fetched {
+            Ok(f) => f,
+            Err(why) => {
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                failed.retain(|_, (until, _)| *until > now);
+                if failed.len() < MAX_CACHED {
+                    failed.insert(id.to_string(), (now + FAILED_TTL, why.clone()));
+                }
+                return Err(why);
+            }
+        };
         if let Some(keep) = keep.filter(|k| !k.is_zero()) {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= MAX_CACHED {
-                let now = Instant::now();
-                cache.retain(|_, (until, _)| *until > now);
-                if cache.len() >= MAX_CACHED {
-                    cache.clear();
-                }
+            let now = Instant::now();
+            cache.retain(|_, (until, _)| *until > now);
+            if cache.len() >= MAX_CACHED
+                && let Some(soonest) = cache
+                    .iter()
+                    .min_by_key(|(_, (until, _))| *until)
+                    .map(|(k, _)| k.clone())
+            {
+                cache.remove(&soonest);
             }
-            cache.insert(id.to_string(), (Instant::now() + keep, doc.clone()));
+            cache.insert(id.to_string(), (now + keep, doc.clone()));
         }
         Ok(doc)
     }
@@ -330,6 +373,8 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::7f00:1",
+            "::ffff:0:7f00:1",
             "2002:7f00:1::",
             "fe80::1",
             "fd00::1",

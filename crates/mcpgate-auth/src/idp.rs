@@ -71,6 +71,8 @@ enum Key {
 
 struct Jwks {
     fetched: Instant,
+    /// The last attempt, successful or not: what the refetch limit counts from.
+    tried: Instant,
     keys: HashMap<String, Key>,
 }
 
@@ -302,7 +304,7 @@ impl Issuers {
         let cached = cache.get(&issuer.issuer);
         let fresh = cached.is_some_and(|j| j.fetched.elapsed() < JWKS_TTL);
         let found = cached.and_then(|j| j.keys.get(kid).cloned());
-        let may_refetch = cached.is_none_or(|j| j.fetched.elapsed() >= REFETCH);
+        let may_refetch = cached.is_none_or(|j| j.tried.elapsed() >= REFETCH);
         if let Some(k) = found.clone()
             && fresh
         {
@@ -312,11 +314,30 @@ impl Issuers {
             return found.ok_or_else(|| format!("the issuer's keys have no key {kid:?}"));
         }
         let tls = tls.unwrap_or_else(crate::fetch::system_roots);
-        let body = crate::fetch::get(&issuer.jwks_url, tls, MAX_JWKS)
+        let fetched = crate::fetch::get(&issuer.jwks_url, tls, MAX_JWKS)
             .await
-            .map_err(|e| format!("the issuer's keys ({}): {e}", issuer.jwks_url))?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("the issuer's keys are not a JWKS: {e}"))?;
+            .map_err(|e| format!("the issuer's keys ({}): {e}", issuer.jwks_url))
+            .and_then(|body| {
+                serde_json::from_slice::<Value>(&body)
+                    .map_err(|e| format!("the issuer's keys are not a JWKS: {e}"))
+            });
+        let v = match fetched {
+            Ok(v) => v,
+            Err(why) => {
+                // Keep what was known, and do not try again before the refetch limit: a
+                // failing provider is not asked on every request.
+                let now = Instant::now();
+                cache
+                    .entry(issuer.issuer.clone())
+                    .and_modify(|j| j.tried = now)
+                    .or_insert(Jwks {
+                        fetched: now,
+                        tried: now,
+                        keys: HashMap::new(),
+                    });
+                return found.ok_or(why);
+            }
+        };
         let keys: HashMap<String, Key> = v
             .get("keys")
             .and_then(Value::as_array)
@@ -327,6 +348,7 @@ impl Issuers {
             issuer.issuer.clone(),
             Jwks {
                 fetched: Instant::now(),
+                tried: Instant::now(),
                 keys,
             },
         );

@@ -40,6 +40,8 @@ const CODE_TTL: i64 = 60;
 const REQUEST_TTL: i64 = 10 * 60;
 /// How long a taken code is remembered (to revoke what it yielded if it comes back).
 const USED_TTL: i64 = 10 * 60;
+/// Authorization requests one source network may open in the limiter's window.
+const REQUESTS_PER_ADDR: u32 = 120;
 /// Dynamic registrations one source address may make in the limiter's window.
 const REGISTRATIONS_PER_ADDR: u32 = 20;
 /// The one scope: use the app's MCP endpoint as the person who granted it.
@@ -55,6 +57,7 @@ const GRANTS: &str = "oauth/grants/";
 const REFRESH: &str = "oauth/refresh/";
 const ACCESS: &str = "oauth/access/";
 const CONSENTS: &str = "oauth/consents/";
+const REVOKED: &str = "oauth/revoked/";
 
 /// A registered client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -354,6 +357,9 @@ fn loopback_match(registered: &str, given: &str) -> bool {
 /// http on a loopback address, or a private-use scheme (`com.example.app:/cb`) for a native
 /// client.
 fn check_redirect(uri: &str, native: bool) -> std::result::Result<(), String> {
+    if uri.len() > 2000 {
+        return Err("a redirect URI is longer than 2000 characters".into());
+    }
     if uri.contains('#') {
         return Err(format!("redirect URI {uri:?} has a fragment"));
     }
@@ -458,7 +464,7 @@ impl AuthService {
         if by.is_none()
             && let Some(a) = addr
         {
-            let key = format!("register:{a}");
+            let key = format!("register:{}", network(a));
             let now = self.now();
             let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
             if rl.limited(&key, REGISTRATIONS_PER_ADDR, now) {
@@ -639,8 +645,23 @@ impl AuthService {
         issuer: &str,
         p: &AuthorizeParams,
         browser: &str,
+        addr: Option<IpAddr>,
     ) -> std::result::Result<Pending, AuthorizeError> {
         let show = AuthorizeError::Show;
+        // Each request is kept until it is answered or expires: a source network may open
+        // a bounded number of them.
+        if let Some(a) = addr {
+            let key = format!("authorize:{}", network(a));
+            let now = self.now();
+            let mut rl = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            if rl.limited(&key, REQUESTS_PER_ADDR, now) {
+                return Err(show(
+                    "too many authorization requests from this address; try again in a few minutes"
+                        .into(),
+                ));
+            }
+            rl.fail(key, now);
+        }
         let internal = |e: AuthError| AuthorizeError::Show(format!("internal error: {e}"));
         let client_id = p
             .client_id
@@ -665,7 +686,18 @@ impl AuthService {
             })?
             .to_string();
         // From here on errors go back to the client, with its state and our issuer.
+        // Before anyone has logged in, an error goes back to the client only if an admin
+        // registered it: anyone can register a client (or host a metadata document) whose
+        // redirect is theirs, and a link to a bad request would then redirect from this
+        // proxy to anywhere (RFC 9700 §4.11.2). Others see the error here.
+        let trusted = client.via.starts_with("admin:");
         let back = |error: &str, description: &str| {
+            if !trusted {
+                return AuthorizeError::Show(format!(
+                    "{} sent an invalid authorization request ({error}): {description}",
+                    client.display_name()
+                ));
+            }
             let mut q = vec![
                 ("error", error),
                 ("error_description", description),
@@ -676,6 +708,12 @@ impl AuthService {
             }
             AuthorizeError::Redirect(with_query(&redirect_uri, &q))
         };
+        if p.state.as_deref().is_some_and(|s| s.len() > 1024) {
+            return Err(back(
+                "invalid_request",
+                "state is longer than 1024 characters",
+            ));
+        }
         if p.response_type.as_deref() != Some("code") {
             return Err(back(
                 "unsupported_response_type",
@@ -806,6 +844,7 @@ impl AuthService {
             .get(&consent_key(
                 pending.user().unwrap_or_default(),
                 &pending.client_id,
+                &pending.resource,
             ))
             .await?
             .is_some();
@@ -851,7 +890,7 @@ impl AuthService {
         }
         self.store
             .put(
-                &consent_key(&user, &pending.client_id),
+                &consent_key(&user, &pending.client_id, &pending.resource),
                 &to_json(&serde_json::json!({"time": unix_secs(self.now())}))?,
             )
             .await?;
@@ -1013,6 +1052,17 @@ impl AuthService {
         self.store
             .put(&format!("{REFRESH}{refresh_hash}"), grant.id.as_bytes())
             .await?;
+        // The same code presented again while this exchange ran: what it made is revoked.
+        if self
+            .store
+            .get(&format!("{REVOKED}{}", grant.id))
+            .await?
+            .is_some()
+        {
+            self.revoke_grant(&grant.id, "an authorization code was used twice", true)
+                .await?;
+            return Err(invalid("the code was used twice"));
+        }
         self.token_event(&grant, "authorization_code", tokens.expires_in)
             .await?;
         Ok(tokens)
@@ -1135,6 +1185,15 @@ impl AuthService {
     async fn revoke_grant(&self, id: &str, reason: &str, reuse: bool) -> Result<()> {
         let key = format!("{GRANTS}{id}");
         let Some(b) = self.store.get(&key).await? else {
+            // Not stored yet (a code exchanged twice at once): the first exchange finds this
+            // and revokes what it made.
+            let until = unix_secs(self.now()) + USED_TTL;
+            self.store
+                .put(
+                    &format!("{REVOKED}{id}"),
+                    &to_json(&serde_json::json!({"expires": until}))?,
+                )
+                .await?;
             return Ok(());
         };
         if !self.store.delete(&key).await? {
@@ -1307,6 +1366,14 @@ impl AuthService {
         }))
     }
 
+    /// Whether a grant (of this server's own tokens) still stands: not revoked, not ended.
+    pub async fn oauth_grant_alive(&self, id: &str) -> Result<bool> {
+        match self.store.get(&format!("{GRANTS}{id}")).await? {
+            Some(b) => Ok(unix_secs(self.now()) < from_json::<Grant>(&b)?.until),
+            None => Ok(false),
+        }
+    }
+
     /// The certificate chain an OAuth session presents to its agent, as a bridge's would:
     /// the person's claims (with the client named), valid until the grant ends. Nobody
     /// holds its private key; it never authenticates a connection.
@@ -1334,7 +1401,7 @@ impl AuthService {
         }
         let now = unix_secs(self.now());
         let mut gone = Vec::new();
-        for prefix in [REQUESTS, CODES, ACCESS, USED, GRANTS] {
+        for prefix in [REQUESTS, CODES, ACCESS, USED, GRANTS, REVOKED] {
             for (k, b) in self.store.list(prefix).await? {
                 if let Ok(e) = serde_json::from_slice::<Expiring>(&b)
                     && e.expires.max(e.until) <= now
@@ -1361,14 +1428,30 @@ impl AuthService {
     }
 }
 
+/// The network a rate limit counts an address in: the address itself for IPv4, its /64 for
+/// IPv6 (one host holds a whole /64).
+fn network(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 /// A client's name as people are shown it: 100 characters at most, hidden and control
 /// characters (bidi overrides, zero-width) written out as escapes.
 fn clean_name(name: &str) -> String {
     mcpgate_types::pins::escaped(&name.chars().take(100).collect::<String>()).replace('\n', " ")
 }
 
-fn consent_key(user: &str, client: &str) -> String {
-    format!("{CONSENTS}{}/{client}", token_id(user))
+fn consent_key(user: &str, client: &str, resource: &str) -> String {
+    format!(
+        "{CONSENTS}{}/{}",
+        token_id(user),
+        token_id(&format!("{client}\n{resource}"))
+    )
 }
 
 #[cfg(test)]

@@ -1239,7 +1239,7 @@ async fn oauth_code(
         resource: Some(format!("{ISSUER}/mcp/apps/tools")),
     };
     let pending = auth
-        .oauth_begin(ISSUER, &params, "browser-1")
+        .oauth_begin(ISSUER, &params, "browser-1", None)
         .await
         .unwrap();
     // The request belongs to the browser that opened it, and to its form.

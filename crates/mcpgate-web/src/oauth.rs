@@ -286,6 +286,7 @@ fn consent_page(o: &OAuth, p: &Pending) -> Response {
 /// `GET /oauth/authorize`: checks the request, then the login form.
 async fn authorize(
     State(o): State<Arc<OAuth>>,
+    Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     Query(params): Query<AuthorizeParams>,
 ) -> Response {
@@ -296,7 +297,11 @@ async fn authorize(
             Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
     };
-    match o.auth.oauth_begin(&o.issuer, &params, &browser).await {
+    match o
+        .auth
+        .oauth_begin(&o.issuer, &params, &browser, Some(conn.addr.ip()))
+        .await
+    {
         Ok(p) => {
             let mut r = login_page(&o, &p, StatusCode::OK, None);
             let c = format!(

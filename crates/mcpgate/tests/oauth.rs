@@ -615,6 +615,21 @@ fn oauth_attacks_are_refused() {
     let marker = marker("oauth-attacks");
     let (d, _alice) = cluster(&s, &marker);
     let issuer = format!("https://{}", d.addr);
+    let admin_client: Value = serde_json::from_str(
+        &d.admin(&[
+            "oauth",
+            "clients",
+            "add",
+            "--name",
+            "team IDE",
+            "--redirect-uri",
+            "http://127.0.0.1/callback",
+            "--format",
+            "json",
+        ])
+        .ok(),
+    )
+    .unwrap();
     let v = python_oauth(
         &python,
         &d,
@@ -624,6 +639,7 @@ fn oauth_attacks_are_refused() {
             "notes",
             "files",
             "alice",
+            admin_client["client_id"].as_str().unwrap(),
         ],
     );
     // A redirect URI the client did not register is never redirected to.
@@ -635,14 +651,21 @@ fn oauth_attacks_are_refused() {
         );
     }
     assert_eq!(v["redirect_other_port"], 200, "loopback, any port: {v}");
-    // Other errors go back to the client, with its state and the issuer.
-    for (name, error) in [
-        ("pkce_missing", "invalid_request"),
-        ("pkce_plain", "invalid_request"),
-        ("no_resource", "invalid_target"),
-        ("foreign_resource", "invalid_target"),
+    // Other errors go back to an admin's client, with its state and the issuer; a client
+    // that registered itself is not redirected to before a login: the page says what is wrong.
+    for (name, error, state) in [
+        ("pkce_missing", "invalid_request", "st4te"),
+        ("pkce_plain", "invalid_request", "st4te"),
+        ("no_resource", "invalid_target", "st4te"),
+        ("foreign_resource", "invalid_target", "st4te"),
+        ("huge_state", "invalid_request", "(long)"),
     ] {
-        assert_eq!(v[name], json!([303, error, "st4te", issuer]), "{name}: {v}");
+        assert_eq!(v[name], json!([303, error, state, issuer]), "{name}: {v}");
+        assert_eq!(
+            v[format!("{name}_self_registered")],
+            json!([400, null, true]),
+            "{name}: {v}"
+        );
     }
     let challenge = format!(
         "Bearer resource_metadata=\"{issuer}/.well-known/oauth-protected-resource/mcp/apps/notes\", scope=\"mcp\""
@@ -755,6 +778,58 @@ fn oauth_attacks_are_refused() {
         matches!(canary.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "a metadata fetch reached the canary"
     );
+
+    // A revoked grant's open session ends (not only its next request).
+    let revoke = v["revoke_token"].as_str().unwrap();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"revocation-probe","version":"1"}}}"#;
+    let (status, body) = curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("authorization: Bearer {revoke}"),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-d",
+            init,
+            &format!("{issuer}/mcp/apps/notes"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let session = audit(&d, &["--method", "initialize", "--app", "notes"])
+        .into_iter()
+        .find(|e| e["params"]["clientInfo"]["name"] == "revocation-probe")
+        .expect("the probe's initialize is audited")["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = curl(
+        &d,
+        &[
+            "-d",
+            &format!(
+                "token={revoke}&client_id={}",
+                v["client_id"].as_str().unwrap()
+            ),
+            &format!("{issuer}/oauth/revoke"),
+        ],
+    );
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ended = audit(&d, &["--session", &session, "--type", "mcp.session.end"]);
+        if !ended.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked grant's session is still open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 
     // A lock on the person ends their tokens at once.
     let live = v["live_token"].as_str().unwrap();

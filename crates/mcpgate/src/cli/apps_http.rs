@@ -21,6 +21,8 @@ use super::endpoint::{Edge, Endpoint, Opener};
 
 /// Grants with an endpoint at once, at most (each holds its own sessions, 256 at most).
 const MAX_ENDPOINTS: usize = 4096;
+/// How often the grants of open sessions are checked (idle sessions: every sixth time).
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Apps {
     auth: Arc<AuthService>,
@@ -45,16 +47,33 @@ pub fn router(
     });
     let sweeper = Arc::downgrade(&apps);
     tokio::spawn(async move {
+        let mut round = 0u32;
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            tokio::time::sleep(REVOCATION_CHECK).await;
             let Some(apps) = sweeper.upgrade() else {
                 return;
             };
-            let all: Vec<Arc<Endpoint>> = apps.map().values().cloned().collect();
-            for e in all {
-                e.reap_idle().await;
+            round += 1;
+            // A grant revoked (by its client, by a reused token, with its client) or ended:
+            // its open sessions end too, not only its next request.
+            let all: Vec<((String, String), Arc<Endpoint>)> = apps
+                .map()
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            for ((grant, app), e) in all {
+                let ours = !grant.starts_with("idp:");
+                if ours && matches!(apps.auth.oauth_grant_alive(&grant).await, Ok(false)) {
+                    tracing::info!(%app, "ending the sessions of a revoked or ended OAuth grant");
+                    apps.map().remove(&(grant, app));
+                    e.close_all().await;
+                } else if round.is_multiple_of(6) {
+                    e.reap_idle().await;
+                }
             }
-            apps.map().retain(|_, e| !e.unused());
+            if round.is_multiple_of(6) {
+                apps.map().retain(|_, e| !e.unused());
+            }
         }
     });
     axum::Router::new()

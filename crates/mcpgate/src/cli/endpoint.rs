@@ -1187,7 +1187,24 @@ impl Endpoint {
     /// The grant as the newest request showed it: sessions opened from now on present it.
     pub(crate) fn renew(&self, bearer: mcpgate_auth::oauth::Bearer) {
         if let Opener::Proxy { bearer: held, .. } = &self.opener {
-            *held.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(bearer);
+            **held.lock().unwrap_or_else(|p| p.into_inner()) = bearer;
+        }
+    }
+
+    /// Ends every session of this endpoint now (its grant was revoked): the gateway
+    /// sessions close, and waiting requests and open streams are told so.
+    pub(crate) async fn close_all(&self) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        let shared = self.stateless.lock().await.take();
+        for s in sessions.into_iter().chain(shared) {
+            s.routes().ended = Some("the OAuth grant was revoked".into());
+            let _ = s.to_gateway.lock().await.shutdown().await;
         }
     }
 
