@@ -1263,8 +1263,16 @@ impl AuthService {
         }
         let mut claims = caller.info.claims.clone();
         claims.oauth_client = Some(format!("bot:{}", claims.name));
+        // One grant per certificate and app: a bot asking again (every few minutes) renews
+        // it rather than piling up grants, and its HTTP sessions stay with it.
+        let id = token_id(&format!(
+            "{}\n{}\n{}\n{resource}",
+            caller.info.claims.name,
+            caller.info.claims.generation,
+            caller.info.issued()
+        ));
         let grant = Grant {
-            id: mcpgate_types::audit::random_id(),
+            id: format!("bot-{}", &id[..32]),
             claims,
             client_id: format!("bot:{}", caller.info.claims.name),
             resource: resource.to_string(),
