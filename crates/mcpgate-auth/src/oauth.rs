@@ -427,13 +427,7 @@ pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     format!("{uri}{sep}{}", q.finish())
 }
 
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
+use crate::service::same_secret as same;
 
 /// The public key every OAuth session certificate carries: those certificates never
 /// authenticate a TLS connection (the proxy hands their sessions over in memory), so no

@@ -621,6 +621,15 @@ mod random {
 }
 
 /// A random single-use secret (32 bytes, hex).
+/// Whether two secrets are equal, compared in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 pub fn random_token() -> Result<String> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];

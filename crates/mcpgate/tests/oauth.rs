@@ -46,18 +46,12 @@ fn cluster(s: &Scratch, marker: &str) -> (Daemon, Person) {
 /// Runs a Python fixture as an OAuth client of `d`: the cluster's CA trusted, alice's
 /// password given.
 fn python_oauth(python: &str, d: &Daemon, args: &[&str]) -> Value {
-    let out = Command::new(python)
-        .args(args)
-        .env("SSL_CERT_FILE", d.data_dir.join("host-ca.pem"))
-        .env("MCPGATE_PASSWORD", PASSWORD)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+    let ca = d.data_dir.join("host-ca.pem");
+    let mut cmd = Command::new(python);
+    cmd.args(args)
+        .env("SSL_CERT_FILE", &ca)
+        .env("MCPGATE_PASSWORD", PASSWORD);
+    json_of(cmd)
 }
 
 /// `curl` over the cluster's CA: the status and the body.
@@ -71,6 +65,33 @@ fn curl(d: &Daemon, args: &[&str]) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.parse().unwrap(), body.to_string())
+}
+
+/// POSTs `body` to an app's URL with `token` as the bearer: the status and the body.
+fn post_mcp(d: &Daemon, url: &str, token: &str, body: &str) -> (u16, String) {
+    curl(
+        d,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("authorization: Bearer {token}"),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-d",
+            body,
+            url,
+        ],
+    )
+}
+
+/// An `initialize` whose client names itself `name` (to find its session in the audit).
+fn initialize(name: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"{name}","version":"1"}}}}}}"#
+    )
 }
 
 #[test]
@@ -172,29 +193,8 @@ fn the_python_sdk_logs_in_with_oauth_and_acts_as_the_person_under_their_roles() 
         listed.contains(&client) && listed.contains("sdk test client") && listed.contains("dcr"),
         "{listed}"
     );
-    let bearer = format!(
-        "authorization: Bearer {}",
-        v["access_token"].as_str().unwrap()
-    );
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
-    let post = |d: &Daemon| {
-        curl(
-            d,
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &bearer,
-                "-H",
-                "content-type: application/json",
-                "-H",
-                "accept: application/json, text/event-stream",
-                "-d",
-                init,
-                &url,
-            ],
-        )
-    };
+    let access = v["access_token"].as_str().unwrap();
+    let post = |d: &Daemon| post_mcp(d, &url, access, &initialize("c"));
     assert_eq!(post(&d).0, 200);
     let out = d.admin(&["oauth", "clients", "rm", &client]).ok();
     assert!(out.contains("removed"), "{out}");
@@ -412,24 +412,7 @@ fn a_bot_gets_tokens_with_its_certificate_for_an_http_only_agent() {
         (401, Some("invalid_client")),
         "{e}"
     );
-    let bearer = format!(
-        "authorization: Bearer {}",
-        tokens["access_token"].as_str().unwrap()
-    );
-    let (status, body) = curl(
-        &d,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "-H",
-            "content-type: application/json",
-            "-d",
-            "{}",
-            &url,
-        ],
-    );
+    let (status, body) = post_mcp(&d, &url, tokens["access_token"].as_str().unwrap(), "{}");
     assert_eq!(status, 401, "{body}");
 }
 
@@ -531,24 +514,8 @@ fn an_app_accepts_the_companys_identity_provider_tokens() {
     assert_eq!(calls[0]["user"], "alice");
     assert_eq!(calls[0]["oauth_client"], "idp:okta-ide");
 
-    let status = |url: &str, token: &str| {
-        curl(
-            &d,
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &format!("authorization: Bearer {token}"),
-                "-H",
-                "content-type: application/json",
-                "-d",
-                "{}",
-                url,
-            ],
-        )
-    };
     let refused = |url: &str, token: &str, why: &str| {
-        let (code, body) = status(url, token);
+        let (code, body) = post_mcp(&d, url, token, "{}");
         assert_eq!(code, 401, "{why}: {body}");
         assert!(body.contains(why), "{why}: {body}");
     };
@@ -781,23 +748,8 @@ fn oauth_attacks_are_refused() {
 
     // A revoked grant's open session ends (not only its next request).
     let revoke = v["revoke_token"].as_str().unwrap();
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"revocation-probe","version":"1"}}}"#;
-    let (status, body) = curl(
-        &d,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &format!("authorization: Bearer {revoke}"),
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "accept: application/json, text/event-stream",
-            "-d",
-            init,
-            &format!("{issuer}/mcp/apps/notes"),
-        ],
-    );
+    let notes = format!("{issuer}/mcp/apps/notes");
+    let (status, body) = post_mcp(&d, &notes, revoke, &initialize("revocation-probe"));
     assert_eq!(status, 200, "{body}");
     let session = audit(&d, &["--method", "initialize", "--app", "notes"])
         .into_iter()
@@ -835,20 +787,7 @@ fn oauth_attacks_are_refused() {
     let live = v["live_token"].as_str().unwrap();
     d.admin(&["lock", "--user", "alice", "--message", "offboarded"])
         .ok();
-    let (status, body) = curl(
-        &d,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &format!("authorization: Bearer {live}"),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            "{}",
-            &format!("{issuer}/mcp/apps/notes"),
-        ],
-    );
+    let (status, body) = post_mcp(&d, &notes, live, "{}");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("offboarded"), "{body}");
 }

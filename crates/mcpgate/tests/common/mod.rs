@@ -324,11 +324,14 @@ pub fn gateway_daemon(s: &Scratch, apps: &str, roles_yaml: &str) -> Daemon {
 
 /// Runs a Python MCP client fixture; asserts it succeeded and returns the JSON it printed.
 pub fn python_json(python: &str, args: &[&str], home: &Path) -> serde_json::Value {
-    let out = Command::new(python)
-        .args(args)
-        .env("MCPGATE_HOME", home)
-        .output()
-        .expect("run python");
+    let mut cmd = Command::new(python);
+    cmd.args(args).env("MCPGATE_HOME", home);
+    json_of(cmd)
+}
+
+/// Runs a client fixture; asserts it succeeded and returns the JSON it printed.
+pub fn json_of(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("run the client");
     assert!(
         out.status.success(),
         "{}",
