@@ -234,12 +234,7 @@ fn login_page(o: &OAuth, p: &Pending, status: StatusCode, error: Option<&str>) -
         form.login method="post" action="/oauth/authorize/login" {
             input type="hidden" name="request" value=(p.id);
             input type="hidden" name="csrf" value=(p.csrf);
-            label { "User name" input name="username" autocomplete="username" required autofocus; }
-            label { "Password" input name="password" type="password" autocomplete="current-password" required; }
-            label {
-                @if otp_required { "One-time code" } @else { "One-time code (if you enrolled one)" }
-                input name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" required[otp_required];
-            }
+            (crate::session::login_fields(otp_required))
             button type="submit" { "Log in" }
         }
         p.hint { "The same account as " code { "mcpgate login" } "." }
@@ -364,17 +359,7 @@ async fn login(
     {
         Ok(AfterLogin::Consent(p)) => consent_page(&o, &p),
         Ok(AfterLogin::Redirect(to)) => see_other(&to),
-        Err(
-            e @ (AuthError::InvalidCredentials
-            | AuthError::OtpReused
-            | AuthError::RateLimited
-            | AuthError::AccessDenied(_)),
-        ) => {
-            let status = match e {
-                AuthError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-                AuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
+        Err(e) if let Some(status) = crate::session::refused_login(&e) => {
             login_page(&o, &p, status, Some(&e.to_string()))
         }
         Err(AuthError::BadRequest(m)) => problem(StatusCode::BAD_REQUEST, &m),

@@ -136,12 +136,7 @@ fn login_page(
         form.login method="post" action="/login" {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="next" value=(next);
-            label { "User name" input name="username" autocomplete="username" required autofocus; }
-            label { "Password" input name="password" type="password" autocomplete="current-password" required; }
-            label {
-                @if otp_required { "One-time code" } @else { "One-time code (if you enrolled one)" }
-                input name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" required[otp_required];
-            }
+            (login_fields(otp_required))
             button type="submit" { "Log in" }
         }
         p.hint { "The same account as " code { "mcpgate login" } "." }
@@ -210,26 +205,38 @@ pub(crate) async fn login(
             h.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
             Ok(r)
         }
-        Err(
-            e @ (AuthError::InvalidCredentials
-            | AuthError::OtpReused
-            | AuthError::RateLimited
-            | AuthError::AccessDenied(_)),
-        ) => {
-            let status = match e {
-                AuthError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-                AuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            Ok(login_page(
-                &web,
-                status,
-                &fresh,
-                &next,
-                Some(&e.to_string()),
-            ))
-        }
+        Err(e) if let Some(status) = refused_login(&e) => Ok(login_page(
+            &web,
+            status,
+            &fresh,
+            &next,
+            Some(&e.to_string()),
+        )),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The status a login form answers a refused login with (shown on the form again), or
+/// `None` for an error that is not the person's.
+pub(crate) fn refused_login(e: &AuthError) -> Option<StatusCode> {
+    match e {
+        AuthError::InvalidCredentials | AuthError::OtpReused => Some(StatusCode::UNAUTHORIZED),
+        AuthError::RateLimited => Some(StatusCode::TOO_MANY_REQUESTS),
+        AuthError::AccessDenied(_) => Some(StatusCode::FORBIDDEN),
+        _ => None,
+    }
+}
+
+/// The login form's fields, named as people's password managers and the OAuth flow expect
+/// them (`username`, `password`, `otp`).
+pub(crate) fn login_fields(otp_required: bool) -> maud::Markup {
+    html! {
+        label { "User name" input name="username" autocomplete="username" required autofocus; }
+        label { "Password" input name="password" type="password" autocomplete="current-password" required; }
+        label {
+            @if otp_required { "One-time code" } @else { "One-time code (if you enrolled one)" }
+            input name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" required[otp_required];
+        }
     }
 }
 
