@@ -1229,12 +1229,16 @@ async fn oauth_clients(api: &Api, command: OauthClientsCommand) -> anyhow::Resul
                 println!("No OAuth clients.");
             }
             for c in clients {
+                let created = mcpgate_types::audit::rfc3339_micros::format(
+                    mcpgate_types::clock::from_unix_secs(c.created),
+                );
                 println!(
-                    "{}  {:?}  {}  via {}  redirects: {}",
+                    "{}  {:?}  {}  via {}  registered {}  redirects: {}",
                     c.client_id,
                     c.display_name(),
                     c.application_type,
                     c.via,
+                    created.get(..19).unwrap_or(&created),
                     c.redirect_uris.join(" ")
                 );
             }
