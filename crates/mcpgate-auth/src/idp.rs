@@ -43,10 +43,23 @@ pub struct TrustedIssuer {
     /// Trust only this CA (PEM) for the JWKS URL instead of the system's roots.
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Scopes a token must hold (its `scope` or `scp` claim); one without them is refused
+    /// with 403 `insufficient_scope`, naming them, so the client can ask for more.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 fn default_claim() -> String {
     "sub".into()
+}
+
+/// The scopes a token holds: its `scope` (space-separated) or `scp` (a list, or text).
+fn scopes_of(claims: &Value) -> Vec<&str> {
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => s.split(' ').collect(),
+        (_, Some(Value::Array(a))) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A verified token: who it names and for how long.
@@ -60,6 +73,8 @@ pub struct Verified {
     /// Unix seconds.
     pub issued: i64,
     pub expires: i64,
+    /// The scopes the issuer's configuration asks for, when the token lacks one.
+    pub missing_scope: Option<String>,
 }
 
 /// A key of a JWKS, ready to verify.
@@ -274,6 +289,12 @@ impl Issuers {
             .and_then(Value::as_str)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| format!("the token has no {:?} claim", issuer.user_claim))?;
+        let held = scopes_of(&claims);
+        let missing_scope = issuer
+            .scopes
+            .iter()
+            .any(|s| !held.contains(&s.as_str()))
+            .then(|| issuer.scopes.join(" "));
         let client = ["azp", "client_id"]
             .iter()
             .find_map(|c| claims.get(*c).and_then(Value::as_str))
@@ -289,6 +310,7 @@ impl Issuers {
                 .to_string(),
             issued: num("iat").unwrap_or(now),
             expires: exp,
+            missing_scope,
         })
     }
 
@@ -381,13 +403,19 @@ impl crate::AuthService {
         let now = mcpgate_types::clock::unix_secs(self.now());
         let v = match self.idp.verify(token, app, resource, now).await {
             Ok(v) => v,
-            Err(why) => return Ok(Err(BearerError(why))),
+            Err(why) => return Ok(Err(BearerError::invalid(why))),
         };
+        if let Some(scope) = v.missing_scope.clone() {
+            return Ok(Err(BearerError {
+                why: format!("the token lacks the scope {scope:?}"),
+                needs_scope: Some(scope),
+            }));
+        }
         let Some(user) = (match mcpgate_types::Name::new(&v.user) {
             Ok(n) => self.user(n.as_str()).await?,
             Err(_) => None,
         }) else {
-            return Ok(Err(BearerError(format!(
+            return Ok(Err(BearerError::invalid(format!(
                 "the token names {:?}, who is not a user of this cluster",
                 v.user
             ))));
@@ -403,7 +431,7 @@ impl crate::AuthService {
         let client = v.client.clone().unwrap_or_else(|| v.issuer.clone());
         claims.oauth_client = Some(format!("idp:{client}"));
         if let Some(lock) = self.lock_for(&claims, Some(v.issued)).await? {
-            return Ok(Err(BearerError(format!(
+            return Ok(Err(BearerError::invalid(format!(
                 "{} is locked: {}",
                 lock.target, lock.message
             ))));
@@ -458,6 +486,23 @@ mod tests {
             "alg confusion"
         );
         assert!(!verify_signature(&key, "none", msg, b""));
+    }
+
+    #[test]
+    fn scopes_are_read_from_scope_or_scp() {
+        let c = |v: Value| {
+            scopes_of(&v)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            c(serde_json::json!({"scope": "openid mcp:tools"})),
+            ["openid", "mcp:tools"]
+        );
+        assert_eq!(c(serde_json::json!({"scp": ["mcp:tools"]})), ["mcp:tools"]);
+        assert_eq!(c(serde_json::json!({"scp": "a b"})), ["a", "b"]);
+        assert!(c(serde_json::json!({"scope": 3})).is_empty());
     }
 
     #[test]

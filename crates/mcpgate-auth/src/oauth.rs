@@ -327,9 +327,23 @@ pub struct Bearer {
     pub grant: String,
 }
 
-/// Why a bearer token is refused: 401 (`invalid_token`) and what to say.
+/// Why a bearer token is refused: 401 (`invalid_token`) and what to say, or 403
+/// (`insufficient_scope`) with the scope a new token needs (step-up).
 #[derive(Debug)]
-pub struct BearerError(pub String);
+pub struct BearerError {
+    pub why: String,
+    /// Set when the token is valid but lacks this scope.
+    pub needs_scope: Option<String>,
+}
+
+impl BearerError {
+    pub fn invalid(why: impl Into<String>) -> Self {
+        BearerError {
+            why: why.into(),
+            needs_scope: None,
+        }
+    }
+}
 
 /// Whether `registered` and `given` are the same loopback redirect but for the port.
 fn loopback_match(registered: &str, given: &str) -> bool {
@@ -1334,7 +1348,7 @@ impl AuthService {
         token: &str,
         resource: &str,
     ) -> Result<std::result::Result<Bearer, BearerError>> {
-        let refuse = |why: &str| Ok(Err(BearerError(why.to_string())));
+        let refuse = |why: &str| Ok(Err(BearerError::invalid(why)));
         let Some(b) = self
             .store
             .get(&format!("{ACCESS}{}", token_id(token)))

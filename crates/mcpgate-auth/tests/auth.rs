@@ -1345,7 +1345,7 @@ async fn oauth_tokens_expire_and_a_grant_ends_with_the_login_it_came_from() {
         .await
         .unwrap()
         .unwrap_err();
-    assert!(refused.0.contains("expired"), "{}", refused.0);
+    assert!(refused.why.contains("expired"), "{}", refused.why);
     let refresh = |token: &str| TokenRequest {
         grant_type: Some("refresh_token".into()),
         refresh_token: Some(token.into()),

@@ -452,7 +452,7 @@ fn an_app_accepts_the_companys_identity_provider_tokens() {
         &s,
         "gate",
         &format!(
-            "auth:\n  second_factor: off\n  trusted_issuers:\n    - {{issuer: \"{idp}\", jwks_url: \"{idp}/jwks.json\", user_claim: preferred_username, apps: [notes], ca_file: \"{}\"}}\nagent:\n  apps:\n{apps}",
+            "auth:\n  second_factor: off\n  trusted_issuers:\n    - {{issuer: \"{idp}\", jwks_url: \"{idp}/jwks.json\", user_claim: preferred_username, apps: [notes], scopes: [\"mcp:tools\"], ca_file: \"{}\"}}\nagent:\n  apps:\n{apps}",
             idp_ca.display()
         ),
     );
@@ -469,7 +469,11 @@ fn an_app_accepts_the_companys_identity_provider_tokens() {
         let out = Command::new("curl")
             .args(["-sS", "--cacert"])
             .arg(&idp_ca)
-            .arg(format!("{idp}/token?iss={}&{query}", enc(&idp)))
+            .arg(format!(
+                "{idp}/token?iss={}&scope={}&{query}",
+                enc(&idp),
+                enc("openid mcp:tools")
+            ))
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()
@@ -557,6 +561,43 @@ fn an_app_accepts_the_companys_identity_provider_tokens() {
             enc(&notes)
         )),
         "not accepted",
+    );
+    // A valid token without the scope the issuer's configuration asks for: 403, and which
+    // scope to ask for (step-up).
+    let unscoped = {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&idp_ca)
+            .arg(format!(
+                "{idp}/token?iss={}&sub=00u1&preferred_username=alice&aud={}",
+                enc(&idp),
+                enc(&notes)
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(d.data_dir.join("host-ca.pem"))
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            &format!("authorization: Bearer {unscoped}"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            &notes,
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(
+        head.contains("www-authenticate: bearer error=\"insufficient_scope\", scope=\"mcp:tools\""),
+        "{head}"
     );
     // alg none: the same claims, no signature.
     let claims = good.split('.').nth(1).unwrap();

@@ -114,6 +114,29 @@ fn unauthorized(apps: &Apps, name: &str, error: Option<&str>) -> Response {
     r
 }
 
+/// 403 for a valid token without a scope this app needs: the client may ask for a new one
+/// with it (step-up, RFC 6750 §3.1).
+fn insufficient(apps: &Apps, name: &str, scope: &str, why: &str) -> Response {
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource{APPS_PATH}{name}",
+        apps.issuer
+    );
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{metadata}\", error_description=\"{}\"",
+        scope.replace(['"', '\\'], "'"),
+        why.replace(['"', '\\'], "'")
+    );
+    let mut r = (
+        StatusCode::FORBIDDEN,
+        axum::Json(serde_json::json!({"error": "insufficient_scope", "error_description": why, "scope": scope})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
 fn cors(mut r: Response) -> Response {
     let h = r.headers_mut();
     // Bearer tokens, never cookies: any origin may call, as with any OAuth API.
@@ -203,7 +226,12 @@ async fn answer(
     };
     let who = match checked {
         Ok(Ok(b)) => b,
-        Ok(Err(why)) => return refusal(unauthorized(&apps, &name, Some(&why.0))),
+        Ok(Err(e)) => {
+            return refusal(match e.needs_scope {
+                Some(scope) => insufficient(&apps, &name, &scope, &e.why),
+                None => unauthorized(&apps, &name, Some(&e.why)),
+            });
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot check an access token");
             return refusal(
