@@ -829,7 +829,7 @@ impl AuthService {
         addr: Option<IpAddr>,
     ) -> Result<AfterLogin> {
         let login = self.verified(user, password, otp, addr).await?;
-        let now = unix_secs(self.now());
+        let now = unix_secs(self.issue_time(&login.claims).await?);
         self.emit(self.event(
             codes::USER_LOGIN.0,
             codes::USER_LOGIN.1,
@@ -1397,11 +1397,13 @@ impl AuthService {
         &self,
         bearer: &Bearer,
     ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
-        let now = unix_secs(self.now());
-        let ttl = Duration::from_secs((bearer.until - now).max(1) as u64);
+        // Issued as of the login, as a bridge's certificate would be: a lock that voids
+        // what was issued before a time (`admin users update`) ends these sessions too.
+        let issued = mcpgate_types::clock::from_unix_secs(bearer.issued);
+        let ttl = Duration::from_secs((bearer.until - bearer.issued).max(1) as u64);
         let cert = self
             .user_ca()
-            .issue(session_key()?, &bearer.claims, &[], self.now(), ttl)?;
+            .issue(session_key()?, &bearer.claims, &[], issued, ttl)?;
         Ok(vec![cert])
     }
 

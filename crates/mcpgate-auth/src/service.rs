@@ -376,7 +376,7 @@ impl AuthService {
         } else {
             &self.user_ca
         };
-        let now = self.now();
+        let now = self.issue_time(claims).await?;
         let cert = ca.issue(public_key, claims, &[], now, ttl).map_err(|_| {
             AuthError::BadRequest("the public key is not a valid PEM public key".into())
         })?;
@@ -392,6 +392,25 @@ impl AuthService {
             expires: unix_secs(now + ttl),
             roles: claims.roles.clone(),
         })
+    }
+
+    /// When a credential issued now for `claims` counts as issued: now, or — when a lock
+    /// voids what was issued before a time still ahead (`admin users update` voids up to the
+    /// next whole second) — that time, so a login right after the change is not void too.
+    /// At most a second ahead; certificates are backdated far more, so one issued "at" it is
+    /// valid at once.
+    pub(crate) async fn issue_time(&self, claims: &Claims) -> Result<SystemTime> {
+        let now = self.now();
+        let secs = unix_secs(now);
+        let ahead = self
+            .locks()
+            .await?
+            .iter()
+            .filter(|l| l.applies(claims.kind, &claims.name, &claims.roles, secs, Some(secs)))
+            .filter_map(|l| l.issued_before)
+            .filter(|b| *b > secs && *b <= secs + 1)
+            .max();
+        Ok(ahead.map_or(now, mcpgate_types::clock::from_unix_secs))
     }
 
     /// Issues an identity (key generated here) for a host such as the proxy. It is no

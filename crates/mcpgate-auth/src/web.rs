@@ -57,7 +57,7 @@ impl AuthService {
         addr: Option<IpAddr>,
     ) -> Result<WebLogin> {
         let login = self.verified(user, password, otp, addr).await?;
-        let now = self.now();
+        let now = self.issue_time(&login.claims).await?;
         let session = WebSession {
             claims: login.claims,
             issued: unix_secs(now),

@@ -1403,3 +1403,31 @@ async fn oauth_tokens_expire_and_a_grant_ends_with_the_login_it_came_from() {
         assert!(left.is_empty(), "{prefix}: {} left", left.len());
     }
 }
+
+#[tokio::test]
+async fn a_login_in_the_same_second_as_a_users_change_is_not_voided_by_it() {
+    let env = Env::new();
+    let (auth, adm) = with_roles(&env, SecondFactor::Off).await;
+    signed_up(&auth, &adm, "bob", "correct horse").await;
+    let k = key();
+    let before = auth
+        .login(&login_req("bob", "correct horse", None, &k), None)
+        .await
+        .unwrap();
+    let cert = |pem: &str| {
+        use rustls_pki_types::pem::PemObject;
+        vec![rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()]
+    };
+    // The change voids every certificate issued up to the next whole second...
+    auth.update_user(&adm, "bob", Some(vec!["dev".into()]), None)
+        .await
+        .unwrap();
+    assert!(auth.caller(Some(&cert(&before.cert))).await.is_err());
+    // ...but not the one of a login in that same second (the clock has not moved).
+    let after = auth
+        .login(&login_req("bob", "correct horse", None, &k), None)
+        .await
+        .unwrap();
+    let caller = auth.caller(Some(&cert(&after.cert))).await.unwrap();
+    assert_eq!(caller.name(), "bob");
+}
