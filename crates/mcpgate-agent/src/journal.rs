@@ -401,7 +401,7 @@ impl Journal {
         if recovered > 0 {
             tracing::warn!(
                 pending = recovered,
-                "requests forwarded before the last stop: recorded as interrupted unless their answer was"
+                "requests forwarded before the last stop were recovered from the journal: each whose answer was not recorded is now recorded as interrupted (one that was answered keeps its outcome)"
             );
         }
         Ok(recovered)
