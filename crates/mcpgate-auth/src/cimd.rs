@@ -245,7 +245,12 @@ impl Fetcher {
             .map_err(|_| "shutting down".to_string())?;
         let fetched = tokio::time::timeout(TIMEOUT, self.fetch(id))
             .await
-            .map_err(|_| format!("the client metadata at {id} took longer than 5 s"))
+            .map_err(|_| {
+                format!(
+                    "the client metadata at {id} took longer than {} s",
+                    TIMEOUT.as_secs()
+                )
+            })
             .and_then(|r| r);
         let (doc, keep) = match fetched {
             Ok(f) => f,

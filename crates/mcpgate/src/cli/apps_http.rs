@@ -87,51 +87,49 @@ impl Apps {
     }
 }
 
-/// 401 with where to find out how to get a token (RFC 9728 §5.1).
-fn unauthorized(apps: &Apps, name: &str, error: Option<&str>) -> Response {
-    let metadata = format!(
-        "{}/.well-known/oauth-protected-resource{APPS_PATH}{name}",
-        apps.issuer
-    );
-    let challenge = match error {
-        Some(e) => format!(
-            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{metadata}\", scope=\"{SCOPE}\"",
-            e.replace(['"', '\\'], "'")
-        ),
-        None => format!("Bearer resource_metadata=\"{metadata}\", scope=\"{SCOPE}\""),
-    };
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(serde_json::json!({
-            "error": if error.is_some() { "invalid_token" } else { "unauthorized" },
-            "error_description": error.unwrap_or("this app needs an OAuth access token"),
-        })),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    r
+/// Why a request's token does not do, as the client is told it.
+enum Challenge<'a> {
+    /// No token: 401 and where to find out how to get one (RFC 9728 §5.1).
+    Missing,
+    /// 401 `invalid_token`, and why.
+    Invalid(&'a str),
+    /// 403 `insufficient_scope`: a valid token without `scope`, which the client may ask a
+    /// new one with (step-up, RFC 6750 §3.1).
+    Scope { scope: &'a str, why: &'a str },
 }
 
-/// 403 for a valid token without a scope this app needs: the client may ask for a new one
-/// with it (step-up, RFC 6750 §3.1).
-fn insufficient(apps: &Apps, name: &str, scope: &str, why: &str) -> Response {
+fn challenge(apps: &Apps, name: &str, c: Challenge<'_>) -> Response {
     let metadata = format!(
         "{}/.well-known/oauth-protected-resource{APPS_PATH}{name}",
         apps.issuer
     );
-    let challenge = format!(
-        "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{metadata}\", error_description=\"{}\"",
-        scope.replace(['"', '\\'], "'"),
-        why.replace(['"', '\\'], "'")
-    );
-    let mut r = (
-        StatusCode::FORBIDDEN,
-        axum::Json(serde_json::json!({"error": "insufficient_scope", "error_description": why, "scope": scope})),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
+    let quoted = |t: &str| t.replace(['"', '\\'], "'");
+    let (status, header, body) = match c {
+        Challenge::Missing => (
+            StatusCode::UNAUTHORIZED,
+            format!("Bearer resource_metadata=\"{metadata}\", scope=\"{SCOPE}\""),
+            serde_json::json!({"error": "unauthorized", "error_description": "this app needs an OAuth access token"}),
+        ),
+        Challenge::Invalid(why) => (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{metadata}\", scope=\"{SCOPE}\"",
+                quoted(why)
+            ),
+            serde_json::json!({"error": "invalid_token", "error_description": why}),
+        ),
+        Challenge::Scope { scope, why } => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{metadata}\", error_description=\"{}\"",
+                quoted(scope),
+                quoted(why)
+            ),
+            serde_json::json!({"error": "insufficient_scope", "error_description": why, "scope": scope}),
+        ),
+    };
+    let mut r = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&header) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     r
@@ -215,7 +213,7 @@ async fn answer(
         );
     }
     let Some(token) = bearer(req.headers()) else {
-        return refusal(unauthorized(&apps, &name, None));
+        return refusal(challenge(&apps, &name, Challenge::Missing));
     };
     let resource = format!("{}{APPS_PATH}{name}", apps.issuer);
     // A JWT, for an app that trusts an identity provider: the company's own token.
@@ -228,8 +226,15 @@ async fn answer(
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             return refusal(match e.needs_scope {
-                Some(scope) => insufficient(&apps, &name, &scope, &e.why),
-                None => unauthorized(&apps, &name, Some(&e.why)),
+                Some(scope) => challenge(
+                    &apps,
+                    &name,
+                    Challenge::Scope {
+                        scope: &scope,
+                        why: &e.why,
+                    },
+                ),
+                None => challenge(&apps, &name, Challenge::Invalid(&e.why)),
             });
         }
         Err(e) => {
