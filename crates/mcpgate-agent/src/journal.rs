@@ -71,6 +71,8 @@ pub struct Journal {
     files: Option<Files>,
     sink: Sink,
     completions: tokio::sync::mpsc::Sender<Completion>,
+    /// Tells the batch writer someone waits for a flush.
+    urgent: Arc<tokio::sync::Notify>,
     /// The last batch of final events could not be stored: new requests are refused.
     failing: AtomicBool,
 }
@@ -250,15 +252,17 @@ impl Journal {
         files: Option<Files>,
     ) -> Arc<Journal> {
         let (completions, rx) = tokio::sync::mpsc::channel(4096);
+        let urgent = Arc::new(tokio::sync::Notify::new());
         let journal = Arc::new(Journal {
             spool,
             pending: format!("{PENDING}{instance}/"),
             files,
             sink,
             completions,
+            urgent: urgent.clone(),
             failing: AtomicBool::new(false),
         });
-        tokio::spawn(complete_in_batches(Arc::downgrade(&journal), rx));
+        tokio::spawn(complete_in_batches(Arc::downgrade(&journal), rx, urgent));
         journal
     }
 
@@ -355,6 +359,7 @@ impl Journal {
     pub async fn flush(&self) {
         let (done, flushed) = tokio::sync::oneshot::channel();
         if self.completions.send(Completion::Flush(done)).await.is_ok() {
+            self.urgent.notify_one();
             let _ = flushed.await;
         }
     }
@@ -451,12 +456,20 @@ fn interrupted(mut event: AuditEvent) -> AuditEvent {
 /// Stores completed events in batches (one transaction for many requests), then drops
 /// their pending entries. A batch the audit log refuses is kept and tried again; meanwhile
 /// the journal refuses new requests.
+///
+/// The first completion wakes the writer; then it sleeps out the gathering window without
+/// waiting on the channel, so the completions that arrive meanwhile wake nothing (a
+/// channel wakes only a receiver waiting on it): one wake-up of the writer per batch, not
+/// one per call on the other core. A flush cuts the window short (`urgent`).
 async fn complete_in_batches(
     journal: std::sync::Weak<Journal>,
     mut rx: tokio::sync::mpsc::Receiver<Completion>,
+    urgent: Arc<tokio::sync::Notify>,
 ) {
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
     let mut flushed = Vec::new();
+    // The last batch was full: the next one is already waiting.
+    let mut behind = false;
     loop {
         let retrying = !batch.is_empty();
         let first = if !retrying {
@@ -471,29 +484,29 @@ async fn complete_in_batches(
                 Ok(None) | Err(_) => None,
             }
         };
-        let mut next = first;
-        let gather_until = tokio::time::Instant::now() + GATHER;
-        loop {
-            while let Some(msg) = next.take() {
-                match msg {
-                    Completion::Event(ev) => batch.push(*ev),
-                    Completion::Flush(done) => flushed.push(done),
-                }
-                if batch.len() < BATCH_MAX {
-                    next = rx.try_recv().ok();
-                }
-            }
-            // Group commit: the calls that complete in the next few milliseconds go into
-            // the same transaction — unless someone waits for a flush, the batch is full,
-            // or it is a refused batch being tried again.
-            if retrying || !flushed.is_empty() || batch.len() >= BATCH_MAX {
-                break;
-            }
-            match tokio::time::timeout_at(gather_until, rx.recv()).await {
-                Ok(Some(m)) => next = Some(m),
-                Ok(None) | Err(_) => break,
+        let take = |msg, batch: &mut Vec<AuditEvent>, flushed: &mut Vec<_>| match msg {
+            Completion::Event(ev) => batch.push(*ev),
+            Completion::Flush(done) => flushed.push(done),
+        };
+        if let Some(msg) = first {
+            take(msg, &mut batch, &mut flushed);
+        }
+        // Group commit: the calls that complete in the next few milliseconds go into the
+        // same transaction — unless someone waits for a flush, the writer is behind, or it
+        // is a refused batch being tried again.
+        if !(retrying || behind || !flushed.is_empty()) {
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = urgent.notified() => {}
             }
         }
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(msg) => take(msg, &mut batch, &mut flushed),
+                Err(_) => break,
+            }
+        }
+        behind = batch.len() >= BATCH_MAX;
         let Some(journal) = journal.upgrade() else {
             return;
         };

@@ -604,9 +604,7 @@ pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(|e| AuthError::Internal(format!("corrupt stored value: {e}")))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use mcpgate_types::hex;
 
 /// PEM text of a DER certificate.
 pub fn pem_cert(der: &[u8]) -> String {

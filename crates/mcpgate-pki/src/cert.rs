@@ -105,12 +105,7 @@ pub fn signed_by_cert(der: &CertificateDer<'_>, msg: &[u8], sig: &[u8]) -> bool 
 /// `sha256:<hex>` of SubjectPublicKeyInfo bytes.
 pub fn pin_of_spki(spki: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, spki);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in digest.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("sha256:{}", mcpgate_types::hex(digest.as_ref()))
 }
 
 /// Whether `pin` is written as `sha256:` and 64 lowercase hex digits.

@@ -56,12 +56,14 @@ fn event(n: usize, r: &mut Rng) -> AuditEvent {
         "message".into(),
         json!({"params": {"name": tool, "arguments": {"path": format!("/srv/repo/{}.rs", r.below(5000))}}}),
     );
+    // One call every 50 ms: a million events span about 14 hours.
+    let time = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(1_800_000_000)
+        + Duration::from_millis(50 * n as u64);
     AuditEvent {
-        id: format!("bench-{n:08}"),
-        // One call every 50 ms: a million events span about 14 hours.
-        time: SystemTime::UNIX_EPOCH
-            + Duration::from_secs(1_800_000_000)
-            + Duration::from_millis(50 * n as u64),
+        // Ids as the gateway makes them (time first, then random).
+        id: mcpgate_types::audit::event_id(time),
+        time,
         kind: "mcp.session.request".into(),
         code: "MG3003I".into(),
         cluster: "bench".into(),

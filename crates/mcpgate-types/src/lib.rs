@@ -22,3 +22,14 @@ pub use audit::{AuditEvent, AuditQuery, Cursor, Page};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use identity::{Claims, IdentityKind};
 pub use name::{Name, NameError};
+
+/// `bytes` as lower-case hex digits.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}

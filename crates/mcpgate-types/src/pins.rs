@@ -74,12 +74,7 @@ pub fn canonical(definition: &Value) -> String {
 /// `sha256:` and the hex digest of a definition's canonical text.
 pub fn hash(definition: &Value) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, canonical(definition).as_bytes());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in digest.as_ref() {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!("sha256:{}", crate::hex(digest.as_ref()))
 }
 
 /// A pin: what an app's tool was approved as, and what it has changed to.

@@ -101,12 +101,7 @@ pub fn redaction_tag(key: &[u8], secret: &str) -> String {
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
         secret.as_bytes(),
     );
-    let mut out = String::from("[REDACTED:");
-    for b in &tag.as_ref()[..12] {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out.push(']');
-    out
+    format!("[REDACTED:{}]", crate::hex(&tag.as_ref()[..12]))
 }
 
 /// The redaction key of one agent, derived from the cluster's: an agent holds its own only,

@@ -534,7 +534,7 @@ fn ca_key(path: &Path) -> anyhow::Result<mcpgate_auth::CaKey> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = mcpgate_auth::CaKey::generate()?;
-            let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            let hex = mcpgate_types::hex(key.as_bytes());
             profile::write_private(path, format!("{hex}\n").as_bytes())?;
             Ok(key)
         }
