@@ -43,10 +43,17 @@ const SHIP_BATCH: usize = 500;
 const ROTATE_AT: u64 = 4 << 20;
 /// How long the batch writer waits before trying a refused batch again.
 const RETRY: Duration = Duration::from_millis(500);
-/// How long the batch writer gathers completed events into one transaction. A final event
-/// waits at most this long more (its pending entry covers a crash meanwhile); a session's
-/// end flushes at once.
-const GATHER: Duration = Duration::from_millis(5);
+/// How long the batch writer gathers completed events into one transaction at most, while
+/// calls keep completing: a final event waits at most this long more to be searchable (its
+/// lines in the journal cover a crash meanwhile). Each commit disturbs the calls running
+/// into it: committing every 5 ms under a stream of calls added 0.6 ms to their p99,
+/// every 50 ms 0.24 ms (same binary, same runs).
+const GATHER: Duration = Duration::from_millis(50);
+/// The batch is stored once no call has completed for this long: a call on its own is
+/// searchable within a few milliseconds. A session's end flushes at once.
+const QUIET: Duration = Duration::from_millis(5);
+/// Completions waiting before the batch writer is told to stop gathering.
+const NUDGE_AT: usize = 1_024;
 /// Final events per transaction at most. Under load a batch grows while the one before is
 /// being written (a transaction of SQLite's costs much the same for 500 events as for 50),
 /// so the log keeps up: 512 capped the store near 40,000 events a second.
@@ -90,10 +97,11 @@ struct FilesState {
     generation: u64,
     file: Option<std::fs::File>,
     size: u64,
-    /// Entries of each generation whose final event is not stored yet.
+    /// Lines of each generation whose final event is not stored yet.
     open: HashMap<u64, u64>,
-    /// The generation of each entry not yet final, by event id.
-    of: HashMap<String, u64>,
+    /// The generations of each entry's pending line and of its final line (once
+    /// answered), by event id, until its final event is stored.
+    of: HashMap<String, (u64, Option<u64>)>,
 }
 
 /// What the batch writer is told.
@@ -138,10 +146,34 @@ impl Files {
 
     /// Appends one pending entry (one `write()`), opening a new file past [`ROTATE_AT`].
     fn append(&self, id: &str, json: &[u8]) -> std::io::Result<()> {
+        let mut st = self.state();
+        let generation = self.write_line(&mut st, json)?;
+        *st.open.entry(generation).or_insert(0) += 1;
+        st.of.insert(id.to_string(), (generation, None));
+        Ok(())
+    }
+
+    /// Appends the final event of an entry still pending: after a crash it is recovered as
+    /// it was, not as interrupted. Its file is kept until that event is stored.
+    fn append_final(&self, id: &str, json: &[u8]) -> std::io::Result<()> {
+        let mut st = self.state();
+        if !st.of.get(id).is_some_and(|(_, f)| f.is_none()) {
+            return Ok(());
+        }
+        let generation = self.write_line(&mut st, json)?;
+        *st.open.entry(generation).or_insert(0) += 1;
+        if let Some(entry) = st.of.get_mut(id) {
+            entry.1 = Some(generation);
+        }
+        Ok(())
+    }
+
+    /// Writes `json` and a newline to the current file in one `write()`; returns its
+    /// generation.
+    fn write_line(&self, st: &mut FilesState, json: &[u8]) -> std::io::Result<u64> {
         let mut line = Vec::with_capacity(json.len() + 1);
         line.extend_from_slice(json);
         line.push(b'\n');
-        let mut st = self.state();
         if st.file.is_none() || st.size >= self.rotate_at {
             if st.file.is_some() {
                 st.generation += 1;
@@ -164,6 +196,7 @@ impl Files {
                 st.open.remove(&g);
                 let _ = std::fs::remove_file(self.path(g));
             }
+            st.open.entry(generation).or_insert(0);
         }
         let generation = st.generation;
         if let Some(f) = st.file.as_mut()
@@ -176,23 +209,25 @@ impl Files {
             return Err(e);
         }
         st.size += line.len() as u64;
-        *st.open.entry(generation).or_insert(0) += 1;
-        st.of.insert(id.to_string(), generation);
-        Ok(())
+        Ok(generation)
     }
 
     /// The final events of these ids are stored: a closed file with nothing open goes.
     fn stored<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         let mut st = self.state();
         for id in ids {
-            let Some(g) = st.of.remove(id) else { continue };
-            let left = st.open.get_mut(&g).map(|n| {
-                *n = n.saturating_sub(1);
-                *n
-            });
-            if left == Some(0) && g != st.generation {
-                st.open.remove(&g);
-                let _ = std::fs::remove_file(self.path(g));
+            let Some((pending, last)) = st.of.remove(id) else {
+                continue;
+            };
+            for g in std::iter::once(pending).chain(last) {
+                let left = st.open.get_mut(&g).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                if left == Some(0) && g != st.generation {
+                    st.open.remove(&g);
+                    let _ = std::fs::remove_file(self.path(g));
+                }
             }
         }
     }
@@ -251,7 +286,7 @@ impl Journal {
         instance: &str,
         files: Option<Files>,
     ) -> Arc<Journal> {
-        let (completions, rx) = tokio::sync::mpsc::channel(4096);
+        let (completions, rx) = tokio::sync::mpsc::channel(2 * BATCH_MAX);
         let urgent = Arc::new(tokio::sync::Notify::new());
         let journal = Arc::new(Journal {
             spool,
@@ -338,6 +373,15 @@ impl Journal {
 
     /// Hands the final event of a begun request (same id) to the batch writer.
     pub async fn complete(&self, event: AuditEvent) {
+        // In the journal first: a crash before the batch is stored keeps the outcome.
+        if let Some(files) = &self.files {
+            let written = serde_json::to_vec(&event)
+                .map_err(std::io::Error::other)
+                .and_then(|json| files.append_final(&event.id, &json));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "an answered request's outcome is not in the journal: a crash before it is stored would record it as interrupted");
+            }
+        }
         if self
             .completions
             .send(Completion::Event(Box::new(event)))
@@ -345,6 +389,8 @@ impl Journal {
             .is_err()
         {
             tracing::error!("the audit batch writer stopped; the pending event will be recovered");
+        } else if self.completions.max_capacity() - self.completions.capacity() >= NUDGE_AT {
+            self.urgent.notify_one();
         }
     }
 
@@ -365,24 +411,46 @@ impl Journal {
     }
 
     /// Completes the events of requests that were forwarded when a process was killed:
-    /// each becomes `outcome: interrupted`, not a success (stored once: storing is
-    /// idempotent by id, and one whose final event was stored keeps it). Returns how many
-    /// pending entries there were.
+    /// one whose final line is in the journal is stored as it was answered; the others
+    /// become `outcome: interrupted`, not a success (stored once: storing is idempotent by
+    /// id, and one whose final event was stored keeps it). Returns how many pending
+    /// entries there were.
     pub async fn recover(&self) -> Result<usize, String> {
         let mut recovered = 0;
         if let Some(files) = &self.files {
+            // Every file first: an entry's final line may be in a later file than its
+            // pending one.
+            let (mut found, mut order, mut paths) = (HashMap::new(), Vec::new(), Vec::new());
             for (_, path) in files.existing()? {
                 let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                // A line cut short by the kill was never forwarded: it is skipped.
-                let events: Vec<AuditEvent> = text
+                // A line cut short by the kill was never written in full: it is skipped
+                // (a pending line: never forwarded; a final one: its pending line stays).
+                for event in text
                     .split(|b| *b == b'\n')
                     .filter_map(|l| serde_json::from_slice::<AuditEvent>(l).ok())
-                    .map(interrupted)
-                    .collect();
-                for chunk in events.chunks(500) {
-                    self.store_final(chunk, true).await?;
+                {
+                    match found.get_mut(&event.id) {
+                        // The second line of an id is its final event.
+                        Some(first) => *first = (event, true),
+                        None => {
+                            order.push(event.id.clone());
+                            found.insert(event.id.clone(), (event, false));
+                        }
+                    }
                 }
-                recovered += events.len();
+                paths.push(path);
+            }
+            // Answered: as it was; else interrupted.
+            let events: Vec<AuditEvent> = order
+                .iter()
+                .filter_map(|id| found.remove(id))
+                .map(|(event, answered)| if answered { event } else { interrupted(event) })
+                .collect();
+            for chunk in events.chunks(500) {
+                self.store_final(chunk, true).await?;
+            }
+            recovered += events.len();
+            for path in paths {
                 std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             }
         }
@@ -457,10 +525,11 @@ fn interrupted(mut event: AuditEvent) -> AuditEvent {
 /// their pending entries. A batch the audit log refuses is kept and tried again; meanwhile
 /// the journal refuses new requests.
 ///
-/// The first completion wakes the writer; then it sleeps out the gathering window without
-/// waiting on the channel, so the completions that arrive meanwhile wake nothing (a
-/// channel wakes only a receiver waiting on it): one wake-up of the writer per batch, not
-/// one per call on the other core. A flush cuts the window short (`urgent`).
+/// The first completion wakes the writer; then it gathers on a timer, looking at the
+/// channel every [`QUIET`] without waiting on it, so the completions that arrive meanwhile
+/// wake nothing (a channel wakes only a receiver waiting on it): a wake-up of the writer
+/// per few milliseconds, not one per call on the other core. A flush, or many waiting,
+/// cuts the window short (`urgent`).
 async fn complete_in_batches(
     journal: std::sync::Weak<Journal>,
     mut rx: tokio::sync::mpsc::Receiver<Completion>,
@@ -491,13 +560,21 @@ async fn complete_in_batches(
         if let Some(msg) = first {
             take(msg, &mut batch, &mut flushed);
         }
-        // Group commit: the calls that complete in the next few milliseconds go into the
-        // same transaction — unless someone waits for a flush, the writer is behind, or it
-        // is a refused batch being tried again.
+        // Group commit: the calls that complete while others keep completing, up to
+        // [`GATHER`], go into the same transaction — unless someone waits for a flush, many
+        // wait already, the writer is behind, or it is a refused batch being tried again.
         if !(retrying || behind || !flushed.is_empty()) {
-            tokio::select! {
-                _ = tokio::time::sleep(GATHER) => {}
-                _ = urgent.notified() => {}
+            let until = tokio::time::Instant::now() + GATHER;
+            loop {
+                let seen = rx.len();
+                let next = (tokio::time::Instant::now() + QUIET).min(until);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = urgent.notified() => break,
+                }
+                if next >= until || rx.len() == seen {
+                    break;
+                }
             }
         }
         while batch.len() < BATCH_MAX {
@@ -620,6 +697,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answered_request_keeps_its_outcome_when_killed_before_its_batch_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir, "log.db");
+        let jdir = dir.path().join("journal");
+        let (answered, cut) = (event(), event());
+        {
+            // Files of one line each: the final line lands in another file than its
+            // pending one.
+            let j =
+                Journal::with_files(log.clone(), Sink::Log(log.clone()), "a", &jdir, 1).unwrap();
+            j.begin(&answered).await.unwrap();
+            j.begin(&cut).await.unwrap();
+            let mut done = answered.clone();
+            done.fields.insert("outcome".into(), Value::from("ok"));
+            done.fields.insert("duration_ms".into(), Value::from(1.5));
+            j.complete(done).await;
+            // Killed here, before the batch writer stored anything.
+        }
+        assert!(
+            log.search_events(&AuditQuery::default())
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing was stored before the kill"
+        );
+        assert_eq!(journal_files(&jdir).len(), 3);
+        let j = Journal::with_dir(log.clone(), Sink::Log(log.clone()), "a", &jdir).unwrap();
+        assert_eq!(j.recover().await.unwrap(), 2, "two requests were forwarded");
+        assert!(journal_files(&jdir).is_empty());
+        let found = log.search_events(&AuditQuery::default()).await.unwrap();
+        assert_eq!(found.len(), 2);
+        let by_id = |id: &str| found.iter().find(|e| e.id == id).unwrap();
+        let kept = by_id(&answered.id);
+        assert!(kept.success);
+        assert_eq!(
+            kept.field("outcome"),
+            Some("ok"),
+            "stored as it was answered"
+        );
+        assert_eq!(kept.fields.get("duration_ms"), Some(&Value::from(1.5)));
+        assert_eq!(by_id(&cut.id).field("outcome"), Some("interrupted"));
+    }
+
+    #[tokio::test]
+    async fn a_file_holding_final_lines_stays_until_their_events_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir, "log.db");
+        let jdir = dir.path().join("journal");
+        let j = Journal::with_files(log.clone(), Sink::Log(log.clone()), "a", &jdir, 1).unwrap();
+        let (a, b) = (event(), event());
+        j.begin(&a).await.unwrap(); // file 0
+        j.begin(&b).await.unwrap(); // file 1
+        j.complete(b.clone()).await; // file 2
+        j.complete(a.clone()).await; // file 3
+        j.flush().await;
+        assert_eq!(
+            journal_files(&jdir),
+            ["a-00000000000000000003.log"],
+            "every earlier file went once its lines' events were stored; the current stays"
+        );
+        assert_eq!(
+            log.search_events(&AuditQuery::default())
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
     async fn recovery_keeps_an_answered_event_in_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let spool = store(&dir, "spool.db");
@@ -651,12 +798,12 @@ mod tests {
         j.begin(&a).await.unwrap();
         j.begin(&b).await.unwrap(); // a second file: the first holds one entry
         assert_eq!(journal_files(&jdir).len(), 2);
-        j.complete(a).await;
+        j.complete(a).await; // its final line: a third file
         j.flush().await;
         assert_eq!(
             journal_files(&jdir),
-            ["a-00000000000000000001.log"],
-            "the first file went"
+            ["a-00000000000000000001.log", "a-00000000000000000002.log"],
+            "the first file went; b's is open, the current one stays"
         );
         j.begin(&c).await.unwrap();
         j.complete(b).await;
@@ -664,7 +811,7 @@ mod tests {
         j.flush().await;
         assert_eq!(
             journal_files(&jdir),
-            ["a-00000000000000000002.log"],
+            ["a-00000000000000000005.log"],
             "only the current stays"
         );
     }
