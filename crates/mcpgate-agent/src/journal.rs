@@ -6,14 +6,16 @@
 //!   appended to a file with a single `write()`: in the page cache it survives the process
 //!   being killed (`kill -9`), and it costs microseconds, not a database transaction.
 //!   Without one, it is a key in the spool.
-//! - [`Journal::complete`]: the final event (outcome, duration) is stored by one writer task
-//!   in batches (group commit), off every session's path; it carries the pending event's id,
-//!   and storing is idempotent by id. A batch that cannot be stored is kept and tried again;
+//! - [`Journal::complete`]: the final event (outcome, duration) is appended to the journal
+//!   too (a second line of the same id), then stored by one writer task in batches (group
+//!   commit), off every session's path; it carries the pending event's id, and storing is
+//!   idempotent by id. A batch that cannot be stored is kept and tried again;
 //!   while the audit log refuses writes, [`Journal::begin`] refuses too, so what waits is
 //!   bounded by the requests in flight.
-//! - [`Journal::recover`]: at start, every pending entry left by a killed process becomes a
-//!   final event with `outcome: interrupted` — never a success: the gateway cannot know
-//!   whether the server acted. One whose final event was stored stays as it was (same id).
+//! - [`Journal::recover`]: at start, an entry left by a killed process with its final line is
+//!   stored as it was answered; one without becomes a final event with `outcome:
+//!   interrupted` — never a success: the gateway cannot know whether the server acted. One
+//!   whose final event was stored stays as it was (same id).
 //! - [`Journal::record`]: events that need no pending step (session start and end, denials).
 //! - [`Journal::ship`]: an agent on another host keeps final events in an outbox in its spool
 //!   and ships them to the auth service; storing is idempotent by event id, so a batch
@@ -52,11 +54,13 @@ const GATHER: Duration = Duration::from_millis(50);
 /// The batch is stored once no call has completed for this long: a call on its own is
 /// searchable within a few milliseconds. A session's end flushes at once.
 const QUIET: Duration = Duration::from_millis(5);
+/// Ids a batch's stored entries are dropped for per hold of the files' lock.
+const STORED_STEP: usize = 256;
 /// Completions waiting before the batch writer is told to stop gathering.
 const NUDGE_AT: usize = 1_024;
 /// Final events per transaction at most. Under load a batch grows while the one before is
 /// being written (a transaction of SQLite's costs much the same for 500 events as for 50),
-/// so the log keeps up: 512 capped the store near 40,000 events a second.
+/// so the log keeps up: a cap of 512 held the store near 40,000 events a second.
 const BATCH_MAX: usize = 4_096;
 
 /// Where final events go.
@@ -78,13 +82,15 @@ pub struct Journal {
     files: Option<Files>,
     sink: Sink,
     completions: tokio::sync::mpsc::Sender<Completion>,
-    /// Tells the batch writer someone waits for a flush.
+    /// Tells the batch writer to stop gathering: someone waits for a flush, or many
+    /// completions wait.
     urgent: Arc<tokio::sync::Notify>,
     /// The last batch of final events could not be stored: new requests are refused.
     failing: AtomicBool,
 }
 
-/// Pending entries as lines in files `DIR/INSTANCE-GENERATION.log`.
+/// Entries as lines in files `DIR/INSTANCE-GENERATION.log`: an entry's pending event, then
+/// (once answered) its final event.
 struct Files {
     dir: PathBuf,
     instance: String,
@@ -212,22 +218,33 @@ impl Files {
         Ok(generation)
     }
 
-    /// The final events of these ids are stored: a closed file with nothing open goes.
+    /// The final events of these ids are stored: a closed file with nothing open goes. The
+    /// lock is taken for a few hundred ids at a time and files are removed outside it:
+    /// `begin` on the other core waits for it before forwarding.
     fn stored<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        let mut st = self.state();
-        for id in ids {
-            let Some((pending, last)) = st.of.remove(id) else {
-                continue;
-            };
-            for g in std::iter::once(pending).chain(last) {
-                let left = st.open.get_mut(&g).map(|n| {
-                    *n = n.saturating_sub(1);
-                    *n
-                });
-                if left == Some(0) && g != st.generation {
-                    st.open.remove(&g);
-                    let _ = std::fs::remove_file(self.path(g));
+        let mut ids = ids.peekable();
+        while ids.peek().is_some() {
+            let mut gone = Vec::new();
+            {
+                let mut st = self.state();
+                for id in ids.by_ref().take(STORED_STEP) {
+                    let Some((pending, last)) = st.of.remove(id) else {
+                        continue;
+                    };
+                    for g in std::iter::once(pending).chain(last) {
+                        let left = st.open.get_mut(&g).map(|n| {
+                            *n = n.saturating_sub(1);
+                            *n
+                        });
+                        if left == Some(0) && g != st.generation {
+                            st.open.remove(&g);
+                            gone.push(g);
+                        }
+                    }
                 }
+            }
+            for g in gone {
+                let _ = std::fs::remove_file(self.path(g));
             }
         }
     }
@@ -371,7 +388,8 @@ impl Journal {
         }
     }
 
-    /// Hands the final event of a begun request (same id) to the batch writer.
+    /// Appends the final event of a begun request (same id) to the journal and hands it to
+    /// the batch writer.
     pub async fn complete(&self, event: AuditEvent) {
         // In the journal first: a crash before the batch is stored keeps the outcome.
         if let Some(files) = &self.files {
@@ -429,27 +447,35 @@ impl Journal {
                     .split(|b| *b == b'\n')
                     .filter_map(|l| serde_json::from_slice::<AuditEvent>(l).ok())
                 {
+                    // A final line says how the request ended; a pending one does not.
+                    let answered = event.fields.contains_key("outcome");
                     match found.get_mut(&event.id) {
-                        // The second line of an id is its final event.
-                        Some(first) => *first = (event, true),
+                        Some((first, pending, done)) => {
+                            if answered {
+                                (*first, *done) = (event, true);
+                            } else {
+                                *pending = true;
+                            }
+                        }
                         None => {
                             order.push(event.id.clone());
-                            found.insert(event.id.clone(), (event, false));
+                            found.insert(event.id.clone(), (event, !answered, answered));
                         }
                     }
                 }
                 paths.push(path);
             }
-            // Answered: as it was; else interrupted.
-            let events: Vec<AuditEvent> = order
-                .iter()
-                .filter_map(|id| found.remove(id))
-                .map(|(event, answered)| if answered { event } else { interrupted(event) })
-                .collect();
+            // Answered: as it was; else interrupted. A final line whose pending one is gone
+            // was stored already (its pending line's file went only then): stored again,
+            // which changes nothing, and not counted.
+            let mut events = Vec::with_capacity(order.len());
+            for (event, pending, answered) in order.iter().filter_map(|id| found.remove(id)) {
+                recovered += usize::from(pending);
+                events.push(if answered { event } else { interrupted(event) });
+            }
             for chunk in events.chunks(500) {
                 self.store_final(chunk, true).await?;
             }
-            recovered += events.len();
             for path in paths {
                 std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             }
@@ -559,6 +585,20 @@ async fn complete_in_batches(
         };
         if let Some(msg) = first {
             take(msg, &mut batch, &mut flushed);
+        }
+        // A nudge left over from what was already taken (a flush found by `recv`) would cut
+        // this gathering short: dropped, then what is waiting is taken; a flush sent after
+        // this still wakes the gathering.
+        tokio::select! {
+            biased;
+            _ = urgent.notified() => {}
+            _ = std::future::ready(()) => {}
+        }
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(msg) => take(msg, &mut batch, &mut flushed),
+                Err(_) => break,
+            }
         }
         // Group commit: the calls that complete while others keep completing, up to
         // [`GATHER`], go into the same transaction — unless someone waits for a flush, many
@@ -764,6 +804,31 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn a_final_line_left_alone_is_not_recovered_as_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir, "log.db");
+        let jdir = dir.path().join("journal");
+        let ev = event();
+        {
+            let j =
+                Journal::with_files(log.clone(), Sink::Log(log.clone()), "a", &jdir, 1).unwrap();
+            j.begin(&ev).await.unwrap();
+            let mut done = ev.clone();
+            done.fields.insert("outcome".into(), Value::from("ok"));
+            j.complete(done).await;
+            j.flush().await;
+            // Stored: the pending line's file went, the current one (the final line) stays.
+        }
+        assert_eq!(journal_files(&jdir), ["a-00000000000000000001.log"]);
+        let j = Journal::with_dir(log.clone(), Sink::Log(log.clone()), "a", &jdir).unwrap();
+        assert_eq!(j.recover().await.unwrap(), 0, "nothing was left pending");
+        assert!(journal_files(&jdir).is_empty());
+        let found = log.search_events(&AuditQuery::default()).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].field("outcome"), Some("ok"));
     }
 
     #[tokio::test]

@@ -132,10 +132,15 @@ pub fn random_id() -> String {
 /// index, where random ones would each change a page of it anywhere (a page written to
 /// the log's write-ahead file per event once the log outgrows the cache).
 pub fn event_id(time: SystemTime) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let millis = crate::clock::unix_micros(time).max(0) as u64 / 1000;
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    let _ = getrandom::getrandom(&mut bytes[6..]);
+    if getrandom::getrandom(&mut bytes[6..]).is_err() {
+        // Unique within the process all the same (ids are never secrets).
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+    }
     crate::hex(&bytes)
 }
 
