@@ -749,22 +749,19 @@ impl Store for SqliteStore {
                     Some((seq, hash)) => (seq, chain::hash_of(hash.as_deref())),
                     None => (0, None),
                 };
-                let mut stored = tx.prepare_cached("SELECT 1 FROM audit WHERE id = ?1")?;
+                // Shipped twice: stored once (an id already stored inserts nothing, and
+                // the chain goes on from the event before).
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO audit
                        (rowid, id, time_us, type, user_name, app, tool, decision, session,
                         method, roles, data, prev, hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (id) DO NOTHING",
                 )?;
                 for r in &rows {
-                    // Shipped twice: stored once.
-                    if stored.exists([&r.id])? {
-                        continue;
-                    }
-                    seq += 1;
-                    let hash = chain::link(seq, prev.as_ref(), &r.data);
-                    stmt.execute(params![
-                        seq,
+                    let hash = chain::link(seq + 1, prev.as_ref(), &r.data);
+                    let inserted = stmt.execute(params![
+                        seq + 1,
                         r.id,
                         r.time_us,
                         r.kind,
@@ -779,7 +776,10 @@ impl Store for SqliteStore {
                         prev.map(|p| p.to_vec()),
                         hash.to_vec()
                     ])?;
-                    prev = Some(hash);
+                    if inserted == 1 {
+                        seq += 1;
+                        prev = Some(hash);
+                    }
                 }
             }
             tx.commit()?;

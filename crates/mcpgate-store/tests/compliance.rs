@@ -315,12 +315,14 @@ mod tampering {
             .collect()
     }
 
-    /// Ten events in three batches (one shipped twice), then the chain as it verifies.
+    /// Ten events in four batches (one shipped twice, one partly shipped before), then the
+    /// chain as it verifies.
     async fn fill<S: Store>(s: &S) -> (Vec<i64>, Result<chain::Verifier, Break>) {
         s.append_events(&events(1, 4)).await.unwrap();
         s.append_events(&events(5, 3)).await.unwrap();
         s.append_events(&events(5, 3)).await.unwrap();
-        s.append_events(&events(8, 3)).await.unwrap();
+        s.append_events(&events(6, 3)).await.unwrap();
+        s.append_events(&events(9, 2)).await.unwrap();
         let mut seqs = Vec::new();
         let v = chain::walk(s, |r| seqs.push(r.seq)).await.unwrap();
         (seqs, v)
