@@ -1184,6 +1184,34 @@ fn a_call_in_flight_when_the_daemon_is_killed_is_recorded_as_interrupted() {
 }
 
 #[test]
+fn calls_answered_just_before_the_daemon_is_killed_keep_their_outcome() {
+    let mut e = cluster("answered", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    // A stream of calls: their final events are stored in groups while calls keep coming,
+    // so the last ones answered are not in the audit log yet when the kill comes.
+    let n = 200;
+    for i in 0..n {
+        let answer = b.call("echo", json!({"n": i}));
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    e.d.kill(); // SIGKILL, at once after the last answer
+    drop(b);
+    let d = Daemon::start_with(&e.s.path("gate.yaml"), e.d.data_dir.clone());
+    let calls = audit(&d, &["--tool", "echo", "--limit", "1000"]);
+    assert_eq!(calls.len(), n, "every answered call is in the log once");
+    let not_ok: Vec<(&Value, &Value)> = calls
+        .iter()
+        .filter(|c| c["outcome"] != "ok")
+        .map(|c| (&c["params"]["arguments"]["n"], &c["outcome"]))
+        .collect();
+    assert!(
+        not_ok.is_empty(),
+        "answered calls keep their outcome: {not_ok:?}"
+    );
+}
+
+#[test]
 fn resources_and_prompts_are_gated_before_the_server_sees_them() {
     let e = cluster("res", "docs");
     let mut b = Bridge::open(&e.alice, "rec", &[]);
