@@ -114,8 +114,11 @@ struct FilesState {
 enum Completion {
     Event(Box<AuditEvent>),
     /// Answer once everything sent before is stored (or was tried).
-    Flush(tokio::sync::oneshot::Sender<()>),
+    Flush(Flushed),
 }
+
+/// Told once a flush is done.
+type Flushed = tokio::sync::oneshot::Sender<()>;
 
 impl Files {
     fn path(&self, generation: u64) -> PathBuf {
@@ -579,10 +582,6 @@ async fn complete_in_batches(
                 Ok(None) | Err(_) => None,
             }
         };
-        let take = |msg, batch: &mut Vec<AuditEvent>, flushed: &mut Vec<_>| match msg {
-            Completion::Event(ev) => batch.push(*ev),
-            Completion::Flush(done) => flushed.push(done),
-        };
         if let Some(msg) = first {
             take(msg, &mut batch, &mut flushed);
         }
@@ -594,12 +593,7 @@ async fn complete_in_batches(
             _ = urgent.notified() => {}
             _ = std::future::ready(()) => {}
         }
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(msg) => take(msg, &mut batch, &mut flushed),
-                Err(_) => break,
-            }
-        }
+        drain(&mut rx, &mut batch, &mut flushed);
         // Group commit: the calls that complete while others keep completing, up to
         // [`GATHER`], go into the same transaction — unless someone waits for a flush, many
         // wait already, the writer is behind, or it is a refused batch being tried again.
@@ -617,12 +611,7 @@ async fn complete_in_batches(
                 }
             }
         }
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(msg) => take(msg, &mut batch, &mut flushed),
-                Err(_) => break,
-            }
-        }
+        drain(&mut rx, &mut batch, &mut flushed);
         behind = batch.len() >= BATCH_MAX;
         let Some(journal) = journal.upgrade() else {
             return;
@@ -643,6 +632,28 @@ async fn complete_in_batches(
         }
         for done in flushed.drain(..) {
             let _ = done.send(());
+        }
+    }
+}
+
+/// One message for the batch writer: an event into the batch, a flush into those waiting.
+fn take(msg: Completion, batch: &mut Vec<AuditEvent>, flushed: &mut Vec<Flushed>) {
+    match msg {
+        Completion::Event(ev) => batch.push(*ev),
+        Completion::Flush(done) => flushed.push(done),
+    }
+}
+
+/// Takes what waits in the channel, without waiting, while the batch has room.
+fn drain(
+    rx: &mut tokio::sync::mpsc::Receiver<Completion>,
+    batch: &mut Vec<AuditEvent>,
+    flushed: &mut Vec<Flushed>,
+) {
+    while batch.len() < BATCH_MAX {
+        match rx.try_recv() {
+            Ok(msg) => take(msg, batch, flushed),
+            Err(_) => break,
         }
     }
 }
