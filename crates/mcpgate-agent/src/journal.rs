@@ -162,6 +162,11 @@ impl Files {
         Ok(())
     }
 
+    /// Whether `id` is pending without its final line.
+    fn awaits_final(&self, id: &str) -> bool {
+        self.state().of.get(id).is_some_and(|(_, f)| f.is_none())
+    }
+
     /// Appends the final event of an entry still pending: after a crash it is recovered as
     /// it was, not as interrupted. Its file is kept until that event is stored.
     fn append_final(&self, id: &str, json: &[u8]) -> std::io::Result<()> {
@@ -391,18 +396,26 @@ impl Journal {
         }
     }
 
-    /// Appends the final event of a begun request (same id) to the journal and hands it to
-    /// the batch writer.
-    pub async fn complete(&self, event: AuditEvent) {
-        // In the journal first: a crash before the batch is stored keeps the outcome.
-        if let Some(files) = &self.files {
-            let written = serde_json::to_vec(&event)
-                .map_err(std::io::Error::other)
-                .and_then(|json| files.append_final(&event.id, &json));
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "an answered request's outcome is not in the journal: a crash before it is stored would record it as interrupted");
-            }
+    /// Appends the final event of a begun request (same id) to the journal, once: a crash
+    /// before the batch writer stores it keeps the outcome. Call it before the client hears
+    /// the answer ([`Journal::complete`] does it too, if not done).
+    pub fn answered(&self, event: &AuditEvent) {
+        let Some(files) = &self.files else { return };
+        if !files.awaits_final(&event.id) {
+            return;
         }
+        let written = serde_json::to_vec(event)
+            .map_err(std::io::Error::other)
+            .and_then(|json| files.append_final(&event.id, &json));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "an answered request's outcome is not in the journal: a crash before it is stored would record it as interrupted");
+        }
+    }
+
+    /// Appends the final event of a begun request (same id) to the journal, if not done
+    /// yet, and hands it to the batch writer.
+    pub async fn complete(&self, event: AuditEvent) {
+        self.answered(&event);
         if self
             .completions
             .send(Completion::Event(Box::new(event)))

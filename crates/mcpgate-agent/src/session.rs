@@ -1123,6 +1123,12 @@ impl Session<'_> {
             if let Some(done) = &step.done {
                 self.release(done.gid).await;
             }
+            // How it ended is in the journal before the client hears the answer: a crash
+            // from here on keeps the outcome (one `write()`).
+            let finished = step.done.map(|done| self.finished(done));
+            if let Some(Finished::Journaled(ev)) = &finished {
+                self.agent.journal.answered(ev);
+            }
             let sent = match step.verdict {
                 Verdict::Forward(Out::Original) => {
                     buf.push(b'\n');
@@ -1131,11 +1137,13 @@ impl Session<'_> {
                 Verdict::Forward(Out::Bytes(bytes)) => write(writer, &bytes).await,
                 Verdict::Answer(_) | Verdict::Drop => Ok(()),
             };
-            // The answer went out first; its event is completed after (the pending entry
-            // covers a crash in between) — also when the client has just gone: the server
-            // did answer.
-            if let Some(done) = step.done {
-                self.completed(done).await;
+            // The answer went out first; its event is stored after (its lines in the
+            // journal cover a crash in between) — also when the client has just gone: the
+            // server did answer.
+            match finished {
+                Some(Finished::Journaled(ev)) => self.agent.journal.complete(ev).await,
+                Some(Finished::Record(Some(ev))) => self.emit(ev).await,
+                Some(Finished::Record(None)) | None => {}
             }
             if sent.is_err() {
                 return End::Client;
@@ -1164,22 +1172,28 @@ impl Session<'_> {
         }
     }
 
-    /// Records how an answered request ended (its place under a limit is already given back).
-    async fn completed(&self, done: Done) {
+    /// The event of how an answered request ended (its place under a limit is already
+    /// given back), and where it goes.
+    fn finished(&self, done: Done) -> Finished {
         let draft = self.state().drafts.remove(&done.gid);
         match draft {
             Some(mut ev) => {
                 Self::finish(&mut ev, &done.outcome, done.duration);
-                self.close(ev, done.request.durable).await;
-            }
-            // A quiet request (ping, lists): only a failure is recorded.
-            None => {
-                if let Outcome::Error(_) = done.outcome {
-                    let mut ev = self.pending_event(&done.request);
-                    Self::finish(&mut ev, &done.outcome, done.duration);
-                    self.emit(ev).await;
+                if done.request.durable {
+                    Finished::Journaled(ev)
+                } else {
+                    Finished::Record(Some(ev))
                 }
             }
+            // A quiet request (ping, lists): only a failure is recorded.
+            None => Finished::Record(match done.outcome {
+                Outcome::Error(_) => {
+                    let mut ev = self.pending_event(&done.request);
+                    Self::finish(&mut ev, &done.outcome, done.duration);
+                    Some(ev)
+                }
+                _ => None,
+            }),
         }
     }
 
@@ -1269,6 +1283,14 @@ impl Session<'_> {
 }
 
 /// Names what a request is about in its event: `tool`, `resource` or `prompt`.
+/// How an answered request's event is stored.
+enum Finished {
+    /// Begun in the journal: its final line, then the batch writer.
+    Journaled(AuditEvent),
+    /// Recorded as it is (a quiet request's failure), or not at all.
+    Record(Option<AuditEvent>),
+}
+
 fn insert_subject(f: &mut Map<String, Value>, subject: Option<&(Subject, String)>) {
     if let Some((kind, value)) = subject {
         f.insert(kind.noun().into(), Value::from(value.as_str()));
