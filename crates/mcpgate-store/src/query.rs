@@ -191,21 +191,54 @@ fn filtered(d: Dialect, q: &AuditQuery, text_plan: Text, columns: &str) -> Sql {
     sql
 }
 
-/// The distinct trigrams of `needle`, each quoted as a term of the trigram index's query
-/// (an event that holds the needle holds all of them; the index keeps no positions, so
-/// `LIKE` confirms). Empty for a needle shorter than a trigram.
-pub(crate) fn trigrams(needle: &str) -> Vec<String> {
-    let chars: Vec<char> = needle.chars().collect();
-    let mut out: Vec<String> = Vec::new();
-    for w in chars.windows(3) {
-        // As written: the index folds case itself (and folding here could make a trigram
-        // of more than three characters, which the index would take as a phrase).
-        let t: String = w.iter().collect();
-        let quoted = format!("\"{}\"", t.replace('"', "\"\""));
-        if !out.contains(&quoted) {
-            out.push(quoted);
+/// A trigram of free text as the index keeps it: three characters, ASCII folded to lower
+/// case as `LIKE` folds it (an event `LIKE` finds holds every trigram of the needle), 21
+/// bits each in one integer.
+pub(crate) type Gram = i64;
+
+/// The trigrams of `text`, in order, repeats included.
+pub(crate) fn grams(text: &str) -> impl Iterator<Item = Gram> + '_ {
+    const CHAR: u32 = 21;
+    let mut window: u64 = 0;
+    let mut seen = 0u8;
+    text.chars().filter_map(move |c| {
+        window = ((window << CHAR) | u64::from(c.to_ascii_lowercase())) & (u64::MAX >> 1);
+        seen = seen.saturating_add(1);
+        (seen >= 3).then_some(window as Gram)
+    })
+}
+
+/// The distinct trigrams of `needle`, in the order they first appear. Empty for a needle
+/// shorter than a trigram.
+pub(crate) fn trigrams(needle: &str) -> Vec<Gram> {
+    let mut out: Vec<Gram> = Vec::new();
+    for g in grams(needle) {
+        if !out.contains(&g) {
+            out.push(g);
         }
     }
+    out
+}
+
+/// Appends the index's word for trigram `g`: the hex of its UTF-8 (a word of letters and
+/// digits, which FTS5's `ascii` tokenizer keeps whole).
+pub(crate) fn push_word(g: Gram, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut utf8 = [0u8; 4];
+    for shift in [42, 21, 0] {
+        let c = char::from_u32(((g >> shift) & 0x1f_ffff) as u32).unwrap_or('\u{fffd}');
+        for b in c.encode_utf8(&mut utf8).bytes() {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+}
+
+/// The index's word for trigram `g`, quoted as a term of an FTS5 query.
+pub(crate) fn term(g: Gram) -> String {
+    let mut out = String::from("\"");
+    push_word(g, &mut out);
+    out.push('"');
     out
 }
 
@@ -283,14 +316,28 @@ mod tests {
 
     #[test]
     fn free_text_asks_the_index_for_each_distinct_trigram() {
+        let words = |t: &str| trigrams(t).into_iter().map(term).collect::<Vec<_>>();
         assert!(trigrams("ab").is_empty(), "shorter than a trigram");
-        assert_eq!(trigrams("abcab"), [r#""abc""#, r#""bca""#, r#""cab""#]);
         assert_eq!(
-            trigrams(r#"a"b%_"#),
-            [r#""a""b""#, r#""""b%""#, r#""b%_""#],
-            "quotes doubled, wildcards literal"
+            words("abcab"),
+            [r#""616263""#, r#""626361""#, r#""636162""#]
+        );
+        assert_eq!(
+            words(r#"A"b%_"#),
+            [r#""612262""#, r#""226225""#, r#""62255f""#],
+            "ASCII folded as LIKE folds it, quotes and wildcards literal"
+        );
+        assert_eq!(
+            words("ÜB€"),
+            [r#""c39c62e282ac""#],
+            "other letters as written"
         );
         assert_eq!(trigrams("Ünïcödé").len(), 5);
+        assert_eq!(
+            grams("abcabcab").count(),
+            6,
+            "every position's, repeats included"
+        );
     }
 
     #[test]

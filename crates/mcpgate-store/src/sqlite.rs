@@ -3,6 +3,7 @@
 //! the machine losing power, at the cost of an fsync (≈ 250 µs here) per commit.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,17 +89,35 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 
 /// Free text over the events' JSON: a trigram index (FTS5, contentless: the text stays in
 /// `audit` only) in a file of its own beside the store, `PATH-text`, written by a thread
-/// with its own connection. Storing an event never waits for the index and the index never
+/// with its own connection. Each event is indexed as the set of its distinct trigrams
+/// (folded as `LIKE` folds them), each a word of FTS5's `ascii` tokenizer; a trigram found
+/// in nearly every event is "common" (`audit_text_common`): no longer indexed, and never
+/// looked up. Storing an event never waits for the index and the index never
 /// holds the store: events are stored at the rate SQLite inserts rows and indexed on
 /// another core. `audit_text_state` says which positions it holds, `indexed_from` to
 /// `indexed_to`; free text scans the events on either side, so an answer never depends on
 /// how far the index has come. The file is derived data: one that is missing, unreadable
 /// or from another log is made anew and filled from the newest events back.
 const TEXT_SCHEMA: &str = "
-CREATE VIRTUAL TABLE IF NOT EXISTS audit_text USING fts5(data, content='', tokenize='trigram',
+BEGIN;
+CREATE VIRTUAL TABLE IF NOT EXISTS audit_text USING fts5(grams, content='', tokenize='ascii',
   detail='none', columnsize=0);
 CREATE TABLE IF NOT EXISTS audit_text_state (indexed_from INTEGER NOT NULL,
-  indexed_to INTEGER NOT NULL, anchor TEXT);";
+  indexed_to INTEGER NOT NULL, anchor TEXT);
+CREATE TABLE IF NOT EXISTS audit_text_common (gram INTEGER PRIMARY KEY);
+PRAGMA user_version = 2;
+COMMIT;";
+
+/// The index's format (its file's `user_version`); a file of another is made anew. 0: the
+/// FTS5 `trigram` tokenizer over each event's whole JSON.
+const TEXT_FORMAT: i64 = 2;
+
+/// A trigram becomes common when it is in more than nine in ten of this many events
+/// indexed one after another: so common that it narrows nothing, and too many for a burst
+/// of one client's calls to pass for the whole log. In a typical log that is three
+/// quarters of an event's distinct trigrams and most of what indexing one costs (the JSON keys, the constant
+/// values); a needle made of common trigrams alone is found by reading the events.
+const COMMON_WINDOW: u32 = if cfg!(test) { 1_000 } else { 50_000 };
 
 /// New events are indexed once this many wait, or once the store has been quiet for
 /// [`TEXT_IDLE`] (free text scans those meanwhile): one index update for many events.
@@ -141,8 +160,8 @@ fn text_path(path: &Path) -> std::path::PathBuf {
 fn open_text_index(path: &Path) -> Result<Connection> {
     let file = text_path(path);
     match open_text_file(&file, path) {
-        Ok(Some(c)) => return Ok(c),
-        Ok(None) => tracing::info!("the audit text index is from another log: made anew"),
+        Ok(Ok(c)) => return Ok(c),
+        Ok(Err(why)) => tracing::info!("the audit text index is {why}: made anew"),
         Err(e) => tracing::warn!(error = %e, "the audit text index cannot be read: made anew"),
     }
     for suffix in ["", "-wal", "-shm"] {
@@ -151,17 +170,26 @@ fn open_text_index(path: &Path) -> Result<Connection> {
         let _ = std::fs::remove_file(std::path::PathBuf::from(f));
     }
     open_text_file(&file, path)?
-        .ok_or_else(|| crate::StoreError::Corrupt("a new audit text index is out of step".into()))
+        .map_err(|why| crate::StoreError::Corrupt(format!("a new audit text index is {why}")))
 }
 
-/// The index's connection, or `None` when its newest position holds another event than the
-/// one it indexed there (the store was replaced, say by an older copy).
-fn open_text_file(file: &Path, store: &Path) -> Result<Option<Connection>> {
+/// The index's connection, or why it cannot be used: it is of another format, or its
+/// newest position holds another event than the one it indexed there (the store was
+/// replaced, say by an older copy).
+fn open_text_file(
+    file: &Path,
+    store: &Path,
+) -> Result<std::result::Result<Connection, &'static str>> {
     let c = Connection::open(file)?;
     restrict(file)?;
     c.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
     )?;
+    let format: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if format != TEXT_FORMAT && tables > 0 {
+        return Ok(Err("of an earlier format"));
+    }
     c.execute_batch(TEXT_SCHEMA)?;
     // Segments merged 16 at a time rather than FTS5's 4: each indexed trigram is rewritten
     // at fewer levels as the index grows (measured: 40% less of the index thread's CPU per
@@ -188,11 +216,11 @@ fn open_text_file(file: &Path, store: &Path) -> Result<Option<Connection>> {
         }
         Some((to, anchor)) => {
             if id_at(&c, to)? != anchor {
-                return Ok(None);
+                return Ok(Err("from another log"));
             }
         }
     }
-    Ok(Some(c))
+    Ok(Ok(c))
 }
 
 /// The positions the index holds, `indexed_from` to `indexed_to`.
@@ -224,7 +252,7 @@ enum Next {
 
 /// One step of the index thread: new events first (when enough wait, or the store has been
 /// quiet), else a step of older ones.
-fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
+fn index_step(c: &mut Connection, tally: &mut Tally, woken: bool) -> rusqlite::Result<Next> {
     let head: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM m.audit", [], |r| {
         r.get(0)
     })?;
@@ -233,7 +261,7 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
     if waiting > 0 && (waiting >= TEXT_INDEX_LAG || !woken) {
         let upto = (to + TEXT_INDEX_STEP).min(head);
         let anchor = id_at(c, upto)?;
-        let Some(tx) = index_range(c, (from, to), to + 1, upto)? else {
+        let Some(tx) = index_range(c, (from, to), to + 1, upto, Some(tally))? else {
             return Ok(Next::Now);
         };
         tx.execute(
@@ -253,7 +281,7 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
         return Ok(Next::Wait);
     }
     let low = (from - TEXT_FILL_STEP).max(1);
-    let Some(tx) = index_range(c, (from, to), low, from - 1)? else {
+    let Some(tx) = index_range(c, (from, to), low, from - 1, None)? else {
         return Ok(Next::Now);
     };
     tx.execute("UPDATE audit_text_state SET indexed_from = ?1", [low])?;
@@ -264,13 +292,15 @@ fn index_step(c: &mut Connection, woken: bool) -> rusqlite::Result<Next> {
 /// The store's events at positions `lo` to `hi` added to the index, in its write
 /// transaction (for the caller to record and commit) if the index still holds the
 /// positions `seen`: another process with the same store open may have indexed them
-/// meanwhile, and then nothing is indexed twice, the step is taken again.
-fn index_range(
-    c: &mut Connection,
+/// meanwhile, and then nothing is indexed twice, the step is taken again. New events are
+/// counted in `tally`, which may find trigrams common.
+fn index_range<'c>(
+    c: &'c mut Connection,
     seen: (i64, i64),
     lo: i64,
     hi: i64,
-) -> rusqlite::Result<Option<rusqlite::Transaction<'_>>> {
+    mut tally: Option<&mut Tally>,
+) -> rusqlite::Result<Option<rusqlite::Transaction<'c>>> {
     let rows = read_events(c, lo, hi)?;
     // A write to the index's file first takes its lock and no other: `BEGIN IMMEDIATE`
     // would lock every attached file, the store's too, and hold its writer for the step.
@@ -282,13 +312,82 @@ fn index_range(
     if index_state(&tx)? != seen {
         return Ok(None);
     }
+    let common = common_grams(&tx, "main")?;
     {
-        let mut add = tx.prepare_cached("INSERT INTO audit_text(rowid, data) VALUES (?1, ?2)")?;
+        let mut add = tx.prepare_cached("INSERT INTO audit_text(rowid, grams) VALUES (?1, ?2)")?;
+        let (mut set, mut words) = (Vec::new(), String::new());
         for (pos, data) in &rows {
-            add.execute(params![pos, data])?;
+            set.clear();
+            set.extend(query::grams(data).filter(|g| !common.contains(g)));
+            set.sort_unstable();
+            set.dedup();
+            if let Some(t) = tally.as_deref_mut()
+                && pos % TALLY_EVERY == 0
+            {
+                t.count(&set);
+            }
+            words.clear();
+            for g in &set {
+                query::push_word(*g, &mut words);
+                words.push(' ');
+            }
+            add.execute(params![pos, words])?;
+        }
+    }
+    if let Some(t) = tally {
+        let mut add = tx.prepare_cached("INSERT OR IGNORE INTO audit_text_common VALUES (?1)")?;
+        for g in t.common() {
+            add.execute([g])?;
         }
     }
     Ok(Some(tx))
+}
+
+type Grams = HashSet<query::Gram, foldhash::fast::RandomState>;
+
+/// The trigrams the index no longer keeps; `schema`: the index's file as the connection
+/// names it.
+fn common_grams(c: &Connection, schema: &str) -> rusqlite::Result<Grams> {
+    let mut stmt = c.prepare_cached(&format!("SELECT gram FROM {schema}.audit_text_common"))?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// One event in this many is counted (by position) to find the common trigrams: the share
+/// of a trigram among thousands is as well known from an eighth of them, at an eighth of
+/// the cost.
+const TALLY_EVERY: i64 = 8;
+
+/// How many of the events counted since the last decision hold each trigram not yet
+/// common.
+#[derive(Default)]
+struct Tally {
+    events: u32,
+    counts: HashMap<query::Gram, u32, foldhash::fast::RandomState>,
+}
+
+impl Tally {
+    /// Counts an event's trigrams not yet common.
+    fn count(&mut self, set: &[query::Gram]) {
+        self.events += 1;
+        for g in set {
+            *self.counts.entry(*g).or_default() += 1;
+        }
+    }
+
+    /// Once the events of a [`COMMON_WINDOW`] are counted, the trigrams in more than nine
+    /// in ten of them (and counting starts over); until then none.
+    fn common(&mut self) -> Vec<query::Gram> {
+        if i64::from(self.events) < i64::from(COMMON_WINDOW) / TALLY_EVERY {
+            return Vec::new();
+        }
+        let events = u64::from(std::mem::take(&mut self.events));
+        std::mem::take(&mut self.counts)
+            .into_iter()
+            .filter(|(_, n)| u64::from(*n) * 10 > events * 9)
+            .map(|(g, _)| g)
+            .collect()
+    }
 }
 
 /// The events at positions `from` to `to`, read in one short read of the store: a read
@@ -309,6 +408,7 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
     // them.
     let _ = rustix::process::nice(TEXT_NICE);
     let mut next = Next::Now;
+    let mut tally = Tally::default();
     loop {
         let wait = match next {
             Next::Now => Duration::ZERO,
@@ -320,7 +420,7 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        next = match index_step(&mut c, woken) {
+        next = match index_step(&mut c, &mut tally, woken) {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "the audit text index is behind; free text scans the events it lacks");
@@ -336,8 +436,9 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
 /// hold it (a trigram in every event reaches 5,000 events in, one in 1 % of them half a
 /// million). The rarest few are then looked up together, and the rarest several when those
 /// are held apart by too many events: the work follows the rare trigrams, not the common
-/// ones (`"`, `.rs`, `repo`) that every event holds. An index that cannot be read costs a
-/// scan, never an answer.
+/// ones (`"`, `.rs`, `repo`) that every event holds; the index's common trigrams are not
+/// asked for at all, and a needle of them alone is scanned for. An index that cannot be
+/// read costs a scan, never an answer.
 fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text {
     let grams = match needle {
         Some(n) if indexed => query::trigrams(n),
@@ -347,37 +448,47 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
         return query::Text::Scan;
     }
     let plan = || -> rusqlite::Result<query::Text> {
-        let (from, to): (i64, i64) = c.query_row(
+        // One read of the index's file: the positions it holds and the trigrams it keeps
+        // there are of the same moment.
+        let read = c.unchecked_transaction()?;
+        let (from, to): (i64, i64) = read.query_row(
             "SELECT indexed_from, indexed_to FROM text.audit_text_state",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let common = common_grams(&read, "text")?;
+        let grams: Vec<query::Gram> = grams.into_iter().filter(|g| !common.contains(g)).collect();
+        if grams.is_empty() {
+            return Ok(query::Text::Scan);
+        }
         let span = (to - from + 1).max(1) as f64;
-        let mut probe = c.prepare_cached(
+        let mut probe = read.prepare_cached(
             "SELECT count(*), COALESCE(max(rowid), 0) FROM
                (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
         )?;
         // Spread over a long needle.
         let step = grams.len().div_ceil(TEXT_PROBES);
-        let mut counted: Vec<(f64, &str)> = Vec::new();
+        let mut counted: Vec<(f64, String)> = Vec::new();
         for g in grams.iter().step_by(step) {
-            let (n, reach): (i64, i64) = probe.query_row(params![g, TEXT_INDEX_MAX + 1], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+            let term = query::term(*g);
+            let (n, reach): (i64, i64) = probe
+                .query_row(params![term, TEXT_INDEX_MAX + 1], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             let estimate = if n <= TEXT_INDEX_MAX {
                 n as f64
             } else {
                 n as f64 * span / (reach - from + 1).max(1) as f64
             };
-            counted.push((estimate, g.as_str()));
+            counted.push((estimate, term));
         }
-        counted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
-        let mut hits = c.prepare_cached(
+        counted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut hits = read.prepare_cached(
             "SELECT json_group_array(rowid), count(*) FROM
                (SELECT rowid FROM text.audit_text WHERE audit_text MATCH ?1 LIMIT ?2)",
         )?;
         for take in TEXT_TERMS {
-            let terms: Vec<&str> = counted.iter().take(take).map(|(_, g)| *g).collect();
+            let terms: Vec<&str> = counted.iter().take(take).map(|(_, g)| g.as_str()).collect();
             let (found_at, found): (String, i64) = hits
                 .query_row(params![terms.join(" AND "), TEXT_INDEX_MAX + 1], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -421,13 +532,61 @@ pub enum Sync {
 }
 
 /// SQLite storage. Calls run on tokio's blocking pool, one at a time; the free-text index
-/// is kept beside it by a thread of its own.
+/// is kept beside it by a thread of its own, and the write-ahead log copied into the
+/// store's file by another.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// Wakes the index thread after a batch of events is stored (`None`: no index); the
     /// thread ends when the last copy of the store is dropped.
     text: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Wakes the checkpoint thread after each call; it ends with the store likewise.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+}
+
+/// The write-ahead log is copied into the store's file (a passive checkpoint: it never
+/// holds up a write) at most this often, by a thread with its own connection: copying it
+/// was a third of what the store's one connection spent storing events, and every other
+/// call waited behind it.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Pages of log after which the checkpoint thread has the log start over.
+const CHECKPOINT_RESTART: i64 = 4_096;
+
+/// Pages of log after which the store's own connection copies it itself, should the
+/// checkpoint thread fall behind (SQLite's default is 1,000).
+const CHECKPOINT_FALLBACK: i64 = 16_384;
+
+/// Copies the log at `path` into the store when woken, until the store is dropped.
+fn run_checkpoints(path: std::path::PathBuf, wake: std::sync::mpsc::Receiver<()>) {
+    let c = match Connection::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "the store's log is copied by its writer");
+            return;
+        }
+    };
+    let _ = c.busy_timeout(Duration::from_secs(5));
+    let checkpoint = |mode: &str| {
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+    };
+    while wake.recv().is_ok() {
+        match checkpoint("PASSIVE") {
+            // Writes that keep coming keep a passive checkpoint from ever copying all of
+            // the log, and the log starts over only once it has: past a size, the rest is
+            // copied while the writer waits (a few pages: most were just copied).
+            Ok((log, copied)) if log >= CHECKPOINT_RESTART && copied < log => {
+                if let Err(e) = checkpoint("RESTART") {
+                    tracing::debug!(error = %e, "checkpoint");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "checkpoint"),
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
 }
 
 impl SqliteStore {
@@ -491,9 +650,18 @@ impl SqliteStore {
         } else {
             None
         };
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {CHECKPOINT_FALLBACK};"
+        ))?;
+        let (checkpoint, woken) = std::sync::mpsc::sync_channel(1);
+        let file = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || run_checkpoints(file, woken))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             text,
+            checkpoint,
         })
     }
 
@@ -520,12 +688,15 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard).map_err(crate::StoreError::from)
         })
         .await
-        .map_err(|e| crate::StoreError::Task(e.to_string()))?
+        .map_err(|e| crate::StoreError::Task(e.to_string()))?;
+        // A wake already pending is enough.
+        let _ = self.checkpoint.try_send(());
+        done
     }
 }
 
@@ -919,4 +1090,117 @@ struct OwnedRow {
     method: Option<String>,
     roles: String,
     data: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpgate_types::{AuditQuery, Page};
+
+    fn event(i: u32) -> AuditEvent {
+        let mut fields = serde_json::Map::new();
+        fields.insert("note".into(), format!("needle-{i:05} always-here").into());
+        AuditEvent {
+            id: format!("ev{i:05}"),
+            time: std::time::SystemTime::UNIX_EPOCH
+                + Duration::from_secs(1_800_000_000 + u64::from(i)),
+            kind: "mcp.session.request".into(),
+            code: "MG3003I".into(),
+            cluster: "test".into(),
+            user: "ann".into(),
+            user_kind: None,
+            roles: Vec::new(),
+            success: true,
+            fields,
+        }
+    }
+
+    /// A busy store's write-ahead log is copied into its file as events keep coming, by a
+    /// thread of its own (the store's connection would copy it only past 64 MiB).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_copied_into_the_store_while_events_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let wal = dir.path().join("spool.db-wal");
+        // Without the thread the events would all be in the log (about 15 MiB of it).
+        let store = SqliteStore::open_unindexed(&path).unwrap();
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let events: Vec<AuditEvent> = (0..20_000).map(event).collect();
+        for batch in events.chunks(500) {
+            store.append_events(batch).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while size(&path) < 8 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log is never copied: {} bytes in the store, {} in its log",
+                size(&path),
+                size(&wal)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The trigrams of what every event holds stop being indexed once a window of events
+    /// shows it; searches give the same answers, through the index where a needle has a
+    /// rarer trigram, by reading the events where it has none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trigrams_in_nearly_every_event_stop_being_indexed_and_free_text_still_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let events: Vec<AuditEvent> = (0..3 * COMMON_WINDOW).map(event).collect();
+        for batch in events.chunks(500) {
+            store.append_events(batch).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.text_index_behind().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never indexed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let one = |t: &str| query::trigrams(t)[0];
+        let (common, plans) = {
+            let c = store.conn.lock().unwrap();
+            let plan = |needle: &str| match text_plan(&c, true, Some(needle)) {
+                query::Text::Scan => None,
+                query::Text::Indexed { hits, .. } => Some(hits),
+            };
+            (
+                common_grams(&c, "text").unwrap(),
+                [
+                    plan("always-here"),
+                    plan("NEEDLE-02999 always"),
+                    plan("needle-1"),
+                ],
+            )
+        };
+        assert!(common.contains(&one("alw")) && common.contains(&one("-he")));
+        assert!(
+            common.contains(&one("mcp")),
+            "the event's own constant fields too"
+        );
+        assert!(
+            !common.contains(&one("999")),
+            "a trigram of one event in ten is kept"
+        );
+        assert_eq!(plans[0], None, "common trigrams alone: read the events");
+        assert_eq!(
+            plans[1].as_deref(),
+            Some("[3000]"),
+            "the rare ones, looked up"
+        );
+        assert!(plans[2].is_some(), "{:?}", plans[2]);
+        let find = async |text: &str| {
+            let q = AuditQuery {
+                text: Some(text.into()),
+                limit: Some(5_000),
+                ..AuditQuery::default()
+            };
+            let page = store.page_events(&q, Page::Newest).await.unwrap();
+            page.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(find("NEEDLE-02999 always").await, ["ev02999"]);
+        assert_eq!(find("always-here").await.len(), events.len());
+        assert!(find("always-herE!").await.is_empty());
+        assert_eq!(find("needle-0100").await.len(), 10);
+    }
 }

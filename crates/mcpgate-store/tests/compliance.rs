@@ -257,7 +257,8 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     let in_index: i64 = rusqlite::Connection::open(&text)
         .unwrap()
         .query_row(
-            r#"SELECT count(*) FROM audit_text WHERE audit_text MATCH '"-00" AND "007"' AND rowid = 8"#,
+            // The trigrams `-00` and `007`, as the index spells them.
+            r#"SELECT count(*) FROM audit_text WHERE audit_text MATCH '"2d3030" AND "303037"' AND rowid = 8"#,
             [],
             |r| r.get(0),
         )
@@ -288,6 +289,30 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     assert!(find(&store, "old-needle-0007").await.is_empty());
     assert_eq!(find(&store, "new-needle-0007").await, ["new0007"]);
     assert_eq!(find(&store, "new-needle-1234").await, ["new1234"]);
+    drop(store);
+
+    // An index of the earlier format (the whole JSON through FTS5's trigram tokenizer), in
+    // step with the log: made anew, never asked in its own spelling.
+    {
+        let c = rusqlite::Connection::open(&text).unwrap();
+        // The index's thread may still be finishing its last step.
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c.execute_batch(
+            "DROP TABLE audit_text; DROP TABLE audit_text_common;
+             CREATE VIRTUAL TABLE audit_text USING fts5(data, content='', tokenize='trigram',
+               detail='none', columnsize=0);
+             PRAGMA user_version = 0;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    indexed(&store).await;
+    let format: i64 = rusqlite::Connection::open(&text)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(format, 2, "the index is made anew in its format");
+    assert_eq!(find(&store, "new-needle-1999").await, ["new1999"]);
     drop(store);
 
     // An unreadable index: made anew.
