@@ -211,13 +211,8 @@ pub(crate) fn grams(text: &str) -> impl Iterator<Item = Gram> + '_ {
 /// The distinct trigrams of `needle`, in the order they first appear. Empty for a needle
 /// shorter than a trigram.
 pub(crate) fn trigrams(needle: &str) -> Vec<Gram> {
-    let mut out: Vec<Gram> = Vec::new();
-    for g in grams(needle) {
-        if !out.contains(&g) {
-            out.push(g);
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    grams(needle).filter(|g| seen.insert(*g)).collect()
 }
 
 /// Appends the index's word for trigram `g`: the hex of its UTF-8 (a word of letters and

@@ -88,7 +88,7 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Free text over the events' JSON: a trigram index (FTS5, contentless: the text stays in
-/// `audit` only) in a file of its own beside the store, `PATH-text`, written by a thread
+/// `audit` only) in a file of its own beside the store, `PATH-text2`, written by a thread
 /// with its own connection. Each event is indexed as the set of its distinct trigrams
 /// (folded as `LIKE` folds them), each a word of FTS5's `ascii` tokenizer; a trigram found
 /// in nearly every event is "common" (`audit_text_common`): no longer indexed, and never
@@ -99,17 +99,16 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 /// how far the index has come. The file is derived data: one that is missing, unreadable
 /// or from another log is made anew and filled from the newest events back.
 const TEXT_SCHEMA: &str = "
-BEGIN;
 CREATE VIRTUAL TABLE IF NOT EXISTS audit_text USING fts5(grams, content='', tokenize='ascii',
   detail='none', columnsize=0);
 CREATE TABLE IF NOT EXISTS audit_text_state (indexed_from INTEGER NOT NULL,
   indexed_to INTEGER NOT NULL, anchor TEXT);
 CREATE TABLE IF NOT EXISTS audit_text_common (gram INTEGER PRIMARY KEY);
-PRAGMA user_version = 2;
-COMMIT;";
+PRAGMA user_version = 2;";
 
 /// The index's format (its file's `user_version`); a file of another is made anew. 0: the
-/// FTS5 `trigram` tokenizer over each event's whole JSON.
+/// FTS5 `trigram` tokenizer over each event's whole JSON, in `PATH-text` (a name this
+/// format does not use, so that an older build never reads it as its own).
 const TEXT_FORMAT: i64 = 2;
 
 /// A trigram becomes common when it is in more than nine in ten of this many events
@@ -151,24 +150,49 @@ const TEXT_TERMS: [usize; 2] = [3, 6];
 /// The file of the free-text index of the store at `path`.
 fn text_path(path: &Path) -> std::path::PathBuf {
     let mut p = path.as_os_str().to_owned();
-    p.push("-text");
+    p.push("-text2");
     p.into()
 }
 
-/// Opens the free-text index of the store at `path` (attached as `m`), making it anew when
-/// it cannot be read or was built from another log.
-fn open_text_index(path: &Path) -> Result<Connection> {
-    let file = text_path(path);
-    match open_text_file(&file, path) {
-        Ok(Ok(c)) => return Ok(c),
-        Ok(Err(why)) => tracing::info!("the audit text index is {why}: made anew"),
-        Err(e) => tracing::warn!(error = %e, "the audit text index cannot be read: made anew"),
-    }
+/// Removes the SQLite file `file` and its log.
+fn remove_db_files(file: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let mut f = file.as_os_str().to_owned();
         f.push(suffix);
         let _ = std::fs::remove_file(std::path::PathBuf::from(f));
     }
+}
+
+/// Whether `e` says the file is not a database, or a damaged one (rather than busy, say).
+fn unreadable(e: &crate::StoreError) -> bool {
+    matches!(
+        e,
+        crate::StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Opens the free-text index of the store at `path` (attached as `m`), making it anew when
+/// it cannot be read or was built from another log.
+fn open_text_index(path: &Path) -> Result<Connection> {
+    let mut legacy = path.as_os_str().to_owned();
+    legacy.push("-text");
+    let legacy = std::path::PathBuf::from(legacy);
+    if legacy.exists() {
+        tracing::info!("the audit text index of an earlier format is removed: made anew");
+        remove_db_files(&legacy);
+    }
+    let file = text_path(path);
+    match open_text_file(&file, path) {
+        Ok(Ok(c)) => return Ok(c),
+        Ok(Err(why)) => tracing::info!("the audit text index is {why}: made anew"),
+        Err(e) if unreadable(&e) => {
+            tracing::warn!(error = %e, "the audit text index cannot be read: made anew")
+        }
+        // Busy past the timeout, say: the file is left to whoever holds it.
+        Err(e) => return Err(e),
+    }
+    remove_db_files(&file);
     open_text_file(&file, path)?
         .map_err(|why| crate::StoreError::Corrupt(format!("a new audit text index is {why}")))
 }
@@ -180,17 +204,24 @@ fn open_text_file(
     file: &Path,
     store: &Path,
 ) -> Result<std::result::Result<Connection, &'static str>> {
-    let c = Connection::open(file)?;
+    let mut c = Connection::open(file)?;
     restrict(file)?;
     c.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
     )?;
-    let format: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let tables: i64 = c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
-    if format != TEXT_FORMAT && tables > 0 {
-        return Ok(Err("of an earlier format"));
+    {
+        // Under the file's write lock (waiting for another connection's step): a file of
+        // another format is never stamped as this one's.
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let format: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        if tables == 0 {
+            tx.execute_batch(TEXT_SCHEMA)?;
+        } else if format != TEXT_FORMAT {
+            return Ok(Err("of another format"));
+        }
+        tx.commit()?;
     }
-    c.execute_batch(TEXT_SCHEMA)?;
     // Segments merged 16 at a time rather than FTS5's 4: each indexed trigram is rewritten
     // at fewer levels as the index grows (measured: 40% less of the index thread's CPU per
     // event), and a lookup reads a few more segments (still milliseconds at ten million).
@@ -322,7 +353,7 @@ fn index_range<'c>(
             set.sort_unstable();
             set.dedup();
             if let Some(t) = tally.as_deref_mut()
-                && pos % TALLY_EVERY == 0
+                && sampled(*pos)
             {
                 t.count(&set);
             }
@@ -353,10 +384,16 @@ fn common_grams(c: &Connection, schema: &str) -> rusqlite::Result<Grams> {
     rows.collect()
 }
 
-/// One event in this many is counted (by position) to find the common trigrams: the share
-/// of a trigram among thousands is as well known from an eighth of them, at an eighth of
-/// the cost.
+/// One event in this many is counted to find the common trigrams: the share of a trigram
+/// among thousands is as well known from an eighth of them, at an eighth of the cost.
 const TALLY_EVERY: i64 = 8;
+
+/// Whether the event at `pos` is counted: one in [`TALLY_EVERY`], picked by a hash of the
+/// position so that events that repeat in a pattern (a request, its answer) are all counted
+/// alike.
+fn sampled(pos: i64) -> bool {
+    (pos as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TALLY_EVERY.ilog2()) == 0
+}
 
 /// How many of the events counted since the last decision hold each trigram not yet
 /// common.
@@ -550,12 +587,12 @@ pub struct SqliteStore {
 /// call waited behind it.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
-/// Pages of log after which the checkpoint thread has the log start over.
-const CHECKPOINT_RESTART: i64 = 4_096;
-
-/// Pages of log after which the store's own connection copies it itself, should the
-/// checkpoint thread fall behind (SQLite's default is 1,000).
-const CHECKPOINT_FALLBACK: i64 = 16_384;
+/// Pages of log after which the store's own connection checkpoints after a commit (SQLite's
+/// default is 1,000). Writes that keep coming keep the thread's checkpoints from ever
+/// copying the whole log, and the log starts over only once one has; the writer's own,
+/// between its transactions, copies what the thread has not (little: the thread copies as
+/// it goes) and lets it start over.
+const CHECKPOINT_FALLBACK: i64 = 4_096;
 
 /// Copies the log at `path` into the store when woken, until the store is dropped.
 fn run_checkpoints(path: std::path::PathBuf, wake: std::sync::mpsc::Receiver<()>) {
@@ -567,23 +604,9 @@ fn run_checkpoints(path: std::path::PathBuf, wake: std::sync::mpsc::Receiver<()>
         }
     };
     let _ = c.busy_timeout(Duration::from_secs(5));
-    let checkpoint = |mode: &str| {
-        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-    };
     while wake.recv().is_ok() {
-        match checkpoint("PASSIVE") {
-            // Writes that keep coming keep a passive checkpoint from ever copying all of
-            // the log, and the log starts over only once it has: past a size, the rest is
-            // copied while the writer waits (a few pages: most were just copied).
-            Ok((log, copied)) if log >= CHECKPOINT_RESTART && copied < log => {
-                if let Err(e) = checkpoint("RESTART") {
-                    tracing::debug!(error = %e, "checkpoint");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "checkpoint"),
+        if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint");
         }
         std::thread::sleep(CHECKPOINT_EVERY);
     }
@@ -636,8 +659,16 @@ impl SqliteStore {
                  COMMIT;",
             )?;
         }
-        let text = if indexed {
-            let index = open_text_index(path)?;
+        let index = match indexed.then(|| open_text_index(path)) {
+            Some(Ok(index)) => Some(index),
+            Some(Err(e)) => {
+                // Derived data: free text scans the events meanwhile.
+                tracing::warn!(error = %e, "the audit text index cannot be opened; free text scans");
+                None
+            }
+            None => None,
+        };
+        let text = if let Some(index) = index {
             conn.execute(
                 "ATTACH DATABASE ?1 AS text",
                 [text_path(path).to_string_lossy()],
@@ -651,7 +682,9 @@ impl SqliteStore {
             None
         };
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = {CHECKPOINT_FALLBACK};"
+            "PRAGMA wal_autocheckpoint = {CHECKPOINT_FALLBACK}; PRAGMA journal_size_limit = {};",
+            // A log that grew in a burst is cut back to twice its usual most.
+            CHECKPOINT_FALLBACK * 4096 * 2
         ))?;
         let (checkpoint, woken) = std::sync::mpsc::sync_channel(1);
         let file = path.to_path_buf();
@@ -906,6 +939,11 @@ impl Store for SqliteStore {
             .collect::<Result<_>>()?;
         self.run(move |c| {
             let tx = c.transaction()?;
+            // The store's write lock first, and its alone: a transaction that has read
+            // cannot wait for it (SQLite answers "busy" at once when another connection
+            // writes the file), and `BEGIN IMMEDIATE` would take the text index's file too
+            // and hold its thread for the whole batch. No row is at position 0.
+            tx.execute("UPDATE audit SET id = id WHERE rowid = 0", [])?;
             {
                 // Each event is linked to the one before it: its position is the next one,
                 // and its hash covers the position, the previous hash and its JSON.
@@ -1116,21 +1154,21 @@ mod tests {
     }
 
     /// A busy store's write-ahead log is copied into its file as events keep coming, by a
-    /// thread of its own (the store's connection would copy it only past 64 MiB).
+    /// thread of its own (the store's connection would copy it only past 16 MiB).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_is_copied_into_the_store_while_events_keep_coming() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.db");
         let wal = dir.path().join("spool.db-wal");
-        // Without the thread the events would all be in the log (about 15 MiB of it).
+        // Without the thread the events would all be in the log (about 7 MiB of it).
         let store = SqliteStore::open_unindexed(&path).unwrap();
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let events: Vec<AuditEvent> = (0..20_000).map(event).collect();
+        let events: Vec<AuditEvent> = (0..10_000).map(event).collect();
         for batch in events.chunks(500) {
             store.append_events(batch).await.unwrap();
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while size(&path) < 8 << 20 {
+        while size(&path) < 4 << 20 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the log is never copied: {} bytes in the store, {} in its log",
@@ -1139,6 +1177,30 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Another connection writing the store's file (a second process, a checkpoint that
+    /// holds writers) makes an append wait, not fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_waits_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open_unindexed(&path).unwrap();
+        store.append_events(&[event(0)]).await.unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let append = {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_events(&[event(1)]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.execute_batch("COMMIT").unwrap();
+        append
+            .await
+            .unwrap()
+            .expect("the append waited for the other writer");
+        let q = AuditQuery::default();
+        assert_eq!(store.search_events(&q).await.unwrap().len(), 2);
     }
 
     /// The trigrams of what every event holds stop being indexed once a window of events

@@ -189,7 +189,7 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     use mcpgate_types::{AuditEvent, AuditQuery, Page};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let text = dir.path().join("state.db-text");
+    let text = dir.path().join("state.db-text2");
     let events = |tag: &str| -> Vec<AuditEvent> {
         (0..2_500)
             .map(|i| {
@@ -203,7 +203,7 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
             .collect()
     };
     let remove_text = || {
-        for f in ["state.db-text", "state.db-text-wal", "state.db-text-shm"] {
+        for f in ["state.db-text2", "state.db-text2-wal", "state.db-text2-shm"] {
             let _ = std::fs::remove_file(dir.path().join(f));
         }
     };
@@ -291,8 +291,17 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
     assert_eq!(find(&store, "new-needle-1234").await, ["new1234"]);
     drop(store);
 
-    // An index of the earlier format (the whole JSON through FTS5's trigram tokenizer), in
-    // step with the log: made anew, never asked in its own spelling.
+    // An index of the earlier format, where it was kept (`state.db-text`): removed.
+    let legacy = dir.path().join("state.db-text");
+    std::fs::write(&legacy, b"an index of an earlier format").unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(!legacy.exists(), "the earlier format's file is removed");
+    assert_eq!(find(&store, "new-needle-1998").await, ["new1998"]);
+    drop(store);
+
+    // A file of another format where this one keeps its index (the whole JSON through FTS5's
+    // trigram tokenizer, say), in step with the log: made anew, never asked in its own
+    // spelling.
     {
         let c = rusqlite::Connection::open(&text).unwrap();
         // The index's thread may still be finishing its last step.
