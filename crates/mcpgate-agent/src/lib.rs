@@ -71,6 +71,19 @@ pub struct Agent {
     pub(crate) pin_books: shared::Shared<pins::PinBook>,
     /// The locks in force, read once for all the sessions.
     pub(crate) locks: locks::LockView,
+    /// Set once the agent is stopping: its sessions end, and new ones with them.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Sessions being served.
+    live: tokio::sync::watch::Sender<usize>,
+}
+
+/// A session being served (see [`Agent::serving`]).
+pub(crate) struct Serving<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Whether an agent with these `agent.resources` selectors serves a cluster app (the match
@@ -110,7 +123,35 @@ impl Agent {
             policies: Default::default(),
             pin_books: Default::default(),
             locks: Default::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
+            live: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Stops serving: every session ends as a lock ends it, saying that the gateway is
+    /// stopping (what waits is answered and audited, the server stopped, the end audited),
+    /// and so does any that starts meanwhile; waits at most `within` for them, then until
+    /// the audit journal has stored what it holds. Returns how many sessions had not ended.
+    pub async fn stop(&self, within: std::time::Duration) -> usize {
+        self.stopping.send_replace(true);
+        let mut live = self.live.subscribe();
+        let _ = tokio::time::timeout(within, live.wait_for(|n| *n == 0)).await;
+        self.journal.flush().await;
+        *self.live.borrow()
+    }
+
+    /// Resolves once the agent is stopping.
+    pub(crate) async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        if stopping.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Counts a session as served until the guard is dropped.
+    pub(crate) fn serving(&self) -> Serving<'_> {
+        self.live.send_modify(|n| *n += 1);
+        Serving(&self.live)
     }
 
     /// Sets the key secrets in audit parameters are hashed with (once; before it is set

@@ -102,6 +102,10 @@ struct Session<'a> {
     cut: Mutex<Option<Cut>>,
 }
 
+/// Why a session ends when the gateway stops.
+const STOPPED: &str =
+    "the gateway is shutting down; the session was ended (reconnect once it is back)";
+
 /// A signal that ends a session, with its reason.
 type Cut = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
@@ -119,6 +123,8 @@ enum End {
     Upstream(String),
     /// The gateway ended it (a lock).
     Cut(String),
+    /// The gateway is stopping.
+    Stopped,
     /// The client finished sending, and answers it waited for did not come in time.
     Unanswered,
 }
@@ -145,6 +151,7 @@ impl Agent {
         W: AsyncWrite + Unpin + Send,
         C: std::future::Future<Output = String> + Send + 'static,
     {
+        let _serving = self.serving();
         let writer = tokio::sync::Mutex::new(writer);
         self.serve_inner(conn, &mut reader, &writer, Box::pin(cut))
             .await;
@@ -634,12 +641,14 @@ impl Session<'_> {
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(answers, locks, cut);
+        let stopped = self.agent.stopped();
+        tokio::pin!(answers, locks, cut, stopped);
         let end = tokio::select! {
             end = self.client_loop(reader, writer, up_in) => end,
             end = &mut answers => end,
             reason = &mut locks => End::Cut(reason),
             reason = &mut cut => End::Cut(reason),
+            () = &mut stopped => End::Stopped,
         };
         // A client that finished sending (`printf '...' | mcpgate mcp connect`) still
         // gets the answers it waits for, for a while; the server's input stays open.
@@ -654,6 +663,7 @@ impl Session<'_> {
                 end = &mut answers => end,
                 reason = &mut locks => End::Cut(reason),
                 reason = &mut cut => End::Cut(reason),
+                () = &mut stopped => End::Stopped,
                 _ = tokio::time::sleep(DRAIN) => End::Unanswered,
             }
         } else {
@@ -1216,6 +1226,7 @@ impl Session<'_> {
                 format!("the MCP server of app {:?} {report}", self.app_name())
             }
             End::Cut(reason) => format!("access denied: {reason}; the session was ended"),
+            End::Stopped => STOPPED.to_string(),
             End::Unanswered => format!(
                 "the client finished sending and the MCP server of app {:?} did not answer within {}s",
                 self.app_name(),
@@ -1265,6 +1276,10 @@ impl Session<'_> {
         let code = match end {
             End::Cut(reason) => {
                 f.insert("reason".into(), Value::from(reason));
+                codes::MCP_SESSION_TERMINATED
+            }
+            End::Stopped => {
+                f.insert("reason".into(), Value::from(STOPPED));
                 codes::MCP_SESSION_TERMINATED
             }
             End::Upstream(_) => {

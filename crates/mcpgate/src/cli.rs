@@ -30,6 +30,21 @@ impl std::fmt::Display for Reported {
 
 impl std::error::Error for Reported {}
 
+/// How long a stopping daemon waits for its sessions to end (each client told why, what
+/// waits answered, the server stopped, the end audited) before it exits all the same.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the sessions of `agent` as the daemon stops (see [`STOP_GRACE`]).
+pub async fn stop_agent(agent: &mcpgate_agent::Agent) {
+    let left = agent.stop(STOP_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "sessions had not ended when the daemon stopped"
+        );
+    }
+}
+
 /// Returns on Ctrl-C or SIGTERM: how daemons are asked to stop.
 pub async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();

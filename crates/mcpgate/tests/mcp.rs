@@ -249,6 +249,45 @@ fn a_lock_on_the_daemons_own_agent_ends_its_sessions_and_says_why() {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// Stopping the daemon (SIGTERM, as a service manager does) ends its sessions as a lock
+/// does: the client is told why and its bridge exits, the server is stopped, the end is
+/// audited, and the daemon exits 0.
+#[test]
+fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
+    let mut e = cluster("stopped", "dev");
+    let mut b = Bridge::open(&e.alice, "rec", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({"n": 1})).get("result").is_some());
+    let status = e.d.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let note = b.recv();
+    assert_eq!(note["method"], "notifications/message", "{note}");
+    assert!(
+        note["params"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("the gateway is shutting down"),
+        "{note}"
+    );
+    assert_eq!(b.close(), 1, "an ended session's bridge exits non-zero");
+    assert!(
+        wait_no_processes(&e.marker).is_empty(),
+        "the server of an ended session is stopped"
+    );
+    let d = Daemon::start_with(&e.s.path("gate.yaml"), e.d.data_dir.clone());
+    let ends = audit(&d, &["--type", "mcp.session.end", "--user", "alice"]);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert!(
+        ends[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutting down")),
+        "{ends:?}"
+    );
+    let calls = audit(&d, &["--tool", "echo"]);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["outcome"], "ok", "{calls:?}");
+}
+
 #[test]
 fn bypass_attempts_are_refused_and_the_session_goes_on() {
     let e = cluster("bypass", "dev");

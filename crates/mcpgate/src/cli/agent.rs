@@ -401,7 +401,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .await
         .map(|a| a.into_iter().map(|a| a.metadata.name.to_string()).collect())
         .unwrap_or_default();
-    tokio::spawn(agent.run_tunnel(name.clone(), dial));
+    tokio::spawn(agent.clone().run_tunnel(name.clone(), dial));
     println!(
         "mcpgate {}: agent {name} of cluster {} is running",
         env!("CARGO_PKG_VERSION"),
@@ -419,6 +419,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     );
     println!("  identity: {}", identity_path(&data_dir).display());
     super::shutdown().await;
+    super::stop_agent(&agent).await;
     // Ship what is left before stopping; whatever cannot be shipped stays in the spool.
     let _ = remote.ship(&journal).await;
     Ok(())

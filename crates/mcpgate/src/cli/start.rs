@@ -356,6 +356,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         clock: auth.clock().clone(),
     };
     tokio::spawn(mcpgate_proxy::serve(listener, tls, routes));
+    let stopping = agent.clone();
     if let Some(agent) = agent {
         // The agent reaches the proxy through the same tunnel protocol, authentication and
         // checks as an agent on another host: over the proxy's own TLS port.
@@ -464,6 +465,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     fresh.dir = None; // started: the data directory is the cluster's now
     super::shutdown().await;
     tracing::info!("shutting down");
+    if let Some(agent) = stopping {
+        super::stop_agent(&agent).await;
+    }
     Ok(())
 }
 
