@@ -136,8 +136,25 @@ impl Agent {
         self.stopping.send_replace(true);
         let mut live = self.live.subscribe();
         let _ = tokio::time::timeout(within, live.wait_for(|n| *n == 0)).await;
-        self.journal.flush().await;
+        // What the journal still holds is recovered at the next start if this cannot be.
+        let _ = tokio::time::timeout(within, self.journal.flush()).await;
         *self.live.borrow()
+    }
+
+    /// Whether the agent is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// `work`'s output, or `None` once the agent is stopping.
+    pub(crate) async fn unless_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            out = work => Some(out),
+            () = self.stopped() => None,
+        }
     }
 
     /// Resolves once the agent is stopping.

@@ -102,6 +102,12 @@ struct Session<'a> {
     cut: Mutex<Option<Cut>>,
 }
 
+/// The line that tells a client why its session ends.
+fn note(why: &str) -> String {
+    let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": why}});
+    format!("{note}\n")
+}
+
 /// Why a session ends when the gateway stops.
 const STOPPED: &str =
     "the gateway is shutting down; the session was ended (reconnect once it is back)";
@@ -153,8 +159,13 @@ impl Agent {
     {
         let _serving = self.serving();
         let writer = tokio::sync::Mutex::new(writer);
-        self.serve_inner(conn, &mut reader, &writer, Box::pin(cut))
-            .await;
+        if self.stopping() {
+            // Nothing is started for a session that arrives as the gateway stops.
+            let _ = write(&writer, note(STOPPED).as_bytes()).await;
+        } else {
+            self.serve_inner(conn, &mut reader, &writer, Box::pin(cut))
+                .await;
+        }
         // Close the client's stream cleanly (TLS close_notify) whatever happened.
         let _ = writer.lock().await.shutdown().await;
     }
@@ -173,7 +184,7 @@ impl Agent {
         let info = match self.verify(&conn.certs) {
             Ok(info) => info,
             Err(e) => {
-                refuse_all(reader, writer, &format!("access denied: {e}"), max).await;
+                refuse_all(self, reader, writer, &format!("access denied: {e}"), max).await;
                 return;
             }
         };
@@ -181,12 +192,19 @@ impl Agent {
             Ok(Some(app)) => app,
             Ok(None) => {
                 let message = format!("app {:?} not found", conn.app);
-                refuse_all(reader, writer, &message, max).await;
+                refuse_all(self, reader, writer, &message, max).await;
                 return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "app lookup failed");
-                refuse_all(reader, writer, "the gateway cannot read its apps", max).await;
+                refuse_all(
+                    self,
+                    reader,
+                    writer,
+                    "the gateway cannot read its apps",
+                    max,
+                )
+                .await;
                 return;
             }
         };
@@ -248,13 +266,20 @@ impl Agent {
 }
 
 /// Answers every request with `message` until the client leaves (no upstream is started).
-async fn refuse_all<R, W>(reader: &mut R, writer: &tokio::sync::Mutex<W>, message: &str, max: usize)
-where
+async fn refuse_all<R, W>(
+    agent: &Agent,
+    reader: &mut R,
+    writer: &tokio::sync::Mutex<W>,
+    message: &str,
+    max: usize,
+) where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
-    while let Ok(Line::Ok | Line::TooLong) = read_line(reader, &mut buf, max).await {
+    while let Some(Ok(Line::Ok | Line::TooLong)) =
+        agent.unless_stopped(read_line(reader, &mut buf, max)).await
+    {
         let id = mcpgate_mcp::parse(&buf, &Default::default())
             .ok()
             .filter(|e| e.kind == Kind::Request)
@@ -815,8 +840,10 @@ impl Session<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut buf = Vec::new();
-        while let Ok(Line::Ok | Line::TooLong) =
-            read_line(reader, &mut buf, self.agent.limits.max_bytes).await
+        while let Some(Ok(Line::Ok | Line::TooLong)) = self
+            .agent
+            .unless_stopped(read_line(reader, &mut buf, self.agent.limits.max_bytes))
+            .await
         {
             let Ok(env) = mcpgate_mcp::parse(&buf, &self.agent.limits) else {
                 continue;
@@ -1236,8 +1263,7 @@ impl Session<'_> {
         if !matches!(end, End::Client) {
             // The client hears why first (a client may stop reading once its requests are
             // answered); the bridge answers what it still waits for with it.
-            let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "error", "logger": "mcpgate", "data": why}});
-            let _ = write(writer, format!("{note}\n").as_bytes()).await;
+            let _ = write(writer, note(&why).as_bytes()).await;
         }
         let (left, mut drafts) = {
             let mut st = self.state();

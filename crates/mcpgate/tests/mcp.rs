@@ -251,15 +251,35 @@ fn a_lock_on_the_daemons_own_agent_ends_its_sessions_and_says_why() {
 
 /// Stopping the daemon (SIGTERM, as a service manager does) ends its sessions as a lock
 /// does: the client is told why and its bridge exits, the server is stopped, the end is
-/// audited, and the daemon exits 0.
+/// audited, and the daemon exits 0 — without waiting out its grace for a client that stays
+/// connected to a session it refused.
 #[test]
 fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
     let mut e = cluster("stopped", "dev");
+    let app = "kind: app\nversion: v3\nmetadata: {name: broken, labels: {env: dev}}\nspec:\n  uri: mcp+stdio://\n  mcp: {command: /nonexistent/mcp-server}\n";
+    e.d.admin(&["create", "-f", e.s.write("app.yaml", app).to_str().unwrap()])
+        .ok();
+    let mut refused = Bridge::open(&e.alice, "broken", &[]);
+    let r = refused.request("initialize", json!({}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be started")),
+        "{r}"
+    );
     let mut b = Bridge::open(&e.alice, "rec", &[]);
     b.initialize();
     assert!(b.call("echo", json!({"n": 1})).get("result").is_some());
+    let asked = std::time::Instant::now();
     let status = e.d.terminate();
     assert_eq!(status.code(), Some(0), "{status:?}");
+    // The grace (4 s) is for sessions that are still ending; here none is.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(4),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(refused.close(), 1);
     let note = b.recv();
     assert_eq!(note["method"], "notifications/message", "{note}");
     assert!(
