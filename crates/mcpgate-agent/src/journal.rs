@@ -256,6 +256,30 @@ impl Files {
             }
         }
     }
+
+    /// Removes every file whose entries are all stored, the current one too (the next entry
+    /// opens another): what a clean stop leaves is only what the next start must recover.
+    fn close(&self) {
+        let gone: Vec<u64> = {
+            let mut st = self.state();
+            let gone: Vec<u64> = st
+                .open
+                .iter()
+                .filter(|(_, n)| **n == 0)
+                .map(|(g, _)| *g)
+                .collect();
+            for g in &gone {
+                st.open.remove(g);
+                if *g == st.generation && st.file.take().is_some() {
+                    st.generation += 1;
+                }
+            }
+            gone
+        };
+        for g in gone {
+            let _ = std::fs::remove_file(self.path(g));
+        }
+    }
 }
 
 impl Journal {
@@ -433,6 +457,14 @@ impl Journal {
         self.record(std::slice::from_ref(&event)).await?;
         self.stored(std::slice::from_ref(&event)).await;
         Ok(())
+    }
+
+    /// Removes the journal files whose entries are all stored (a stopping agent's last
+    /// step, after [`Journal::flush`]).
+    pub fn close(&self) {
+        if let Some(files) = &self.files {
+            files.close();
+        }
     }
 
     /// Returns once every completion handed over before is stored (or was tried).

@@ -137,7 +137,12 @@ impl Agent {
         let mut live = self.live.subscribe();
         let _ = tokio::time::timeout(within, live.wait_for(|n| *n == 0)).await;
         // What the journal still holds is recovered at the next start if this cannot be.
-        let _ = tokio::time::timeout(within, self.journal.flush()).await;
+        if tokio::time::timeout(within, self.journal.flush())
+            .await
+            .is_ok()
+        {
+            self.journal.close();
+        }
         *self.live.borrow()
     }
 

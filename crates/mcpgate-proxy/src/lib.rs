@@ -246,6 +246,7 @@ where
         // The agent of this process: the session is handed to it in memory. It ends the
         // session itself when the agent loses its standing (told, answered, audited); one
         // that cannot (not yet moving messages) is dropped after a grace period.
+        let _recording = routes.tunnels.local_session();
         write.write_all(&HelloReply::line(None)).await?;
         write.flush().await?;
         let open = LocalOpen {

@@ -75,6 +75,17 @@ pub struct Tunnels {
     /// on (a reconnection), not the agent's standing.
     agent_cuts:
         Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<Option<String>>>>,
+    /// Sessions handed to the local agent whose end is not recorded yet.
+    local_sessions: tokio::sync::watch::Sender<usize>,
+}
+
+/// A session handed to the local agent, until its end is recorded.
+pub struct LocalSession<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for LocalSession<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// The agent of this process. It holds a tunnel like any other agent (its standing, scope
@@ -112,7 +123,21 @@ impl Tunnels {
             admission,
             local: std::sync::OnceLock::new(),
             agent_cuts: Mutex::new(Default::default()),
+            local_sessions: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Counts a session handed to the local agent until the guard is dropped.
+    pub fn local_session(&self) -> LocalSession<'_> {
+        self.local_sessions.send_modify(|n| *n += 1);
+        LocalSession(&self.local_sessions)
+    }
+
+    /// Waits (at most `within`) until every session handed to the local agent has its end
+    /// recorded: a stopping daemon, once its agent has ended them.
+    pub async fn local_sessions_recorded(&self, within: Duration) {
+        let mut n = self.local_sessions.subscribe();
+        let _ = tokio::time::timeout(within, n.wait_for(|n| *n == 0)).await;
     }
 
     fn agent_cut_sender(&self, agent: &str) -> tokio::sync::watch::Sender<Option<String>> {

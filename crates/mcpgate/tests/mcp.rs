@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::path::Path;
+use std::process::Command;
 
 const ROLES: &str = "kind: role
 version: v8
@@ -280,6 +281,33 @@ fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
         asked.elapsed()
     );
     assert_eq!(refused.close(), 1);
+    // The proxy recorded both sessions' ends before the daemon exited (a record left open
+    // would still let its agent ask for assertions, and hold its calls' places).
+    let records = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             for (v,) in c.execute(\"SELECT value FROM kv WHERE key LIKE 'sessions/%'\"):\n\
+             \x20   print(json.loads(v).get('closed'))",
+            e.d.data_dir.join("state.db").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let closed = String::from_utf8_lossy(&records.stdout);
+    assert!(records.status.success(), "{records:?}");
+    assert_eq!(closed.lines().count(), 2, "{closed}");
+    assert!(
+        !closed.contains("None"),
+        "a session record left open: {closed}"
+    );
+    // Every call's event is stored: the journal has nothing for the next start to recover.
+    let left: Vec<_> = std::fs::read_dir(e.d.data_dir.join("journal"))
+        .unwrap()
+        .flatten()
+        .map(|f| f.file_name())
+        .collect();
+    assert!(left.is_empty(), "journal files left: {left:?}");
     let note = b.recv();
     assert_eq!(note["method"], "notifications/message", "{note}");
     assert!(

@@ -467,6 +467,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     if let Some(agent) = stopping {
         super::stop_agent(&agent).await;
+        // The proxy then records their ends (and frees what they held under limits).
+        tunnels.local_sessions_recorded(super::STOP_GRACE).await;
     }
     Ok(())
 }
