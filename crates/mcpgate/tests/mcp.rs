@@ -230,20 +230,8 @@ fn a_lock_on_the_daemons_own_agent_ends_its_sessions_and_says_why() {
         elapsed < std::time::Duration::from_secs(3),
         "cut after {elapsed:?}"
     );
-    assert_eq!(note["method"], "notifications/message", "{note}");
-    assert!(
-        note["params"]["data"]
-            .as_str()
-            .unwrap()
-            .contains("host incident 7"),
-        "{note}"
-    );
-    assert_eq!(b.close(), 1, "a cut session's bridge exits non-zero");
     // The agent closed the session itself: its server is stopped and its end audited.
-    assert!(
-        wait_no_processes(&e.marker).is_empty(),
-        "the server of a cut session is stopped"
-    );
+    assert_ended(b, &note, "host incident 7", &e.marker);
     let ends = audit(&e.d, &["--type", "mcp.session.end", "--user", "alice"]);
     assert_eq!(ends.len(), 1, "{ends:?}");
     let err = Bridge::refused(&e.alice, "rec");
@@ -309,19 +297,7 @@ fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
         .collect();
     assert!(left.is_empty(), "journal files left: {left:?}");
     let note = b.recv();
-    assert_eq!(note["method"], "notifications/message", "{note}");
-    assert!(
-        note["params"]["data"]
-            .as_str()
-            .unwrap()
-            .contains("the gateway is shutting down"),
-        "{note}"
-    );
-    assert_eq!(b.close(), 1, "an ended session's bridge exits non-zero");
-    assert!(
-        wait_no_processes(&e.marker).is_empty(),
-        "the server of an ended session is stopped"
-    );
+    assert_ended(b, &note, "the gateway is shutting down", &e.marker);
     let d = Daemon::start_with(&e.s.path("gate.yaml"), e.d.data_dir.clone());
     let ends = audit(&d, &["--type", "mcp.session.end", "--user", "alice"]);
     assert_eq!(ends.len(), 1, "{ends:?}");
@@ -334,6 +310,21 @@ fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
     let calls = audit(&d, &["--tool", "echo"]);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["outcome"], "ok", "{calls:?}");
+}
+
+/// The gateway ended the session of `b`: `note`, the message it sent last, says `why`, the
+/// bridge exits non-zero, and the session's server (marked `marker`) is stopped.
+fn assert_ended(b: Bridge, note: &Value, why: &str, marker: &str) {
+    assert_eq!(note["method"], "notifications/message", "{note}");
+    assert!(
+        note["params"]["data"].as_str().unwrap().contains(why),
+        "{note}"
+    );
+    assert_eq!(b.close(), 1, "an ended session's bridge exits non-zero");
+    assert!(
+        wait_no_processes(marker).is_empty(),
+        "the server of an ended session is stopped"
+    );
 }
 
 #[test]
