@@ -270,7 +270,9 @@ impl Files {
                 .collect();
             for g in &gone {
                 st.open.remove(g);
-                if *g == st.generation && st.file.take().is_some() {
+                if *g == st.generation {
+                    // The next entry opens another file, never this one again.
+                    st.file = None;
                     st.generation += 1;
                 }
             }

@@ -291,6 +291,9 @@ async fn refuse_all<R, W>(
             }
         }
     }
+    if agent.stopping() {
+        let _ = write(writer, note(STOPPED).as_bytes()).await;
+    }
 }
 
 async fn write<W: AsyncWrite + Unpin>(
@@ -856,6 +859,9 @@ impl Session<'_> {
             if write(writer, &error_line(id, code, message)).await.is_err() {
                 return;
             }
+        }
+        if self.agent.stopping() {
+            let _ = write(writer, note(STOPPED).as_bytes()).await;
         }
     }
 

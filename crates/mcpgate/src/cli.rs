@@ -31,19 +31,28 @@ impl std::fmt::Display for Reported {
 impl std::error::Error for Reported {}
 
 /// How long a stopping daemon waits for its sessions to end (each client told why, what
-/// waits answered, the server stopped within its own 3 s, the end audited), and then for
-/// the audit journal, before it exits all the same: within 10 s in all, a container
+/// waits answered, the server stopped within its own 3 s, the end audited), and then as
+/// long at most for the audit journal; `mcpgate start` then gives its proxy
+/// [`RECORD_GRACE`] to record the sessions' ends. Within 10 s in all, a container
 /// runtime's usual wait before it kills.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
+pub const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Ends the sessions of `agent` as the daemon stops (see [`STOP_GRACE`]); a second Ctrl-C
-/// or SIGTERM stops at once.
-pub async fn stop_agent(agent: &mcpgate_agent::Agent) {
+/// or SIGTERM stops at once. Whether every session ended in time (and nothing cut it
+/// short).
+pub async fn stop_agent(agent: &mcpgate_agent::Agent) -> bool {
     tokio::select! {
-        left = agent.stop(STOP_GRACE) => if left > 0 {
-            tracing::warn!(sessions = left, "sessions had not ended when the daemon stopped");
-        },
-        () = shutdown() => tracing::warn!("asked again: stopping without waiting for the sessions"),
+        left = agent.stop(STOP_GRACE) => {
+            if left > 0 {
+                tracing::warn!(sessions = left, "sessions had not ended when the daemon stopped");
+            }
+            left == 0
+        }
+        () = shutdown() => {
+            tracing::warn!("asked again: stopping without waiting for the sessions");
+            false
+        }
     }
 }
 

@@ -268,6 +268,13 @@ fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
         "stopped after {:?}",
         asked.elapsed()
     );
+    let told = refused.recv();
+    assert!(
+        told["params"]["data"]
+            .as_str()
+            .is_some_and(|d| d.contains("the gateway is shutting down")),
+        "a refused session is told too: {told}"
+    );
     assert_eq!(refused.close(), 1);
     // The proxy recorded both sessions' ends before the daemon exited (a record left open
     // would still let its agent ask for assertions, and hold its calls' places).

@@ -419,7 +419,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     );
     println!("  identity: {}", identity_path(&data_dir).display());
     super::shutdown().await;
-    super::stop_agent(&agent).await;
+    let _ = super::stop_agent(&agent).await;
     // Ship what is left before stopping; whatever cannot be shipped stays in the spool.
     let _ = remote.ship(&journal).await;
     Ok(())

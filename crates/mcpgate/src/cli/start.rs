@@ -466,9 +466,11 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     super::shutdown().await;
     tracing::info!("shutting down");
     if let Some(agent) = stopping {
-        super::stop_agent(&agent).await;
-        // The proxy then records their ends (and frees what they held under limits).
-        tunnels.local_sessions_recorded(super::STOP_GRACE).await;
+        // Once they have ended, the proxy records their ends (and frees what they held
+        // under limits): a few store writes.
+        if super::stop_agent(&agent).await {
+            tunnels.local_sessions_recorded(super::RECORD_GRACE).await;
+        }
     }
     Ok(())
 }
