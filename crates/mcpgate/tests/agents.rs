@@ -317,6 +317,30 @@ fn a_lock_ends_a_session_on_a_remote_agent_within_five_seconds() {
     );
 }
 
+/// An agent on another host asked to stop (SIGTERM) ends its sessions as the daemon does:
+/// the client is told why, the server is stopped, and the end reaches the audit log.
+#[test]
+fn a_stopped_remote_agent_ends_its_sessions_and_ships_their_end() {
+    let e = gateway();
+    let m = marker("remotestop");
+    let (mut edge, _) = agent(&e, "edge-t", "remote-rec", &agent_token(&e.d), &m);
+    wait_for_agent(&e.d, "edge-t");
+    let mut b = Bridge::open(&e.alice, "remote-rec", &[]);
+    b.initialize();
+    assert!(b.call("echo", json!({})).get("result").is_some());
+    let status = edge.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let note = b.recv();
+    assert_ended(b, &note, "the gateway is shutting down", &m);
+    let ends = wait_for_events(&e.d, &["--type", "mcp.session.end", "--user", "alice"], 1);
+    assert!(
+        ends.iter().any(|ev| ev["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutting down"))),
+        "{ends:?}"
+    );
+}
+
 /// Large answers the client never reads: more than the bridge's pipe, the sockets' buffers
 /// and the tunnel stream's window together hold.
 const UNREAD_ANSWERS: usize = 16;

@@ -319,21 +319,6 @@ fn a_stopped_daemon_ends_its_sessions_and_audits_their_end() {
     assert_eq!(calls[0]["outcome"], "ok", "{calls:?}");
 }
 
-/// The gateway ended the session of `b`: `note`, the message it sent last, says `why`, the
-/// bridge exits non-zero, and the session's server (marked `marker`) is stopped.
-fn assert_ended(b: Bridge, note: &Value, why: &str, marker: &str) {
-    assert_eq!(note["method"], "notifications/message", "{note}");
-    assert!(
-        note["params"]["data"].as_str().unwrap().contains(why),
-        "{note}"
-    );
-    assert_eq!(b.close(), 1, "an ended session's bridge exits non-zero");
-    assert!(
-        wait_no_processes(marker).is_empty(),
-        "the server of an ended session is stopped"
-    );
-}
-
 #[test]
 fn bypass_attempts_are_refused_and_the_session_goes_on() {
     let e = cluster("bypass", "dev");

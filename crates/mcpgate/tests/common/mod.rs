@@ -674,3 +674,18 @@ pub fn api_as(
         (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
     })
 }
+
+/// The gateway ended the session of `b`: `note`, the message it sent last, says `why`, the
+/// bridge exits non-zero, and the session's server (marked `marker`) is stopped.
+pub fn assert_ended(b: Bridge, note: &serde_json::Value, why: &str, marker: &str) {
+    assert_eq!(note["method"], "notifications/message", "{note}");
+    assert!(
+        note["params"]["data"].as_str().unwrap().contains(why),
+        "{note}"
+    );
+    assert_eq!(b.close(), 1, "an ended session's bridge exits non-zero");
+    assert!(
+        wait_no_processes(marker).is_empty(),
+        "the server of an ended session is stopped"
+    );
+}
