@@ -218,14 +218,10 @@ pub(crate) fn trigrams(needle: &str) -> Vec<Gram> {
 /// Appends the index's word for trigram `g`: the hex of its UTF-8 (a word of letters and
 /// digits, which FTS5's `ascii` tokenizer keeps whole).
 pub(crate) fn push_word(g: Gram, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut utf8 = [0u8; 4];
     for shift in [42, 21, 0] {
         let c = char::from_u32(((g >> shift) & 0x1f_ffff) as u32).unwrap_or('\u{fffd}');
-        for b in c.encode_utf8(&mut utf8).bytes() {
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
+        mcpgate_types::push_hex(out, c.encode_utf8(&mut utf8).as_bytes());
     }
 }
 

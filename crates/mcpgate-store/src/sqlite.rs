@@ -114,8 +114,9 @@ const TEXT_FORMAT: i64 = 2;
 /// A trigram becomes common when it is in more than nine in ten of this many events
 /// indexed one after another: so common that it narrows nothing, and too many for a burst
 /// of one client's calls to pass for the whole log. In a typical log that is three
-/// quarters of an event's distinct trigrams and most of what indexing one costs (the JSON keys, the constant
-/// values); a needle made of common trigrams alone is found by reading the events.
+/// quarters of an event's distinct trigrams and most of what indexing one costs (the JSON
+/// keys, the constant values); a needle made of common trigrams alone is found by reading
+/// the events.
 const COMMON_WINDOW: u32 = if cfg!(test) { 1_000 } else { 50_000 };
 
 /// New events are indexed once this many wait, or once the store has been quiet for
@@ -147,19 +148,22 @@ const TEXT_INDEX_MAX: i64 = 5_000;
 const TEXT_PROBES: usize = 16;
 const TEXT_TERMS: [usize; 2] = [3, 6];
 
+/// The file named as `path` with `suffix` appended.
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
 /// The file of the free-text index of the store at `path`.
 fn text_path(path: &Path) -> std::path::PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push("-text2");
-    p.into()
+    beside(path, "-text2")
 }
 
 /// Removes the SQLite file `file` and its log.
 fn remove_db_files(file: &Path) {
     for suffix in ["", "-wal", "-shm"] {
-        let mut f = file.as_os_str().to_owned();
-        f.push(suffix);
-        let _ = std::fs::remove_file(std::path::PathBuf::from(f));
+        let _ = std::fs::remove_file(beside(file, suffix));
     }
 }
 
@@ -175,9 +179,7 @@ fn unreadable(e: &crate::StoreError) -> bool {
 /// Opens the free-text index of the store at `path` (attached as `m`), making it anew when
 /// it cannot be read or was built from another log.
 fn open_text_index(path: &Path) -> Result<Connection> {
-    let mut legacy = path.as_os_str().to_owned();
-    legacy.push("-text");
-    let legacy = std::path::PathBuf::from(legacy);
+    let legacy = beside(path, "-text");
     if legacy.exists() {
         tracing::info!("the audit text index of an earlier format is removed: made anew");
         remove_db_files(&legacy);

@@ -308,11 +308,15 @@ fn a_lock_ends_a_session_on_a_remote_agent_within_five_seconds() {
         "{note}"
     );
     assert_eq!(b.close(), 1, "a cut session's bridge exits non-zero");
+    assert_alice_session_ended(&e, "remote incident");
+}
+
+/// An end of one of alice's sessions reaches the audit log, its reason saying `why`.
+fn assert_alice_session_ended(e: &Env, why: &str) {
     let ends = wait_for_events(&e.d, &["--type", "mcp.session.end", "--user", "alice"], 1);
     assert!(
-        ends.iter().any(|ev| ev["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("remote incident"))),
+        ends.iter()
+            .any(|ev| ev["reason"].as_str().is_some_and(|r| r.contains(why))),
         "{ends:?}"
     );
 }
@@ -332,13 +336,7 @@ fn a_stopped_remote_agent_ends_its_sessions_and_ships_their_end() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     let note = b.recv();
     assert_ended(b, &note, "the gateway is shutting down", &m);
-    let ends = wait_for_events(&e.d, &["--type", "mcp.session.end", "--user", "alice"], 1);
-    assert!(
-        ends.iter().any(|ev| ev["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("shutting down"))),
-        "{ends:?}"
-    );
+    assert_alice_session_ended(&e, "shutting down");
 }
 
 /// Large answers the client never reads: more than the bridge's pipe, the sockets' buffers
