@@ -247,8 +247,10 @@ where
         // session itself when the agent loses its standing (told, answered, audited); one
         // that cannot (not yet moving messages) is dropped after a grace period.
         let _recording = routes.tunnels.local_session();
-        write.write_all(&HelloReply::line(None)).await?;
-        write.flush().await?;
+        if let Err(e) = accept(&mut write).await {
+            closed(&routes, &session).await;
+            return Err(e.into());
+        }
         let open = LocalOpen {
             app: hello.app,
             addr: conn.addr,
@@ -282,14 +284,17 @@ where
         Err(e) => {
             // The agent's tunnel is going away as we speak.
             tracing::debug!(agent = %tunnel.agent, error = %e, "cannot open a tunnel stream");
-            write
+            let told = write
                 .write_all(&HelloReply::line(Some(not_found(&meta.app))))
-                .await?;
-            return Ok(());
+                .await;
+            closed(&routes, &session).await;
+            return told.map_err(Into::into);
         }
     };
-    write.write_all(&HelloReply::line(None)).await?;
-    write.flush().await?;
+    if let Err(e) = accept(&mut write).await {
+        closed(&routes, &session).await;
+        return Err(e.into());
+    }
     let up = async {
         let _ = tokio::io::copy_buf(&mut reader, &mut to_agent).await;
         let _ = to_agent.shutdown().await;
@@ -350,8 +355,20 @@ async fn end<W: AsyncWrite + Unpin>(
     // Close the client's stream cleanly (TLS close_notify): the session is over, and its
     // agent gets no more assertions for it.
     let _ = write.shutdown().await;
+    closed(routes, session).await;
+    Ok(())
+}
+
+/// Tells the client its session is open.
+async fn accept<W: AsyncWrite + Unpin>(write: &mut W) -> std::io::Result<()> {
+    write.write_all(&HelloReply::line(None)).await?;
+    write.flush().await
+}
+
+/// Records the end of a session whose opening was recorded, however it ended (its agent
+/// gets no more assertions for it, its leases under limits go).
+async fn closed(routes: &Routes, session: &str) {
     if let Err(e) = routes.auth.close_session(session).await {
         tracing::warn!(error = %e, "cannot record a session's end");
     }
-    Ok(())
 }
