@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// stdin ends, and call nothing (to measure memory per idle session).
     #[arg(long)]
     hold: bool,
+    /// Also write each call as a line `START_US LATENCY_US` (start from the first call, one
+    /// session's calls after another's) into this file, to see when the slow ones happen.
+    #[arg(long)]
+    dump: Option<std::path::PathBuf>,
     #[command(flatten)]
     who: Who,
 }
@@ -327,17 +331,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                     let t = Instant::now();
                     conn.request("tools/call", &call).await?;
-                    times.push(t.elapsed().as_nanos() as u64);
+                    times.push((
+                        t.duration_since(started).as_micros() as u64,
+                        t.elapsed().as_nanos() as u64,
+                    ));
                 }
                 Ok::<_, anyhow::Error>(times)
             })
         })
         .collect();
-    let mut times = Vec::new();
+    let mut calls = Vec::new();
     for task in tasks {
-        times.extend(task.await??);
+        calls.extend(task.await??);
     }
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.dump {
+        let lines: String = calls
+            .iter()
+            .map(|(at, ns)| format!("{at} {}\n", ns / 1000))
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("--dump {}", path.display()))?;
+    }
+    let mut times: Vec<u64> = calls.into_iter().map(|(_, ns)| ns).collect();
     times.sort_unstable();
     let pct = |p: f64| {
         let i = ((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1));
