@@ -127,12 +127,8 @@ const TEXT_IDLE: Duration = Duration::from_secs(1);
 /// Segments of the index merged at once (FTS5's `automerge`; its default is 4).
 const TEXT_AUTOMERGE: i64 = 16;
 
-/// How much lower the priority of the threads that keep the store (the index, the
-/// checkpoints) is than the process's: the lowest. Their work comes in bursts after each
-/// batch of events; at a middling priority a call whose process woke on the same core
-/// waited for the burst (the p99 of sequential calls), at the lowest it takes the core at
-/// once, and they still get every moment the calls leave.
-const BACKGROUND_NICE: i32 = 19;
+/// How much lower the index thread's scheduling priority is than the process's.
+const TEXT_NICE: i32 = 10;
 
 /// Events indexed per transaction of the index's own file.
 const TEXT_INDEX_STEP: i64 = 8_192;
@@ -449,7 +445,7 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
     // Indexing can wait; the calls cannot: on Linux a thread's nice value is its own, so
     // this thread yields the cores to the sessions (and whatever else runs) when they want
     // them.
-    let _ = rustix::process::nice(BACKGROUND_NICE);
+    let _ = rustix::process::nice(TEXT_NICE);
     let mut next = Next::Now;
     let mut tally = Tally::default();
     loop {
@@ -610,9 +606,6 @@ fn run_checkpoints(path: std::path::PathBuf, wake: std::sync::mpsc::Receiver<()>
         }
     };
     let _ = c.busy_timeout(Duration::from_secs(5));
-    // The writer copies the log itself past `wal_autocheckpoint` if this thread gets no
-    // time (see `BACKGROUND_NICE`).
-    let _ = rustix::process::nice(BACKGROUND_NICE);
     while wake.recv().is_ok() {
         if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "checkpoint");
