@@ -348,7 +348,7 @@ impl Journal {
             urgent: urgent.clone(),
             failing: AtomicBool::new(false),
         });
-        start_batch_writer(complete_in_batches(Arc::downgrade(&journal), rx, urgent));
+        tokio::spawn(complete_in_batches(Arc::downgrade(&journal), rx, urgent));
         journal
     }
 
@@ -595,56 +595,6 @@ fn interrupted(mut event: AuditEvent) -> AuditEvent {
         Value::from("the gateway stopped before the answer was recorded"),
     );
     event
-}
-
-/// How much lower the batch writer's scheduling priority is than the sessions'.
-const WRITER_NICE: i32 = 5;
-
-/// Runs the batch writer on a thread of its own, at a lower priority than the sessions,
-/// with a runtime of its own (the store's blocking work for it runs on that runtime's
-/// threads, which inherit the priority). Writing a batch takes a few milliseconds of CPU
-/// every [`GATHER`] under a stream of calls: serializing the events, the transaction,
-/// freeing them. On the sessions' workers at their priority, the calls that ran into it
-/// waited for it, 1–4 ms every ~55 ms (`mcp bench --dump`), which was the p99 of sequential
-/// calls; here it halved the added p99 (0.45–0.70 ms to 0.20–0.23 ms, same runs) and calls
-/// per second did not drop. The writer still gets the time the calls leave, and when it
-/// falls behind, the completions it has not taken hold the sessions back
-/// ([`Journal::complete`] waits), which gives it that time. Where no thread can be started,
-/// it runs as a task of the current runtime.
-fn start_batch_writer(writer: impl Future<Output = ()> + Send + 'static) {
-    let fallback = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "the audit batch writer runs on the sessions' threads");
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            fallback(&e);
-            tokio::spawn(writer);
-            return;
-        }
-    };
-    // Taken back if the thread cannot be started.
-    let job = Arc::new(Mutex::new(Some(writer)));
-    let theirs = job.clone();
-    let started = std::thread::Builder::new()
-        .name("audit-writer".into())
-        .spawn(move || {
-            // Linux: a thread's nice value is its own, and threads it starts inherit it.
-            let _ = rustix::process::nice(WRITER_NICE);
-            let writer = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(writer) = writer {
-                runtime.block_on(writer);
-            }
-        });
-    if let Err(e) = started {
-        fallback(&e);
-        if let Some(writer) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            tokio::spawn(writer);
-        }
-    }
 }
 
 /// Stores completed events in batches (one transaction for many requests), then drops
