@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcpgate_store::{AnyStore, Store};
+use mcpgate_store::{AnyStore, Encoded, Store};
 use mcpgate_types::AuditEvent;
 use mcpgate_types::audit::codes;
 
@@ -112,7 +112,7 @@ struct FilesState {
 
 /// What the batch writer is told.
 enum Completion {
-    Event(Box<AuditEvent>),
+    Event(Box<Encoded>),
     /// Answer once everything sent before is stored (or was tried).
     Flush(Flushed),
 }
@@ -354,30 +354,29 @@ impl Journal {
 
     /// Stores final events durably.
     pub async fn record(&self, events: &[AuditEvent]) -> Result<(), String> {
-        self.store_final(events, false).await
+        self.store_final(encode(events)?, false).await
     }
 
     /// Stores final events; with `only_new`, an event whose id is stored already keeps what
     /// it was (the audit log keeps the first of an id anyway; the outbox, keyed by time and
     /// id, must not be overwritten by a recovered `interrupted` before it is shipped).
-    async fn store_final(&self, events: &[AuditEvent], only_new: bool) -> Result<(), String> {
+    async fn store_final(&self, events: Arc<Vec<Encoded>>, only_new: bool) -> Result<(), String> {
         if events.is_empty() {
             return Ok(());
         }
         match &self.sink {
-            Sink::Log(store) => store.append_events(events).await.map_err(|e| e.to_string()),
+            Sink::Log(store) => store
+                .append_encoded(events)
+                .await
+                .map_err(|e| e.to_string()),
             Sink::Outbox => {
-                for e in events {
-                    let key = format!(
-                        "{OUTBOX}{:020}-{}",
-                        mcpgate_types::clock::unix_micros(e.time),
-                        e.id
-                    );
-                    let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
+                for e in events.iter() {
+                    let key = format!("{OUTBOX}{:020}-{}", e.time_us(), e.id());
+                    let bytes = e.json().as_bytes();
                     if only_new {
-                        self.spool.create(&key, &bytes).await.map(|_| ())
+                        self.spool.create(&key, bytes).await.map(|_| ())
                     } else {
-                        self.spool.put(&key, &bytes).await
+                        self.spool.put(&key, bytes).await
                     }
                     .map_err(|e| e.to_string())?;
                 }
@@ -409,12 +408,12 @@ impl Journal {
         format!("{}{id}", self.pending)
     }
 
-    /// The final events of `events` are stored: their pending entries go.
-    async fn stored(&self, events: &[AuditEvent]) {
+    /// The final events of these ids are stored: their pending entries go.
+    async fn stored<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         match &self.files {
-            Some(files) => files.stored(events.iter().map(|e| e.id.as_str())),
+            Some(files) => files.stored(ids),
             None => {
-                let keys: Vec<String> = events.iter().map(|e| self.pending_key(&e.id)).collect();
+                let keys: Vec<String> = ids.map(|id| self.pending_key(id)).collect();
                 if let Err(e) = self.spool.delete_many(&keys).await {
                     tracing::warn!(error = %e, "pending audit events stay until the next start");
                 }
@@ -422,26 +421,34 @@ impl Journal {
         }
     }
 
-    /// Appends the final event of a begun request (same id) to the journal, once: a crash
-    /// before the batch writer stores it keeps the outcome. Call it before the client hears
-    /// the answer ([`Journal::complete`] does it too, if not done).
-    pub fn answered(&self, event: &AuditEvent) {
-        let Some(files) = &self.files else { return };
-        if !files.awaits_final(&event.id) {
-            return;
-        }
-        let written = serde_json::to_vec(event)
-            .map_err(std::io::Error::other)
-            .and_then(|json| files.append_final(&event.id, &json));
-        if let Err(e) = written {
+    /// Appends the final event of a begun request (same id) to the journal: a crash before
+    /// the batch writer stores it keeps the outcome. Call it before the client hears the
+    /// answer, then hand what it returns to [`Journal::complete`]. The event is serialized
+    /// here once, for its line and for the store.
+    pub fn answered(&self, event: &AuditEvent) -> Answered {
+        let encoded = match Encoded::new(event) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // Never seen (an event is strings and JSON values): its pending entry stays
+                // and is recorded as interrupted at the next start.
+                tracing::error!(error = %e, id = %event.id, "an answered request's event cannot be serialized");
+                return Answered(None);
+            }
+        };
+        if let Some(files) = &self.files
+            && files.awaits_final(&event.id)
+            && let Err(e) = files.append_final(&event.id, encoded.json().as_bytes())
+        {
             tracing::warn!(error = %e, "an answered request's outcome is not in the journal: a crash before it is stored would record it as interrupted");
         }
+        Answered(Some(encoded))
     }
 
-    /// Appends the final event of a begun request (same id) to the journal, if not done
-    /// yet, and hands it to the batch writer.
-    pub async fn complete(&self, event: AuditEvent) {
-        self.answered(&event);
+    /// Hands an answered request's final event to the batch writer.
+    pub async fn complete(&self, answered: Answered) {
+        let Answered(Some(event)) = answered else {
+            return;
+        };
         if self
             .completions
             .send(Completion::Event(Box::new(event)))
@@ -457,7 +464,7 @@ impl Journal {
     /// Stores the final event of a begun request now, and drops its pending entry.
     pub async fn complete_now(&self, event: AuditEvent) -> Result<(), String> {
         self.record(std::slice::from_ref(&event)).await?;
-        self.stored(std::slice::from_ref(&event)).await;
+        self.stored(std::iter::once(event.id.as_str())).await;
         Ok(())
     }
 
@@ -524,7 +531,7 @@ impl Journal {
                 events.push(if answered { event } else { interrupted(event) });
             }
             for chunk in events.chunks(500) {
-                self.store_final(chunk, true).await?;
+                self.store_final(encode(chunk)?, true).await?;
             }
             for path in paths {
                 std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -542,7 +549,8 @@ impl Journal {
             .collect();
         for (key, bytes) in &pending {
             if let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) {
-                self.store_final(&[interrupted(event)], true).await?;
+                self.store_final(encode(&[interrupted(event)])?, true)
+                    .await?;
             }
             self.spool.delete(key).await.map_err(|e| e.to_string())?;
         }
@@ -582,6 +590,19 @@ impl Journal {
     }
 }
 
+/// A begun request's final event, serialized by [`Journal::answered`]; nothing if it could
+/// not be.
+pub struct Answered(Option<Encoded>);
+
+/// Events as the store takes them.
+fn encode(events: &[AuditEvent]) -> Result<Arc<Vec<Encoded>>, String> {
+    let encoded = events
+        .iter()
+        .map(Encoded::new)
+        .collect::<Result<Vec<_>, _>>();
+    Ok(Arc::new(encoded.map_err(|e| e.to_string())?))
+}
+
 /// A pending event as it is recorded when its answer is unknown.
 fn interrupted(mut event: AuditEvent) -> AuditEvent {
     let (_, code) = codes::MCP_REQUEST_INTERRUPTED;
@@ -611,7 +632,7 @@ async fn complete_in_batches(
     mut rx: tokio::sync::mpsc::Receiver<Completion>,
     urgent: Arc<tokio::sync::Notify>,
 ) {
-    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
+    let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH_MAX);
     let mut flushed = Vec::new();
     // The last batch was full: the next one is already waiting.
     let mut behind = false;
@@ -663,15 +684,17 @@ async fn complete_in_batches(
         let Some(journal) = journal.upgrade() else {
             return;
         };
-        match journal.record(&batch).await {
+        // Shared with the store's thread, not copied; back for another try if refused.
+        let shared = Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX)));
+        match journal.store_final(shared.clone(), false).await {
             Ok(()) => {
-                journal.stored(&batch).await;
+                journal.stored(shared.iter().map(Encoded::id)).await;
                 if journal.failing.swap(false, Ordering::AcqRel) {
                     tracing::info!("the audit log accepts writes again");
                 }
-                batch.clear();
             }
             Err(e) => {
+                batch = Arc::unwrap_or_clone(shared);
                 if !journal.failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(error = %e, "audit write failed: new requests are refused until it succeeds; retrying");
                 }
@@ -684,7 +707,7 @@ async fn complete_in_batches(
 }
 
 /// One message for the batch writer: an event into the batch, a flush into those waiting.
-fn take(msg: Completion, batch: &mut Vec<AuditEvent>, flushed: &mut Vec<Flushed>) {
+fn take(msg: Completion, batch: &mut Vec<Encoded>, flushed: &mut Vec<Flushed>) {
     match msg {
         Completion::Event(ev) => batch.push(*ev),
         Completion::Flush(done) => flushed.push(done),
@@ -694,7 +717,7 @@ fn take(msg: Completion, batch: &mut Vec<AuditEvent>, flushed: &mut Vec<Flushed>
 /// Takes what waits in the channel, without waiting, while the batch has room.
 fn drain(
     rx: &mut tokio::sync::mpsc::Receiver<Completion>,
-    batch: &mut Vec<AuditEvent>,
+    batch: &mut Vec<Encoded>,
     flushed: &mut Vec<Flushed>,
 ) {
     while batch.len() < BATCH_MAX {
@@ -763,7 +786,7 @@ mod tests {
             let j = Journal::with_dir(log.clone(), Sink::Log(log.clone()), "a", &jdir).unwrap();
             j.begin(&answered).await.unwrap();
             j.begin(&cut).await.unwrap();
-            j.complete(answered.clone()).await;
+            j.complete(j.answered(&answered)).await;
             j.flush().await;
             // Killed here: `cut` was forwarded and never answered. Nothing was flushed to
             // disk by the journal itself: the page cache outlives the process.
@@ -810,7 +833,10 @@ mod tests {
             let mut done = answered.clone();
             done.fields.insert("outcome".into(), Value::from("ok"));
             done.fields.insert("duration_ms".into(), Value::from(1.5));
-            j.complete(done).await;
+            // A field named like one of the event's own: its final line is the JSON the
+            // log stores, which keeps such a field aside.
+            done.fields.insert("user".into(), Value::from("mallory"));
+            j.complete(j.answered(&done)).await;
             // Killed here, before the batch writer stored anything.
         }
         assert!(
@@ -835,6 +861,8 @@ mod tests {
             "stored as it was answered"
         );
         assert_eq!(kept.fields.get("duration_ms"), Some(&Value::from(1.5)));
+        assert_eq!(kept.user, "alice");
+        assert_eq!(kept.field("field.user"), Some("mallory"));
         assert_eq!(by_id(&cut.id).field("outcome"), Some("interrupted"));
     }
 
@@ -847,8 +875,8 @@ mod tests {
         let (a, b) = (event(), event());
         j.begin(&a).await.unwrap(); // file 0
         j.begin(&b).await.unwrap(); // file 1
-        j.complete(b.clone()).await; // file 2
-        j.complete(a.clone()).await; // file 3
+        j.complete(j.answered(&b)).await; // file 2
+        j.complete(j.answered(&a)).await; // file 3
         j.flush().await;
         assert_eq!(
             journal_files(&jdir),
@@ -876,7 +904,7 @@ mod tests {
             j.begin(&ev).await.unwrap();
             let mut done = ev.clone();
             done.fields.insert("outcome".into(), Value::from("ok"));
-            j.complete(done).await;
+            j.complete(j.answered(&done)).await;
             j.flush().await;
             // Stored: the pending line's file went, the current one (the final line) stays.
         }
@@ -898,7 +926,7 @@ mod tests {
         {
             let j = Journal::with_dir(spool.clone(), Sink::Outbox, "agent", &jdir).unwrap();
             j.begin(&ev).await.unwrap();
-            j.complete(ev.clone()).await;
+            j.complete(j.answered(&ev)).await;
             j.flush().await;
             // Stopped before the outbox was shipped.
         }
@@ -921,7 +949,7 @@ mod tests {
         j.begin(&a).await.unwrap();
         j.begin(&b).await.unwrap(); // a second file: the first holds one entry
         assert_eq!(journal_files(&jdir).len(), 2);
-        j.complete(a).await; // its final line: a third file
+        j.complete(j.answered(&a)).await; // its final line: a third file
         j.flush().await;
         assert_eq!(
             journal_files(&jdir),
@@ -929,8 +957,8 @@ mod tests {
             "the first file went; b's is open, the current one stays"
         );
         j.begin(&c).await.unwrap();
-        j.complete(b).await;
-        j.complete(c).await;
+        j.complete(j.answered(&b)).await;
+        j.complete(j.answered(&c)).await;
         j.flush().await;
         assert_eq!(
             journal_files(&jdir),
@@ -973,7 +1001,7 @@ mod tests {
         let j = Journal::new(spool.clone(), Sink::Outbox, "a");
         let ev = event();
         j.begin(&ev).await.unwrap();
-        j.complete(ev.clone()).await;
+        j.complete(j.answered(&ev)).await;
         j.flush().await;
         assert!(spool.list(PENDING).await.unwrap().is_empty());
         let shipped = j

@@ -1169,9 +1169,6 @@ impl Session<'_> {
             // How it ended is in the journal before the client hears the answer: a crash
             // from here on keeps the outcome (one `write()`).
             let finished = step.done.map(|done| self.finished(done));
-            if let Some(Finished::Journaled(ev)) = &finished {
-                self.agent.journal.answered(ev);
-            }
             let sent = match step.verdict {
                 Verdict::Forward(Out::Original) => {
                     buf.push(b'\n');
@@ -1184,7 +1181,7 @@ impl Session<'_> {
             // journal cover a crash in between) — also when the client has just gone: the
             // server did answer.
             match finished {
-                Some(Finished::Journaled(ev)) => self.agent.journal.complete(ev).await,
+                Some(Finished::Journaled(answered)) => self.agent.journal.complete(answered).await,
                 Some(Finished::Record(Some(ev))) => self.emit(ev).await,
                 Some(Finished::Record(None)) | None => {}
             }
@@ -1209,21 +1206,23 @@ impl Session<'_> {
     /// Ends a request's event: through the journal when its pending event was begun there.
     async fn close(&self, ev: AuditEvent, durable: bool) {
         if durable {
-            self.agent.journal.complete(ev).await;
+            let journal = &self.agent.journal;
+            journal.complete(journal.answered(&ev)).await;
         } else {
             self.emit(ev).await;
         }
     }
 
     /// The event of how an answered request ended (its place under a limit is already
-    /// given back), and where it goes.
+    /// given back), and where it goes: one begun in the journal has its final line
+    /// appended there now.
     fn finished(&self, done: Done) -> Finished {
         let draft = self.state().drafts.remove(&done.gid);
         match draft {
             Some(mut ev) => {
                 Self::finish(&mut ev, &done.outcome, done.duration);
                 if done.request.durable {
-                    Finished::Journaled(ev)
+                    Finished::Journaled(self.agent.journal.answered(&ev))
                 } else {
                     Finished::Record(Some(ev))
                 }
@@ -1332,8 +1331,8 @@ impl Session<'_> {
 /// Names what a request is about in its event: `tool`, `resource` or `prompt`.
 /// How an answered request's event is stored.
 enum Finished {
-    /// Begun in the journal: its final line, then the batch writer.
-    Journaled(AuditEvent),
+    /// Begun in the journal, its final line written: the batch writer's.
+    Journaled(crate::journal::Answered),
     /// Recorded as it is (a quiet request's failure), or not at all.
     Record(Option<AuditEvent>),
 }

@@ -8,7 +8,7 @@ use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
 use crate::chain;
 use crate::query::{self, Arg, Dialect};
-use crate::{EventRow, Result, Store, decode_rows};
+use crate::{Encoded, Result, Store, decode_rows};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcpgate_kv (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
@@ -430,14 +430,10 @@ impl Store for PostgresStore {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
-        if events.is_empty() {
+    async fn append_encoded(&self, rows: Arc<Vec<Encoded>>) -> Result<()> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = events
-            .iter()
-            .map(EventRow::new)
-            .collect::<Result<Vec<_>>>()?;
         let mut writer = self.writer.lock().await;
         if writer.as_ref().is_none_or(|c| c.is_closed()) {
             *writer = Some(Self::open_client(&self.url).await?);
@@ -460,16 +456,16 @@ impl Store for PostgresStore {
             .await?;
         let mut prev = head.and_then(|r| chain::hash_of(r.get::<_, Option<&[u8]>>(0)));
         // Shipped twice (or twice in one batch): stored once.
-        let ids: Vec<&str> = rows.iter().map(|r| r.id).collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let mut stored: std::collections::HashSet<String> = tx
             .query("SELECT id FROM mcpgate_audit WHERE id = ANY($1)", &[&ids])
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let fresh: Vec<&EventRow> = rows
+        let fresh: Vec<&Encoded> = rows
             .iter()
-            .filter(|r| stored.insert(r.id.to_string()))
+            .filter(|r| stored.insert(r.id.clone()))
             .collect();
         if fresh.is_empty() {
             tx.commit().await?;
@@ -498,11 +494,13 @@ impl Store for PostgresStore {
         // meets the protocol's limit of 65,535 parameters at 5,958 events).
         macro_rules! column {
             ($f:ident) => {
-                fresh.iter().map(|r| r.$f).collect::<Vec<_>>()
+                fresh.iter().map(|r| r.$f.as_deref()).collect::<Vec<_>>()
             };
         }
-        let (id, time_us, kind, user) =
-            (column!(id), column!(time_us), column!(kind), column!(user));
+        let id: Vec<&str> = fresh.iter().map(|r| r.id.as_str()).collect();
+        let time_us: Vec<i64> = fresh.iter().map(|r| r.time_us).collect();
+        let kind: Vec<&str> = fresh.iter().map(|r| r.kind.as_str()).collect();
+        let user: Vec<&str> = fresh.iter().map(|r| r.user.as_str()).collect();
         let (app, tool, decision) = (column!(app), column!(tool), column!(decision));
         let (session, method) = (column!(session), column!(method));
         let roles: Vec<&str> = fresh.iter().map(|r| r.roles.as_str()).collect();

