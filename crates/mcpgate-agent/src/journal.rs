@@ -6,8 +6,9 @@
 //!   appended to a file with a single `write()`: in the page cache it survives the process
 //!   being killed (`kill -9`), and it costs microseconds, not a database transaction.
 //!   Without one, it is a key in the spool.
-//! - [`Journal::complete`]: the final event (outcome, duration) is appended to the journal
-//!   too (a second line of the same id), then stored by one writer task in batches (group
+//! - [`Journal::answered`], then [`Journal::complete`]: the final event (outcome, duration)
+//!   is serialized once and appended to the journal too (a second line of the same id)
+//!   before the client hears the answer, then stored by one writer task in batches (group
 //!   commit), off every session's path; it carries the pending event's id, and storing is
 //!   idempotent by id. A batch that cannot be stored is kept and tried again;
 //!   while the audit log refuses writes, [`Journal::begin`] refuses too, so what waits is
@@ -684,17 +685,20 @@ async fn complete_in_batches(
         let Some(journal) = journal.upgrade() else {
             return;
         };
-        // Shared with the store's thread, not copied; back for another try if refused.
-        let shared = Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX)));
-        match journal.store_final(shared.clone(), false).await {
+        // Shared with the store's thread, not copied, and back once it is done (kept for
+        // another try if refused; else emptied, its room kept for the next).
+        let shared = Arc::new(std::mem::take(&mut batch));
+        let result = journal.store_final(shared.clone(), false).await;
+        batch = Arc::unwrap_or_clone(shared);
+        match result {
             Ok(()) => {
-                journal.stored(shared.iter().map(Encoded::id)).await;
+                journal.stored(batch.iter().map(Encoded::id)).await;
                 if journal.failing.swap(false, Ordering::AcqRel) {
                     tracing::info!("the audit log accepts writes again");
                 }
+                batch.clear();
             }
             Err(e) => {
-                batch = Arc::unwrap_or_clone(shared);
                 if !journal.failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(error = %e, "audit write failed: new requests are refused until it succeeds; retrying");
                 }

@@ -42,7 +42,7 @@ CREATE INDEX IF NOT EXISTS mcpgate_audit_decision ON mcpgate_audit (decision, ti
 const TEXT_INDEX: &str = "mcpgate_audit_text";
 
 /// Advisory lock keys: schema set-up, the free-text index build, and the audit writers'
-/// turn (see [`Store::append_events`]).
+/// turn (see [`Store::append_encoded`]).
 const SETUP_LOCK: i64 = 7_165_064_574_117_131_570;
 const BUILD_LOCK: i64 = 7_165_064_574_117_131_571;
 const WRITE_LOCK: i64 = 7_165_064_574_117_131_569;

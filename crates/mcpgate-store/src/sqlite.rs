@@ -350,7 +350,8 @@ fn index_range<'c>(
         let mut add = tx.prepare_cached("INSERT INTO audit_text(rowid, grams) VALUES (?1, ?2)")?;
         let (mut set, mut words) = (Vec::new(), String::new());
         for (n, (pos, data)) in rows.iter().enumerate() {
-            yield_between(n);
+            // The index's own connection and file: nothing waits for them.
+            yield_between(n, usize::MAX);
             set.clear();
             set.extend(query::grams(data).filter(|g| !common.contains(g)));
             set.sort_unstable();
@@ -382,13 +383,18 @@ fn index_range<'c>(
 /// lets a thread that has just woken run that long before a call's process, woken behind
 /// it on the same core, gets its turn: that wait was most of the calls slower than 1 ms.
 /// Offered every 16 rows (a tenth of a millisecond), a sequential stream of calls had
-/// 60 % fewer such calls and a p99 a third lower, at the same calls per second.
+/// fewer such calls, at the same calls per second (ARCHITECTURE.md, Where the time goes).
 const YIELD_EVERY: usize = 16;
 
-/// Offers the core to a thread waiting for it every [`YIELD_EVERY`] rows (nothing when
-/// none waits).
-fn yield_between(n: usize) {
-    if n > 0 && n.is_multiple_of(YIELD_EVERY) {
+/// Rows of an audit batch past which its transaction stops offering its core: a longer
+/// batch means the writer is behind, and it holds the store's connection (which rate-limit
+/// counts wait for) and its write lock; on busy cores each offer can cost it a slice.
+const YIELD_UNTIL: usize = 512;
+
+/// Offers the core to a thread waiting for it every [`YIELD_EVERY`] rows, up to row
+/// `until` (nothing when none waits).
+fn yield_between(n: usize, until: usize) {
+    if n > 0 && n < until && n.is_multiple_of(YIELD_EVERY) {
         std::thread::yield_now();
     }
 }
@@ -970,7 +976,7 @@ impl Store for SqliteStore {
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 for (n, r) in rows.iter().enumerate() {
-                    yield_between(n);
+                    yield_between(n, YIELD_UNTIL);
                     let hash = chain::link(seq + 1, prev.as_ref(), &r.data);
                     let inserted = stmt.execute(params![
                         seq + 1,
@@ -1118,7 +1124,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// An event's columns, owned, to move into the blocking task.
 #[cfg(test)]
 mod tests {
     use super::*;
