@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=1000, help="idle sessions held open to measure memory per session")
     ap.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 64, 512], help="concurrent sessions for the throughput runs, e.g. 1,8,64,512")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    ap.add_argument("--certificates", type=float, help="certificates issued per second (scripts/bench measures it first), for the report")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mcpgate-bench-")
     # server-everything over Streamable HTTP, for the HTTP upstream path.
@@ -161,6 +162,7 @@ def measure(args, tmp, daemon, started, http_port):
         ("fast (python stdio fixture)", f"python3 {RECORDER}", "fast", "echo", {"message": "hi"}),
         ("server-everything (node)", f"node {EVERYTHING} stdio", "everything", "echo", {"message": "hi"}),
     ]
+    results = {"latency": [], "http": [], "throughput": []}
     report = ["| upstream | direct p50 µs | via mcpgate p50 µs | added p50 µs (paired) | added p99 µs | calls/s via mcpgate, one session |", "|---|---|---|---|---|---|"]
     for label, direct_cmd, app, tool, call_args in targets:
         common = ["--tool", tool, "--args", json.dumps(call_args), "--calls", str(args.calls)]
@@ -172,7 +174,14 @@ def measure(args, tmp, daemon, started, http_port):
             d_runs.append(d)
             g_runs.append(g)
         med = lambda runs, k: statistics.median(r[k] for r in runs)
-        report.append(f"| {label} | {med(d_runs, 'p50_us'):.0f} | {med(g_runs, 'p50_us'):.0f} | {statistics.median(diffs):.0f} | {med(g_runs, 'p99_us') - med(d_runs, 'p99_us'):.0f} | {med(g_runs, 'calls_per_second'):.0f} |")
+        row = {
+            "upstream": label, "app": app,
+            "direct_p50_us": med(d_runs, "p50_us"), "gateway_p50_us": med(g_runs, "p50_us"),
+            "added_p50_us": statistics.median(diffs), "added_p99_us": med(g_runs, "p99_us") - med(d_runs, "p99_us"),
+            "calls_per_second_one_session": med(g_runs, "calls_per_second"),
+        }
+        results["latency"].append(row)
+        report.append(f"| {label} | {row['direct_p50_us']:.0f} | {row['gateway_p50_us']:.0f} | {row['added_p50_us']:.0f} | {row['added_p99_us']:.0f} | {row['calls_per_second_one_session']:.0f} |")
     # The HTTP path: an HTTP client → `mcpgate mcp proxy` → the gateway → the Rust upstream,
     # beside the peers a user would otherwise put in front of the same stdio server (no
     # auth, no policy, no audit): PyPI mcp-proxy and npm supergateway.
@@ -188,13 +197,13 @@ def measure(args, tmp, daemon, started, http_port):
             p = subprocess.Popen([MCP_PROXY, "--host", "127.0.0.1", "--port", str(port), "--", BIN, "mcp", "demo-server"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             servers.append(p)
             wait_listening(port, p)
-            paths.append(("PyPI mcp-proxy 0.13.0", f"http://127.0.0.1:{port}/mcp"))
+            paths.append((f"PyPI mcp-proxy {peer_version('mcp-proxy')}", f"http://127.0.0.1:{port}/mcp"))
         if os.path.exists(SUPERGATEWAY):
             port = free_port()
             p = subprocess.Popen(["node", SUPERGATEWAY, "--stdio", rust_cmd, "--outputTransport", "streamableHttp", "--stateful", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             servers.append(p)
             wait_listening(port, p)
-            paths.append(("npm supergateway 4.0.0 (--stateful)", f"http://127.0.0.1:{port}/mcp"))
+            paths.append((f"npm supergateway {peer_version('supergateway')} (--stateful)", f"http://127.0.0.1:{port}/mcp"))
         common = ["--tool", "get_time", "--calls", str(args.calls)]
         added = {label: [] for label, _ in paths}
         p50s = {label: [] for label, _ in paths}
@@ -219,10 +228,16 @@ def measure(args, tmp, daemon, started, http_port):
             statistics.median(g["p50_us"] - d["p50_us"] for d, g in zip(up_direct, up_gated)),
             statistics.median(g["p99_us"] - d["p99_us"] for d, g in zip(up_direct, up_gated)),
         )
+        results["http_upstream"] = dict(zip(["direct_p50_us", "gateway_p50_us", "added_p50_us", "added_p99_us"], http_upstream))
         gate_added = statistics.median(added[paths[0][0]])
         for label, _ in paths:
             a = statistics.median(added[label])
             ratio = "" if label == paths[0][0] else f"{gate_added / a:.2f}" if a > 0 else "n/a"
+            results["http"].append({
+                "path": label, "p50_us": statistics.median(p50s[label]), "added_p50_us": a,
+                "added_p99_us": statistics.median(p99s[label]),
+                "mcpgate_added_over_this": gate_added / a if label != paths[0][0] and a > 0 else None,
+            })
             http_report.append(f"| {label} | {statistics.median(p50s[label]):.0f} | {a:.0f} | {statistics.median(p99s[label]):.0f} | {ratio} |")
     finally:
         for p in servers:
@@ -244,8 +259,19 @@ def measure(args, tmp, daemon, started, http_port):
         # The daemon's CPU over the whole run (sessions opening included) per measured call.
         cpu_us = (cpu_seconds() - cpu) * 1e6 / max(r["calls"], 1)
         throughput.append((n, r["calls_per_second"], r["p50_us"], r["p99_us"], cpu_us))
+        results["throughput"].append({"sessions": n, "calls_per_second": r["calls_per_second"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "daemon_cpu_us_per_call": cpu_us})
+    results.update({
+        "memory_kib_per_idle_session": per_session, "idle_sessions": args.sessions,
+        "sessions_opened_per_second": held["opened_per_second"], "ready_ms": ready_ms,
+        "certificates_per_second": args.certificates,
+    })
+    machine, versions = describe()
     text = "\n".join([
         f"# mcpgate latency and memory, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cores",
+        "",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()) + ".",
+        "Versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "",
         f"{args.rounds} interleaved rounds x {args.calls} sequential `tools/call` per path, from the project's Rust load client (`mcpgate mcp bench`, raw JSON lines); audit on (SQLite, synchronous=normal, the default).",
         "Direct: the client runs the server as its child over stdio. Via mcpgate: the client speaks TLS to the proxy as a logged-in user, as `mcp connect` does.",
         "",
@@ -271,12 +297,70 @@ def measure(args, tmp, daemon, started, http_port):
         "|---|---|---|---|---|",
         *[f"| {n} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.0f} |" for n, rate, p50, p99, cpu in throughput],
         "",
+        *([f"Certificates issued per second (one core, user CA, ECDSA P-256): {args.certificates:.0f}", ""] if args.certificates else []),
     ])
     print(text)
     out = os.path.join(ROOT, "target", "bench-report.md")
     with open(out, "w") as f:
         f.write(text)
-    print(f"report written to {out}", file=sys.stderr)
+    with open(os.path.join(ROOT, "target", "bench-report.json"), "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "versions": versions,
+                   "rounds": args.rounds, "calls_per_round": args.calls, **results}, f, indent=2, ensure_ascii=False)
+    print(f"report written to {out} and target/bench-report.json", file=sys.stderr)
+
+
+def read(path, default=None):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def command_version(*argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        return "not found"
+
+
+def peer_version(peer):
+    """The installed version of a peer (scripts/bench pins it)."""
+    if peer == "mcp-proxy":
+        python = os.path.join(os.path.dirname(MCP_PROXY), "python")
+        return command_version(python, "-c", "import importlib.metadata as m; print(m.version('mcp-proxy'))") or "?"
+    package = os.path.join(os.path.dirname(os.path.dirname(SUPERGATEWAY)), "package.json")
+    return json.loads(read(package, "{}")).get("version", "?")
+
+
+def describe():
+    """The machine and the versions the figures come from. A hop between processes costs
+    what waking the other core costs, so the idle settings are part of the machine: on a
+    virtual machine whose guest halt polling is off, every wake-up of an idle vCPU is an
+    exit to the hypervisor (ARCHITECTURE.md, Where the time goes)."""
+    cpuinfo = read("/proc/cpuinfo", "")
+    model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), "unknown")
+    mem = next((int(l.split()[1]) for l in read("/proc/meminfo", "").splitlines() if l.startswith("MemTotal")), 0)
+    u = os.uname()
+    machine = {
+        "cores": os.cpu_count(), "cpu": model, "memory": f"{mem / 1024 / 1024:.0f} GiB",
+        "kernel": f"{u.sysname} {u.release} {u.machine}",
+        "virtual machine": "yes" if " hypervisor" in cpuinfo else "no",
+        "cpuidle governor": read("/sys/devices/system/cpu/cpuidle/current_governor", read("/sys/devices/system/cpu/cpuidle/current_governor_ro", "none")),
+    }
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if poll is not None:
+        machine["guest halt polling"] = "off (guest_halt_poll_ns=0)" if poll == "0" else f"up to {int(poll) / 1000:.0f} µs"
+    commit = command_version("git", "-C", ROOT, "describe", "--always", "--dirty")
+    versions = {
+        "mcpgate": f"{command_version(BIN, '--version').split()[-1]} ({commit})",
+        "rustc": command_version("rustc", "--version").split(" ", 1)[-1],
+        "node": command_version("node", "--version"),
+        "python": sys.version.split()[0],
+        "server-everything": json.loads(read(os.path.join(os.path.dirname(os.path.dirname(EVERYTHING)), "package.json"), "{}")).get("version", "?"),
+        "mcp-proxy": peer_version("mcp-proxy"), "supergateway": peer_version("supergateway"),
+    }
+    return machine, versions
 
 
 if __name__ == "__main__":

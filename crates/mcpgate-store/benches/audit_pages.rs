@@ -3,13 +3,14 @@
 //! times the queries the dashboard runs, newest page and deep pages, with each filter.
 //!
 //! `cargo bench -p mcpgate-store --bench audit_pages -- [EVENTS]` (default 1,000,000);
-//! `scripts/bench` runs it and puts the table in its report.
+//! `scripts/bench` runs it; the tables go to `target/audit-bench-report.md`, the same
+//! figures to `target/audit-bench-report.json`.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use mcpgate_store::{PostgresStore, SqliteStore, Store};
 use mcpgate_types::{AuditEvent, AuditQuery, Cursor, IdentityKind, Page};
-use serde_json::{Map, json};
+use serde_json::{Map, Value, json};
 
 const PAGE: u32 = 51;
 const BATCH: usize = 10_000;
@@ -114,8 +115,9 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-/// Times a newest page and the page 200 pages deep (reached by keyset), p50 and max.
-async fn measure<S: Store>(s: &S, name: &str, q: &AuditQuery) -> String {
+/// Times a newest page and the page 200 pages deep (reached by keyset), p50 and max: a row
+/// of the table, and the same as JSON.
+async fn measure<S: Store>(s: &S, name: &str, q: &AuditQuery) -> (String, Value) {
     let q = AuditQuery {
         limit: Some(PAGE),
         ..q.clone()
@@ -160,13 +162,20 @@ async fn measure<S: Store>(s: &S, name: &str, q: &AuditQuery) -> String {
         depth += 1;
     }
     let (deep50, deepmax, deeprows) = time(at).await;
-    format!(
+    let row = format!(
         "| {name} | {rows} | {} | {} | {depth} | {deeprows} | {} | {} |\n",
         ms(p50),
         ms(max),
         ms(deep50),
         ms(deepmax)
-    )
+    );
+    let secs = |d: Duration| d.as_secs_f64() * 1e3;
+    let figures = json!({
+        "query": name, "rows": rows, "newest_p50_ms": secs(p50), "newest_max_ms": secs(max),
+        "pages_down": depth, "deep_rows": deeprows, "deep_p50_ms": secs(deep50),
+        "deep_max_ms": secs(deepmax),
+    });
+    (row, figures)
 }
 
 /// A store whose free-text index may follow its writes (SQLite's, on a thread of its own).
@@ -196,7 +205,7 @@ async fn caught_up<S: Behind>(s: &S) -> Duration {
     start.elapsed()
 }
 
-async fn report<S: Store + Behind>(s: &S, backend: &str, events: usize) -> String {
+async fn report<S: Store + Behind>(s: &S, backend: &str, events: usize) -> (String, Value) {
     let filled = fill(s, events).await;
     let indexed = caught_up(s).await;
     let mut out = format!(
@@ -250,21 +259,34 @@ async fn report<S: Store + Behind>(s: &S, backend: &str, events: usize) -> Strin
             q(&|q| q.text = Some("no-such-value".into())),
         ),
     ];
+    let mut queries = Vec::with_capacity(cases.len());
     for (name, query) in &cases {
-        out.push_str(&measure(s, name, query).await);
+        let (row, figures) = measure(s, name, query).await;
+        out.push_str(&row);
+        queries.push(figures);
     }
     // What the agent's journal writer does under load: batches of 512 events (its most),
     // into a log that already holds the million.
     let extra: usize = 50_000;
     let stored = store_all(s, events..events + extra, 512, 0x2545_f491_4f6c_dd1d).await;
-    let indexed = caught_up(s).await;
+    let appended = caught_up(s).await;
     out.push_str(&format!(
         "\nAppending {extra} more in batches of 512 (the agent's journal writer under load): {:.0} events stored per second; \
          the free-text index held them all {:.1} s later.\n",
         extra as f64 / stored.as_secs_f64(),
-        indexed.as_secs_f64()
+        appended.as_secs_f64()
     ));
-    out
+    let figures = json!({
+        "backend": backend,
+        "events": events,
+        "filled_events_per_second": events as f64 / filled.as_secs_f64(),
+        "index_caught_up_s": indexed.as_secs_f64(),
+        "queries": queries,
+        "appended": extra,
+        "appended_events_per_second": extra as f64 / stored.as_secs_f64(),
+        "appended_index_caught_up_s": appended.as_secs_f64(),
+    });
+    (out, figures)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -276,18 +298,33 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = SqliteStore::open(&dir.path().join("bench.db")).expect("open sqlite");
     let mut out = String::from("## Audit pages (the dashboard's explorer)\n");
-    out.push_str(&report(&sqlite, "SQLite", events).await);
+    let mut backends = Vec::new();
+    let (text, figures) = report(&sqlite, "SQLite", events).await;
+    out.push_str(&text);
+    backends.push(figures);
     if let Ok(url) = std::env::var("MCPGATE_TEST_POSTGRES_URL") {
         let (db_url, drop_db) = mcpgate_store::compliance::fresh_postgres(&url).await;
         {
             let pg = PostgresStore::connect(&db_url)
                 .await
                 .expect("connect postgres");
-            out.push_str(&report(&pg, "PostgreSQL", events).await);
+            let (text, figures) = report(&pg, "PostgreSQL", events).await;
+            out.push_str(&text);
+            backends.push(figures);
         }
         drop_db.await;
     }
     print!("{out}");
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
     std::fs::write(target.join("audit-bench-report.md"), &out).expect("write report");
+    let seconds = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs();
+    let json = json!({"unix_time": seconds, "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "backends": backends});
+    std::fs::write(
+        target.join("audit-bench-report.json"),
+        serde_json::to_string_pretty(&json).expect("JSON"),
+    )
+    .expect("write report");
 }

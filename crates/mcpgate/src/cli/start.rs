@@ -119,6 +119,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         dir: (self_contained && !config.data_dir.exists()).then(|| config.data_dir.clone()),
     };
     profile::private_dir(&config.data_dir)?;
+    if let Some(hint) = idle_polling_hint(Path::new("/sys")) {
+        tracing::info!("{hint}");
+    }
     if !config.auth.enabled {
         if args.demo {
             anyhow::bail!("--demo runs with the auth service, not on an agent-only daemon");
@@ -501,6 +504,24 @@ async fn wait_for_agent(tunnels: &mcpgate_proxy::Tunnels) {
     tracing::warn!("the agent has not connected to the proxy yet");
 }
 
+/// A note for the operator when this is a virtual machine whose idle vCPUs halt at once
+/// (the `haltpoll` cpuidle governor with `guest_halt_poll_ns` at 0): every tool call hops
+/// between processes (client, gateway, server), and each hop onto an idle vCPU then waits
+/// for the hypervisor to run it again. `sys`: where sysfs is mounted.
+fn idle_polling_hint(sys: &Path) -> Option<String> {
+    let read = |p: &str| std::fs::read_to_string(sys.join(p)).ok();
+    let governor = read("devices/system/cpu/cpuidle/current_governor")
+        .or_else(|| read("devices/system/cpu/cpuidle/current_governor_ro"))?;
+    let poll = read("module/haltpoll/parameters/guest_halt_poll_ns")?;
+    (governor.trim() == "haltpoll" && poll.trim() == "0").then(|| {
+        "this virtual machine halts an idle vCPU without polling first (haltpoll \
+         guest_halt_poll_ns=0): each hop of a tool call between processes waits for the \
+         hypervisor to wake one (tens of microseconds); set to 200000, it cut the latency the \
+         gateway adds several-fold in our benchmark (README, Benchmarks)"
+            .to_string()
+    })
+}
+
 fn data_dir_flag(dir: &Path) -> String {
     if dir == Path::new("./mcpgate-data") {
         String::new()
@@ -646,7 +667,39 @@ impl mcpgate_proxy::LocalAgent for InProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{idle_polling_hint, redact_url};
+
+    #[test]
+    fn a_vm_that_halts_idle_vcpus_without_polling_is_pointed_out() {
+        let sys = tempfile::tempdir().unwrap();
+        let at = |p: &str, text: &str| {
+            let path = sys.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        assert_eq!(
+            idle_polling_hint(sys.path()),
+            None,
+            "no cpuidle: nothing said"
+        );
+        at("devices/system/cpu/cpuidle/current_governor", "haltpoll\n");
+        assert_eq!(
+            idle_polling_hint(sys.path()),
+            None,
+            "no haltpoll parameters"
+        );
+        at("module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
+        assert_eq!(
+            idle_polling_hint(sys.path()),
+            None,
+            "it polls: nothing said"
+        );
+        at("module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
+        let hint = idle_polling_hint(sys.path()).expect("a hint");
+        assert!(hint.contains("guest_halt_poll_ns=0"), "{hint}");
+        at("devices/system/cpu/cpuidle/current_governor", "menu\n");
+        assert_eq!(idle_polling_hint(sys.path()), None, "another governor");
+    }
 
     #[test]
     fn passwords_are_not_printed() {
