@@ -156,6 +156,12 @@ def measure(args, tmp, daemon, started, http_port):
     deadline = time.time() + 60
     while upstreams() > 0 and time.time() < deadline:
         time.sleep(0.1)
+    def cpu_seconds(pid=daemon.pid):
+        """User and system CPU of process `pid` so far, in seconds."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     targets = [
         ("Rust stdio (`mcpgate mcp demo-server`, get_time)", f"{BIN} mcp demo-server", "rust", "get_time", {}),
         ("the same through the `mcp connect` bridge", f"{BIN} mcp demo-server", f"--direct={BIN} mcp connect rust", "get_time", {}),
@@ -163,7 +169,7 @@ def measure(args, tmp, daemon, started, http_port):
         ("server-everything (node)", f"node {EVERYTHING} stdio", "everything", "echo", {"message": "hi"}),
     ]
     results = {"latency": [], "http": [], "throughput": []}
-    report = ["| upstream | direct p50 µs | via mcpgate p50 µs | added p50 µs (paired) | added p99 µs | calls/s via mcpgate, one session |", "|---|---|---|---|---|---|"]
+    report = ["| upstream | direct p50 µs | via mcpgate p50 / p90 / p99 µs | added p50 µs (paired) | added p90 µs | added p99 µs | calls/s via mcpgate, one session |", "|---|---|---|---|---|---|---|"]
     for label, direct_cmd, app, tool, call_args in targets:
         common = ["--tool", tool, "--args", json.dumps(call_args), "--calls", str(args.calls)]
         diffs, d_runs, g_runs = [], [], []
@@ -176,12 +182,14 @@ def measure(args, tmp, daemon, started, http_port):
         med = lambda runs, k: statistics.median(r[k] for r in runs)
         row = {
             "upstream": label, "app": app,
-            "direct_p50_us": med(d_runs, "p50_us"), "gateway_p50_us": med(g_runs, "p50_us"),
-            "added_p50_us": statistics.median(diffs), "added_p99_us": med(g_runs, "p99_us") - med(d_runs, "p99_us"),
+            "direct_p50_us": med(d_runs, "p50_us"), "direct_p90_us": med(d_runs, "p90_us"), "direct_p99_us": med(d_runs, "p99_us"),
+            "gateway_p50_us": med(g_runs, "p50_us"), "gateway_p90_us": med(g_runs, "p90_us"), "gateway_p99_us": med(g_runs, "p99_us"),
+            "added_p50_us": statistics.median(diffs), "added_p90_us": med(g_runs, "p90_us") - med(d_runs, "p90_us"),
+            "added_p99_us": med(g_runs, "p99_us") - med(d_runs, "p99_us"),
             "calls_per_second_one_session": med(g_runs, "calls_per_second"),
         }
         results["latency"].append(row)
-        report.append(f"| {label} | {row['direct_p50_us']:.0f} | {row['gateway_p50_us']:.0f} | {row['added_p50_us']:.0f} | {row['added_p99_us']:.0f} | {row['calls_per_second_one_session']:.0f} |")
+        report.append(f"| {label} | {row['direct_p50_us']:.0f} | {row['gateway_p50_us']:.0f} / {row['gateway_p90_us']:.0f} / {row['gateway_p99_us']:.0f} | {row['added_p50_us']:.0f} | {row['added_p90_us']:.0f} | {row['added_p99_us']:.0f} | {row['calls_per_second_one_session']:.0f} |")
     # The HTTP path: an HTTP client → `mcpgate mcp proxy` → the gateway → the Rust upstream,
     # beside the peers a user would otherwise put in front of the same stdio server (no
     # auth, no policy, no audit): PyPI mcp-proxy and npm supergateway.
@@ -205,13 +213,18 @@ def measure(args, tmp, daemon, started, http_port):
             wait_listening(port, p)
             paths.append((f"npm supergateway {peer_version('supergateway')} (--stateful)", f"http://127.0.0.1:{port}/mcp"))
         common = ["--tool", "get_time", "--calls", str(args.calls)]
+        proxy_cpu, proxy_calls = 0.0, 0
         added = {label: [] for label, _ in paths}
         p50s = {label: [] for label, _ in paths}
         p99s = {label: [] for label, _ in paths}
         for _ in range(args.rounds):
             d = bench("--direct", rust_cmd, *common)
             for label, url in paths:
+                before = cpu_seconds(gate_http.pid)
                 r = bench("--url", url, *common)
+                if url == paths[0][1]:
+                    proxy_cpu += cpu_seconds(gate_http.pid) - before
+                    proxy_calls += r["calls"]
                 added[label].append(r["p50_us"] - d["p50_us"])
                 p50s[label].append(r["p50_us"])
                 p99s[label].append(r["p99_us"] - d["p99_us"])
@@ -230,6 +243,8 @@ def measure(args, tmp, daemon, started, http_port):
         )
         results["http_upstream"] = dict(zip(["direct_p50_us", "gateway_p50_us", "added_p50_us", "added_p99_us"], http_upstream))
         gate_added = statistics.median(added[paths[0][0]])
+        # The `mcp proxy` process's own CPU (its sessions' starts included).
+        results["mcp_proxy_cpu_us_per_call"] = proxy_cpu * 1e6 / max(proxy_calls, 1)
         for label, _ in paths:
             a = statistics.median(added[label])
             ratio = "" if label == paths[0][0] else f"{gate_added / a:.2f}" if a > 0 else "n/a"
@@ -247,11 +262,6 @@ def measure(args, tmp, daemon, started, http_port):
     # N sessions over their own TLS connections from one Rust client, each calling as fast
     # as its answers come. The client and the upstreams share the 2 cores with the daemon,
     # so this is what one machine does end to end.
-    def cpu_seconds():
-        with open(f"/proc/{daemon.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     throughput = []
     for n in args.concurrency:
         cpu = cpu_seconds()
@@ -282,6 +292,8 @@ def measure(args, tmp, daemon, started, http_port):
         "| path | p50 µs | added p50 µs (paired) | added p99 µs | mcpgate's added / this one's |",
         "|---|---|---|---|---|",
         *http_report,
+        "",
+        f"The `mcp proxy` process itself: {results['mcp_proxy_cpu_us_per_call']:.0f} µs of CPU per call (its sessions' starts included).",
         "",
         "HTTP upstream: server-everything over Streamable HTTP (`echo`), called directly over HTTP, and as an app through the gateway (client over TLS, the agent's HTTP transport to it).",
         "",
