@@ -402,6 +402,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .map(|a| a.into_iter().map(|a| a.metadata.name.to_string()).collect())
         .unwrap_or_default();
     tokio::spawn(agent.clone().run_tunnel(name.clone(), dial));
+    super::start::note_idle_polling();
     println!(
         "mcpgate {}: agent {name} of cluster {} is running",
         env!("CARGO_PKG_VERSION"),

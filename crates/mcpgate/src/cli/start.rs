@@ -119,9 +119,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         dir: (self_contained && !config.data_dir.exists()).then(|| config.data_dir.clone()),
     };
     profile::private_dir(&config.data_dir)?;
-    if let Some(hint) = idle_polling_hint(Path::new("/sys")) {
-        tracing::info!("{hint}");
-    }
     if !config.auth.enabled {
         if args.demo {
             anyhow::bail!("--demo runs with the auth service, not on an agent-only daemon");
@@ -404,6 +401,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         admin_profile,
     ));
 
+    note_idle_polling();
     println!(
         "mcpgate {}: cluster {} is running",
         env!("CARGO_PKG_VERSION"),
@@ -502,6 +500,14 @@ async fn wait_for_agent(tunnels: &mcpgate_proxy::Tunnels) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::warn!("the agent has not connected to the proxy yet");
+}
+
+/// Logs [`idle_polling_hint`]'s note, once the daemon runs (a start that fails says only
+/// why).
+pub(super) fn note_idle_polling() {
+    if let Some(hint) = idle_polling_hint(Path::new("/sys")) {
+        tracing::info!("{hint}");
+    }
 }
 
 /// A note for the operator when this is a virtual machine whose idle vCPUs halt at once
