@@ -260,6 +260,25 @@ fn invite_signup_totp_login_status_logout() {
     );
     let text = d.admin(&["users", "add", "carol", "--roles", "dev"]).ok();
     assert!(text.contains("Invite token (single use"), "{text}");
+    // The command it prints is the one to run: this cluster's address and pin, no blanks.
+    let printed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("They set a password with: "))
+        .unwrap_or_else(|| panic!("no signup command:\n{text}"));
+    assert!(
+        printed.starts_with(&format!(
+            "mcpgate signup --proxy {} --ca-pin {} --invite ",
+            d.addr, d.pin
+        )),
+        "{printed}"
+    );
+    let secret = mcpgate_auth::login::new_otp_secret().unwrap();
+    let code = current_code(&secret);
+    let mut as_printed: Vec<&str> = printed.split_whitespace().skip(1).collect();
+    as_printed.extend(["--password-stdin", "--otp-secret", &secret, "--otp", &code]);
+    let carol = Person::new(&s, "carol");
+    let signed_up = carol.run(&as_printed, Some(&format!("{PASSWORD}\n"))).ok();
+    assert!(signed_up.contains("Second factor confirmed"), "{signed_up}");
     let token = invite(&d, "alice", "dev");
     assert_eq!(token.len(), 64);
     assert!(

@@ -358,15 +358,29 @@ enum AuditFormat {
     Yaml,
 }
 
+/// Where the admin reached the cluster: what a person it invites needs to sign up there.
+struct Reach {
+    proxy: String,
+    /// The CA pin, when the admin's profile holds it (not with `-i`).
+    ca_pin: Option<String>,
+}
+
 /// Connects as an admin: `-i` with `--proxy`, else the data dir's admin identity, else the
 /// logged-in user's profile.
-fn connect(target: &Target) -> anyhow::Result<Api> {
+fn connect(target: &Target) -> anyhow::Result<(Api, Reach)> {
     if let Some(path) = &target.identity {
         let proxy = target
             .proxy
             .as_deref()
             .ok_or_else(|| anyhow!("-i needs --proxy HOST:PORT"))?;
-        return Api::with_identity(proxy, &profile::read_identity(path)?);
+        let reach = Reach {
+            proxy: proxy.to_string(),
+            ca_pin: None,
+        };
+        return Ok((
+            Api::with_identity(proxy, &profile::read_identity(path)?)?,
+            reach,
+        ));
     }
     let data_dir = target
         .data_dir
@@ -383,7 +397,14 @@ fn connect(target: &Target) -> anyhow::Result<Api> {
         })?,
     };
     let proxy = target.proxy.clone().unwrap_or(stored.profile.proxy);
-    Api::with_identity(&proxy, &stored.identity)
+    let api = Api::with_identity(&proxy, &stored.identity)?;
+    Ok((
+        api,
+        Reach {
+            proxy,
+            ca_pin: Some(stored.profile.ca_pin),
+        },
+    ))
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -400,7 +421,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             super::start::verify_offline(config.as_deref(), args.target.data_dir.clone()).await?;
         return report_verification(&v, *format);
     }
-    let api = connect(&args.target)?;
+    let (api, reach) = connect(&args.target)?;
     match args.command {
         AdminCommand::Status { format } => status(&api, format).await,
         AdminCommand::Create { file, force } => create(&api, &file, force).await,
@@ -470,7 +491,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("Remove it with: mcpgate admin rm lock/{}", lock.id);
             Ok(())
         }
-        AdminCommand::Users { command } => users(&api, command).await,
+        AdminCommand::Users { command } => users(&api, &reach, command).await,
         AdminCommand::Policy {
             command: PolicyCommand::Test(a),
         } => super::policy::test(&api, a).await,
@@ -922,14 +943,14 @@ async fn rm(api: &Api, target: &str, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn users(api: &Api, command: UsersCommand) -> anyhow::Result<()> {
+async fn users(api: &Api, reach: &Reach, command: UsersCommand) -> anyhow::Result<()> {
     match command {
         UsersCommand::Add {
             name,
             roles,
             traits,
             format,
-        } => add_user(api, name, roles, &traits, format).await,
+        } => add_user(api, reach, name, roles, &traits, format).await,
         UsersCommand::Ls { format } => get(api, "users", None, format).await,
         UsersCommand::Rm { name } => rm(api, &format!("user/{name}"), false).await,
         UsersCommand::Update {
@@ -983,6 +1004,7 @@ fn parse_traits(traits: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String
 
 async fn add_user(
     api: &Api,
+    reach: &Reach,
     name: String,
     roles: Vec<String>,
     traits: &[String],
@@ -999,8 +1021,11 @@ async fn add_user(
             },
         )
         .await?;
+    // The command as they would type it: the address and pin this admin reached.
     let next = format!(
-        "They set a password with: mcpgate signup --proxy HOST:PORT --ca-pin PIN --invite {}",
+        "They set a password with: mcpgate signup --proxy {} --ca-pin {} --invite {}",
+        reach.proxy,
+        reach.ca_pin.as_deref().unwrap_or("PIN"),
         resp.token
     );
     print_token(
