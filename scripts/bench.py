@@ -8,6 +8,7 @@ Usage: scripts/bench [--rounds N] [--calls N] [--sessions N] [--concurrency 1,8,
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def main():
     finally:
         everything_http.terminate()
         everything_http.wait(timeout=10)
+        # The daemon's data (a few hundred MB of audit log after a run) goes with it.
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def free_port():
