@@ -597,11 +597,7 @@ pub struct Answered(Option<Encoded>);
 
 /// Events as the store takes them.
 fn encode(events: &[AuditEvent]) -> Result<Arc<Vec<Encoded>>, String> {
-    let encoded = events
-        .iter()
-        .map(Encoded::new)
-        .collect::<Result<Vec<_>, _>>();
-    Ok(Arc::new(encoded.map_err(|e| e.to_string())?))
+    Encoded::all(events).map_err(|e| e.to_string())
 }
 
 /// A pending event as it is recorded when its answer is unknown.

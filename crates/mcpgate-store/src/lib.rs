@@ -93,8 +93,8 @@ pub trait Store: Send + Sync + 'static {
     /// Appends audit events durably. An event whose id is already stored is skipped, so
     /// shipping the same batch twice keeps one copy.
     fn append_events(&self, events: &[AuditEvent]) -> impl Future<Output = Result<()>> + Send {
-        let encoded = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>();
-        async move { self.append_encoded(Arc::new(encoded?)).await }
+        let encoded = Encoded::all(events);
+        async move { self.append_encoded(encoded?).await }
     }
     /// The same, for events encoded already ([`Encoded`]); the batch is shared with the
     /// store's blocking thread, not copied.
@@ -207,6 +207,13 @@ impl Encoded {
             roles: query::roles_column(&e.roles),
             data: stored_json(e)?,
         })
+    }
+
+    /// Each of `events`, as a batch to hand to [`Store::append_encoded`].
+    pub fn all(events: &[AuditEvent]) -> Result<Arc<Vec<Self>>> {
+        Ok(Arc::new(
+            events.iter().map(Self::new).collect::<Result<_>>()?,
+        ))
     }
 
     /// The event's id.
