@@ -231,7 +231,7 @@ enum TokensCommand {
 
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
-    /// Create a user and print a single-use invite token (valid 1h).
+    /// Create a user and print a single-use invite token (valid 1h) and the signup command for it.
     Add {
         name: String,
         /// Comma-separated role names.
