@@ -286,20 +286,22 @@ enum Next {
     Defer,
 }
 
-/// One step of the index thread: new events first (when enough wait, or the store has been
-/// quiet), else a step of older ones.
+/// One step of the index thread: none while fewer events than `leave` are not indexed (the
+/// CPUs are contended: [`TEXT_DEFER_MAX`], else 0), else new events first (when enough
+/// wait, or the store has been quiet), else a step of older ones.
 fn index_step(
     c: &mut Connection,
     tally: &mut Tally,
     woken: bool,
-    contended: bool,
+    leave: i64,
 ) -> rusqlite::Result<Next> {
     let head: i64 = c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM m.audit", [], |r| {
         r.get(0)
     })?;
     let (from, to) = index_state(c)?;
     let waiting = head - to;
-    if defers(contended, waiting, from, TEXT_DEFER_MAX) {
+    let behind = waiting.max(0) + from - 1;
+    if behind > 0 && behind < leave {
         return Ok(Next::Defer);
     }
     if waiting > 0 && (waiting >= TEXT_INDEX_LAG || !woken) {
@@ -473,11 +475,12 @@ fn read_events(c: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<(i64,
     rows.collect()
 }
 
-/// Events the index leaves for later while the machine's CPUs are contended: free text
-/// scans them meanwhile (50,000 took 33 ms on a 2-core machine), and the calls contending
-/// for the CPUs get the time indexing them would take (an eighth of the machine at 9,000
-/// calls a second, 25 µs an event). Past this many the index takes its share again,
-/// contended or not, so the scan stays bounded under any load.
+/// Events the index leaves for later while the machine's CPUs are contended (new ones and
+/// those of a log older than the index, together): free text scans them meanwhile (50,000
+/// took 33 ms on a 2-core machine), and the calls contending for the CPUs get the time
+/// indexing them would take (an eighth of the machine at 9,000 calls a second, 25 µs an
+/// event). Past this many the index takes its share again, contended or not, so the scan
+/// stays bounded under any load.
 const TEXT_DEFER_MAX: i64 = if cfg!(test) { 0 } else { 65_536 };
 
 /// How long a look at the CPUs' pressure stands, and how long a deferred step waits.
@@ -487,14 +490,6 @@ const PRESSURE_WINDOW: Duration = Duration::from_millis(100);
 /// task waited for one at least this share of the time (Linux's pressure stall
 /// information, `/proc/pressure/cpu`).
 const CONTENDED_SHARE: f64 = 0.5;
-
-/// Whether an index step waits for the CPUs: they are `contended`, and the events it
-/// would index are ones free text can scan meanwhile — new ones (`waiting`) fewer than
-/// `max`, or, when no new one waits, the older ones of a log older than the index (which
-/// starts at `from`).
-fn defers(contended: bool, waiting: i64, from: i64, max: i64) -> bool {
-    contended && if waiting > 0 { waiting < max } else { from > 1 }
-}
 
 /// The CPUs' pressure, looked at no more than once per [`PRESSURE_WINDOW`]: whether they
 /// were contended since the last look. Never, where the kernel does not say.
@@ -557,8 +552,12 @@ fn run_text_index(mut c: Connection, wake: std::sync::mpsc::Receiver<()>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         // Never under the unit tests, which wait for the index on busy cores.
-        let contended = TEXT_DEFER_MAX > 0 && pressure.contended();
-        next = match index_step(&mut c, &mut tally, woken, contended) {
+        let leave = if TEXT_DEFER_MAX > 0 && pressure.contended() {
+            TEXT_DEFER_MAX
+        } else {
+            0
+        };
+        next = match index_step(&mut c, &mut tally, woken, leave) {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "the audit text index is behind; free text scans the events it lacks");
@@ -1286,24 +1285,41 @@ mod tests {
     }
 
     /// Indexing gives way to contended CPUs only while what it leaves is few enough for
-    /// free text to scan; past that, or on idle CPUs, it goes on.
-    #[test]
-    fn indexing_gives_way_to_contended_cpus_while_few_events_wait() {
-        let max = 65_536;
+    /// free text to scan — new events and those of a log older than the index together —
+    /// and takes them up once the CPUs are free or too many wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexing_gives_way_to_contended_cpus_while_few_events_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open_unindexed(&path).unwrap();
+        let events: Vec<AuditEvent> = (0..110).map(event).collect();
+        store.append_events(&events[..100]).await.unwrap();
+        // An index made after 100 events, then 10 new ones.
+        let mut c = open_text_index(&path).unwrap();
+        store.append_events(&events[100..]).await.unwrap();
+        let mut tally = Tally::default();
+        let mut step = |woken, leave| index_step(&mut c, &mut tally, woken, leave).unwrap();
+        assert!(matches!(step(true, 65_536), Next::Defer));
         assert!(
-            defers(true, 1, 1, max),
-            "a few new events wait for idle CPUs"
+            matches!(step(false, 111), Next::Defer),
+            "110 wait, fewer than 111"
         );
-        assert!(defers(true, max - 1, 1, max));
-        assert!(!defers(true, max, 1, max), "too many to scan: indexed");
-        assert!(!defers(false, 100, 1, max), "idle CPUs: indexed");
+        drop(step);
+        assert_eq!(index_state(&c).unwrap(), (101, 100), "nothing indexed");
+        let mut step = |woken, leave| index_step(&mut c, &mut tally, woken, leave).unwrap();
+        // Too many to leave: the older events first (too few new ones), then the new ones.
+        assert!(matches!(step(true, 110), Next::Wait));
         assert!(
-            defers(true, 0, 5_000, max),
-            "an older log waits for idle CPUs"
+            matches!(step(false, 65_536), Next::Defer),
+            "10 new ones wait"
         );
-        assert!(!defers(false, 0, 5_000, max));
-        assert!(!defers(true, 0, 1, max), "nothing to index");
-        assert!(!defers(true, 10, 1, 0), "never with no room to leave");
+        assert!(matches!(step(false, 0), Next::Wait), "free CPUs: indexed");
+        drop(step);
+        assert_eq!(index_state(&c).unwrap(), (1, 110));
+        assert!(matches!(
+            index_step(&mut c, &mut tally, false, 65_536).unwrap(),
+            Next::Wait
+        ));
     }
 
     /// The trigrams of what every event holds stop being indexed once a window of events
