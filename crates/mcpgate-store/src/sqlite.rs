@@ -476,11 +476,11 @@ fn read_events(c: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<(i64,
 }
 
 /// Events the index leaves for later while the machine's CPUs are contended (new ones and
-/// those of a log older than the index, together): free text scans them meanwhile (50,000
-/// took 33 ms on a 2-core machine), and the calls contending for the CPUs get the time
-/// indexing them would take (an eighth of the machine at 9,000 calls a second, 25 µs an
-/// event). Past this many the index takes its share again, contended or not, so the scan
-/// stays bounded under any load.
+/// those of a log older than the index, together): free text scans them meanwhile (this
+/// many took 30–38 ms on a 2-core machine, twice that with its cores busy), and the calls
+/// contending for the CPUs get the time indexing them would take (an eighth of the machine
+/// at 9,000 calls a second, 25 µs an event). Past this many the index takes its share
+/// again, contended or not, so the scan stays bounded under any load.
 const TEXT_DEFER_MAX: i64 = if cfg!(test) { 0 } else { 65_536 };
 
 /// How long a look at the CPUs' pressure stands, and how long a deferred step waits.
