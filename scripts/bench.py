@@ -193,6 +193,11 @@ def measure(args, tmp, daemon, started, http_port):
             "added_p99_us": med(g_runs, "p99_us") - med(d_runs, "p99_us"),
             "calls_per_second_one_session": med(g_runs, "calls_per_second"),
         }
+        if app.startswith("--direct="):
+            # The `mcp connect` bridge is the client's child here: its CPU over the timed calls.
+            ticks = sum(g["child_cpu_ticks"] or 0 for g in g_runs)
+            row["bridge_cpu_us_per_call"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(sum(g["calls"] for g in g_runs), 1)
+            results["bridge_cpu_us_per_call"] = row["bridge_cpu_us_per_call"]
         results["latency"].append(row)
         report.append(f"| {label} | {row['direct_p50_us']:.0f} | {row['gateway_p50_us']:.0f} / {row['gateway_p90_us']:.0f} / {row['gateway_p99_us']:.0f} | {row['added_p50_us']:.0f} | {row['added_p90_us']:.0f} | {row['added_p99_us']:.0f} | {row['calls_per_second_one_session']:.0f} |")
     # The HTTP path: an HTTP client → `mcpgate mcp proxy` → the gateway → the Rust upstream,
@@ -306,6 +311,7 @@ def measure(args, tmp, daemon, started, http_port):
         "",
         *report,
         "",
+        *([f"The `mcp connect` bridge process itself: {results['bridge_cpu_us_per_call']:.0f} µs of CPU per call (over the timed calls of every round; the daemon's is in the throughput table).", ""] if "bridge_cpu_us_per_call" in results else []),
         "HTTP path: a Streamable HTTP client (the same Rust load client) in front of the Rust upstream (`get_time`), each row paired with that round's direct stdio run. Ratio: what mcpgate adds over what the peer adds (target: at most 0.25).",
         "",
         "| path | p50 µs | added p50 µs (paired) | added p99 µs | mcpgate's added / this one's |",

@@ -5,7 +5,8 @@
 //! the same connection `mcp connect` makes, or with `--direct`, to a server command run as a
 //! child over stdio — initializes each, warms them up, then calls one tool on every session
 //! as fast as the answers come (each session waits for its answer before its next call).
-//! Prints one JSON object: calls, seconds, calls per second, and latency percentiles.
+//! Prints one JSON object: calls, seconds, calls per second, latency percentiles, and with
+//! `--direct` the CPU time its commands used over the timed calls, in clock ticks.
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
@@ -76,6 +77,23 @@ impl Session {
             Session::Http(c) => c.request(method, params).await.map(|_| ()),
         }
     }
+
+    /// The process id of the `--direct` command the session runs.
+    fn child_pid(&self) -> Option<u32> {
+        match self {
+            Session::Lines(c) => c.child.as_ref()?.id(),
+            Session::Http(_) => None,
+        }
+    }
+}
+
+/// The CPU time process `pid` has used, user and system, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// A Streamable HTTP session over one kept-alive HTTP/1.1 connection.
@@ -189,7 +207,7 @@ struct Conn {
     read: Box<dyn AsyncBufRead + Unpin + Send>,
     write: Box<dyn AsyncWrite + Unpin + Send>,
     /// A direct server, killed when the session ends.
-    _child: Option<tokio::process::Child>,
+    child: Option<tokio::process::Child>,
     line: Vec<u8>,
     next: u64,
 }
@@ -214,7 +232,7 @@ impl Conn {
                 Conn {
                     read: Box::new(BufReader::new(stdout)),
                     write: Box::new(stdin),
-                    _child: Some(child),
+                    child: Some(child),
                     line: Vec::new(),
                     next: 0,
                 }
@@ -225,7 +243,7 @@ impl Conn {
                 Conn {
                     read: Box::new(BufReader::new(read)),
                     write: Box::new(write),
-                    _child: None,
+                    child: None,
                     line: Vec::new(),
                     next: 0,
                 }
@@ -315,6 +333,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut rest).await?;
         return Ok(());
     }
+    // The `--direct` commands' CPU over the timed calls (the `mcp connect` bridge's, say);
+    // each session is kept, and its command alive, until it is read again.
+    let pids: Vec<u32> = conns.iter().filter_map(Session::child_pid).collect();
+    let child_cpu = || pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
+    let cpu_before = child_cpu();
     let until = length.map(|d| Instant::now() + d);
     let started = Instant::now();
     let tasks: Vec<_> = conns
@@ -336,15 +359,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                         t.elapsed().as_nanos() as u64,
                     ));
                 }
-                Ok::<_, anyhow::Error>(times)
+                Ok::<_, anyhow::Error>((times, conn))
             })
         })
         .collect();
-    let mut calls = Vec::new();
+    let (mut calls, mut done) = (Vec::new(), Vec::new());
     for task in tasks {
-        calls.extend(task.await??);
+        let (times, conn) = task.await??;
+        calls.extend(times);
+        done.push(conn);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let child_cpu_ticks = (!pids.is_empty()).then(|| child_cpu().saturating_sub(cpu_before));
+    drop(done);
     if let Some(path) = &args.dump {
         let lines: String = calls
             .iter()
@@ -367,6 +394,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "p50_us": pct(0.50),
         "p90_us": pct(0.90),
         "p99_us": pct(0.99),
+        "child_cpu_ticks": child_cpu_ticks,
     });
     println!("{report}");
     Ok(())
