@@ -1304,7 +1304,6 @@ mod tests {
             matches!(step(false, 111), Next::Defer),
             "110 wait, fewer than 111"
         );
-        drop(step);
         assert_eq!(index_state(&c).unwrap(), (101, 100), "nothing indexed");
         let mut step = |woken, leave| index_step(&mut c, &mut tally, woken, leave).unwrap();
         // Too many to leave: the older events first (too few new ones), then the new ones.
@@ -1314,7 +1313,6 @@ mod tests {
             "10 new ones wait"
         );
         assert!(matches!(step(false, 0), Next::Wait), "free CPUs: indexed");
-        drop(step);
         assert_eq!(index_state(&c).unwrap(), (1, 110));
         assert!(matches!(
             index_step(&mut c, &mut tally, false, 65_536).unwrap(),
