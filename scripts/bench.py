@@ -19,6 +19,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "mcpgate")
+# /proc reports CPU time in these.
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 RECORDER = os.path.join(ROOT, "crates", "mcpgate", "tests", "fixtures", "recorder.py")
 EVERYTHING = os.path.join(ROOT, ".cache", "npm", "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
 # The peers (installed by scripts/bench).
@@ -165,7 +167,7 @@ def measure(args, tmp, daemon, started, http_port):
         """User and system CPU of process `pid` so far, in seconds."""
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     targets = [
         ("Rust stdio (`mcpgate mcp demo-server`, get_time)", f"{BIN} mcp demo-server", "rust", "get_time", {}),
@@ -196,7 +198,7 @@ def measure(args, tmp, daemon, started, http_port):
         if app.startswith("--direct="):
             # The `mcp connect` bridge is the client's child here: its CPU over the timed calls.
             ticks = sum(g["child_cpu_ticks"] or 0 for g in g_runs)
-            row["bridge_cpu_us_per_call"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(sum(g["calls"] for g in g_runs), 1)
+            row["bridge_cpu_us_per_call"] = ticks * 1e6 / CLK_TCK / max(sum(g["calls"] for g in g_runs), 1)
             results["bridge_cpu_us_per_call"] = row["bridge_cpu_us_per_call"]
         results["latency"].append(row)
         report.append(f"| {label} | {row['direct_p50_us']:.0f} | {row['gateway_p50_us']:.0f} / {row['gateway_p90_us']:.0f} / {row['gateway_p99_us']:.0f} | {row['added_p50_us']:.0f} | {row['added_p90_us']:.0f} | {row['added_p99_us']:.0f} | {row['calls_per_second_one_session']:.0f} |")
@@ -273,7 +275,7 @@ def measure(args, tmp, daemon, started, http_port):
     # as its answers come. The client and the upstreams share the 2 cores with the daemon,
     # so this is what one machine does end to end.
     def index_behind():
-        """Stored events the free-text index does not hold yet (it leaves new ones for later
+        """Stored events the free-text index does not hold yet (it leaves some for later
         while the CPUs are contended), read from the daemon's files; None if unreadable."""
         db = f"{tmp}/data/state.db"
         try:
@@ -285,15 +287,12 @@ def measure(args, tmp, daemon, started, http_port):
         except (sqlite3.Error, TypeError):
             return None
 
-    throughput = []
     for n in args.concurrency:
         cpu = cpu_seconds()
         r = bench("rust", "--sessions", str(n), "--warmup", "5", "--seconds", str(args.seconds))
         # The daemon's CPU over the whole run (sessions opening included) per measured call.
         cpu_us = (cpu_seconds() - cpu) * 1e6 / max(r["calls"], 1)
-        behind = index_behind()
-        throughput.append((n, r["calls_per_second"], r["p50_us"], r["p99_us"], cpu_us, "?" if behind is None else f"{behind:,}"))
-        results["throughput"].append({"sessions": n, "calls_per_second": r["calls_per_second"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "daemon_cpu_us_per_call": cpu_us, "text_index_behind_after": behind})
+        results["throughput"].append({"sessions": n, "calls_per_second": r["calls_per_second"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "daemon_cpu_us_per_call": cpu_us, "text_index_behind_after": index_behind()})
     results.update({
         "memory_kib_per_idle_session": per_session, "idle_sessions": args.sessions,
         "sessions_opened_per_second": held["opened_per_second"], "ready_ms": ready_ms,
@@ -332,7 +331,7 @@ def measure(args, tmp, daemon, started, http_port):
         "",
         "| concurrent sessions (Rust upstream) | calls/s through mcpgate, audit on | p50 µs | p99 µs | daemon CPU µs per call | events the text index left for later, at the end |",
         "|---|---|---|---|---|---|",
-        *[f"| {n} | {rate:.0f} | {p50:.0f} | {p99:.0f} | {cpu:.0f} | {behind} |" for n, rate, p50, p99, cpu, behind in throughput],
+        *[f"| {t['sessions']} | {t['calls_per_second']:.0f} | {t['p50_us']:.0f} | {t['p99_us']:.0f} | {t['daemon_cpu_us_per_call']:.0f} | {'?' if t['text_index_behind_after'] is None else format(t['text_index_behind_after'], ',')} |" for t in results["throughput"]],
         "",
         *([f"Certificates issued per second (one core, user CA, ECDSA P-256): {args.certificates:.0f}", ""] if args.certificates else []),
     ])

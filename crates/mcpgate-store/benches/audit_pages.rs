@@ -111,8 +111,12 @@ async fn store_all<S: Store>(
     took
 }
 
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
+    format!("{:.1}", millis(d))
 }
 
 /// Times a newest page and the page 200 pages deep (reached by keyset), p50 and max: a row
@@ -169,11 +173,10 @@ async fn measure<S: Store>(s: &S, name: &str, q: &AuditQuery) -> (String, Value)
         ms(deep50),
         ms(deepmax)
     );
-    let secs = |d: Duration| d.as_secs_f64() * 1e3;
     let figures = json!({
-        "query": name, "rows": rows, "newest_p50_ms": secs(p50), "newest_max_ms": secs(max),
-        "pages_down": depth, "deep_rows": deeprows, "deep_p50_ms": secs(deep50),
-        "deep_max_ms": secs(deepmax),
+        "query": name, "rows": rows, "newest_p50_ms": millis(p50), "newest_max_ms": millis(max),
+        "pages_down": depth, "deep_rows": deeprows, "deep_p50_ms": millis(deep50),
+        "deep_max_ms": millis(deepmax),
     });
     (row, figures)
 }
