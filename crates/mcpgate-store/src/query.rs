@@ -208,6 +208,31 @@ pub(crate) fn grams(text: &str) -> impl Iterator<Item = Gram> + '_ {
     })
 }
 
+/// Of the trigrams of hex digits with a letter among them (`a3f`, `bad`; not `404`), the
+/// index keeps one in this many (a power of two), the same ones wherever they are found.
+const HEX_KEPT: u64 = 4;
+
+/// Whether the index keeps trigram `g` (part of its format: a change is a new one). Random
+/// ids — an event's, a session's, a request's — are hex, and they were most of the
+/// trigrams an event did not share with nearly every other, so most of what indexing it
+/// cost. Each hex trigram with a letter is one of 3,096 that random hex spreads its
+/// trigrams over evenly: each is in a few events in a hundred, too many for the index to
+/// narrow a search alone, and an id searched for has dozens of them. One in
+/// [`HEX_KEPT`] is kept, picked by a hash of the trigram, and the rest are never
+/// looked up: a needle of them alone is found by reading the events, as one of common
+/// trigrams is. Trigrams of decimal digits (counts, times, ports) are all kept.
+pub(crate) fn indexed(g: Gram) -> bool {
+    let mut letter = false;
+    for shift in [42, 21, 0] {
+        match (g >> shift) & 0x1f_ffff {
+            0x30..=0x39 => {}
+            0x61..=0x66 => letter = true,
+            _ => return true,
+        }
+    }
+    !letter || (g as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - HEX_KEPT.ilog2()) == 0
+}
+
 /// The distinct trigrams of `needle`, in the order they first appear. Empty for a needle
 /// shorter than a trigram.
 pub(crate) fn trigrams(needle: &str) -> Vec<Gram> {
@@ -304,6 +329,45 @@ fn glob_to_like(glob: &str) -> String {
 mod tests {
     use super::*;
     use mcpgate_types::Cursor;
+
+    /// Every trigram is kept but a fixed three in four of those of hex digits with a letter:
+    /// the same ones on every call, and no other kind.
+    #[test]
+    fn the_index_leaves_out_three_in_four_hex_trigrams_with_a_letter() {
+        let one = |t: &str| trigrams(t)[0];
+        for t in [
+            "404",
+            "999",
+            "ab-",
+            "abg",
+            "{\"a",
+            "xyz",
+            "ÿab",
+            "a\u{100}b",
+        ] {
+            assert!(indexed(one(t)), "{t} is kept");
+        }
+        let hex = b"0123456789abcdef";
+        let (mut with_letter, mut kept) = (0, 0);
+        for a in hex {
+            for b in hex {
+                for c in hex {
+                    let t = String::from_utf8(vec![*a, *b, *c]).unwrap();
+                    let g = one(&t);
+                    assert_eq!(indexed(g), indexed(one(&t.to_uppercase())), "{t}, folded");
+                    if t.bytes().any(|x| x.is_ascii_alphabetic()) {
+                        with_letter += 1;
+                        kept += usize::from(indexed(g));
+                    } else {
+                        assert!(indexed(g), "{t}: decimal digits are all kept");
+                    }
+                }
+            }
+        }
+        assert_eq!(with_letter, 3_096);
+        // A hash, not exactly a quarter: within a few percent of it.
+        assert!((700..850).contains(&kept), "{kept} of 3,096 kept");
+    }
 
     #[test]
     fn free_text_asks_the_index_for_each_distinct_trigram() {

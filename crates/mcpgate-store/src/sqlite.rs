@@ -91,8 +91,9 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 /// `audit` only) in a file of its own beside the store, `PATH-text2`, written by a thread
 /// with its own connection. Each event is indexed as the set of its distinct trigrams
 /// (folded as `LIKE` folds them), each a word of FTS5's `ascii` tokenizer; a trigram found
-/// in nearly every event is "common" (`audit_text_common`): no longer indexed, and never
-/// looked up. Storing an event never waits for the index and the index never
+/// in nearly every event is "common" (`audit_text_common`), and three in four of random
+/// hex's are left out by design ([`query::indexed`]): neither is indexed, nor ever looked
+/// up. Storing an event never waits for the index and the index never
 /// holds the store: events are stored at the rate SQLite inserts rows and indexed on
 /// another core. `audit_text_state` says which positions it holds, `indexed_from` to
 /// `indexed_to`; free text scans the events on either side, so an answer never depends on
@@ -104,12 +105,13 @@ CREATE VIRTUAL TABLE IF NOT EXISTS audit_text USING fts5(grams, content='', toke
 CREATE TABLE IF NOT EXISTS audit_text_state (indexed_from INTEGER NOT NULL,
   indexed_to INTEGER NOT NULL, anchor TEXT);
 CREATE TABLE IF NOT EXISTS audit_text_common (gram INTEGER PRIMARY KEY);
-PRAGMA user_version = 2;";
+PRAGMA user_version = 3;";
 
 /// The index's format (its file's `user_version`); a file of another is made anew. 0: the
 /// FTS5 `trigram` tokenizer over each event's whole JSON, in `PATH-text` (a name this
-/// format does not use, so that an older build never reads it as its own).
-const TEXT_FORMAT: i64 = 2;
+/// format does not use, so that an older build never reads it as its own). 2: every
+/// trigram not common. 3: hex ones sampled ([`query::indexed`]).
+const TEXT_FORMAT: i64 = 3;
 
 /// A trigram becomes common when it is in more than nine in ten of this many events
 /// indexed one after another: so common that it narrows nothing, and too many for a burst
@@ -366,7 +368,7 @@ fn index_range<'c>(
             // The index's own connection and file: nothing waits for them.
             yield_between(n, usize::MAX);
             set.clear();
-            set.extend(query::grams(data).filter(|g| !common.contains(g)));
+            set.extend(query::grams(data).filter(|g| query::indexed(*g) && !common.contains(g)));
             set.sort_unstable();
             set.dedup();
             if let Some(t) = tally.as_deref_mut()
@@ -594,7 +596,10 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let common = common_grams(&read, "text")?;
-        let grams: Vec<query::Gram> = grams.into_iter().filter(|g| !common.contains(g)).collect();
+        let grams: Vec<query::Gram> = grams
+            .into_iter()
+            .filter(|g| query::indexed(*g) && !common.contains(g))
+            .collect();
         if grams.is_empty() {
             return Ok(query::Text::Scan);
         }
@@ -1318,6 +1323,86 @@ mod tests {
             index_step(&mut c, &mut tally, false, 65_536).unwrap(),
             Next::Wait
         ));
+    }
+
+    /// Random ids are found by free text as before though three in four of their trigrams
+    /// with a letter are not indexed: a whole id through the trigrams that are, a piece of
+    /// one made of left-out trigrams alone by reading the events. A left-out trigram is in
+    /// no event's entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_ids_are_found_though_most_of_their_hex_trigrams_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let sessions: Vec<String> = (0..50).map(|_| mcpgate_types::audit::random_id()).collect();
+        let events: Vec<AuditEvent> = (0..2_000u32)
+            .map(|i| {
+                let mut e = event(i);
+                e.id = mcpgate_types::audit::event_id(e.time);
+                let session = sessions[i as usize % sessions.len()].clone();
+                e.fields.insert("session_id".into(), session.into());
+                e
+            })
+            .collect();
+        store.append_events(&events).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.text_index_behind().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never indexed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A piece of an id, four digits, whose two trigrams are both left out.
+        let piece = sessions
+            .iter()
+            .chain(events.iter().map(|e| &e.id))
+            .flat_map(|id| (0..id.len() - 3).map(move |at| &id[at..at + 4]))
+            .find(|p| query::trigrams(p).iter().all(|g| !query::indexed(*g)))
+            .expect("a quarter of 4-digit pieces are")
+            .to_owned();
+        let (plans, postings) = {
+            let c = store.conn.lock().unwrap();
+            let plan = |needle: &str| match text_plan(&c, true, Some(needle)) {
+                query::Text::Scan => None,
+                query::Text::Indexed { hits, .. } => Some(hits),
+            };
+            let left_out = query::trigrams(&piece)[0];
+            let postings: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM text.audit_text WHERE audit_text MATCH ?1",
+                    [query::term(left_out)],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            ([plan(&sessions[7]), plan(&piece)], postings)
+        };
+        assert_eq!(postings, 0, "{piece}: its trigrams are in no entry");
+        assert!(plans[0].is_some(), "a whole session id, through the index");
+        assert_eq!(plans[1], None, "{piece}: read the events");
+        let find = async |text: &str| {
+            let q = AuditQuery {
+                text: Some(text.into()),
+                limit: Some(5_000),
+                ..AuditQuery::default()
+            };
+            let page = store.page_events(&q, Page::Newest).await.unwrap();
+            let mut ids: Vec<String> = page.into_iter().map(|(_, e)| e.id).collect();
+            ids.sort();
+            ids
+        };
+        let holding = |needle: &str| {
+            let needle = needle.to_lowercase();
+            let mut ids: Vec<String> = events
+                .iter()
+                .filter(|e| serde_json::to_string(e).unwrap().contains(&needle))
+                .map(|e| e.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(find(&sessions[7]).await, holding(&sessions[7]));
+        assert_eq!(find(&sessions[7]).await.len(), 40);
+        assert_eq!(find(&sessions[7].to_uppercase()).await.len(), 40);
+        let found = find(&piece).await;
+        assert!(!found.is_empty());
+        assert_eq!(found, holding(&piece), "{piece}");
     }
 
     /// The trigrams of what every event holds stop being indexed once a window of events

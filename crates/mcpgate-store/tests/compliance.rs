@@ -320,7 +320,7 @@ async fn sqlite_keeps_its_free_text_index_beside_the_store() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(format, 2, "the index is made anew in its format");
+    assert_eq!(format, 3, "the index is made anew in its format");
     assert_eq!(find(&store, "new-needle-1999").await, ["new1999"]);
     drop(store);
 
