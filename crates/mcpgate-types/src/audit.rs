@@ -258,14 +258,37 @@ pub mod rfc3339_micros {
     use std::time::SystemTime;
     use time::OffsetDateTime;
 
-    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    pub(crate) const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
 
+    /// `t` as `2026-12-07T20:10:35.089581Z`. Each event is serialized with its time on a
+    /// call's path: the digits are written directly (the format description's interpreter
+    /// cost a microsecond per call); years outside 0–9999 take the general path.
     pub fn format(t: SystemTime) -> String {
         let dt = OffsetDateTime::from(t);
-        dt.format(FORMAT)
-            .unwrap_or_else(|_| String::from("invalid-time"))
+        let (year, month, day) = dt.to_calendar_date();
+        let Ok(year @ 0..=9999) = u32::try_from(year) else {
+            return dt
+                .format(FORMAT)
+                .unwrap_or_else(|_| String::from("invalid-time"));
+        };
+        let (hour, minute, second, micro) = dt.to_hms_micro();
+        let mut out = String::with_capacity(27);
+        let mut digits = |n: u32, width: u32, then: Option<char>| {
+            for place in (0..width).rev() {
+                out.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+            }
+            out.extend(then);
+        };
+        digits(year, 4, Some('-'));
+        digits(u32::from(u8::from(month)), 2, Some('-'));
+        digits(u32::from(day), 2, Some('T'));
+        digits(u32::from(hour), 2, Some(':'));
+        digits(u32::from(minute), 2, Some(':'));
+        digits(u32::from(second), 2, Some('.'));
+        digits(micro, 6, Some('Z'));
+        out
     }
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -285,6 +308,39 @@ mod tests {
     use super::*;
     use crate::clock::from_unix_secs;
     use std::time::Duration;
+
+    /// Times are written as the format description writes them, across the years.
+    #[test]
+    fn times_are_written_as_rfc3339_with_microseconds() {
+        use super::rfc3339_micros::{FORMAT, format};
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut times = vec![
+            std::time::SystemTime::UNIX_EPOCH,
+            from_unix_secs(1_800_000_000) + Duration::from_micros(999_999),
+            from_unix_secs(253_402_300_799) + Duration::from_nanos(999_999_999),
+        ];
+        for _ in 0..10_000 {
+            // Up to the year 9999.
+            times.push(
+                std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_micros(next() % 253_402_300_800_000_000),
+            );
+        }
+        for t in times {
+            let general = time::OffsetDateTime::from(t).format(FORMAT).unwrap();
+            assert_eq!(format(t), general);
+        }
+        assert_eq!(
+            format(from_unix_secs(1_800_000_000) + Duration::from_micros(89_581)),
+            "2027-01-15T08:00:00.089581Z"
+        );
+    }
 
     #[test]
     fn event_ids_are_hex_and_grow_with_time() {
