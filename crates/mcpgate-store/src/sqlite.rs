@@ -1227,6 +1227,34 @@ mod tests {
         }
     }
 
+    /// The ids of the events free text `text` finds, newest first.
+    async fn found(store: &SqliteStore, text: &str) -> Vec<String> {
+        let q = AuditQuery {
+            text: Some(text.into()),
+            limit: Some(5_000),
+            ..AuditQuery::default()
+        };
+        let page = store.page_events(&q, Page::Newest).await.unwrap();
+        page.into_iter().map(|(_, e)| e.id).collect()
+    }
+
+    /// Waits until the store's text index holds every event.
+    async fn indexed(store: &SqliteStore) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.text_index_behind().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never indexed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The positions the index finds for `needle`, or `None` when it is scanned for.
+    fn plan(c: &Connection, needle: &str) -> Option<String> {
+        match text_plan(c, true, Some(needle)) {
+            query::Text::Scan => None,
+            query::Text::Indexed { hits, .. } => Some(hits),
+        }
+    }
+
     /// A busy store's write-ahead log is copied into its file as events keep coming, by a
     /// thread of its own (the store's connection would copy it only past 16 MiB).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1344,11 +1372,7 @@ mod tests {
             })
             .collect();
         store.append_events(&events).await.unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while store.text_index_behind().await.unwrap() > 0 {
-            assert!(std::time::Instant::now() < deadline, "never indexed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        indexed(&store).await;
         // A piece of an id, four digits, whose two trigrams are both left out.
         let piece = sessions
             .iter()
@@ -1359,10 +1383,6 @@ mod tests {
             .to_owned();
         let (plans, postings) = {
             let c = store.conn.lock().unwrap();
-            let plan = |needle: &str| match text_plan(&c, true, Some(needle)) {
-                query::Text::Scan => None,
-                query::Text::Indexed { hits, .. } => Some(hits),
-            };
             let left_out = query::trigrams(&piece)[0];
             let postings: i64 = c
                 .query_row(
@@ -1371,19 +1391,13 @@ mod tests {
                     |r| r.get(0),
                 )
                 .unwrap();
-            ([plan(&sessions[7]), plan(&piece)], postings)
+            ([plan(&c, &sessions[7]), plan(&c, &piece)], postings)
         };
         assert_eq!(postings, 0, "{piece}: its trigrams are in no entry");
         assert!(plans[0].is_some(), "a whole session id, through the index");
         assert_eq!(plans[1], None, "{piece}: read the events");
         let find = async |text: &str| {
-            let q = AuditQuery {
-                text: Some(text.into()),
-                limit: Some(5_000),
-                ..AuditQuery::default()
-            };
-            let page = store.page_events(&q, Page::Newest).await.unwrap();
-            let mut ids: Vec<String> = page.into_iter().map(|(_, e)| e.id).collect();
+            let mut ids = found(&store, text).await;
             ids.sort();
             ids
         };
@@ -1416,24 +1430,16 @@ mod tests {
         for batch in events.chunks(500) {
             store.append_events(batch).await.unwrap();
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while store.text_index_behind().await.unwrap() > 0 {
-            assert!(std::time::Instant::now() < deadline, "never indexed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        indexed(&store).await;
         let one = |t: &str| query::trigrams(t)[0];
         let (common, plans) = {
             let c = store.conn.lock().unwrap();
-            let plan = |needle: &str| match text_plan(&c, true, Some(needle)) {
-                query::Text::Scan => None,
-                query::Text::Indexed { hits, .. } => Some(hits),
-            };
             (
                 common_grams(&c, "text").unwrap(),
                 [
-                    plan("always-here"),
-                    plan("NEEDLE-02999 always"),
-                    plan("needle-1"),
+                    plan(&c, "always-here"),
+                    plan(&c, "NEEDLE-02999 always"),
+                    plan(&c, "needle-1"),
                 ],
             )
         };
@@ -1453,15 +1459,7 @@ mod tests {
             "the rare ones, looked up"
         );
         assert!(plans[2].is_some(), "{:?}", plans[2]);
-        let find = async |text: &str| {
-            let q = AuditQuery {
-                text: Some(text.into()),
-                limit: Some(5_000),
-                ..AuditQuery::default()
-            };
-            let page = store.page_events(&q, Page::Newest).await.unwrap();
-            page.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
-        };
+        let find = async |text: &str| found(&store, text).await;
         assert_eq!(find("NEEDLE-02999 always").await, ["ev02999"]);
         assert_eq!(find("always-here").await.len(), events.len());
         assert!(find("always-herE!").await.is_empty());
