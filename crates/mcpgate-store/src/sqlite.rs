@@ -368,7 +368,7 @@ fn index_range<'c>(
             // The index's own connection and file: nothing waits for them.
             yield_between(n, usize::MAX);
             set.clear();
-            set.extend(query::grams(data).filter(|g| query::indexed(*g) && !common.contains(g)));
+            set.extend(query::grams(data).filter(|g| !left_out(&common, *g)));
             set.sort_unstable();
             set.dedup();
             if let Some(t) = tally.as_deref_mut()
@@ -415,6 +415,12 @@ fn yield_between(n: usize, until: usize) {
 }
 
 type Grams = HashSet<query::Gram, foldhash::fast::RandomState>;
+
+/// Whether the index leaves trigram `g` out of every entry, and so never looks it up: it is
+/// `common`, or one the index's format never keeps ([`query::indexed`]).
+fn left_out(common: &Grams, g: query::Gram) -> bool {
+    !query::indexed(g) || common.contains(&g)
+}
 
 /// The trigrams the index no longer keeps; `schema`: the index's file as the connection
 /// names it.
@@ -598,7 +604,7 @@ fn text_plan(c: &Connection, indexed: bool, needle: Option<&str>) -> query::Text
         let common = common_grams(&read, "text")?;
         let grams: Vec<query::Gram> = grams
             .into_iter()
-            .filter(|g| query::indexed(*g) && !common.contains(g))
+            .filter(|g| !left_out(&common, *g))
             .collect();
         if grams.is_empty() {
             return Ok(query::Text::Scan);
@@ -1414,9 +1420,9 @@ mod tests {
         assert_eq!(find(&sessions[7]).await, holding(&sessions[7]));
         assert_eq!(find(&sessions[7]).await.len(), 40);
         assert_eq!(find(&sessions[7].to_uppercase()).await.len(), 40);
-        let found = find(&piece).await;
-        assert!(!found.is_empty());
-        assert_eq!(found, holding(&piece), "{piece}");
+        let hits = find(&piece).await;
+        assert!(!hits.is_empty());
+        assert_eq!(hits, holding(&piece), "{piece}");
     }
 
     /// The trigrams of what every event holds stop being indexed once a window of events
