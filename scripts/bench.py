@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Latency of a tools/call round trip through mcpgate versus the same MCP server run
 directly (interleaved rounds, paired differences, medians and p99), memory per idle
-session, sessions opened per second, throughput at several concurrencies, and time to
-ready. Starts its own daemon; the load client is `mcpgate mcp bench`.
+session, sessions opened per second, throughput at several concurrencies, time to ready,
+and pages of the dashboard's audit explorer over the events the run made (HTTPS, logged
+in). Starts its own daemon; the load client is `mcpgate mcp bench`.
 
 Usage: scripts/bench [--rounds N] [--calls N] [--sessions N] [--concurrency 1,8,64] [--seconds S]"""
 import argparse
@@ -293,6 +294,10 @@ def measure(args, tmp, daemon, started, http_port):
         # The daemon's CPU over the whole run (sessions opening included) per measured call.
         cpu_us = (cpu_seconds() - cpu) * 1e6 / max(r["calls"], 1)
         results["throughput"].append({"sessions": n, "calls_per_second": r["calls_per_second"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "daemon_cpu_us_per_call": cpu_us, "text_index_behind_after": index_behind()})
+    # The dashboard's audit explorer, end to end, over the events this run made: HTTPS to
+    # the daemon, logged in as an auditor, one page per filter.
+    behind = index_behind()
+    results["dashboard"] = dict(dashboard_pages(addr, pin, tmp, env, dd), text_index_behind_before=behind)
     results.update({
         "memory_kib_per_idle_session": per_session, "idle_sessions": args.sessions,
         "sessions_opened_per_second": held["opened_per_second"], "ready_ms": ready_ms,
@@ -333,6 +338,7 @@ def measure(args, tmp, daemon, started, http_port):
         "|---|---|---|---|---|---|",
         *[f"| {t['sessions']} | {t['calls_per_second']:.0f} | {t['p50_us']:.0f} | {t['p99_us']:.0f} | {t['daemon_cpu_us_per_call']:.0f} | {'?' if t['text_index_behind_after'] is None else format(t['text_index_behind_after'], ',')} |" for t in results["throughput"]],
         "",
+        *dashboard_report(results["dashboard"]),
         *([f"Certificates issued per second (one core, user CA, ECDSA P-256): {args.certificates:.0f}", ""] if args.certificates else []),
     ])
     print(text)
@@ -343,6 +349,100 @@ def measure(args, tmp, daemon, started, http_port):
         json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "versions": versions,
                    "rounds": args.rounds, "calls_per_round": args.calls, **results}, f, indent=2, ensure_ascii=False)
     print(f"report written to {out} and target/bench-report.json", file=sys.stderr)
+
+
+def dashboard_pages(addr, pin, tmp, env, dd, runs=20):
+    """Times pages of the dashboard's audit explorer as a browser loads them: one HTTPS
+    connection (kept alive) to the daemon, logged in through the login form as an auditor;
+    for each filter, one load to warm up, then the p50 and max of `runs` loads, each read to
+    its end. The events are the ones this run made through the gateway."""
+    import html
+    import http.client
+    import re
+    import ssl
+    import urllib.parse
+    token = json.loads(subprocess.run([BIN, "admin", "users", "add", "viewer", "--roles", "auditor", "--format", "json", *dd], check=True, capture_output=True, text=True).stdout)["token"]
+    pw = "dashboard password 1"
+    subprocess.run([BIN, "signup", "--proxy", addr, "--ca-pin", pin, "--invite", token, "--password-stdin"],
+                   input=pw + "\n", env=dict(env, MCPGATE_HOME=os.path.join(tmp, "viewer")), check=True, capture_output=True, text=True)
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=f"{tmp}/data/host-ca.pem"))
+
+    def load(method, path, cookie="", body=None):
+        headers = {"Cookie": cookie}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r, r.read()
+
+    def cookie_of(r, name):
+        for c in r.msg.get_all("Set-Cookie") or []:
+            if c.startswith(name + "="):
+                return c.split(";", 1)[0]
+        raise RuntimeError(f"no {name} cookie in the answer to the login")
+
+    r, body = load("GET", "/login")
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', body).group(1).decode()
+    form = urllib.parse.urlencode({"username": "viewer", "password": pw, "csrf": csrf, "next": "/audit"})
+    r, _ = load("POST", "/login", cookie_of(r, "__Host-mcpgate_login"), form)
+    if r.status != 303:
+        raise RuntimeError(f"the dashboard login answered {r.status}")
+    session = cookie_of(r, "__Host-mcpgate_session")
+    db = f"{tmp}/data/state.db"
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
+        events = c.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+        # A session from the middle of the log, and its id as free text.
+        (sid,) = c.execute("SELECT session FROM audit WHERE session IS NOT NULL AND rowid >= (SELECT MAX(rowid) / 2 FROM audit) LIMIT 1").fetchone()
+
+    def timed(path):
+        times = []
+        for i in range(runs + 1):
+            t = time.perf_counter()
+            r, body = load("GET", path, session)
+            if r.status != 200:
+                raise RuntimeError(f"GET {path}: {r.status}")
+            if i:
+                times.append((time.perf_counter() - t) * 1000)
+        return body, statistics.median(times), max(times)
+
+    q = lambda **kv: "/audit?" + urllib.parse.urlencode(kv)
+    cases = [
+        ("no filter", "/audit"),
+        ("user", q(user="bench")),
+        ("tool glob `get_*`", q(tool="get_*")),
+        ("decision deny", q(decision="deny")),
+        ("session", q(session=sid)),
+        ("free text: a session id", q(q=sid)),
+        ("free text found nowhere", q(q="zqxjv found nowhere")),
+    ]
+    rows = []
+    for label, path in cases:
+        _, p50, most = timed(path)
+        rows.append({"page": label, "p50_ms": p50, "max_ms": most})
+    # 200 pages down, by the explorer's own "older" links.
+    path = "/audit"
+    for _ in range(200):
+        r, body = load("GET", path, session)
+        m = re.search(rb'href="(/audit\?[^"]*after=[^"]*)"', body)
+        if not m:
+            break
+        path = html.unescape(m.group(1).decode())
+    _, p50, most = timed(path)
+    rows.append({"page": "no filter, 200 pages down", "p50_ms": p50, "max_ms": most})
+    conn.close()
+    return {"events": events, "pages": rows}
+
+
+def dashboard_report(d):
+    return [
+        f"Dashboard: one page of the audit explorer (51 events, HTML), end to end: HTTPS with keep-alive, logged in as an auditor, over the {d['events']:,} events this run stored; p50 and max of 20 loads after one (each load also audits the view). Free text scans the events the index does not hold yet: {'?' if d['text_index_behind_before'] is None else format(d['text_index_behind_before'], ',')} as this part began, left by the throughput runs (it catches up meanwhile).",
+        "",
+        "| page | p50 ms | max ms |",
+        "|---|---|---|",
+        *[f"| {r['page']} | {r['p50_ms']:.1f} | {r['max_ms']:.1f} |" for r in d["pages"]],
+        "",
+    ]
 
 
 def read(path, default=None):
