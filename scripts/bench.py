@@ -8,15 +8,20 @@ in). Starts its own daemon; the load client is `mcpgate mcp bench`.
 Usage: scripts/bench [--rounds N] [--calls N] [--sessions N] [--concurrency 1,8,64] [--seconds S]"""
 import argparse
 from contextlib import closing
+import html
+import http.client
 import json
 import os
+import re
 import shutil
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "mcpgate")
@@ -356,11 +361,6 @@ def dashboard_pages(addr, pin, tmp, env, dd, index_behind, runs=20):
     connection (kept alive) to the daemon, logged in through the login form as an auditor;
     for each filter, one load to warm up, then the p50 and max of `runs` loads, each read to
     its end. The events are the ones this run made through the gateway."""
-    import html
-    import http.client
-    import re
-    import ssl
-    import urllib.parse
     token = json.loads(subprocess.run([BIN, "admin", "users", "add", "viewer", "--roles", "auditor", "--format", "json", *dd], check=True, capture_output=True, text=True).stdout)["token"]
     pw = "dashboard password 1"
     subprocess.run([BIN, "signup", "--proxy", addr, "--ca-pin", pin, "--invite", token, "--password-stdin"],
@@ -399,12 +399,12 @@ def dashboard_pages(addr, pin, tmp, env, dd, index_behind, runs=20):
         times = []
         for i in range(runs + 1):
             t = time.perf_counter()
-            r, body = load("GET", path, session)
+            r, _ = load("GET", path, session)
             if r.status != 200:
                 raise RuntimeError(f"GET {path}: {r.status}")
             if i:
                 times.append((time.perf_counter() - t) * 1000)
-        return body, statistics.median(times), max(times)
+        return statistics.median(times), max(times)
 
     q = lambda **kv: "/audit?" + urllib.parse.urlencode(kv)
     cases = [
@@ -418,7 +418,7 @@ def dashboard_pages(addr, pin, tmp, env, dd, index_behind, runs=20):
     ]
     rows = []
     for label, path in cases:
-        _, p50, most = timed(path)
+        p50, most = timed(path)
         rows.append({"page": label, "p50_ms": p50, "max_ms": most})
     # 200 pages down, by the explorer's own "older" links.
     path = "/audit"
@@ -428,7 +428,7 @@ def dashboard_pages(addr, pin, tmp, env, dd, index_behind, runs=20):
         if not m:
             break
         path = html.unescape(m.group(1).decode())
-    _, p50, most = timed(path)
+    p50, most = timed(path)
     rows.append({"page": "no filter, 200 pages down", "p50_ms": p50, "max_ms": most})
     # Free text again once the index holds every event (it gives way while the CPUs are
     # contended, and free text scans what it lacks meanwhile).
@@ -437,7 +437,7 @@ def dashboard_pages(addr, pin, tmp, env, dd, index_behind, runs=20):
         time.sleep(0.5)
     if index_behind() == 0:
         for label, path in cases[-2:]:
-            _, p50, most = timed(path)
+            p50, most = timed(path)
             rows.append({"page": label + ", the index caught up", "p50_ms": p50, "max_ms": most})
     conn.close()
     return {"events": events, "pages": rows}

@@ -1245,7 +1245,7 @@ mod tests {
     }
 
     /// Waits until the store's text index holds every event.
-    async fn indexed(store: &SqliteStore) {
+    async fn wait_indexed(store: &SqliteStore) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while store.text_index_behind().await.unwrap() > 0 {
             assert!(std::time::Instant::now() < deadline, "never indexed");
@@ -1378,7 +1378,7 @@ mod tests {
             })
             .collect();
         store.append_events(&events).await.unwrap();
-        indexed(&store).await;
+        wait_indexed(&store).await;
         // A piece of an id, four digits, whose two trigrams are both left out.
         let piece = sessions
             .iter()
@@ -1436,7 +1436,7 @@ mod tests {
         for batch in events.chunks(500) {
             store.append_events(batch).await.unwrap();
         }
-        indexed(&store).await;
+        wait_indexed(&store).await;
         let one = |t: &str| query::trigrams(t)[0];
         let (common, plans) = {
             let c = store.conn.lock().unwrap();
